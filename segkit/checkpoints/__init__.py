@@ -1,0 +1,214 @@
+"""Reading and loading checkpoints safely, in every official format.
+
+* :func:`read_state_dict` reads a file or folder into a flat ``{name: tensor}`` dict without
+  ever unpickling arbitrary objects (``torch.load(weights_only=True)``; safetensors).
+* :func:`load_checkpoint` converts official key names to segkit's (per model family:
+  :mod:`segkit.checkpoints.segformer`, :mod:`segkit.checkpoints.segnext`) and loads them,
+  strictly by default, returning a :class:`LoadReport`.
+* :func:`from_pretrained` restores a model written by ``Segmentor.save_pretrained``.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or does not fit the model; the message names the file and the problem."""
+
+
+WRAPPER_KEYS = ("state_dict", "model", "model_state", "module")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Flat ``{key: tensor}`` from a checkpoint file or a Hugging Face ``save_pretrained`` folder.
+
+    Accepts ``.safetensors``; ``.pth``/``.pt``/``.bin`` pickles that hold only tensors and plain
+    containers (read with ``torch.load(weights_only=True)``); mmcv/segkit wrappers (``state_dict``,
+    ``model`` …); a ``module.`` prefix from DataParallel/DDP. A folder must hold
+    ``model.safetensors`` or ``pytorch_model.bin``.
+
+    Raises:
+        FileNotFoundError: the path does not exist, or a folder holds no weights file.
+        CheckpointError: the file needs arbitrary unpickling (refused: it could run code), is
+            corrupt, or holds no tensors.
+    """
+    path = Path(path)
+    if path.is_dir():
+        for name in ("model.safetensors", "pytorch_model.bin", "model.pth"):
+            if (path / name).is_file():
+                return read_state_dict(path / name)
+        raise FileNotFoundError(f"{path}: folder holds no model.safetensors or pytorch_model.bin")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused to load — the file contains Python objects that only arbitrary unpickling "
+            f"could restore, which can execute code. segkit reads checkpoints with torch.load(weights_only=True). "
+            f"If you trust the file, re-save its state dict: torch.save(torch.load(p, weights_only=False)"
+            f"['state_dict'], 'clean.pth'). Details: {str(e).splitlines()[0] if str(e) else e!r}"
+        ) from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+    return _unwrap(obj, path)
+
+
+def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
+    for _ in range(3):
+        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            inner = next((obj[k] for k in WRAPPER_KEYS if k in obj and isinstance(obj[k], dict)), None)
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a state dict (mapping of names to tensors), got {type(obj).__name__}")
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not state:
+        raise CheckpointError(f"{path}: holds no tensors (keys: {sorted(obj)[:10]})")
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_checkpoint` did. ``dropped`` lists checkpoint keys discarded on purpose
+    (unused ``conv_seg``, ImageNet classifier …) with the reason."""
+
+    source: str
+    format: str
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lines = [f"checkpoint {self.source} (format: {self.format}): {len(self.loaded)} tensors loaded"]
+        for title, items in (("missing (left as initialised)", self.missing), ("unexpected (ignored)", self.unexpected),
+                             ("dropped", self.dropped)):
+            if items:
+                lines.append(f"  {title}: {len(items)}: " + ", ".join(items[:8]) + (" …" if len(items) > 8 else ""))
+        for k, a, b in self.mismatched[:8]:
+            lines.append(f"  shape mismatch (skipped): {k} checkpoint {list(a)} vs model {list(b)}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _converter(model):
+    name = getattr(model, "name", "")
+    if name.startswith("segformer"):
+        from . import segformer
+        return segformer.convert
+    if name.startswith("segnext"):
+        from . import segnext
+        return segnext.convert
+    if name.startswith(("rsseg", "vit-", "segmenter", "beit", "cswin")):
+        try:
+            from . import rsseg
+        except ImportError:
+            return None
+        return rsseg.convert
+    return None
+
+
+def load_checkpoint(model: torch.nn.Module, path: str | Path, strict: bool = True, verbose: bool = True) -> LoadReport:
+    """Load a checkpoint of any supported format into ``model`` (a zoo ``Segmentor``).
+
+    The format is detected from the key names (official NVlabs SegFormer, Hugging Face
+    SegFormer, official / mmseg-1.x SegNeXt, ImageNet ``mit_b*`` / ``mscan_*`` encoders,
+    mmseg-1.x SegFormer encoder, segkit's own). With ``strict=True`` (default) these are
+    errors: a missing encoder key, a key the converter cannot place, a shape mismatch, or
+    missing head keys when the checkpoint carries a head. Head keys missing from an
+    encoder-only checkpoint are reported and left initialised. With ``strict=False`` whatever
+    fits is loaded and the rest is reported. Prints the report when ``verbose``.
+
+    Raises:
+        CheckpointError: the file is unreadable/unsafe, is for another architecture or
+            variant, or (strict) does not cover the model.
+    """
+    state = read_state_dict(path)
+    convert = _converter(model)
+    fmt, dropped, notes = "segkit", [], []
+    if convert is not None:
+        try:
+            state, fmt, dropped, notes = convert(state, model)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from e
+    report = LoadReport(source=str(path), format=fmt, dropped=list(dropped), notes=list(notes))
+    own = model.state_dict()
+    to_load = {}
+    for k, v in state.items():
+        if k not in own:
+            report.unexpected.append(k)
+        elif tuple(v.shape) != tuple(own[k].shape):
+            report.mismatched.append((k, tuple(v.shape), tuple(own[k].shape)))
+        else:
+            to_load[k] = v
+    report.missing = [k for k in own if k not in to_load and not k.endswith("num_batches_tracked")]
+    report.loaded = sorted(to_load)
+    has_head = any(k.startswith("decode_head.") for k in state)
+    if strict:
+        problems = []
+        missing_enc = [k for k in report.missing if not k.startswith("decode_head.")]
+        missing_head = [k for k in report.missing if k.startswith("decode_head.")]
+        if missing_enc:
+            problems.append(f"{len(missing_enc)} encoder key(s) missing, e.g. {missing_enc[:3]}")
+        if has_head and missing_head:
+            problems.append(f"{len(missing_head)} head key(s) missing, e.g. {missing_head[:3]}")
+        if report.unexpected:
+            problems.append(f"{len(report.unexpected)} unexpected key(s), e.g. {report.unexpected[:3]}")
+        if report.mismatched:
+            k, a, b = report.mismatched[0]
+            problems.append(f"{len(report.mismatched)} shape mismatch(es), e.g. {k}: checkpoint {list(a)} vs model "
+                            f"{list(b)} (wrong variant or num_classes?)")
+        if problems:
+            raise CheckpointError(f"{path} does not fit {getattr(model, 'name', type(model).__name__)} "
+                                  f"(format {fmt}): " + "; ".join(problems) + ". Pass strict=False to load what fits.")
+    if not has_head and any(k.startswith("decode_head.") for k in report.missing):
+        report.notes.append("encoder-only checkpoint: decode_head left randomly initialised")
+    model.load_state_dict(to_load, strict=False)
+    if verbose:
+        print(report)
+    return report
+
+
+def from_pretrained(directory: str | Path, map_location: str | torch.device = "cpu"):
+    """Rebuild and load a model saved by ``Segmentor.save_pretrained`` (``config.json`` + ``model.safetensors``).
+
+    Raises ``FileNotFoundError`` when either file is missing and ``CheckpointError`` when the
+    config is not a segkit config or the weights do not match it exactly.
+    """
+    from segkit.models.zoo import build_model
+
+    directory = Path(directory)
+    cfg_path = directory / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{directory}: no config.json (expected a folder written by save_pretrained)")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("format") != "segkit":
+        raise CheckpointError(f"{cfg_path}: not a segkit config (format={cfg.get('format')!r})")
+    model = build_model(cfg["model"], cfg["num_classes"], **cfg.get("arch", {}),
+                        class_names=cfg.get("class_names"), palette=cfg.get("palette"),
+                        ignore_index=cfg.get("ignore_index", 255), mean=cfg.get("mean"), std=cfg.get("std"),
+                        loss_avg=cfg.get("loss_avg", "valid"))
+    state = read_state_dict(directory / "model.safetensors")
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"{directory}: weights do not match config {cfg['model']}: missing "
+                              f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
+    return model.to(map_location).eval()

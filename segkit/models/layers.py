@@ -1,0 +1,93 @@
+"""Small building blocks shared by the encoders and heads.
+
+Everything here is generic (stochastic depth, weight initialisation, conv + norm + act);
+the paper-specific components live in their own modules (``mit.py``, ``mscan.py``, ...).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al., 2016) applied per sample on the residual branch.
+
+    Input and output: any shape ``(B, ...)``, any float dtype. In training each sample's
+    branch is zeroed with probability ``drop_prob`` and the survivors are scaled by
+    ``1 / (1 - drop_prob)``; in eval it is the identity.
+    """
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+def drop_path_rates(total: float, depths) -> list[float]:
+    """Linearly increasing stochastic-depth rates over all blocks, ``linspace(0, total, sum(depths))``.
+
+    Source: SegFormer / SegNeXt official code (architectures.md §1.2, §2.2).
+    """
+    n = int(sum(depths))
+    return [x.item() for x in torch.linspace(0, total, n)] if n else []
+
+
+def init_weights_reference(module: nn.Module) -> None:
+    """Scratch initialisation used by the MiT and MSCAN reference code (architectures.md §1.2).
+
+    Linear: truncated normal (std 0.02), bias 0. LayerNorm / BatchNorm / GroupNorm: weight 1,
+    bias 0. Conv2d: normal(0, sqrt(2 / fan_out)) with ``fan_out = k_h * k_w * out / groups``,
+    bias 0. Apply with ``model.apply(init_weights_reference)``.
+    """
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
+        if module.weight is not None:
+            nn.init.ones_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Conv2d):
+        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
+        nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_out))
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+class ConvModule(nn.Sequential):
+    """1×1 (or k×k) conv → optional norm → optional ReLU, named like mmcv's ``ConvModule``.
+
+    Submodule names follow the reference checkpoints: ``conv`` then ``bn`` (BatchNorm) or
+    ``gn`` (GroupNorm), then ``activate``. The conv has a bias iff there is no norm, as in
+    mmcv. Input ``(B, C_in, H, W)`` → output ``(B, C_out, H', W')``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, *,
+                 norm: str | None = None, num_groups: int = 32, act: bool = True,
+                 bias: bool | None = None):
+        super().__init__()
+        if bias is None:
+            bias = norm is None
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+        if norm == "bn":
+            self.bn = nn.BatchNorm2d(out_channels)
+        elif norm == "gn":
+            self.gn = nn.GroupNorm(num_groups, out_channels)
+        elif norm is not None:
+            raise ValueError(f"norm must be 'bn', 'gn' or None, got {norm!r}")
+        if act:
+            self.activate = nn.ReLU(inplace=True)

@@ -1,0 +1,271 @@
+"""The ``Segmentor``: encoder + decode head + loss + inference, and its save/load format.
+
+A ``Segmentor`` holds ``backbone`` and ``decode_head`` under exactly those attribute names so
+that its ``state_dict`` keys are the official checkpoint keys (``backbone.*``,
+``decode_head.*``; architectures.md §5). Inference modes follow the reference test protocol
+(architectures.md §6.3): *whole* (one forward over the full image), *slide* (overlapping
+windows, logits averaged over overlaps) and *multi-scale + flip* (softmax probabilities
+averaged over scales and horizontal flips).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ImageNet statistics on the 0–255 scale (reference Normalize, architectures.md §6.2).
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def resize(x: torch.Tensor, size: Sequence[int], align_corners: bool = False) -> torch.Tensor:
+    """Bilinear resize of a ``(B, C, H, W)`` float tensor to ``size = (H', W')`` (reference: align_corners=False)."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
+
+
+def slide_windows(height: int, width: int, crop: Sequence[int], stride: Sequence[int]) -> list[tuple[int, int, int, int]]:
+    """Window boxes ``(y1, y2, x1, x2)`` of the reference slide inference (architectures.md §6.3).
+
+    ``grids = max(H - crop + stride - 1, 0) // stride + 1`` per axis; the last window is
+    clamped to the border, so every pixel is covered at least once. A window larger than the
+    image is clipped to the image.
+    """
+    ch, cw = int(crop[0]), int(crop[1])
+    sh, sw = int(stride[0]), int(stride[1])
+    if min(ch, cw, sh, sw) <= 0:
+        raise ValueError(f"crop and stride must be positive, got crop={tuple(crop)} stride={tuple(stride)}")
+    ny = max(height - ch + sh - 1, 0) // sh + 1
+    nx = max(width - cw + sw - 1, 0) // sw + 1
+    boxes = []
+    for iy in range(ny):
+        for ix in range(nx):
+            y1, x1 = iy * sh, ix * sw
+            y2, x2 = min(y1 + ch, height), min(x1 + cw, width)
+            y1, x1 = max(y2 - ch, 0), max(x2 - cw, 0)
+            boxes.append((y1, y2, x1, x2))
+    return boxes
+
+
+class Segmentor(nn.Module):
+    """Encoder–decoder semantic segmentation model.
+
+    Args:
+        backbone: encoder, ``(B, 3, H, W)`` normalised float → list of feature maps.
+        decode_head: decoder, list of feature maps → logits ``(B, K, h, w)`` at its own
+            output stride (1/4 for SegFormer, 1/8 for SegNeXt).
+        num_classes: K.
+        name: model name in the zoo (``segnext-t`` …), used by ``save_pretrained``.
+        arch: keyword arguments the zoo builder was called with (saved so that
+            ``from_pretrained`` rebuilds the same architecture).
+        class_names, palette: optional metadata (palette: K RGB triples 0–255).
+        ignore_index: label value excluded from the loss and metrics (default 255).
+        mean, std: normalisation on the 0–255 scale applied by :meth:`normalize`.
+        loss_avg: ``"valid"`` averages the cross-entropy over non-ignored pixels
+            (``torch.nn.CrossEntropyLoss`` semantics, our default); ``"all"`` divides by all
+            pixels, ignored ones included, as the mmseg reference does (architectures.md §0.7).
+        align_corners: bilinear resizing convention (reference: False).
+
+    Input to :meth:`forward`: ``(B, 3, H, W)`` float32 normalised images. Output: logits
+    ``(B, K, H, W)`` at input resolution.
+    """
+
+    def __init__(self, backbone: nn.Module, decode_head: nn.Module, num_classes: int, *,
+                 name: str = "custom", arch: dict | None = None,
+                 class_names: Sequence[str] | None = None, palette: Sequence[Sequence[int]] | None = None,
+                 ignore_index: int = 255, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD, loss_avg: str = "valid", align_corners: bool = False):
+        super().__init__()
+        if loss_avg not in ("valid", "all"):
+            raise ValueError(f"loss_avg must be 'valid' or 'all', got {loss_avg!r}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}")
+        if palette is not None and len(palette) != num_classes:
+            raise ValueError(f"palette has {len(palette)} colours for num_classes={num_classes}")
+        self.backbone = backbone
+        self.decode_head = decode_head
+        self.num_classes = int(num_classes)
+        self.name = name
+        self.arch = dict(arch or {})
+        self.class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
+        self.palette = [list(map(int, c)) for c in palette] if palette is not None else default_palette(num_classes)
+        self.ignore_index = int(ignore_index)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.loss_avg = loss_avg
+        self.align_corners = align_corners
+
+    # ------------------------------------------------------------------ forward
+    def encode_decode(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits at the head's output stride: ``(B, 3, H, W)`` → ``(B, K, H/s, W/s)``."""
+        return self.decode_head(self.backbone(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, K, H, W)`` at input resolution (bilinear, align_corners=False)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        return resize(self.encode_decode(images), images.shape[-2:], self.align_corners)
+
+    # --------------------------------------------------------------------- loss
+    def loss(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training losses for ``images (B, 3, H, W)`` and integer ``labels (B, H, W)``.
+
+        Logits are upsampled to the label size before the cross-entropy (reference). A head
+        that defines ``aux_losses(features, labels)`` (RSSeg) adds its terms. Returns a dict
+        of scalar tensors whose key ``"loss"`` is the total to back-propagate.
+        """
+        if labels.ndim != 3:
+            raise ValueError(f"expected labels of shape (B, H, W), got {tuple(labels.shape)}")
+        labels = labels.long()
+        feats = self.backbone(images)
+        head_out = self.decode_head(feats)
+        logits = resize(head_out, labels.shape[-2:], self.align_corners)
+        losses = {"loss_seg": self.seg_loss(logits, labels)}
+        aux = getattr(self.decode_head, "aux_losses", None)
+        if callable(aux):
+            losses.update(aux(feats, labels))
+        losses["loss"] = sum(losses.values())
+        return losses
+
+    def seg_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Pixel-wise cross-entropy with ``ignore_index``; averaging set by ``loss_avg``."""
+        if self.loss_avg == "valid":
+            return F.cross_entropy(logits.float(), labels, ignore_index=self.ignore_index)
+        per_pixel = F.cross_entropy(logits.float(), labels, ignore_index=self.ignore_index, reduction="none")
+        return per_pixel.sum() / per_pixel.numel()
+
+    # ---------------------------------------------------------------- inference
+    def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` uint8 RGB (0–255) → normalised float32 with this model's mean/std."""
+        mean = torch.tensor(self.mean, device=images_uint8.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images_uint8.device).view(1, 3, 1, 1)
+        return (images_uint8.float() - mean) / std
+
+    @torch.no_grad()
+    def inference(self, images: torch.Tensor, *, mode: str = "whole", crop_size: Sequence[int] | None = None,
+                  stride: Sequence[int] | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
+                  out_size: Sequence[int] | None = None, window_batch: int = 4,
+                  accumulate_on_cpu: bool = False) -> torch.Tensor:
+        """Class probabilities ``(B, K, H_out, W_out)`` (softmax, float32) for normalised images.
+
+        Args:
+            images: ``(B, 3, H, W)`` normalised float tensor (already resized by the test transform).
+            mode: ``"whole"`` or ``"slide"``.
+            crop_size, stride: window size and step ``(h, w)`` in pixels for slide mode.
+            scales: image-scale ratios for multi-scale testing (reference: 0.5 … 1.75).
+            flip: also run the horizontally flipped image and average (flipped back).
+            out_size: size to resize the probabilities to (the original label size); default input size.
+            window_batch: how many slide windows go through the model at once (bounds memory).
+            accumulate_on_cpu: keep the slide accumulation buffers on the CPU (for very large images on GPU).
+
+        Probabilities of every (scale, flip) pass are resized to ``out_size`` and averaged
+        (reference aug_test). Raises ``ValueError`` on an unknown mode or missing crop size.
+        """
+        if mode not in ("whole", "slide"):
+            raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+        if mode == "slide" and crop_size is None:
+            raise ValueError("slide inference needs crop_size=(h, w)")
+        out_size = tuple(out_size) if out_size is not None else tuple(images.shape[-2:])
+        total = None
+        n = 0
+        for scale in scales:
+            if scale == 1.0:
+                scaled = images
+            else:
+                h, w = images.shape[-2:]
+                scaled = resize(images, (int(h * scale + 0.5), int(w * scale + 0.5)), self.align_corners)
+            for flipped in ((False, True) if flip else (False,)):
+                x = scaled.flip(-1) if flipped else scaled
+                if mode == "whole":
+                    logits = self(x)
+                else:
+                    logits = self.slide_logits(x, crop_size, stride or crop_size, window_batch, accumulate_on_cpu)
+                if flipped:
+                    logits = logits.flip(-1)
+                probs = resize(logits.float(), out_size, self.align_corners).softmax(dim=1)
+                total = probs if total is None else total.add_(probs)
+                n += 1
+        return total.div_(n)
+
+    def slide_logits(self, images: torch.Tensor, crop_size: Sequence[int], stride: Sequence[int],
+                     window_batch: int = 4, accumulate_on_cpu: bool = False) -> torch.Tensor:
+        """Sliding-window logits ``(B, K, H, W)``: overlapping windows, logits averaged per pixel.
+
+        Windows are run ``window_batch`` at a time (all images of the batch together), and
+        accumulated into one preallocated ``(B, K, H, W)`` buffer plus a per-pixel count, so
+        peak memory is bounded by the window batch plus that buffer, not by the number of windows.
+        """
+        if window_batch < 1:
+            raise ValueError(f"window_batch must be >= 1, got {window_batch}")
+        b, _, h, w = images.shape
+        acc_device = torch.device("cpu") if accumulate_on_cpu else images.device
+        logits_sum = torch.zeros((b, self.num_classes, h, w), dtype=torch.float32, device=acc_device)
+        count = torch.zeros((1, 1, h, w), dtype=torch.float32, device=acc_device)
+        boxes = slide_windows(h, w, crop_size, stride)
+        for start in range(0, len(boxes), window_batch):
+            chunk = boxes[start:start + window_batch]
+            crops = torch.cat([images[:, :, y1:y2, x1:x2] for (y1, y2, x1, x2) in chunk], dim=0)
+            out = self(crops).float().to(acc_device)
+            for i, (y1, y2, x1, x2) in enumerate(chunk):
+                logits_sum[:, :, y1:y2, x1:x2] += out[i * b:(i + 1) * b]
+                count[:, :, y1:y2, x1:x2] += 1
+        return (logits_sum / count).to(images.device)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, **inference_kwargs) -> torch.Tensor:
+        """Label map ``(B, H_out, W_out)`` int64 = argmax of :meth:`inference` (same arguments)."""
+        return self.inference(images, **inference_kwargs).argmax(dim=1)
+
+    # ---------------------------------------------------------------- save/load
+    def config(self) -> dict:
+        """JSON-serialisable description used by :meth:`save_pretrained`."""
+        return {
+            "model": self.name,
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "class_names": self.class_names,
+            "palette": self.palette,
+            "ignore_index": self.ignore_index,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "loss_avg": self.loss_avg,
+            "format": "segkit",
+            "format_version": 1,
+        }
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` (weights, BN statistics included) and ``config.json`` to ``directory``.
+
+        Files are written to a temporary name then renamed, so an interrupted save never
+        leaves a truncated file under the final name. Returns the directory.
+        """
+        from safetensors.torch import save_file
+
+        from segkit.utils import atomic_write_bytes
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        tmp = directory / "model.safetensors.tmp"
+        save_file(state, str(tmp), metadata={"format": "pt", "segkit_model": self.name})
+        tmp.replace(directory / "model.safetensors")
+        atomic_write_bytes(directory / "config.json", json.dumps(self.config(), indent=2).encode())
+        return directory
+
+
+def default_palette(num_classes: int) -> list[list[int]]:
+    """Deterministic, well-separated RGB colours for datasets without a palette (golden-ratio hues)."""
+    import colorsys
+
+    out = []
+    for i in range(num_classes):
+        r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65 + 0.35 * (i % 2), 0.95 - 0.3 * ((i // 2) % 2))
+        out.append([int(r * 255), int(g * 255), int(b * 255)])
+    return out
