@@ -212,3 +212,38 @@ def from_pretrained(directory: str | Path, map_location: str | torch.device = "c
         raise CheckpointError(f"{directory}: weights do not match config {cfg['model']}: missing "
                               f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
     return model.to(map_location).eval()
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
+    """A ready-to-use model (eval mode) from any segkit artefact.
+
+    Accepts a ``save_pretrained`` folder (or the ``model.safetensors`` inside it) or a training
+    checkpoint ``.pth`` written by the trainer (it carries the model name, classes and palette).
+    Official checkpoints carry no model name: build the model with ``build_model`` and use
+    :func:`load_checkpoint`, or convert them once with ``segkit convert``.
+
+    Raises ``FileNotFoundError`` / :class:`CheckpointError` with the path and the problem.
+    """
+    from segkit.models.zoo import build_model
+
+    path = Path(path)
+    if path.is_dir() or (path.suffix == ".safetensors" and (path.parent / "config.json").is_file()):
+        return from_pretrained(path if path.is_dir() else path.parent, map_location)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
+    try:
+        ck = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused — needs arbitrary unpickling (weights_only=True); "
+                              f"{str(e).splitlines()[0] if str(e) else ''}") from e
+    if not (isinstance(ck, dict) and ck.get("segkit_checkpoint") and "meta" in ck):
+        raise CheckpointError(f"{path}: not a segkit training checkpoint (no model name inside). For an official "
+                              f"checkpoint run `segkit convert {path} OUT_DIR --model NAME` first.")
+    meta = ck["meta"]
+    model = build_model(meta["model"], meta["num_classes"], **meta.get("arch", {}),
+                        class_names=meta.get("class_names"), palette=meta.get("palette"),
+                        ignore_index=meta.get("ignore_index", 255), mean=meta.get("mean"), std=meta.get("std"),
+                        loss_avg=meta.get("loss_avg", "valid"))
+    model.load_state_dict(ck["model"])
+    model.train_config = ck.get("config")
+    return model.to(map_location).eval()

@@ -23,7 +23,7 @@ META_KEYS = ("class_names", "palette", "ignore_index", "mean", "std", "loss_avg"
 
 def _split_meta(kwargs: dict) -> tuple[dict, dict]:
     meta = {k: kwargs.pop(k) for k in list(kwargs) if k in META_KEYS}
-    return meta, kwargs
+    return {k: v for k, v in meta.items() if v is not None}, kwargs
 
 
 # ----------------------------------------------------------------------------- SegFormer

@@ -1,0 +1,493 @@
+"""Iteration-based trainer implementing the reference recipe (architectures.md §6.1–6.2).
+
+Read top to bottom: :func:`train` sets up (device, seed, data, model, optimiser, schedule),
+optionally resumes, then runs the loop — forward/backward, logging, periodic evaluation and
+checkpointing — and finishes with a final evaluation, ``final/`` (safetensors) and a plot.
+
+Reproducibility: every training sample's augmentation is seeded from ``(seed, epoch, index)``
+(:class:`SeededSamples`), the sample order of epoch *e* from ``seed + e``, and the model-side
+randomness (drop path, dropout, NMF bases) from the torch RNG whose state is checkpointed — so
+a resumed run continues exactly as the uninterrupted one would, whatever the worker count.
+
+Distributed: launched by ``torchrun`` (``WORLD_SIZE`` > 1) it uses DistributedDataParallel
+(gloo on CPU, NCCL on CUDA); ``train.batch_size`` is the global batch, each rank taking
+``batch_size / world_size`` consecutive samples of every global batch (an error if it does not
+divide); only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from segkit.config import Config
+from segkit.utils import fsync_dir
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/Inf loss (message names the iteration and the last good checkpoint)."""
+
+
+# ----------------------------------------------------------------------------- data order
+class SeededSamples(torch.utils.data.Dataset):
+    """Wraps a dataset so that item ``(epoch, index)`` is augmented with its own fixed seed.
+
+    Python's ``random`` and NumPy's global RNG are reseeded from ``(seed, epoch, index)`` before
+    the dataset's transform runs, so the augmentation of a sample does not depend on worker
+    count, worker scheduling or where a resumed run restarted. Returns ``(image, label)``.
+    """
+
+    def __init__(self, dataset, seed: int):
+        self.dataset = dataset
+        self.seed = int(seed)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        s = np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]
+        random.seed(int(s))
+        np.random.seed(int(s))
+        item = self.dataset[index]
+        return item["image"], item["label"]
+
+
+class TrainBatchSampler:
+    """Infinite stream of per-rank batches of ``(epoch, index)`` keys, starting at ``start_iter``.
+
+    Epoch *e* is a permutation drawn with ``torch.Generator().manual_seed(seed + e)``; it is cut
+    into global batches of ``global_batch`` (incomplete tail dropped) and rank *r* takes slice
+    ``[r·b, (r+1)·b)`` of each (``b = global_batch / world_size``).
+    """
+
+    def __init__(self, num_samples: int, global_batch: int, seed: int, start_iter: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        if global_batch % world_size:
+            raise ValueError(f"train.batch_size={global_batch} is not divisible by the {world_size} ranks")
+        if num_samples < global_batch:
+            raise ValueError(f"dataset has {num_samples} samples, fewer than train.batch_size={global_batch}")
+        self.n, self.batch, self.seed = num_samples, global_batch, seed
+        self.start_iter, self.rank, self.per_rank = start_iter, rank, global_batch // world_size
+        self.iters_per_epoch = num_samples // global_batch
+
+    def __iter__(self):
+        it = self.start_iter
+        while True:
+            epoch, pos = divmod(it, self.iters_per_epoch)
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+            for b in range(pos, self.iters_per_epoch):
+                chunk = order[b * self.batch:(b + 1) * self.batch]
+                mine = chunk[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
+                yield [(epoch, i) for i in mine]
+                it += 1
+
+
+class _LossModule(nn.Module):
+    """Forward = ``Segmentor.loss`` so that DDP's gradient hooks see the training computation."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, labels):
+        return self.model.loss(images, labels)
+
+
+# ----------------------------------------------------------------------------- helpers
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name} but CUDA is not available")
+    return torch.device(name)
+
+
+def rng_state() -> dict:
+    """All RNG states as tensors / plain values (loadable with ``torch.load(weights_only=True)``)."""
+    np_state = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "python": torch.tensor(py_state, dtype=torch.int64),
+        "python_version": py_version,
+        "python_gauss": py_gauss,
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate((state["python_version"], tuple(state["python"].tolist()), state["python_gauss"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, atomic rename, fsync the folder.
+
+    A kill at any moment leaves the previous checkpoint under its name intact and loadable.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(payload, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def build_train_data(cfg: Config):
+    """Training and validation datasets with the configured transforms (validation may be None)."""
+    from segkit.data import TestTransform, TrainTransform, build_dataset
+
+    t = cfg.train_transform
+    train_tf = TrainTransform(scale=tuple(t.scale), ratio_range=tuple(t.ratio_range), crop_size=tuple(t.crop_size),
+                              cat_max_ratio=t.cat_max_ratio, flip_prob=t.flip_prob, photometric=t.photometric)
+    if cfg.data.train is None:
+        raise ValueError("config has no data.train dataset")
+    train_ds = build_dataset(cfg.data.train, transform=train_tf)
+    val_ds = build_dataset(cfg.data.val, transform=build_test_transform(cfg)) if cfg.data.val else None
+    return train_ds, val_ds
+
+
+def build_test_transform(cfg: Config):
+    from segkit.data import TestTransform
+
+    t = cfg.test_transform
+    return TestTransform(scale=tuple(t.scale) if t.scale else None, keep_ratio=t.keep_ratio, size_divisor=t.size_divisor)
+
+
+def build_model_from_config(cfg: Config, dataset=None):
+    """The zoo model named in ``cfg``, with the dataset's classes/palette, optionally pretrained."""
+    from segkit import build_model, load_checkpoint
+
+    meta = {}
+    num_classes = cfg.model_args.get("num_classes")
+    args = {k: v for k, v in cfg.model_args.items() if k != "num_classes"}
+    if dataset is not None:
+        num_classes = dataset.num_classes
+        meta = dict(class_names=dataset.classes, palette=dataset.palette, ignore_index=dataset.ignore_index)
+    model = build_model(cfg.model, num_classes or 150, loss_avg=cfg.train.loss_avg, **meta, **args)
+    if cfg.pretrained:
+        load_checkpoint(model, cfg.pretrained, strict=cfg.pretrained_strict)
+    return model
+
+
+# ----------------------------------------------------------------------------- the loop
+def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) -> dict:
+    """Train ``cfg.model`` as configured; returns a summary dict (best mIoU, paths, wall time).
+
+    Writes into ``cfg.train.work_dir``: ``iter_<N>.pth`` (last ``keep_last``), ``best.pth``,
+    ``final/`` (``model.safetensors`` + ``config.json``), ``train_log.jsonl``, ``config.yaml``,
+    ``curves.png`` and TensorBoard events under ``tb/``. ``resume`` is a checkpoint path or
+    ``"auto"`` (latest ``iter_*.pth`` in the work dir).
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/Inf and ``train.on_nonfinite == "stop"``.
+        segkit.data.DataError: the labels fail the guard-rail scan.
+    """
+    from tqdm import tqdm
+
+    from segkit.data import check_dataset
+    from segkit.engine.evaluator import evaluate
+    from segkit.engine.optim import build_optimizer, build_scheduler, clip_grad
+
+    tc = cfg.train
+    t_start = time.time()
+    device = resolve_device(tc.device)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    if tc.amp and device.type != "cuda":
+        raise ValueError(f"train.amp={tc.amp} needs a CUDA device (got {device})")
+    rank, world = _init_distributed(device)
+    is_main = rank == 0
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    _seed_everything(tc.seed, tc.deterministic)
+    work_dir = Path(tc.work_dir)
+    if is_main:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        import yaml
+        (work_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    # ---------------- data
+    train_ds, val_ds = build_train_data(cfg)
+    if is_main:
+        report = check_dataset(train_ds, progress=False)
+        print(report if isinstance(report, str) else getattr(report, "table", report))
+    model = build_model_from_config(cfg, train_ds).to(device)
+    if tc.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if world > 1 and tc.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=(tc.amp == "fp16"))
+    start_iter, best_miou, skipped = 0, -1.0, 0
+    history: list[dict] = []
+
+    ckpt_path = _find_resume(work_dir, resume)
+    if ckpt_path is not None:
+        ck = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        scheduler.load_state_dict(ck["scheduler"])
+        if "scaler" in ck and ck["scaler"]:
+            scaler.load_state_dict(ck["scaler"])
+        start_iter, best_miou, skipped = ck["iteration"], ck.get("best_metric", -1.0), ck.get("skipped_steps", 0)
+        set_rng_state(ck["rng"])
+        if is_main:
+            print(f"resumed from {ckpt_path} at iteration {start_iter}")
+
+    train_module = _LossModule(model)
+    if world > 1:
+        train_module = nn.parallel.DistributedDataParallel(
+            train_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
+    sampler = TrainBatchSampler(len(train_ds), tc.batch_size, tc.seed, start_iter, rank, world)
+    loader = torch.utils.data.DataLoader(SeededSamples(train_ds, tc.seed), batch_sampler=sampler,
+                                         num_workers=tc.num_workers, pin_memory=device.type == "cuda",
+                                         persistent_workers=tc.num_workers > 0)
+    writer = _tensorboard(work_dir) if (is_main and tc.tensorboard) else None
+    log_f = open(work_dir / "train_log.jsonl", "a") if is_main else None
+    last_good = _latest_checkpoint(work_dir) if is_main else None
+
+    stop = {"signal": None}
+
+    def _on_signal(signum, frame):
+        stop["signal"] = signum
+
+    old_handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)} \
+        if _in_main_thread() else {}
+
+    def checkpoint(it: int, best: bool = False) -> Path | None:
+        nonlocal last_good
+        if not is_main:
+            return None
+        payload = {
+            "segkit_checkpoint": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "iteration": it, "best_metric": best_miou, "skipped_steps": skipped, "rng": rng_state(),
+            "config": cfg.to_dict(), "meta": model.config(),
+        }
+        path = work_dir / ("best.pth" if best else f"iter_{it}.pth")
+        save_checkpoint(path, payload)
+        if not best:
+            last_good = path
+            old = sorted(work_dir.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+            for p in old[:-tc.keep_last]:
+                p.unlink(missing_ok=True)
+        return path
+
+    def run_eval(it: int) -> float | None:
+        nonlocal best_miou
+        if val_ds is None:
+            return None
+        ec = cfg.eval
+        res = evaluate(model, val_ds, mode=ec.mode, crop_size=ec.crop_size, stride=ec.stride, scales=ec.scales,
+                       flip=ec.flip, device=device, progress=False, max_images=tc.eval_max_images)
+        model.train()
+        miou = float(res["mIoU"])
+        if is_main:
+            rec = {"iter": it, "mIoU": miou, "aAcc": float(res["aAcc"]), "mAcc": float(res["mAcc"])}
+            history.append(rec)
+            log_f.write(json.dumps({"type": "eval", **rec}) + "\n")
+            log_f.flush()
+            tqdm.write(f"[eval] iter {it}: mIoU {miou:.2f}  aAcc {res['aAcc']:.2f}  mAcc {res['mAcc']:.2f}")
+            if writer:
+                writer.add_scalar("val/mIoU", miou, it)
+                writer.add_scalar("val/aAcc", float(res["aAcc"]), it)
+                _log_overlays(writer, model, val_ds, tc.vis_images, it, device)
+            if miou > best_miou:
+                best_miou = miou
+                checkpoint(it, best=True)
+        return miou
+
+    model.train()
+    data_iter = iter(loader)
+    bar = tqdm(total=cfg.schedule.max_iters, initial=start_iter, disable=not (progress and is_main),
+               desc=f"train {cfg.model}", dynamic_ncols=True, smoothing=0.05)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.amp)
+    it = start_iter
+    try:
+        while it < cfg.schedule.max_iters:
+            images, labels = next(data_iter)
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            if tc.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                losses = train_module(images, labels)
+            loss = losses["loss"]
+            finite = torch.isfinite(loss.detach())
+            if world > 1:
+                flag = finite.float().to(device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+                finite = flag.bool()
+            optimizer.zero_grad(set_to_none=True)
+            if not bool(finite):
+                if tc.on_nonfinite == "stop":
+                    raise NonFiniteLossError(
+                        f"non-finite loss ({float(loss):.4g}) at iteration {it + 1}; last good checkpoint: "
+                        f"{last_good or 'none written yet'}. Lower optim.lr, enable optim.grad_clip, or set "
+                        f"train.on_nonfinite=skip to skip such steps.")
+                skipped += 1
+                it += 1
+                scheduler.step()
+                bar.update(1)
+                continue
+            scaler.scale(loss).backward()
+            if cfg.optim.grad_clip:
+                scaler.unscale_(optimizer)
+                clip_grad(model, cfg.optim.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            it += 1
+            lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0)
+            if is_main:
+                bar.update(1)
+                if it % tc.log_interval == 0 or it == cfg.schedule.max_iters:
+                    vals = {k: float(v.detach()) for k, v in losses.items()}
+                    bar.set_postfix(loss=f"{vals['loss']:.3f}", lr=f"{lr:.2e}")
+                    rec = {"type": "train", "iter": it, "lr": lr, **vals, "time": round(time.time() - t_start, 2)}
+                    log_f.write(json.dumps(rec) + "\n")
+                    log_f.flush()
+                    if writer:
+                        for k, v in vals.items():
+                            writer.add_scalar(f"train/{k}", v, it)
+                        writer.add_scalar("train/lr", lr, it)
+            interval_ckpt = tc.checkpoint_interval or tc.eval_interval
+            if it % tc.eval_interval == 0 and it < cfg.schedule.max_iters:
+                run_eval(it)
+            if it % interval_ckpt == 0 and it < cfg.schedule.max_iters:
+                checkpoint(it)
+            if stop["signal"] is not None:
+                path = checkpoint(it)
+                if is_main:
+                    tqdm.write(f"received signal {stop['signal']}: saved {path}, exiting")
+                break
+    finally:
+        bar.close()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+
+    summary = {"iterations": it, "skipped_steps": skipped}
+    if stop["signal"] is None:
+        checkpoint(it)
+        final_miou = run_eval(it)
+        if is_main:
+            model.save_pretrained(work_dir / "final")
+            _plot_curves(work_dir)
+        summary.update(final_mIoU=final_miou)
+    summary.update(best_mIoU=best_miou if best_miou >= 0 else None, work_dir=str(work_dir),
+                   wall_time_s=round(time.time() - t_start, 1))
+    if is_main:
+        log_f.write(json.dumps({"type": "summary", **summary}) + "\n")
+        log_f.close()
+        if writer:
+            writer.close()
+    return summary
+
+
+def _in_main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _latest_checkpoint(work_dir: Path) -> Path | None:
+    ckpts = sorted(work_dir.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+    return ckpts[-1] if ckpts else None
+
+
+def _find_resume(work_dir: Path, resume) -> Path | None:
+    if resume is None:
+        return None
+    if str(resume) == "auto":
+        return _latest_checkpoint(work_dir)
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint to resume from not found")
+    return path
+
+
+def _tensorboard(work_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard not installed: scalars still go to train_log.jsonl
+        return None
+    return SummaryWriter(str(work_dir / "tb"))
+
+
+@torch.no_grad()
+def _log_overlays(writer, model, dataset, n: int, it: int, device) -> None:
+    from segkit.engine.visualize import overlay
+
+    was_training = model.training
+    model.eval()
+    for i in range(min(n, len(dataset))):
+        item = dataset[i]
+        label = item["label"]
+        pred = model.predict(item["image"][None].to(device), out_size=label.shape[-2:])[0].cpu().numpy()
+        from segkit.data import read_image
+        image = read_image(item["image_path"])
+        if image.shape[:2] != pred.shape:
+            continue
+        writer.add_image(f"val/overlay_{i}", overlay(image, pred, model.palette), it, dataformats="HWC")
+    model.train(was_training)
+
+
+def _plot_curves(work_dir: Path) -> None:
+    """``curves.png``: training loss and validation mIoU against iteration (matplotlib, Agg)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(line) for line in open(work_dir / "train_log.jsonl")]
+    tr = [r for r in recs if r.get("type") == "train"]
+    ev = [r for r in recs if r.get("type") == "eval"]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax[0].plot([r["iter"] for r in tr], [r["loss"] for r in tr])
+    ax[0].set(xlabel="iteration", ylabel="loss", title="training loss")
+    ax[1].plot([r["iter"] for r in ev], [r["mIoU"] for r in ev], marker="o")
+    ax[1].set(xlabel="iteration", ylabel="mIoU (%)", title="validation mIoU")
+    for a in ax:
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(work_dir / "curves.png", dpi=100)
+    plt.close(fig)
