@@ -115,6 +115,8 @@ class TrainConfig:
     vis_images: int = 4
     tensorboard: bool = True
     eval_max_images: Optional[int] = None
+    preload: bool = False
+    check_data: bool = True
 
 
 @dataclass
@@ -184,8 +186,40 @@ def _build(cls, data: Any, path: str):
         sub = {"DataConfig": DataConfig, "TrainTransformConfig": TrainTransformConfig,
                "TestTransformConfig": TestTransformConfig, "OptimConfig": OptimConfig,
                "ScheduleConfig": ScheduleConfig, "TrainConfig": TrainConfig, "EvalConfig": EvalConfig}.get(ftype)
-        kwargs[k] = _build(sub, v, f"{path + '.' if path else ''}{k}") if sub else v
+        key = f"{path + '.' if path else ''}{k}"
+        kwargs[k] = _build(sub, v, key) if sub else _coerce(v, ftype, key)
     return cls(**kwargs)
+
+
+def _coerce(value: Any, ftype: str, key: str) -> Any:
+    """Check ``value`` against the field annotation; numbers written as strings (YAML 1.1 reads
+    ``6e-5`` as a string) are converted. Raises :class:`ConfigError` naming ``key``."""
+    optional = ftype.startswith("Optional[")
+    base = ftype[len("Optional["):-1] if optional else ftype
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{key}: must not be null")
+    try:
+        if base == "float":
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if base == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected a number ({base}), got {value!r}") from None
+    if base == "bool" and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if base == "str" and not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if base == "list" and not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+    if base == "dict" and not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    return list(value) if base == "list" else value
 
 
 def config_from_dict(data: dict) -> Config:
@@ -200,6 +234,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         key, raw = item.split("=", 1)
         value = yaml.safe_load(raw)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 as a string
+            try:
+                value = float(value) if any(c in value for c in ".eE") else int(value)
+            except ValueError:
+                pass
         node = data
         parts = key.strip().split(".")
         for p in parts[:-1]:

@@ -88,3 +88,12 @@ def test_scheduler_drives_all_groups():
     assert lrs[0][0] == pytest.approx(cfg.optim.lr * opt.param_groups[0]["lr_mult"] * 1e-6, rel=1e-3)
     assert lrs[5][opt.param_groups.index(head)] == pytest.approx(1e-2 * 0.5)
     assert math.isclose(opt.param_groups[0]["lr"], 0.0, abs_tol=1e-12)
+
+
+def test_field_types_are_checked_and_exponents_coerced():
+    cfg = config_from_dict({"optim": {"lr": "6e-5"}, "schedule": {"max_iters": 10.0}})
+    assert cfg.optim.lr == 6e-5 and isinstance(cfg.schedule.max_iters, int)
+    with pytest.raises(ConfigError, match="schedule.max_iters"):
+        config_from_dict({"schedule": {"max_iters": "lots"}})
+    with pytest.raises(ConfigError, match="train.preload"):
+        config_from_dict({"train": {"preload": "yes"}})

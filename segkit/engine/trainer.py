@@ -247,9 +247,12 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
 
     # ---------------- data
     train_ds, val_ds = build_train_data(cfg)
-    if is_main:
-        report = check_dataset(train_ds, progress=False)
-        print(report if isinstance(report, str) else getattr(report, "table", report))
+    if is_main and tc.check_data:
+        print(check_dataset(train_ds, progress=False))
+    if tc.preload:  # decoded samples kept in memory (shared with workers); saves the decode per sample
+        train_ds.preload()
+        if val_ds is not None:
+            val_ds.preload()
     model = build_model_from_config(cfg, train_ds).to(device)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -282,7 +285,10 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
     sampler = TrainBatchSampler(len(train_ds), tc.batch_size, tc.seed, start_iter, rank, world)
     loader = torch.utils.data.DataLoader(SeededSamples(train_ds, tc.seed), batch_sampler=sampler,
                                          num_workers=tc.num_workers, pin_memory=device.type == "cuda",
-                                         persistent_workers=tc.num_workers > 0)
+                                         persistent_workers=tc.num_workers > 0, worker_init_fn=_worker_init,
+                                         # own generator: creating the iterator must not consume the global
+                                         # torch RNG, whose state the checkpoint restores (exact resume)
+                                         generator=torch.Generator().manual_seed(tc.seed))
     writer = _tensorboard(work_dir) if (is_main and tc.tensorboard) else None
     log_f = open(work_dir / "train_log.jsonl", "a") if is_main else None
     last_good = _latest_checkpoint(work_dir) if is_main else None
@@ -423,6 +429,14 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
         if writer:
             writer.close()
     return summary
+
+
+def _worker_init(worker_id: int) -> None:
+    """DataLoader workers: one OpenCV / torch thread each, so they do not oversubscribe the cores."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
 
 
 def _in_main_thread() -> bool:

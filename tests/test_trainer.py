@@ -1,0 +1,98 @@
+"""Trainer: resume fidelity, non-finite loss handling, checkpoint contents, CLI end to end."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from segkit.cli import main as cli
+from segkit.config import config_from_dict
+from segkit.engine.trainer import NonFiniteLossError, TrainBatchSampler, train
+
+
+def tiny_cfg(root: Path, work_dir: Path, **train_over) -> dict:
+    return {
+        "model": "segformer-b0",
+        "model_args": {"decoder_dim": 32},
+        "data": {"train": {"type": "split", "root": str(root), "split": "train"},
+                 "val": {"type": "split", "root": str(root), "split": "val"}},
+        "train_transform": {"scale": [120, 90], "crop_size": [64, 64]},
+        "test_transform": {"scale": [120, 90]},
+        "optim": {"lr": 1e-3},
+        "schedule": {"max_iters": 4, "warmup_iters": 1},
+        "train": {"batch_size": 2, "num_workers": 0, "eval_interval": 2, "log_interval": 1, "keep_last": 5,
+                  "work_dir": str(work_dir), "deterministic": True, "tensorboard": False, **train_over},
+    }
+
+
+def test_batch_sampler_resumes_mid_epoch_and_splits_ranks():
+    full = TrainBatchSampler(10, 4, seed=3)
+    it = iter(full)
+    seq = [next(it) for _ in range(5)]
+    resumed = iter(TrainBatchSampler(10, 4, seed=3, start_iter=3))
+    assert [next(resumed) for _ in range(2)] == seq[3:5]
+    r0 = iter(TrainBatchSampler(10, 4, seed=3, rank=0, world_size=2))
+    r1 = iter(TrainBatchSampler(10, 4, seed=3, rank=1, world_size=2))
+    assert next(r0) + next(r1) == seq[0]
+    with pytest.raises(ValueError, match="not divisible"):
+        TrainBatchSampler(10, 3, seed=0, world_size=2)
+
+
+def test_resume_gives_the_same_weights(mini_camvid, tmp_path):
+    full = train(config_from_dict(tiny_cfg(mini_camvid, tmp_path / "a")), progress=False)
+    assert full["iterations"] == 4
+    a = tmp_path / "a"
+    assert (a / "iter_2.pth").is_file() and (a / "iter_4.pth").is_file() and (a / "best.pth").is_file()
+    assert (a / "final" / "model.safetensors").is_file() and (a / "curves.png").is_file()
+    ck = torch.load(a / "iter_2.pth", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "iteration", "rng", "config", "best_metric"} <= set(ck)
+    assert ck["iteration"] == 2
+    train(config_from_dict(tiny_cfg(mini_camvid, tmp_path / "b")), resume=a / "iter_2.pth", progress=False)
+    wa = torch.load(a / "iter_4.pth", weights_only=True)["model"]
+    wb = torch.load(tmp_path / "b" / "iter_4.pth", weights_only=True)["model"]
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    # and the run really trained: weights moved away from iteration 2
+    assert any(not torch.equal(wa[k], ck["model"][k]) for k in wa if wa[k].is_floating_point())
+    log = [json.loads(line) for line in open(a / "train_log.jsonl")]
+    assert [r["iter"] for r in log if r["type"] == "train"] == [1, 2, 3, 4]
+    assert any(r["type"] == "eval" for r in log)
+
+
+def test_nonfinite_loss_stops_or_skips(mini_camvid, tmp_path, monkeypatch):
+    from segkit.models.segmentor import Segmentor
+
+    calls = {"n": 0}
+    orig = Segmentor.seg_loss
+
+    def flaky(self, logits, labels):
+        calls["n"] += 1
+        loss = orig(self, logits, labels)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(Segmentor, "seg_loss", flaky)
+    with pytest.raises(NonFiniteLossError, match=r"iteration 3.*iter_2\.pth"):
+        train(config_from_dict(tiny_cfg(mini_camvid, tmp_path / "stop")), progress=False)
+    calls["n"] = 0
+    out = train(config_from_dict(tiny_cfg(mini_camvid, tmp_path / "skip", on_nonfinite="skip")), progress=False)
+    assert out["skipped_steps"] == 1 and out["iterations"] == 4
+
+
+def test_cli_train_eval_predict(mini_camvid, tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    import yaml
+    cfg.write_text(yaml.safe_dump(tiny_cfg(mini_camvid, tmp_path / "run")))
+    assert cli(["train", str(cfg), "--no-progress", "--set", "schedule.max_iters=2"]) == 0
+    final = tmp_path / "run" / "final"
+    assert cli(["eval", str(final), "--data", str(mini_camvid), "--split", "test", "--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "mIoU" in out and "pedestrian" in out
+    assert (tmp_path / "ev" / "metrics.json").is_file()
+    img = next((mini_camvid / "images" / "test").iterdir())
+    assert cli(["predict", str(final), str(img), "--out", str(tmp_path / "pred")]) == 0
+    files = sorted(p.name for p in (tmp_path / "pred").iterdir())
+    assert any(f.endswith("_overlay.png") for f in files) and any(f.endswith("_label.png") for f in files)
+    # bad config key -> clear error, exit code 2
+    assert cli(["train", str(cfg), "--set", "train.bogus=1"]) == 2
+    assert "train.bogus" in capsys.readouterr().err
