@@ -118,19 +118,19 @@ class Segmentor(nn.Module):
         """Training losses for ``images (B, 3, H, W)`` and integer ``labels (B, H, W)``.
 
         Logits are upsampled to the label size before the cross-entropy (reference). A head
-        that defines ``aux_losses(features, labels)`` (RSSeg) adds its terms. Returns a dict
-        of scalar tensors whose key ``"loss"`` is the total to back-propagate.
+        with auxiliary training objectives (RSSeg's DCA and boundary losses) defines
+        ``forward_train(features, labels) -> (logits, {name: weighted scalar loss})``; it is
+        used here only, so auxiliary terms cost nothing at inference. Returns a dict of scalar
+        tensors whose key ``"loss"`` is the total to back-propagate.
         """
         if labels.ndim != 3:
             raise ValueError(f"expected labels of shape (B, H, W), got {tuple(labels.shape)}")
         labels = labels.long()
         feats = self.backbone(images)
-        head_out = self.decode_head(feats)
+        forward_train = getattr(self.decode_head, "forward_train", None)
+        head_out, aux = forward_train(feats, labels) if callable(forward_train) else (self.decode_head(feats), {})
         logits = resize(head_out, labels.shape[-2:], self.align_corners)
-        losses = {"loss_seg": self.seg_loss(logits, labels)}
-        aux = getattr(self.decode_head, "aux_losses", None)
-        if callable(aux):
-            losses.update(aux(feats, labels))
+        losses = {"loss_seg": self.seg_loss(logits, labels), **aux}
         losses["loss"] = sum(losses.values())
         return losses
 
