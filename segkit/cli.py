@@ -33,15 +33,17 @@ def _cmd_models(args) -> int:
 
 def _cmd_flops(args) -> int:
     from segkit.models.zoo import build_model
+    import torch
     from segkit.tools.flops import count_flops
 
-    model = build_model(args.model, num_classes=args.num_classes)
-    res = count_flops(model, tuple(args.shape))
+    with torch.device("meta"):  # shapes only: no weight initialisation, no memory
+        model = build_model(args.model, num_classes=args.num_classes)
+    res = count_flops(model, tuple(args.shape), mode=args.mode)
     if args.json:
         print(json.dumps(res, indent=2))
     else:
         print(f"{args.model} @ {args.shape[0]}x{args.shape[1]}: {res['gmacs']:.2f} GFLOPs (GMACs, 1 MAC = 1 FLOP), "
-              f"{res['params'] / 1e6:.2f} M params")
+              f"{res['params'] / 1e6:.2f} M params [{res['mode']} convention]")
     return 0
 
 
@@ -51,7 +53,8 @@ def _cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.set)
     summary = train(cfg, resume=args.resume, progress=not args.no_progress)
-    print(json.dumps(summary, indent=2))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
     return 0
 
 
@@ -155,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("--shape", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
     s.add_argument("--num-classes", type=int, default=150)
+    s.add_argument("--mode", default="paper", choices=["paper", "torch", "mmcv", "torchprofile"],
+                   help="counting convention (segkit.tools.flops); 'paper' = the one the model's paper used")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=_cmd_flops)
 

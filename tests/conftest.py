@@ -17,6 +17,15 @@ def _threads():
 @pytest.fixture
 def mini_camvid(tmp_path):
     """A handful of real CamVid images in the shared layout (symlinked, never copied into the repo)."""
+    return make_mini_camvid(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def mini_camvid_module(tmp_path_factory):
+    return make_mini_camvid(tmp_path_factory.mktemp("camvid"))
+
+
+def make_mini_camvid(tmp_path):
     if not CAMVID.is_dir():
         pytest.skip(f"CamVid not found at {CAMVID}")
     root = tmp_path / "camvid_mini"

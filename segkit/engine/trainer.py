@@ -58,7 +58,16 @@ class SeededSamples(torch.utils.data.Dataset):
         s = np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]
         random.seed(int(s))
         np.random.seed(int(s))
-        item = self.dataset[index]
+        try:
+            item = self.dataset[index]
+        except Exception as e:  # name the files even for errors that do not (cv2, numpy, ...)
+            from segkit.data import DataError
+
+            if isinstance(e, DataError):
+                raise
+            paths = getattr(self.dataset, "samples", None)
+            where = " / ".join(str(p) for p in paths[index] if p) if paths else f"sample {index}"
+            raise DataError(f"{where}: failed while loading/augmenting ({type(e).__name__}: {e})") from e
         return item["image"], item["label"]
 
 
@@ -256,6 +265,9 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
     model = build_model_from_config(cfg, train_ds).to(device)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if world > 1 and tc.sync_bn and device.type != "cuda":
+        raise ValueError("train.sync_bn=true needs CUDA (torch's SyncBatchNorm does not run on CPU); on CPU each "
+                         "rank normalises over its own share of the batch — set train.sync_bn=false")
     if world > 1 and tc.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
@@ -277,6 +289,8 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
         set_rng_state(ck["rng"])
         if is_main:
             print(f"resumed from {ckpt_path} at iteration {start_iter}")
+            with open(work_dir / "train_log.jsonl", "a") as f:
+                f.write(json.dumps({"type": "resume", "iter": start_iter, "from": str(ckpt_path)}) + "\n")
 
     train_module = _LossModule(model)
     if world > 1:
@@ -369,7 +383,7 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
             if not bool(finite):
                 if tc.on_nonfinite == "stop":
                     raise NonFiniteLossError(
-                        f"non-finite loss ({float(loss):.4g}) at iteration {it + 1}; last good checkpoint: "
+                        f"non-finite loss ({float(loss.detach()):.4g}) at iteration {it + 1}; last good checkpoint: "
                         f"{last_good or 'none written yet'}. Lower optim.lr, enable optim.grad_clip, or set "
                         f"train.on_nonfinite=skip to skip such steps.")
                 skipped += 1
@@ -414,6 +428,8 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
             signal.signal(s, h)
 
     summary = {"iterations": it, "skipped_steps": skipped}
+    if world > 1:
+        summary["ranks_max_weight_diff"] = _rank_weight_divergence(model, device)
     if stop["signal"] is None:
         checkpoint(it)
         final_miou = run_eval(it)
@@ -429,6 +445,16 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
         if writer:
             writer.close()
     return summary
+
+
+def _rank_weight_divergence(model: nn.Module, device: torch.device) -> float:
+    """Largest |difference| of any parameter between this rank and rank 0 (all-reduced max); 0 when in sync."""
+    flat = torch.cat([p.detach().float().reshape(-1) for p in model.parameters()]).to(device)
+    ref = flat.clone()
+    dist.broadcast(ref, src=0)
+    diff = (flat - ref).abs().max().reshape(1)
+    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
+    return float(diff)
 
 
 def _worker_init(worker_id: int) -> None:
