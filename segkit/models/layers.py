@@ -42,7 +42,7 @@ def drop_path_rates(total: float, depths) -> list[float]:
     Source: SegFormer / SegNeXt official code (architectures.md §1.2, §2.2).
     """
     n = int(sum(depths))
-    return [x.item() for x in torch.linspace(0, total, n)] if n else []
+    return [x.item() for x in torch.linspace(0, total, n, device="cpu")] if n else []
 
 
 def init_weights_reference(module: nn.Module) -> None:
