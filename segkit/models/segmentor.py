@@ -219,6 +219,56 @@ class Segmentor(nn.Module):
         return (logits_sum / count).to(images.device)
 
     @torch.no_grad()
+    def slide_predict(self, images: torch.Tensor, crop_size: Sequence[int], stride: Sequence[int] | None = None,
+                      window_batch: int = 4, accumulate_on_cpu: bool = False) -> torch.Tensor:
+        """Label map ``(B, H, W)`` (uint8 when K ≤ 256, else int64) by slide inference with bounded memory.
+
+        Same windows and per-pixel logit averaging as :meth:`slide_logits`, but logits are kept
+        only for the band of rows that later windows can still reach (at most ``crop_h + stride_h``
+        rows): once a window row is done, every row above the next window row is final and is
+        reduced to its argmax. Peak memory is ``K · (crop_h + stride_h) · W`` floats plus the window
+        batch — independent of the image height — instead of ``K · H · W``.
+
+        ``images`` may be normalised float ``(B, 3, H, W)`` or uint8 RGB (0–255), in which case each
+        window is normalised on the fly (the full image is never converted to float).
+        """
+        crop_size = tuple(int(c) for c in crop_size)
+        stride = tuple(int(s) for s in (stride or crop_size))
+        b, _, h, w = images.shape
+        dev = torch.device("cpu") if accumulate_on_cpu else images.device
+        boxes = slide_windows(h, w, crop_size, stride)
+        rows: dict[int, list] = {}
+        for box in boxes:
+            rows.setdefault(box[0], []).append(box)
+        row_starts = sorted(rows)
+        out = torch.empty((b, h, w), dtype=torch.uint8 if self.num_classes <= 256 else torch.int64, device=dev)
+        lo = 0  # first row held in the band buffers
+        acc = torch.zeros((b, self.num_classes, 0, w), dtype=torch.float32, device=dev)
+        cnt = torch.zeros((1, 1, 0, w), dtype=torch.float32, device=dev)
+        for r, y1 in enumerate(row_starts):
+            y2 = max(bx[1] for bx in rows[y1])
+            if y2 - lo > acc.shape[2]:  # grow the band down to this window row's bottom
+                grow = y2 - lo - acc.shape[2]
+                acc = torch.cat([acc, acc.new_zeros((b, self.num_classes, grow, w))], dim=2)
+                cnt = torch.cat([cnt, cnt.new_zeros((1, 1, grow, w))], dim=2)
+            chunk_boxes = rows[y1]
+            for start in range(0, len(chunk_boxes), window_batch):
+                chunk = chunk_boxes[start:start + window_batch]
+                crops = torch.cat([images[:, :, a:c, x1:x2] for (a, c, x1, x2) in chunk], dim=0)
+                if crops.dtype == torch.uint8:
+                    crops = self.normalize(crops)
+                logits = self(crops).float().to(dev)
+                for i, (a, c, x1, x2) in enumerate(chunk):
+                    acc[:, :, a - lo:c - lo, x1:x2] += logits[i * b:(i + 1) * b]
+                    cnt[:, :, a - lo:c - lo, x1:x2] += 1
+            done = row_starts[r + 1] if r + 1 < len(row_starts) else h  # rows above the next window row are final
+            if done > lo:
+                n = done - lo
+                out[:, lo:done] = (acc[:, :, :n] / cnt[:, :, :n]).argmax(dim=1).to(out.dtype)
+                acc, cnt, lo = acc[:, :, n:].contiguous(), cnt[:, :, n:].contiguous(), done
+        return out.to(images.device)
+
+    @torch.no_grad()
     def predict(self, images: torch.Tensor, **inference_kwargs) -> torch.Tensor:
         """Label map ``(B, H_out, W_out)`` int64 = argmax of :meth:`inference` (same arguments)."""
         return self.inference(images, **inference_kwargs).argmax(dim=1)
