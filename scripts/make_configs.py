@@ -103,14 +103,122 @@ def all_configs() -> dict[str, dict]:
     for dataset in ("camvid", "ccp"):
         for model in ("segnext-t", "segnext-s", "segformer-b0", "segformer-b1"):
             out[f"{dataset}/{model}.yaml"] = small_config(model, dataset)
+    out.update(rsseg_configs())
+    return out
+
+
+# ----------------------------------------------------------------------------- RSSeg
+# RSSeg recipe (rsseg.md §4.2; architectures.md §3 "Training"): batch 16; crops City 768, ADE 512
+# (640 for the large models), Context 480, COCO-Stuff-10k 512, COCO-Stuff-164k 640; iterations
+# 80k / 80k / 30k / 30k / 80k; slide inference with window = crop. BEiT: the BEiT protocol
+# (AdamW, layer-wise lr decay 0.9 / 0.95, lr 3e-5 / 2e-5, wd 0.05, warm-up 1500 / 3000); ViT-AugReg:
+# the same with lr 2e-5 and wd 0.01. "10x lr for randomly initialised parameters except the
+# transformer decoder and the queries": head_lr_mult 10 with decode_head.decoder.* back at 1x (the
+# local path's patch embedding is initialised from the ViT's, so it also stays at 1x).
+# CSWin on Cityscapes follows SegFormer's recipe (crop 1024, 160k, batch 8, lr 6e-5, slide 1024/768).
+RSSEG_PLAIN = ["rsseg-vit-b", "rsseg-vit-l", "rsseg-beit-b", "rsseg-beit-l"]
+RSSEG_BASELINES = ["vit-linear-b", "vit-linear-l", "beit-linear-b", "beit-linear-l", "segmenter-vit-b", "segmenter-vit-l"]
+RSSEG_DATA = {
+    "ade20k": dict(data=PAPER["ade20k"]["data"], scale=[2048, 512], crop=512, crop_large=640, iters=80000),
+    "cityscapes": dict(data=PAPER["cityscapes"]["data"], scale=[2048, 1024], crop=768, crop_large=768, iters=80000),
+    "pascal_context59": dict(data=PAPER["pascal_context59"]["data"], scale=[520, 520], crop=480, crop_large=480,
+                             iters=30000),
+    "coco_stuff10k": dict(data={"train": {"type": "coco_stuff10k", "root": "data/coco_stuff10k", "split": "train"},
+                                "val": {"type": "coco_stuff10k", "root": "data/coco_stuff10k", "split": "test"}},
+                          scale=[2048, 512], crop=512, crop_large=512, iters=30000),
+    "coco_stuff164k": dict(data=PAPER["coco_stuff164k"]["data"], scale=[2048, 640], crop=640, crop_large=640,
+                           iters=80000),
+}
+RSSEG_LR_MULT = {"decode_head.decoder.": 1.0, "decode_head.local_embed.proj.": 1.0}
+
+
+def _rsseg_optim(model: str) -> tuple[dict, int]:
+    large = model.endswith("-l")
+    if "beit" in model:
+        optim = {"lr": 2.0e-5 if large else 3.0e-5, "weight_decay": 0.05, "layer_decay": 0.95 if large else 0.9}
+        warmup = 3000 if large else 1500
+    else:
+        optim = {"lr": 2.0e-5, "weight_decay": 0.01, "layer_decay": 0.95 if large else 0.9}
+        warmup = 1500
+    if model.startswith("segmenter"):  # the whole head is a transformer decoder with queries: 1x
+        optim.update(head_lr_mult=1.0, custom_lr_mult={})
+    elif model.startswith("rsseg"):
+        optim.update(head_lr_mult=10.0, custom_lr_mult=dict(RSSEG_LR_MULT))
+    else:  # linear classifier: randomly initialised, 10x
+        optim.update(head_lr_mult=10.0, custom_lr_mult={})
+    # BEiT/ViT fine-tuning convention: biases and other 1-D parameters (LHF logits, DCA scales) do not decay
+    return {"lr": optim.pop("lr"), "betas": [0.9, 0.999], **optim, "no_decay_1d": True}, warmup
+
+
+def rsseg_plain_config(model: str, dataset: str, model_args: dict | None = None, tag: str = "") -> dict:
+    r = RSSEG_DATA[dataset]
+    crop = r["crop_large"] if model.endswith("-l") else r["crop"]
+    scale = [r["scale"][0] * crop // r["scale"][1], crop] if r["scale"][1] < crop else list(r["scale"])
+    stride = crop * 2 // 3
+    optim, warmup = _rsseg_optim(model)
+    name = model + (f"_{tag}" if tag else "")
+    return {
+        "model": model,
+        "model_args": {"img_size": crop, **(model_args or {})},
+        "pretrained": None,
+        "data": r["data"],
+        "train_transform": {"scale": scale, "ratio_range": [0.5, 2.0], "crop_size": [crop, crop],
+                            "cat_max_ratio": 0.75, "flip_prob": 0.5, "photometric": True},
+        "test_transform": {"scale": list(scale), "keep_ratio": True, "size_divisor": None},
+        "optim": optim,
+        "schedule": {"max_iters": r["iters"], "warmup_iters": warmup, "warmup_ratio": 1.0e-6, "power": 1.0},
+        "train": {"batch_size": 16, "num_workers": 4, "eval_interval": 8000 if r["iters"] > 40000 else 4000,
+                  "work_dir": f"work_dirs/{name}_{dataset}"},
+        "eval": {"mode": "slide", "crop_size": [crop, crop], "stride": [stride, stride]},
+    }
+
+
+def rsseg_cswin_config(model: str, model_args: dict | None = None, tag: str = "") -> dict:
+    cfg = paper_config("segformer-b2", "cityscapes")  # SegFormer's Cityscapes recipe
+    name = model + (f"_{tag}" if tag else "")
+    cfg.update(model=model, model_args=dict(model_args or {}))
+    cfg["train"]["work_dir"] = f"work_dirs/{name}_cityscapes"
+    return {k: cfg[k] for k in ("model", "model_args", *[k for k in cfg if k not in ("model", "model_args")])}
+
+
+def rsseg_configs() -> dict[str, dict]:
+    from segkit.models.rsseg.builders import PLAIN_ABLATIONS, PYRAMID_ABLATIONS
+
+    out = {}
+    for dataset in RSSEG_DATA:
+        for model in RSSEG_PLAIN + RSSEG_BASELINES:
+            out[f"{dataset}/{model}.yaml"] = rsseg_plain_config(model, dataset)
+    for model in ("rsseg-cswin-t", "rsseg-cswin-s"):
+        out[f"cityscapes/{model}.yaml"] = rsseg_cswin_config(model)
+    # Ablations: Tables 4-6 on ADE20K with ViT-B, Tables 7-8 on Cityscapes with CSWin-T.
+    for tag, args in PLAIN_ABLATIONS.items():
+        out[f"ade20k/rsseg-vit-b_{tag}.yaml"] = rsseg_plain_config("rsseg-vit-b", "ade20k", args, tag)
+    for tag, args in PYRAMID_ABLATIONS.items():
+        out[f"cityscapes/rsseg-cswin-t_{tag}.yaml"] = rsseg_cswin_config("rsseg-cswin-t", args, tag)
+    # CamVid (not in the paper): the small-data recipe with ViT-Ti, crop 352 (a multiple of 16).
+    for model in ("rsseg-vit-ti", "vit-linear-ti"):
+        cfg = small_config(model, "camvid")
+        cfg["train_transform"]["crop_size"] = [352, 352]
+        cfg["test_transform"]["scale"] = list(cfg["test_transform"]["scale"])  # no YAML anchor
+        cfg = {"model": model, "model_args": {"img_size": 352}, **{k: v for k, v in cfg.items() if k != "model"}}
+        if model.startswith("rsseg"):
+            cfg["optim"]["custom_lr_mult"] = dict(RSSEG_LR_MULT)
+        out[f"camvid/{model}.yaml"] = cfg
     return out
 
 
 HEADER = "# Generated by scripts/make_configs.py from the papers' recipes (architectures.md §6). Edit the script.\n"
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """Write repeated lists out in full (no YAML anchors/aliases such as ``&id001``)."""
+
+    def ignore_aliases(self, data):
+        return True
+
+
 def render(cfg: dict) -> str:
-    return HEADER + yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None, width=120)
+    return HEADER + yaml.dump(cfg, Dumper=_NoAliasDumper, sort_keys=False, default_flow_style=None, width=120)
 
 
 def main() -> None:

@@ -69,6 +69,9 @@ class OptimConfig:
     parameter name, longest first, first match wins), under which MSCAN's stem BNs and the head's
     GroupNorms *do* decay (architectures.md §0.8). We default to the type rule because the
     substring rule's exemptions depend on attribute names, not on what the parameter is.
+    ``no_decay_1d`` also exempts every 1-D parameter (biases, LHF logits, DCA scales), the
+    BEiT/timm fine-tuning convention used by the RSSeg configs; the SegFormer/SegNeXt reference
+    decays biases, so it is off by default.
     """
     name: str = "adamw"
     lr: float = 6e-5
@@ -78,6 +81,7 @@ class OptimConfig:
     head_lr_mult: float = 10.0
     norm_decay_rule: str = "type"
     grad_clip: Optional[float] = None
+    no_decay_1d: bool = False
     # RSSeg / ViT options (layer-wise lr decay; extra lr multipliers by name substring).
     layer_decay: Optional[float] = None
     custom_lr_mult: dict = field(default_factory=dict)

@@ -97,3 +97,13 @@ def test_field_types_are_checked_and_exponents_coerced():
         config_from_dict({"schedule": {"max_iters": "lots"}})
     with pytest.raises(ConfigError, match="train.preload"):
         config_from_dict({"train": {"preload": "yes"}})
+
+
+def test_no_decay_1d_exempts_biases():
+    model = segkit.build_model("segformer-b0", num_classes=4)
+    groups = param_groups(model, lr=1e-3, weight_decay=0.05, no_decay_1d=True)
+    by_name = {n: g for g in groups for n in g["names"]}
+    assert by_name["backbone.block1.0.attn.q.bias"]["weight_decay"] == 0.0
+    assert by_name["backbone.block1.0.attn.q.weight"]["weight_decay"] == 0.05
+    ref = {n: g for g in param_groups(model, lr=1e-3, weight_decay=0.05) for n in g["names"]}
+    assert ref["backbone.block1.0.attn.q.bias"]["weight_decay"] == 0.05

@@ -25,7 +25,7 @@ def _norm_param_names(model: nn.Module) -> set[str]:
 
 def param_groups(model: nn.Module, *, lr: float, weight_decay: float, head_lr_mult: float = 10.0,
                  norm_decay_rule: str = "type", custom_lr_mult: dict | None = None,
-                 layer_decay: float | None = None) -> list[dict]:
+                 layer_decay: float | None = None, no_decay_1d: bool = False) -> list[dict]:
     """Split ``model``'s trainable parameters into AdamW groups.
 
     Rules (first that applies):
@@ -36,7 +36,8 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float, head_lr_mu
       * weight decay 0 for norm parameters (``norm_decay_rule="type"``: any parameter of a
         LayerNorm/BatchNorm/GroupNorm, plus ``pos_block``/``pos_embed``/``cls_token``/relative
         position tables; ``"reference"``: mmcv's substring rule, see
-        :class:`segkit.config.OptimConfig`), else ``weight_decay``.
+        :class:`segkit.config.OptimConfig`); with ``no_decay_1d`` also every 1-D parameter
+        (biases etc., BEiT convention); else ``weight_decay``.
 
     Each group dict carries ``params``, ``lr``, ``weight_decay``, ``lr_mult`` and ``names``.
     Note (reference behaviour kept): torch's AdamW decay is decoupled and scaled by the group lr,
@@ -66,6 +67,8 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float, head_lr_mu
                 if key in name:
                     decay_mult = 0.0 if key in ("pos_block", "norm") else 1.0
                     break
+        if no_decay_1d and p.ndim <= 1:
+            decay_mult = 0.0
         key = (round(mult, 12), decay_mult)
         g = groups.setdefault(key, {"params": [], "names": [], "lr": lr * mult, "lr_mult": mult,
                                     "weight_decay": weight_decay * decay_mult})
@@ -78,7 +81,7 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     """AdamW over :func:`param_groups` from an :class:`segkit.config.OptimConfig`."""
     groups = param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay, head_lr_mult=cfg.head_lr_mult,
                           norm_decay_rule=cfg.norm_decay_rule, custom_lr_mult=cfg.custom_lr_mult,
-                          layer_decay=cfg.layer_decay)
+                          layer_decay=cfg.layer_decay, no_decay_1d=cfg.no_decay_1d)
     for g in groups:
         g.pop("names")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)

@@ -114,3 +114,11 @@ def build_model(name: str, num_classes: int = 150, **kwargs) -> Segmentor:
 def count_parameters(model) -> int:
     """Number of parameters (weights, biases, norm affines; BN running statistics excluded)."""
     return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- RSSeg
+# RSSeg (rsseg.md) on plain ViT/BEiT and CSWin, plus its plain-ViT baselines (ViT-Linear,
+# Segmenter). Builders, variants and ablation presets: segkit/models/rsseg/builders.py.
+from .rsseg.builders import RSSEG_MODELS  # noqa: E402  (the builders import nothing from here at import time)
+
+MODELS.update(RSSEG_MODELS)

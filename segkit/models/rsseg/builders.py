@@ -1,0 +1,316 @@
+"""Zoo builders for RSSeg (plain ViT/BEiT and CSWin) and its plain-ViT baselines.
+
+Each builder takes ``num_classes`` plus architecture switches (recorded in ``Segmentor.arch``
+so that ``from_pretrained`` rebuilds the same network) and the zoo's metadata keywords
+(``class_names``, ``palette``, ``ignore_index``, ``mean``, ``std``, ``loss_avg``). Unknown
+keywords raise ``TypeError``. Every model gets an ``encoder_prefix`` attribute — where the
+ImageNet encoder lives in the state dict (``backbone.vit.``, ``backbone.cswin.`` or
+``backbone.``) — for :mod:`segkit.checkpoints.rsseg`.
+
+Table 3 settings (rsseg.md; "sampling indices start from 0"): ViT-B/BEiT-B taps
+[1, 3, 5, 7], LSB width 256, expand 2, SASM 12 × 64; ViT-L/BEiT-L [3, 7, 11, 15], 384, 2,
+16 × 64; CSWin-T stage-3 interval 3 (taps [2, 5, …, 23]), width 64, expand 4; CSWin-S uses the
+"CSWin-B" row (interval 4, taps [5, 9, …, 37], width 128, expand 2). ViT-Ti (ours, for small
+data sets): the ViT-B taps, width 64, SASM 3 × 64.
+
+Plain ViT/BEiT models normalise with mean = std = 127.5 (AugReg / BEiT / Segmenter
+convention, architectures.md §4.1); CSWin with the ImageNet statistics.
+
+Ablations (rsseg.md Tables 4–8) are keyword presets: ``build_model("rsseg-vit-b", 150,
+**PLAIN_ABLATIONS["1-sasm"])``; :data:`PYRAMID_ABLATIONS` for CSWin.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Sequence
+
+import torch
+
+from ..segmentor import Segmentor
+
+PLAIN_MEAN_STD = (127.5, 127.5, 127.5)
+
+PLAIN_VARIANTS: dict[str, dict] = {
+    "vit-ti": dict(taps=(1, 3, 5, 7), lsb_dim=64, expand=2, sasm_groups=3),
+    "vit-b": dict(taps=(1, 3, 5, 7), lsb_dim=256, expand=2, sasm_groups=12),
+    "vit-l": dict(taps=(3, 7, 11, 15), lsb_dim=384, expand=2, sasm_groups=16),
+    "beit-b": dict(taps=(1, 3, 5, 7), lsb_dim=256, expand=2, sasm_groups=12),
+    "beit-l": dict(taps=(3, 7, 11, 15), lsb_dim=384, expand=2, sasm_groups=16),
+}
+PYRAMID_VARIANTS: dict[str, dict] = {
+    "cswin-t": dict(tap_interval=3, dim=64, expand=4),
+    "cswin-s": dict(tap_interval=4, dim=128, expand=2),
+}
+
+# Table 4 (ADE20K, ViT-B) rows before the full model, Table 5 (SASM), Table 6 (DCA).
+PLAIN_ABLATIONS: dict[str, dict] = {
+    "transformer-decoder": dict(two_pathway=False, num_sasm=0, dca=False),
+    "two-pathway": dict(num_sasm=0, dca=False),
+    "sasm": dict(dca=False),
+    "1-sasm": dict(num_sasm=1),
+    "filter-norm": dict(filter_norm="filter_norm"),
+    "groups-1": dict(sasm_groups=1),
+    "q2r-only": dict(p2r_weight=0.0),
+    "p2r-only": dict(q2r_weight=0.0),
+    "no-l2-norm": dict(l2_norm=False),
+}
+# Table 7 / Table 8 (Cityscapes, CSWin-T). "9-lsbs-af" (Table 7) and "conv3x3" (Table 8) are the same
+# network (both tables report 82.7 mIoU for it); the 10x lr of Table 7 is the config's head_lr_mult.
+PYRAMID_ABLATIONS: dict[str, dict] = {
+    "mlp-decoder": dict(local_path=False),
+    "3-lsbs": dict(tap_interval=21, fusion="add", local_op="dw3", boundary_weight=0.0),
+    "5-lsbs": dict(tap_interval=7, fusion="add", local_op="dw3", boundary_weight=0.0),
+    "9-lsbs": dict(fusion="add", local_op="dw3", boundary_weight=0.0),
+    "9-lsbs-af": dict(local_op="dw3", boundary_weight=0.0),
+    "conv3x3": dict(local_op="dw3", boundary_weight=0.0),
+    "large-kernel": dict(local_op="large", boundary_weight=0.0),
+    "dilated": dict(local_op="dilated", boundary_weight=0.0),
+    "conv3x3-boundary": dict(local_op="dw3"),
+}
+
+
+def _split(kwargs: dict, builder: str) -> tuple[dict, dict]:
+    from ..zoo import _split_meta
+
+    meta, rest = _split_meta(dict(kwargs))
+    if rest:
+        raise TypeError(f"{builder} got unknown argument(s): {sorted(rest)}")
+    return meta, rest
+
+
+def default_plain_taps(depth: int) -> tuple[int, ...]:
+    """Four evenly spaced 0-based taps in the first two thirds (Table 3 pattern: 12 → [1, 3, 5, 7],
+    24 → [3, 7, 11, 15]); for shallow encoders every block before the last."""
+    step = depth // 6
+    if step >= 1:
+        return tuple(step * (i + 1) - 1 for i in range(4))
+    return tuple(range(depth - 1))
+
+
+def pyramid_taps(depths: Sequence[int], interval: int) -> tuple[int, ...]:
+    """0-based global block indices (Table 3 convention): the stage-2 output, then every
+    ``interval``-th stage-3 block counted back from the stage-3 output. CSWin-T (1, 2, 21, 1), 3 →
+    [2, 5, …, 23]; CSWin-S (2, 4, 32, 2), 4 → [5, 9, …, 37]; Table 7 intervals 21 / 7 give 3 / 5 LSBs."""
+    if interval < 1:
+        raise ValueError(f"tap_interval must be >= 1, got {interval}")
+    s2_end = depths[0] + depths[1] - 1
+    s3_end = s2_end + depths[2]
+    return (s2_end, *reversed(range(s3_end, s2_end, -interval)))
+
+
+def _plain_encoder(variant: str, *, img_size, out_indices, drop_path_rate, embed_dim, depth, num_heads):
+    family, size = variant.split("-")
+    if family == "vit":
+        from ..vit import VIT_VARIANTS, VisionTransformer
+
+        base, cls, default_dpr = dict(VIT_VARIANTS[variant]), VisionTransformer, 0.1
+    else:
+        from ..beit import BEIT_VARIANTS, BEiT
+
+        base, cls = dict(BEIT_VARIANTS[size]), BEiT
+        default_dpr = base.pop("drop_path_rate")
+    for key, value in dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads).items():
+        if value is not None:
+            base[key] = value
+    dpr = default_dpr if drop_path_rate is None else drop_path_rate
+    return cls(img_size=img_size, out_indices=out_indices, drop_path_rate=dpr, **base), dpr
+
+
+def _check_variant(variant: str, table: dict, what: str) -> None:
+    if variant not in table:
+        raise ValueError(f"unknown {what} variant {variant!r}; choose from {sorted(table)}")
+
+
+def copy_patch_embed_hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                          error_msgs) -> None:
+    """``load_state_dict`` pre-hook: initialise the local path's overlapping patch embedding like the ViT's.
+
+    For each ``dst → src`` of ``module.init_copies``, when a state dict being loaded holds
+    ``src`` (the pretrained ``backbone.vit.patch_embed.proj.*``) but not ``dst``
+    (``decode_head.local_embed.proj.*``), ``dst`` is set to a copy of ``src`` — so loading an
+    ImageNet encoder gives the local path "the same initialization as the vanilla patch
+    embedding layer" (rsseg.md §3.2.1). Full RSSeg checkpoints carry ``dst`` and are untouched.
+    """
+    for dst, src in getattr(module, "init_copies", {}).items():
+        if prefix + dst not in state_dict and prefix + src in state_dict:
+            state_dict[prefix + dst] = state_dict[prefix + src].clone()
+
+
+# ----------------------------------------------------------------------------- RSSeg, plain ViT / BEiT
+def build_rsseg_plain(variant: str, num_classes: int = 150, *, img_size: int | Sequence[int] = 512,
+                      drop_path_rate: float | None = None, embed_dim: int | None = None, depth: int | None = None,
+                      num_heads: int | None = None, taps: Sequence[int] | None = None, lsb_dim: int | None = None,
+                      expand: int | None = None, sasm_groups: int | None = None, num_sasm: int = 2,
+                      two_pathway: bool = True, local_op: str = "lhf", lsb_norm: str = "bn", lsb_act: str = "relu",
+                      fusion: str = "attention", af_norm: str = "bn", filter_norm: str = "softmax",
+                      decoder_layers: int = 1, decoder_heads: int | None = None, decoder_mlp_ratio: float = 4.0,
+                      decoder_dropout: float = 0.0, dca: bool = True, l2_norm: bool | None = None,
+                      q2r_weight: float = 1.0, p2r_weight: float = 1.0, init_inv_scale: float = 10.0,
+                      patch_proj: bool | None = None, label_downsample: str = "area", mask_absent: bool = True,
+                      **kwargs) -> Segmentor:
+    """RSSeg-``variant`` with a plain encoder (ViT-Ti/B/L, BEiT-B/L): rsseg.md §3, Fig. 4a.
+
+    ``img_size`` sets the encoder's position-embedding grid / BEiT window (= training crop;
+    other sizes are interpolated at run time). ``embed_dim``/``depth``/``num_heads`` override
+    the encoder size (tests); ``taps`` are 0-based block indices (Table 3). The other switches
+    are documented in :class:`~segkit.models.rsseg.head.RSSegHead` and
+    :class:`~segkit.models.rsseg.dca.MaskDecoder`; ``None`` means "variant / paper default".
+    """
+    from .head import PlainEncoder, RSSegHead
+
+    _check_variant(variant, PLAIN_VARIANTS, "RSSeg plain-ViT")
+    meta, _ = _split(kwargs, "build_rsseg_plain")
+    d = PLAIN_VARIANTS[variant]
+    if taps is None:
+        taps = d["taps"] if depth is None else default_plain_taps(depth)
+    taps = tuple(int(t) for t in taps)
+    lsb_dim, expand, sasm_groups = lsb_dim or d["lsb_dim"], expand or d["expand"], sasm_groups or d["sasm_groups"]
+    vit, dpr = _plain_encoder(variant, img_size=img_size, out_indices=(*taps, (depth or _depth_of(variant)) - 1),
+                              drop_path_rate=drop_path_rate, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+    decoder = dict(num_layers=decoder_layers, num_heads=decoder_heads, mlp_ratio=decoder_mlp_ratio,
+                   dropout=decoder_dropout, dca=dca, l2_norm=l2_norm, q2r_weight=q2r_weight, p2r_weight=p2r_weight,
+                   init_inv_scale=init_inv_scale, label_downsample=label_downsample, mask_absent=mask_absent,
+                   ignore_index=meta.get("ignore_index", 255))
+    head = RSSegHead(vit.embed_dim, num_classes, len(taps), patch_size=vit.patch_size, lsb_dim=lsb_dim, expand=expand,
+                     sasm_groups=sasm_groups, num_sasm=num_sasm, two_pathway=two_pathway, local_op=local_op,
+                     lsb_norm=lsb_norm, lsb_act=lsb_act, fusion=fusion, af_norm=af_norm, filter_norm=filter_norm,
+                     decoder=decoder, patch_proj=patch_proj)
+    arch = dict(img_size=img_size if isinstance(img_size, int) else list(img_size), drop_path_rate=dpr,
+                embed_dim=embed_dim, depth=depth, num_heads=num_heads, taps=list(taps), lsb_dim=lsb_dim, expand=expand,
+                sasm_groups=sasm_groups, num_sasm=num_sasm, two_pathway=two_pathway, local_op=local_op,
+                lsb_norm=lsb_norm, lsb_act=lsb_act, fusion=fusion, af_norm=af_norm, filter_norm=filter_norm,
+                decoder_layers=decoder_layers, decoder_heads=decoder_heads, decoder_mlp_ratio=decoder_mlp_ratio,
+                decoder_dropout=decoder_dropout, dca=dca, l2_norm=l2_norm, q2r_weight=q2r_weight,
+                p2r_weight=p2r_weight, init_inv_scale=init_inv_scale, patch_proj=patch_proj,
+                label_downsample=label_downsample, mask_absent=mask_absent)
+    meta.setdefault("mean", PLAIN_MEAN_STD)
+    meta.setdefault("std", PLAIN_MEAN_STD)
+    model = Segmentor(PlainEncoder(vit, len(taps)), head, num_classes, name=f"rsseg-{variant}", arch=arch, **meta)
+    model.encoder_prefix = "backbone.vit."
+    if two_pathway:
+        model.init_copies = {f"decode_head.local_embed.proj.{p}": f"backbone.vit.patch_embed.proj.{p}"
+                             for p in ("weight", "bias")}
+        with torch.no_grad():  # same initialisation as the ViT patch embedding (also from scratch)
+            head.local_embed.proj.weight.copy_(vit.patch_embed.proj.weight)
+            head.local_embed.proj.bias.copy_(vit.patch_embed.proj.bias)
+        model.register_load_state_dict_pre_hook(copy_patch_embed_hook)
+    return model
+
+
+def _depth_of(variant: str) -> int:
+    family, size = variant.split("-")
+    if family == "vit":
+        from ..vit import VIT_VARIANTS
+
+        return VIT_VARIANTS[variant]["depth"]
+    from ..beit import BEIT_VARIANTS
+
+    return BEIT_VARIANTS[size]["depth"]
+
+
+# ----------------------------------------------------------------------------- baselines
+def build_linear(variant: str, num_classes: int = 150, *, img_size: int | Sequence[int] = 512,
+                 drop_path_rate: float | None = None, embed_dim: int | None = None, depth: int | None = None,
+                 num_heads: int | None = None, **kwargs) -> Segmentor:
+    """ViT-Linear / BEiT-Linear baseline: encoder + ``Linear(C, K)`` on the last map (Segmenter; rsseg.md Table 4)."""
+    from .baselines import LinearHead
+
+    _check_variant(variant, PLAIN_VARIANTS, "ViT-Linear")
+    meta, _ = _split(kwargs, "build_linear")
+    vit, dpr = _plain_encoder(variant, img_size=img_size, out_indices=((depth or _depth_of(variant)) - 1,),
+                              drop_path_rate=drop_path_rate, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+    arch = dict(img_size=img_size if isinstance(img_size, int) else list(img_size), drop_path_rate=dpr,
+                embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+    meta.setdefault("mean", PLAIN_MEAN_STD)
+    meta.setdefault("std", PLAIN_MEAN_STD)
+    family, size = variant.split("-")
+    model = Segmentor(vit, LinearHead(vit.embed_dim, num_classes), num_classes, name=f"{family}-linear-{size}",
+                      arch=arch, **meta)
+    model.encoder_prefix = "backbone."
+    return model
+
+
+def build_segmenter(variant: str, num_classes: int = 150, *, img_size: int | Sequence[int] = 512,
+                    drop_path_rate: float | None = None, embed_dim: int | None = None, depth: int | None = None,
+                    num_heads: int | None = None, decoder_layers: int = 2, decoder_dropout: float = 0.1,
+                    **kwargs) -> Segmentor:
+    """Segmenter (mask transformer, 2 layers, d = encoder width; architectures.md §4.1)."""
+    from .baselines import SegmenterMaskHead
+
+    _check_variant(variant, PLAIN_VARIANTS, "Segmenter")
+    meta, _ = _split(kwargs, "build_segmenter")
+    vit, dpr = _plain_encoder(variant, img_size=img_size, out_indices=((depth or _depth_of(variant)) - 1,),
+                              drop_path_rate=drop_path_rate, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
+    head = SegmenterMaskHead(vit.embed_dim, num_classes, num_layers=decoder_layers, dropout=decoder_dropout)
+    arch = dict(img_size=img_size if isinstance(img_size, int) else list(img_size), drop_path_rate=dpr,
+                embed_dim=embed_dim, depth=depth, num_heads=num_heads, decoder_layers=decoder_layers,
+                decoder_dropout=decoder_dropout)
+    meta.setdefault("mean", PLAIN_MEAN_STD)
+    meta.setdefault("std", PLAIN_MEAN_STD)
+    model = Segmentor(vit, head, num_classes, name=f"segmenter-{variant}", arch=arch, **meta)
+    model.encoder_prefix = "backbone."
+    return model
+
+
+# ----------------------------------------------------------------------------- RSSeg, CSWin
+def build_rsseg_pyramid(variant: str, num_classes: int = 19, *, drop_path_rate: float | None = None,
+                        embed_dim: int | None = None, depths: Sequence[int] | None = None,
+                        num_heads: Sequence[int] | None = None, split_size: Sequence[int] | None = None,
+                        taps: Sequence[int] | None = None, tap_interval: int | None = None, dim: int | None = None,
+                        expand: int | None = None, local_path: bool = True, local_op: str = "lhf",
+                        lsb_norm: str = "bn", lsb_act: str = "relu", fusion: str = "attention", af_norm: str = "bn",
+                        fusion_head: str = "concat_mlp", head_dim: int = 512, dropout: float = 0.1,
+                        boundary_weight: float = 0.4, boundary_loss: str = "bce_dice", **kwargs) -> Segmentor:
+    """RSSeg-CSWin-``T/S``: CSWin + local path + MLP fusion head + boundary loss (rsseg.md Fig. 4b, eq. 17).
+
+    ``taps`` (0-based global block indices, Table 3) default to :func:`pyramid_taps` with the
+    variant's ``tap_interval``. ``embed_dim``/``depths``/``num_heads``/``split_size`` override
+    the encoder size (tests). Other switches: :class:`~segkit.models.rsseg.pyramid.PyramidHead`.
+    """
+    from ..cswin import CSWIN_VARIANTS, CSWin
+    from .pyramid import PyramidEncoder, PyramidHead
+
+    _check_variant(variant, PYRAMID_VARIANTS, "RSSeg pyramid")
+    meta, _ = _split(kwargs, "build_rsseg_pyramid")
+    d = PYRAMID_VARIANTS[variant]
+    enc = dict(CSWIN_VARIANTS[variant.split("-")[1]])
+    for key, value in dict(embed_dim=embed_dim, depths=depths, num_heads=num_heads, split_size=split_size,
+                           drop_path_rate=drop_path_rate).items():
+        if value is not None:
+            enc[key] = tuple(value) if isinstance(value, (list, tuple)) else value
+    tap_interval = tap_interval or d["tap_interval"]
+    if taps is None:
+        taps = pyramid_taps(enc["depths"], tap_interval)
+    taps = tuple(int(t) for t in taps) if local_path else ()
+    cswin = CSWin(**enc, tap_blocks=taps, tap_base=0)
+    dim, expand = dim or d["dim"], expand or d["expand"]
+    head = PyramidHead(cswin.out_channels, cswin.tap_channels, num_classes, dim=dim, expand=expand,
+                       local_path=local_path, local_op=local_op, lsb_norm=lsb_norm, lsb_act=lsb_act, fusion=fusion,
+                       af_norm=af_norm, fusion_head=fusion_head, head_dim=head_dim, dropout=dropout,
+                       boundary_weight=boundary_weight, boundary_loss=boundary_loss,
+                       ignore_index=meta.get("ignore_index", 255))
+    arch = dict(drop_path_rate=enc["drop_path_rate"], embed_dim=embed_dim, depths=_lst(depths),
+                num_heads=_lst(num_heads), split_size=_lst(split_size), taps=list(taps), tap_interval=tap_interval,
+                dim=dim, expand=expand, local_path=local_path, local_op=local_op, lsb_norm=lsb_norm, lsb_act=lsb_act,
+                fusion=fusion, af_norm=af_norm, fusion_head=fusion_head, head_dim=head_dim, dropout=dropout,
+                boundary_weight=boundary_weight, boundary_loss=boundary_loss)
+    model = Segmentor(PyramidEncoder(cswin), head, num_classes, name=f"rsseg-{variant}", arch=arch, **meta)
+    model.encoder_prefix = "backbone.cswin."
+    return model
+
+
+def _lst(value):
+    return list(value) if value is not None else None
+
+
+RSSEG_MODELS: dict[str, Callable[..., Segmentor]] = {
+    **{f"rsseg-{v}": partial(build_rsseg_plain, v) for v in PLAIN_VARIANTS},
+    **{f"rsseg-{v}": partial(build_rsseg_pyramid, v) for v in PYRAMID_VARIANTS},
+    **{f"vit-linear-{s}": partial(build_linear, f"vit-{s}") for s in ("ti", "b", "l")},
+    **{f"beit-linear-{s}": partial(build_linear, f"beit-{s}") for s in ("b", "l")},
+    **{f"segmenter-vit-{s}": partial(build_segmenter, f"vit-{s}") for s in ("ti", "b", "l")},
+}
+
+__all__ = ["RSSEG_MODELS", "PLAIN_VARIANTS", "PYRAMID_VARIANTS", "PLAIN_ABLATIONS", "PYRAMID_ABLATIONS",
+           "build_rsseg_plain", "build_rsseg_pyramid", "build_linear", "build_segmenter", "default_plain_taps",
+           "pyramid_taps", "copy_patch_embed_hook"]
