@@ -1,0 +1,232 @@
+"""LightHamHead: the SegNeXt decoder (SegNeXt paper §3.2, Fig. 3c) built on the Hamburger of
+Geng et al., "Is Attention Better Than Matrix Decomposition?" (ICLR 2021), with NMF as the
+matrix decomposition. Structure, names and settings: architectures.md §0.5, §2.1, §2.3, §5.4.
+
+Checkpoint keys (prefix ``decode_head.``): ``squeeze.conv.weight``, ``squeeze.gn.*``,
+``hamburger.ham_in.conv.{weight,bias}``, ``hamburger.ham_out.conv.weight``,
+``hamburger.ham_out.gn.*``, ``align.conv.weight``, ``align.gn.*``, ``conv_seg.*``.
+NMF has no parameters and no buffers.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..layers import ConvModule
+
+
+class NMF2D(nn.Module):
+    """Non-negative matrix factorisation of a feature map by multiplicative updates (Hamburger "ham").
+
+    The map ``(B, C, H, W)`` is viewed as ``X`` of shape ``(B·S, D, N)`` with ``D = C/S``,
+    ``N = H·W`` (S = 1 in SegNeXt) and approximated as ``X ≈ bases · coefᵀ`` with
+    ``bases (B·S, D, R)``, ``coef (B·S, N, R)``, ``R = md_r``. Algorithm (architectures.md §2.3,
+    Lee & Seung multiplicative updates)::
+
+        coef = softmax(inv_t · Xᵀ bases, over R)
+        repeat steps times (6 in training, 7 in eval):
+            coef  ← coef  ⊙ (Xᵀ bases) / (coef (basesᵀ bases) + 1e-6)
+            bases ← bases ⊙ (X coef)   / (bases (coefᵀ coef)  + 1e-6)
+        coef ← coef ⊙ (Xᵀ bases) / (coef (basesᵀ bases) + 1e-6)      # one extra coef update
+        output = bases · coefᵀ, reshaped to (B, C, H, W)
+
+    The input must be non-negative (the Hamburger applies a ReLU before it).
+
+    Choices:
+        * ``inv_t = 1``: the reference configs set ``INV_T=100`` (mmseg 1.x ``inv_t=100``) but
+          the official ``NMF2D.__init__`` overrides it with 1, so 1 is what the released models
+          were trained with (architectures.md §0.5).
+        * Initial bases: in training, fresh ``U[0, 1)`` bases are drawn every forward with
+          ``torch.rand`` on the input's device, one set per sample, L2-normalised over D — as
+          the reference (``rand_init=True``). The reference also re-draws them at test time,
+          which makes its predictions seed-dependent; here, in eval mode the bases are
+          deterministic: ``F.normalize(torch.rand((S, D, R), generator=Generator().manual_seed(seed)), dim=1)``
+          drawn on the CPU (so identical on every device), moved to the input's device and
+          shared by all samples of the batch, so a prediction does not depend on the batch
+          it is in (the draw equals the first sample's draw of a ``(B·S, D, R)`` tensor).
+          Change ``seed`` (attribute) to sample another set.
+        * Gradient: with ``one_step_grad=False`` (default, official PyTorch SegNeXt and mmseg)
+          autograd goes through every unrolled step. With ``one_step_grad=True`` the
+          iterations run under ``torch.no_grad()`` and only the final coef update is
+          differentiated (the "one-step gradient" of the Hamburger paper, as in JSeg): same
+          forward values, much smaller graph and memory, different gradients.
+        * Precision: the updates divide small numbers (eps 1e-6) and are unstable in
+          float16/bfloat16, so NMF always runs in float32 — autocast is disabled inside and the
+          input is upcast; the output is cast back to the input dtype.
+
+    Args:
+        md_r: rank R. md_s: number of groups S (C must be divisible by S).
+        train_steps, eval_steps: iterations in training / eval mode.
+        inv_t: softmax temperature inverse for the coef initialisation.
+        one_step_grad: see above. seed: eval-mode bases seed.
+        channels: C, if known, to draw the eval bases at construction (then tracing /
+            ONNX export records them as a constant instead of a random-generator call).
+
+    Forward: ``x (B, C, H, W)`` float, non-negative; optional ``bases (B·S, D, R)`` to use
+    instead of the random initial bases (for tests / analysis). Returns ``(B, C, H, W)``.
+    """
+
+    def __init__(self, md_r: int = 16, train_steps: int = 6, eval_steps: int = 7, inv_t: float = 1.0,
+                 one_step_grad: bool = False, seed: int = 0, md_s: int = 1, eps: float = 1e-6,
+                 channels: int | None = None):
+        super().__init__()
+        self.S = int(md_s)
+        self.R = int(md_r)
+        self.train_steps = int(train_steps)
+        self.eval_steps = int(eval_steps)
+        self.inv_t = float(inv_t)
+        self.one_step_grad = bool(one_step_grad)
+        self.seed = int(seed)
+        self.eps = float(eps)
+        self._eval_cache: dict[tuple, torch.Tensor] = {}
+        if channels is not None:  # draw the eval bases now, so that tracing/export sees a constant
+            self.eval_bases(channels // self.S)
+
+    def extra_repr(self) -> str:
+        return (f"S={self.S}, R={self.R}, train_steps={self.train_steps}, eval_steps={self.eval_steps}, "
+                f"inv_t={self.inv_t}, one_step_grad={self.one_step_grad}, seed={self.seed}")
+
+    def eval_bases(self, dim: int) -> torch.Tensor:
+        """The deterministic eval-mode bases ``(S, dim, R)`` float32 on the CPU (cached per seed)."""
+        dim = int(dim)
+        key = (self.seed, self.S, dim, self.R)
+        bases = self._eval_cache.get(key)
+        if bases is None:
+            gen = torch.Generator().manual_seed(self.seed)
+            bases = F.normalize(torch.rand((self.S, dim, self.R), generator=gen), dim=1)
+            self._eval_cache = {key: bases}
+        return bases
+
+    def initial_bases(self, batch: int, dim: int, device: torch.device) -> torch.Tensor:
+        """Initial bases ``(batch·S, dim, R)`` float32, L2-normalised over ``dim`` (see class doc)."""
+        if self.training:
+            return F.normalize(torch.rand((batch * self.S, dim, self.R), device=device), dim=1)
+        return self.eval_bases(dim).to(device).repeat(batch, 1, 1)
+
+    def _coef_update(self, x: torch.Tensor, bases: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        numerator = torch.bmm(x.transpose(1, 2), bases)                    # (BS, N, R)
+        denominator = coef.bmm(bases.transpose(1, 2).bmm(bases))           # (BS, N, R)
+        return coef * numerator / (denominator + self.eps)
+
+    def _iterate(self, x: torch.Tensor, bases: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        coef = torch.softmax(self.inv_t * torch.bmm(x.transpose(1, 2), bases), dim=-1)
+        for _ in range(steps):
+            coef = self._coef_update(x, bases, coef)
+            numerator = torch.bmm(x, coef)                                 # (BS, D, R)
+            denominator = bases.bmm(coef.transpose(1, 2).bmm(coef))        # (BS, D, R)
+            bases = bases * numerator / (denominator + self.eps)
+        return bases, coef
+
+    def forward(self, x: torch.Tensor, bases: torch.Tensor | None = None) -> torch.Tensor:
+        if x.ndim != 4:
+            raise ValueError(f"NMF2D expects (B, C, H, W), got shape {tuple(x.shape)}")
+        b, c, h, w = x.shape
+        if c % self.S:
+            raise ValueError(f"NMF2D: channels {c} not divisible by md_s={self.S}")
+        d = c // self.S
+        in_dtype = x.dtype
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float().reshape(b * self.S, d, h * w)
+            if bases is None:
+                bases = self.initial_bases(b, d, x.device)
+            elif tuple(bases.shape) != (b * self.S, d, self.R):
+                raise ValueError(f"NMF2D: bases must have shape {(b * self.S, d, self.R)}, got {tuple(bases.shape)}")
+            bases = bases.float()
+            steps = self.train_steps if self.training else self.eval_steps
+            if self.one_step_grad:
+                with torch.no_grad():
+                    bases, coef = self._iterate(x, bases, steps)
+            else:
+                bases, coef = self._iterate(x, bases, steps)
+            coef = self._coef_update(x, bases, coef)
+            out = torch.bmm(bases, coef.transpose(1, 2))
+        return out.reshape(b, c, h, w).to(in_dtype)
+
+
+class Hamburger(nn.Module):
+    """Light Hamburger: ``ham_in`` (1×1 conv with bias) → ReLU → NMF2D → ``ham_out`` (1×1 conv + GN) → ReLU(x + ·).
+
+    ``(B, C, H, W)`` → ``(B, C, H, W)`` with ``C = ham_channels`` (architectures.md §2.3).
+    """
+
+    def __init__(self, ham_channels: int = 512, num_groups: int = 32, **nmf_kwargs):
+        super().__init__()
+        self.ham_in = ConvModule(ham_channels, ham_channels, 1, norm=None, act=False)
+        self.ham = NMF2D(channels=ham_channels, **nmf_kwargs)
+        self.ham_out = ConvModule(ham_channels, ham_channels, 1, norm="gn", num_groups=num_groups, act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        enjoy = F.relu(self.ham_in(x))
+        enjoy = self.ham_out(self.ham(enjoy))
+        return F.relu(x + enjoy)
+
+
+class LightHamHead(nn.Module):
+    """SegNeXt decode head (paper §3.2; architectures.md §2.3).
+
+    Args:
+        in_channels: channels of the features it uses, stages 2–4 (e.g. ``[64, 160, 256]``).
+        ham_channels: width of ``squeeze`` and the Hamburger. channels: width of ``align``.
+        num_classes: K.
+        md_r, train_steps, eval_steps, inv_t, one_step_grad, seed: NMF settings (:class:`NMF2D`).
+        dropout: Dropout2d rate before ``conv_seg`` (0.1).
+        num_groups: GroupNorm groups (32).
+        in_index: which backbone outputs to use (``(1, 2, 3)``: strides 8, 16, 32).
+
+    Forward: list of the backbone's feature maps ``(B, C_i, H_i, W_i)`` (all 4); the
+    ``in_index`` ones are resized (bilinear, align_corners=False) to the first selected map's
+    size (stride 8), concatenated in order, then ``squeeze`` (1×1 conv + GN + ReLU) →
+    Hamburger → ``align`` (1×1 conv + GN + ReLU) → Dropout2d → ``conv_seg`` (1×1).
+    Returns logits ``(B, K, H_2, W_2)`` (output stride 8).
+
+    Init: mmcv's defaults, which the reference head uses — ConvModule convs Kaiming-normal
+    (fan_out, ReLU gain), bias 0; GroupNorm 1/0; ``conv_seg`` normal(0, 0.01), bias 0.
+    """
+
+    def __init__(self, in_channels: Sequence[int], ham_channels: int, channels: int, num_classes: int,
+                 md_r: int = 16, train_steps: int = 6, eval_steps: int = 7, inv_t: float = 1.0,
+                 dropout: float = 0.1, num_groups: int = 32, one_step_grad: bool = False, seed: int = 0,
+                 in_index: Sequence[int] = (1, 2, 3)):
+        super().__init__()
+        self.in_channels = [int(c) for c in in_channels]
+        self.in_index = tuple(int(i) for i in in_index)
+        if len(self.in_channels) != len(self.in_index):
+            raise ValueError(f"in_channels {self.in_channels} and in_index {self.in_index} differ in length")
+        self.num_classes = int(num_classes)
+        self.squeeze = ConvModule(sum(self.in_channels), ham_channels, 1, norm="gn", num_groups=num_groups)
+        self.hamburger = Hamburger(ham_channels, num_groups, md_r=md_r, train_steps=train_steps,
+                                   eval_steps=eval_steps, inv_t=inv_t, one_step_grad=one_step_grad, seed=seed)
+        self.align = ConvModule(ham_channels, channels, 1, norm="gn", num_groups=num_groups)
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.GroupNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.conv_seg.weight, 0.0, 0.01)
+        nn.init.zeros_(self.conv_seg.bias)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        if len(features) <= max(self.in_index):
+            raise ValueError(f"LightHamHead uses feature indices {self.in_index} but got {len(features)} feature maps")
+        feats = [features[i] for i in self.in_index]
+        for f, c in zip(feats, self.in_channels):
+            if f.ndim != 4 or f.shape[1] != c:
+                raise ValueError(f"LightHamHead expected features with channels {self.in_channels}, "
+                                 f"got shapes {[tuple(f.shape) for f in feats]}")
+        size = feats[0].shape[-2:]
+        feats = [feats[0]] + [f if f.shape[-2:] == size else
+                              F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats[1:]]
+        x = self.squeeze(torch.cat(feats, dim=1))
+        x = self.align(self.hamburger(x))
+        return self.conv_seg(self.dropout(x))

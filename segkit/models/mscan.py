@@ -1,0 +1,246 @@
+"""MSCAN: the multi-scale convolutional attention encoder of SegNeXt (Guo et al., NeurIPS 2022).
+
+Paper §3.1 (eqs. 1–2, Fig. 2, Tab. 2); exact structure and hyper-parameters from the official
+code as summarised in architectures.md §2.1–2.2. Parameter and buffer names are the official
+SegNeXt checkpoint keys without the ``backbone.`` prefix (architectures.md §5.4), e.g.
+``block1.0.attn.spatial_gating_unit.conv0_1.weight`` and ``block1.0.mlp.dwconv.dwconv.weight``.
+
+Layout: unlike the reference, which flattens every stage to ``(B, N, C)`` tokens and reshapes
+back in every block, the features stay ``(B, C, H, W)`` from stem to stage end; only the
+stage-end LayerNorm views them as tokens (a permute, free for ``torch.channels_last``
+tensors). The arithmetic is the reference's. Every module accepts contiguous or
+``channels_last`` input. On CPU, :class:`MSCAN` switches its input to ``channels_last``
+(attribute ``cpu_channels_last``, default True): oneDNN's depth-wise and 1×1 convolutions are
+several times faster in that layout there, and the rest of the network (head included)
+follows the layout of its input. Other devices keep the caller's layout.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .layers import DropPath, drop_path_rates, init_weights_reference
+
+# architectures.md §2.1 (official local_configs/segnext/*). drop_path_rate is given by the zoo
+# (0.1 for T/S/B, 0.3 for L).
+MSCAN_VARIANTS = {
+    "t": dict(embed_dims=(32, 64, 160, 256), depths=(3, 3, 5, 2), mlp_ratios=(8, 8, 4, 4)),
+    "s": dict(embed_dims=(64, 128, 320, 512), depths=(2, 2, 4, 2), mlp_ratios=(8, 8, 4, 4)),
+    "b": dict(embed_dims=(64, 128, 320, 512), depths=(3, 3, 12, 3), mlp_ratios=(8, 8, 4, 4)),
+    "l": dict(embed_dims=(64, 128, 320, 512), depths=(3, 5, 27, 3), mlp_ratios=(8, 8, 4, 4)),
+}
+
+
+class StemConv(nn.Module):
+    """Stage-1 down-sampling (×4): ``proj`` = [0] Conv3×3 s2 (3→C/2) [1] BN [2] GELU [3] Conv3×3 s2 (C/2→C) [4] BN.
+
+    ``(B, in_chans, H, W)`` → ``(B, C, ⌈H/4⌉, ⌈W/4⌉)`` (padding 1, so odd sizes round up).
+    """
+
+    def __init__(self, in_chans: int, out_chans: int):
+        super().__init__()
+        self.proj = nn.Sequential(
+            nn.Conv2d(in_chans, out_chans // 2, 3, stride=2, padding=1),
+            nn.BatchNorm2d(out_chans // 2),
+            nn.GELU(),
+            nn.Conv2d(out_chans // 2, out_chans, 3, stride=2, padding=1),
+            nn.BatchNorm2d(out_chans),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class DownsampleConv(nn.Module):
+    """Stages 2–4 down-sampling (×2): ``proj`` Conv3×3 s2 p1 (with bias) → ``norm`` BatchNorm.
+
+    ``(B, C_in, H, W)`` → ``(B, C_out, ⌈H/2⌉, ⌈W/2⌉)`` (paper §3.1; architectures.md §2.2).
+    """
+
+    def __init__(self, in_chans: int, out_chans: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, out_chans, 3, stride=2, padding=1)
+        self.norm = nn.BatchNorm2d(out_chans)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(x))
+
+
+class MSCA(nn.Module):
+    """Multi-scale convolutional attention (paper eqs. 1–2; ``spatial_gating_unit`` in checkpoints).
+
+    ``a = DW5×5(u)``; three strip branches ``DW k×1 ∘ DW 1×k`` (k = 7, 11, 21), each fed by ``a``;
+    ``att = Conv1×1(a + b7 + b11 + b21)``; output ``att ⊙ u``. All convs have a bias.
+    Shape-preserving: ``(B, C, H, W)`` → ``(B, C, H, W)``.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
+        self.conv0_1 = nn.Conv2d(dim, dim, (1, 7), padding=(0, 3), groups=dim)
+        self.conv0_2 = nn.Conv2d(dim, dim, (7, 1), padding=(3, 0), groups=dim)
+        self.conv1_1 = nn.Conv2d(dim, dim, (1, 11), padding=(0, 5), groups=dim)
+        self.conv1_2 = nn.Conv2d(dim, dim, (11, 1), padding=(5, 0), groups=dim)
+        self.conv2_1 = nn.Conv2d(dim, dim, (1, 21), padding=(0, 10), groups=dim)
+        self.conv2_2 = nn.Conv2d(dim, dim, (21, 1), padding=(10, 0), groups=dim)
+        self.conv3 = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        a = self.conv0(u)
+        s = self.conv0_2(self.conv0_1(a))
+        # In-place accumulation into the fresh tensor ``s`` is autograd-safe (add saves nothing)
+        # and avoids three temporaries; ``a`` itself is left untouched (the strip convs need it).
+        s += self.conv1_2(self.conv1_1(a))
+        s += self.conv2_2(self.conv2_1(a))
+        s += a
+        return self.conv3(s) * u
+
+
+class SpatialAttention(nn.Module):
+    """``attn`` of a block: ``proj_1`` Conv1×1 → GELU → MSCA → ``proj_2`` Conv1×1, plus the input (shortcut).
+
+    ``(B, C, H, W)`` → ``(B, C, H, W)`` (architectures.md §2.2).
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj_1 = nn.Conv2d(dim, dim, 1)
+        self.activation = nn.GELU()
+        self.spatial_gating_unit = MSCA(dim)
+        self.proj_2 = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.proj_2(self.spatial_gating_unit(self.activation(self.proj_1(x))))
+        return y + x
+
+
+class DWConv(nn.Module):
+    """Depth-wise 3×3 conv (with bias) held as ``dwconv.dwconv`` to match the official key names."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dwconv(x)
+
+
+class Mlp(nn.Module):
+    """Conv-FFN: ``fc1`` Conv1×1 (C→rC) → ``dwconv`` DW3×3 → GELU → Dropout → ``fc2`` Conv1×1 (rC→C) → Dropout."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Conv2d(dim, hidden, 1)
+        self.dwconv = DWConv(hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Conv2d(hidden, dim, 1)
+        self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.drop(self.act(self.dwconv(self.fc1(x))))
+        return self.drop(self.fc2(x))
+
+
+class MSCABlock(nn.Module):
+    """MSCAN building block (paper Fig. 2c; architectures.md §2.2)::
+
+        x = x + DropPath(layer_scale_1 ⊙ attn(norm1(x)))
+        x = x + DropPath(layer_scale_2 ⊙ mlp(norm2(x)))
+
+    ``norm1``/``norm2`` are BatchNorm2d (paper §3.1: BN instead of LN). ``layer_scale_1/2`` are
+    per-channel parameters of shape ``[C]`` initialised to 1e-2. ``(B, C, H, W)`` → same shape.
+    """
+
+    def __init__(self, dim: int, mlp_ratio: float = 4.0, drop: float = 0.0, drop_path: float = 0.0,
+                 layer_scale_init: float = 1e-2):
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(dim)
+        self.attn = SpatialAttention(dim)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.BatchNorm2d(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.layer_scale_1 = nn.Parameter(torch.full((dim,), layer_scale_init))
+        self.layer_scale_2 = nn.Parameter(torch.full((dim,), layer_scale_init))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ls1 = self.layer_scale_1.view(-1, 1, 1)
+        ls2 = self.layer_scale_2.view(-1, 1, 1)
+        if isinstance(self.drop_path, nn.Identity) or not self.training:
+            # x + ls ⊙ f(x) in one fused op (no separate product tensor).
+            x = torch.addcmul(x, ls1, self.attn(self.norm1(x)))
+            return torch.addcmul(x, ls2, self.mlp(self.norm2(x)))
+        x = x + self.drop_path(ls1 * self.attn(self.norm1(x)))
+        return x + self.drop_path(ls2 * self.mlp(self.norm2(x)))
+
+
+class MSCAN(nn.Module):
+    """Multi-Scale Convolutional Attention Network (SegNeXt encoder; paper §3.1, Tab. 2).
+
+    Args:
+        embed_dims: channels of the 4 stages (e.g. ``(32, 64, 160, 256)`` for T).
+        depths: blocks per stage (e.g. ``(3, 3, 5, 2)``).
+        mlp_ratios: FFN expansion per stage (``(8, 8, 4, 4)`` for all variants).
+        drop_rate: dropout inside the FFN (reference 0).
+        drop_path_rate: maximum stochastic-depth rate; rates rise linearly over all blocks
+            (``linspace(0, drop_path_rate, sum(depths))``).
+        in_chans: input channels (3).
+        cpu_channels_last: convert CPU inputs to ``torch.channels_last`` (values unchanged;
+            speed only, see module docstring). Outputs are then ``channels_last`` tensors.
+
+    Input: ``(B, in_chans, H, W)`` float (normalised image); any H, W ≥ 1.
+    Output: list of 4 tensors ``(B, C_i, H_i, W_i)`` with strides 4, 8, 16, 32
+    (``H_1 = ⌈H/4⌉``, then ``H_{i+1} = ⌈H_i/2⌉``), each after its stage-end LayerNorm
+    (``norm{i}``, eps 1e-5, over channels). ``out_channels`` = ``embed_dims``.
+    Weights are initialised as the reference scratch init (:func:`init_weights_reference`).
+    """
+
+    def __init__(self, embed_dims: Sequence[int] = (32, 64, 160, 256), depths: Sequence[int] = (3, 3, 5, 2),
+                 mlp_ratios: Sequence[float] = (8, 8, 4, 4), drop_rate: float = 0.0, drop_path_rate: float = 0.1,
+                 in_chans: int = 3, cpu_channels_last: bool = True):
+        super().__init__()
+        self.cpu_channels_last = bool(cpu_channels_last)
+        if not (len(embed_dims) == len(depths) == len(mlp_ratios) == 4):
+            raise ValueError(f"embed_dims, depths and mlp_ratios need 4 entries each, got "
+                             f"{list(embed_dims)}, {list(depths)}, {list(mlp_ratios)}")
+        self.embed_dims = tuple(int(d) for d in embed_dims)
+        self.depths = tuple(int(d) for d in depths)
+        self.mlp_ratios = tuple(mlp_ratios)
+        self.out_channels = list(self.embed_dims)
+        self.num_stages = 4
+        dpr = drop_path_rates(drop_path_rate, self.depths)
+        cur = 0
+        for i in range(4):
+            dim = self.embed_dims[i]
+            embed = StemConv(in_chans, dim) if i == 0 else DownsampleConv(self.embed_dims[i - 1], dim)
+            blocks = nn.ModuleList(
+                MSCABlock(dim, self.mlp_ratios[i], drop_rate, dpr[cur + j]) for j in range(self.depths[i]))
+            cur += self.depths[i]
+            setattr(self, f"patch_embed{i + 1}", embed)
+            setattr(self, f"block{i + 1}", blocks)
+            setattr(self, f"norm{i + 1}", nn.LayerNorm(dim, eps=1e-5))
+        self.apply(init_weights_reference)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if x.ndim != 4:
+            raise ValueError(f"MSCAN expects (B, C, H, W) input, got shape {tuple(x.shape)}")
+        if self.cpu_channels_last and x.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        outs = []
+        for i in range(1, 5):
+            x = getattr(self, f"patch_embed{i}")(x)
+            for blk in getattr(self, f"block{i}"):
+                x = blk(x)
+            norm = getattr(self, f"norm{i}")
+            # LayerNorm over channels on the NHWC view. For channels_last input the view is
+            # contiguous (no copy) and permuting back gives a channels_last NCHW tensor again;
+            # otherwise the output is made contiguous like the input (as the reference does).
+            x = F.layer_norm(x.permute(0, 2, 3, 1), norm.normalized_shape, norm.weight, norm.bias,
+                             norm.eps).permute(0, 3, 1, 2)
+            if not channels_last:
+                x = x.contiguous()
+            outs.append(x)
+        return outs
