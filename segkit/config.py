@@ -99,7 +99,11 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
-    """Loop settings. ``batch_size`` is the global batch (split evenly across DDP ranks)."""
+    """Loop settings. ``batch_size`` is the global batch (split evenly across DDP ranks).
+
+    ``amp``: ``bf16`` (CUDA, or CPU autocast — worthwhile on CPUs with AMX/AVX512-BF16) or ``fp16``
+    (CUDA only, with a gradient scaler); null = float32.
+    """
     batch_size: int = 16
     num_workers: int = 2
     seed: int = 0

@@ -131,7 +131,14 @@ def test_predict_folder_auto_slide_and_duplicate_stems(tmp_path, monkeypatch):
         calls.append((tuple(x.shape[-2:]), kw["mode"], kw["crop_size"], kw["stride"]))
         return orig(x, **kw)
 
+    orig_slide = model.slide_predict
+
+    def spy_slide(x, crop, stride, **kw):  # large images without resize take the bounded-memory streaming slide
+        calls.append((tuple(x.shape[-2:]), "slide", tuple(crop), tuple(stride)))
+        return orig_slide(x, crop, stride, **kw)
+
     monkeypatch.setattr(model, "inference", spy)
+    monkeypatch.setattr(model, "slide_predict", spy_slide)
     monkeypatch.setattr(predict_mod, "AUTO_SLIDE_PIXELS", 75 * 101 - 1)  # a.* (75x101) slides, b (40x50) not
     model.crop_size = (64, 64)
     written = predict_paths(model, src, tmp_path / "out", progress=False)

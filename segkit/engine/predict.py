@@ -171,10 +171,16 @@ def predict_paths(model, inputs: str | Path, out_dir: str | Path, *, mode: str =
                 x = preprocess(model, image, scale, device)
                 h, w = x.shape[-2:]
                 run_mode = mode if mode != "auto" else ("slide" if h * w > AUTO_SLIDE_PIXELS else "whole")
-                probs = model.inference(x, mode=run_mode, crop_size=crop if run_mode == "slide" else None,
-                                        stride=step if run_mode == "slide" else None, scales=scales, flip=flip,
-                                        out_size=image.shape[:2], window_batch=window_batch)
-                label = probs.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+                if run_mode == "slide" and tuple(scales) == (1.0,) and not flip and (h, w) == image.shape[:2]:
+                    # no resize and no test-time augmentation: the bounded-memory streaming slide
+                    # (logits kept for a band of rows only) handles arbitrarily large images
+                    label = model.slide_predict(x, crop, step, window_batch=window_batch)[0].to(torch.uint8)
+                else:
+                    probs = model.inference(x, mode=run_mode, crop_size=crop if run_mode == "slide" else None,
+                                            stride=step if run_mode == "slide" else None, scales=scales, flip=flip,
+                                            out_size=image.shape[:2], window_batch=window_batch)
+                    label = probs.argmax(dim=1)[0].to(torch.uint8)
+                label = label.cpu().numpy()
                 label_path = out_dir / f"{stem}_label.png"
                 overlay_path = out_dir / f"{stem}_overlay.png"
                 atomic_write_bytes(label_path, _png_bytes(label_png(label, palette)))

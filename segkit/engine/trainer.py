@@ -240,8 +240,8 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
     device = resolve_device(tc.device)
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    if tc.amp and device.type != "cuda":
-        raise ValueError(f"train.amp={tc.amp} needs a CUDA device (got {device})")
+    if tc.amp == "fp16" and device.type != "cuda":
+        raise ValueError("train.amp=fp16 needs a CUDA device; on CPU use train.amp=bf16 (autocast) or null")
     rank, world = _init_distributed(device)
     is_main = rank == 0
     if device.type == "cuda" and world > 1:
