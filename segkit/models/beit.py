@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import DropPath, drop_path_rates
+from .layers import DropPath, drop_path_rates, init_trunc_normal
 from .vit import Mlp, PatchEmbed, check_out_indices, layer_id_bert, pad_to_multiple, to_2tuple
 
 # architectures.md §4.3 (mmseg UPerNet BEiT configs): layer-scale init and stochastic depth per size.
@@ -308,14 +308,7 @@ class BEiT(nn.Module):
     def init_weights(self) -> None:
         """Scratch initialisation of the official code (see class docstring)."""
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_trunc_normal(self)
         with torch.no_grad():
             for i, blk in enumerate(self.blocks, start=1):
                 blk.attn.proj.weight.div_(math.sqrt(2.0 * i))

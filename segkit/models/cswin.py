@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import DropPath, drop_path_rates
+from .layers import DropPath, drop_path_rates, init_trunc_normal
 
 # architectures.md §4.2 (official ImageNet models and segmentation configs; drop_path = seg value).
 CSWIN_VARIANTS: dict[str, dict] = {
@@ -243,14 +243,7 @@ class CSWin(nn.Module):
 
     def init_weights(self) -> None:
         """Scratch initialisation of the official code (see class docstring)."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_trunc_normal(self)
 
     def _run(self, x: torch.Tensor, want_taps: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         if x.ndim != 4:

@@ -68,6 +68,20 @@ def init_weights_reference(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def init_trunc_normal(module: nn.Module, conv: bool = False) -> None:
+    """Transformer-style scratch initialisation over all submodules of ``module`` (ViT/BEiT/CSWin/Segmenter):
+    Linear (and Conv2d when ``conv``) weight truncated normal std 0.02, bias 0; LayerNorm weight 1, bias 0."""
+    types = (nn.Linear, nn.Conv2d) if conv else (nn.Linear,)
+    for m in module.modules():
+        if isinstance(m, types):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class ConvModule(nn.Sequential):
     """1×1 (or k×k) conv → optional norm → optional ReLU, named like mmcv's ``ConvModule``.
 

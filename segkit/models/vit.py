@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import DropPath, drop_path_rates
+from .layers import DropPath, drop_path_rates, init_trunc_normal
 
 # Plain ViT sizes (architectures.md §4.3; Ti/S from the ViT/DeiT family tables).
 VIT_VARIANTS: dict[str, dict] = {
@@ -242,14 +242,7 @@ class VisionTransformer(nn.Module):
         """Scratch initialisation (see class docstring)."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_trunc_normal(self, conv=True)
 
     def layer_id(self, param_name: str) -> int:
         """0 for cls_token/pos_embed/patch_embed, ``i + 1`` for ``blocks.i``, else ``num_layers + 1``."""

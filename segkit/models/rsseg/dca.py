@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import DropPath
+from ..layers import DropPath, init_trunc_normal
 
 LABEL_DOWNSAMPLES = ("area", "nearest")
 _NEG = -1.0e4  # finite "minus infinity" for masked logits (keeps fully-masked rows finite)
@@ -303,14 +303,7 @@ class MaskDecoder(nn.Module):
     def reset_parameters(self) -> None:
         """Linear: truncated normal std .02, bias 0; ``cls_emb`` truncated normal .02 (Segmenter); norms 1/0."""
         nn.init.trunc_normal_(self.cls_emb, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_trunc_normal(self)
 
     def forward(self, tokens: torch.Tensor, patches: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 image_hw: tuple[int, int] | None = None):
