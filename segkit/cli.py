@@ -75,7 +75,7 @@ def _dataset_for_eval(args, model):
         cfg = config_from_dict({})
     if args.scale is not None:
         cfg.test_transform.scale = None if args.scale == [0] else args.scale
-    tf = build_test_transform(cfg)
+    tf = build_test_transform(cfg, model.mean, model.std)
     if args.data:
         spec = {"type": args.data_type, "root": args.data, "split": args.split}
     else:

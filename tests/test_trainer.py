@@ -96,3 +96,13 @@ def test_cli_train_eval_predict(mini_camvid, tmp_path, capsys):
     # bad config key -> clear error, exit code 2
     assert cli(["train", str(cfg), "--set", "train.bogus=1"]) == 2
     assert "train.bogus" in capsys.readouterr().err
+
+
+def test_transforms_use_the_models_normalisation(mini_camvid, tmp_path):
+    from segkit.engine.trainer import build_train_data
+
+    cfg = config_from_dict(tiny_cfg(mini_camvid, tmp_path / "n"))
+    train_ds, val_ds = build_train_data(cfg, mean=(127.5,) * 3, std=(127.5,) * 3)  # plain-ViT statistics
+    for item in (train_ds[0], val_ds[0]):
+        img = item["image"]
+        assert img.min() >= -1.0 - 1e-6 and img.max() <= 1.0 + 1e-6 and img.min() < -0.5

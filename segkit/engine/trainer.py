@@ -179,25 +179,35 @@ def _init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def build_train_data(cfg: Config):
-    """Training and validation datasets with the configured transforms (validation may be None)."""
-    from segkit.data import TestTransform, TrainTransform, build_dataset
+def build_train_data(cfg: Config, mean=None, std=None):
+    """Training and validation datasets with the configured transforms (validation may be None).
 
+    ``mean``/``std`` (0–255 scale) must be the model's own normalisation (ImageNet statistics by
+    default; plain-ViT RSSeg models use 127.5/127.5).
+    """
+    from segkit.data import TrainTransform, build_dataset
+    from segkit.models.segmentor import IMAGENET_MEAN, IMAGENET_STD
+
+    mean, std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
     t = cfg.train_transform
     train_tf = TrainTransform(scale=tuple(t.scale), ratio_range=tuple(t.ratio_range), crop_size=tuple(t.crop_size),
-                              cat_max_ratio=t.cat_max_ratio, flip_prob=t.flip_prob, photometric=t.photometric)
+                              cat_max_ratio=t.cat_max_ratio, flip_prob=t.flip_prob, photometric=t.photometric,
+                              mean=mean, std=std)
     if cfg.data.train is None:
         raise ValueError("config has no data.train dataset")
     train_ds = build_dataset(cfg.data.train, transform=train_tf)
-    val_ds = build_dataset(cfg.data.val, transform=build_test_transform(cfg)) if cfg.data.val else None
+    val_ds = build_dataset(cfg.data.val, transform=build_test_transform(cfg, mean, std)) if cfg.data.val else None
     return train_ds, val_ds
 
 
-def build_test_transform(cfg: Config):
+def build_test_transform(cfg: Config, mean=None, std=None):
+    """The configured test resize, normalising with ``mean``/``std`` (the model's; default ImageNet)."""
     from segkit.data import TestTransform
+    from segkit.models.segmentor import IMAGENET_MEAN, IMAGENET_STD
 
     t = cfg.test_transform
-    return TestTransform(scale=tuple(t.scale) if t.scale else None, keep_ratio=t.keep_ratio, size_divisor=t.size_divisor)
+    return TestTransform(scale=tuple(t.scale) if t.scale else None, keep_ratio=t.keep_ratio, size_divisor=t.size_divisor,
+                         mean=tuple(mean or IMAGENET_MEAN), std=tuple(std or IMAGENET_STD))
 
 
 def build_model_from_config(cfg: Config, dataset=None):
@@ -254,15 +264,19 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
         import yaml
         (work_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
-    # ---------------- data
-    train_ds, val_ds = build_train_data(cfg)
+    # ---------------- data (transforms normalise with the model's own mean/std)
+    from segkit.data import build_dataset
+
+    meta_ds = build_dataset(cfg.data.train) if cfg.data.train is not None else None
+    model = build_model_from_config(cfg, meta_ds)
+    train_ds, val_ds = build_train_data(cfg, model.mean, model.std)
     if is_main and tc.check_data:
         print(check_dataset(train_ds, progress=False))
     if tc.preload:  # decoded samples kept in memory (shared with workers); saves the decode per sample
         train_ds.preload()
         if val_ds is not None:
             val_ds.preload()
-    model = build_model_from_config(cfg, train_ds).to(device)
+    model = model.to(device)
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if world > 1 and tc.sync_bn and device.type != "cuda":

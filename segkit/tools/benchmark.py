@@ -1,0 +1,343 @@
+"""Inference speed (latency, FPS) and peak memory of a segmentation model — one fixed protocol.
+
+Protocol (:func:`benchmark`), written once so every number in our tables means the same:
+
+1. The model is put in ``eval()`` on ``device`` (optionally ``channels_last``, optionally
+   ``torch.compile``-d), the input is one random normalised batch ``(B, 3, H, W)`` float32
+   created once (data loading and preprocessing are not timed — as in mmseg's
+   ``tools/analysis_tools/benchmark.py``, which times the test-mode forward on ready data).
+2. Timed call = :meth:`Segmentor.predict` (``mode`` whole or slide): forward, bilinear
+   upsampling of the logits to the input size, softmax, arg-max — what a user gets.
+3. Everything runs under ``torch.inference_mode()`` and, with ``amp``, under
+   ``torch.autocast(device, dtype)`` (NMF stays float32 inside, by design of the head).
+4. ``warmup`` untimed calls (the first one also checks that the model takes the input, and is
+   made even with ``warmup=0``; cuDNN autotuning, ``torch.compile`` compilation, allocator
+   warm-up), then ``runs`` timed calls; each timed call is bracketed by
+   ``torch.cuda.synchronize`` on CUDA (kernels are asynchronous) and timed with
+   ``time.perf_counter``.
+5. Reported: latency median / mean / min / max / std in ms; ``fps = batch / median``
+   (images per second; the median is robust to the odd slow run on a shared machine).
+6. Peak memory of the timed calls:
+   * CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` (tensors
+     allocated by PyTorch, weights included; the caching allocator's reserve is reported
+     separately as ``peak_reserved_mb``).
+   * CPU: the process' peak resident set size from ``/proc/self/status`` (``VmHWM``), reset
+     by writing ``5`` to ``/proc/self/clear_refs`` (Linux ≥ 4.0) just before the first call,
+     minus the RSS at that moment (``VmRSS``, model and input already resident): the extra
+     memory inference needed (activations, workspace), over all calls. It is measured from
+     the first call because the C allocator keeps freed memory resident, so later calls
+     reuse it without growing the RSS; for the same reason glibc's ``malloc_trim(0)`` is
+     called first, returning memory freed earlier (e.g. by a previously benchmarked model) to
+     the OS. What the allocator still keeps can hide part of the peak (an under-estimate,
+     never an over-estimate).
+     ``tracemalloc`` would be wrong: it sees only allocations made through Python's
+     allocator, not PyTorch's C++ CPU allocator that holds the tensors. Where ``clear_refs``
+     cannot be written the high-water mark is the process' lifetime peak (``peak_reset: false``).
+7. The machine is recorded: CPU model (``/proc/cpuinfo``), logical cores, cores usable by this
+   process, PyTorch / Python / NumPy versions, intra-/inter-op threads, and on CUDA the GPU name,
+   capability, CUDA/cuDNN versions.
+
+CUDA code paths (synchronisation, peak memory, device checks) are written to the PyTorch API
+but could not be exercised on the CPU-only development machine.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+MIN_SIDE = 32  # SegFormer / SegNeXt / RSSeg encoders downsample 32×; smaller inputs are refused
+
+
+class BenchmarkError(ValueError):
+    """A benchmark request that cannot be run as given; the message says why and what to change."""
+
+
+# ----------------------------------------------------------------------------- machine description
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def cpu_model() -> str:
+    """CPU model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
+    for line in _read("/proc/cpuinfo").splitlines():
+        if line.lower().startswith(("model name", "hardware", "cpu model")):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str | torch.device = "cpu") -> dict:
+    """JSON-ready description of the machine and software the numbers were measured with."""
+    import numpy as np
+
+    info = {
+        "cpu": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+    }
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(idx)
+        info.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2 ** 30, 2),
+                    gpu_capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version())
+    return info
+
+
+def _proc_kb(field: str) -> int | None:
+    for line in _read("/proc/self/status").splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return None
+
+
+def _trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``), so that RSS growth measures new use."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_peak_rss() -> bool:
+    _trim_heap()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# ----------------------------------------------------------------------------- checks
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``cpu`` / ``cuda`` / ``cuda:N`` as a ``torch.device``; ``BenchmarkError`` if unusable here."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise BenchmarkError(f"unknown device {device!r}: {e}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise BenchmarkError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BenchmarkError("--device cuda requested but CUDA is not available here "
+                                 f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise BenchmarkError(f"{device}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    return dev
+
+
+def check_request(shape: Sequence[int], batch: int, mode: str, crop_size, stride, device: torch.device,
+                  amp: str | None, warmup: int, runs: int, threads: int | None) -> None:
+    """Refuse impossible or meaningless settings with a message naming the setting (``BenchmarkError``)."""
+    if len(shape) != 2:
+        raise BenchmarkError(f"shape must be (H, W), got {tuple(shape)}")
+    h, w = (int(v) for v in shape)
+    if h <= 0 or w <= 0:
+        raise BenchmarkError(f"input size must be positive, got H={h}, W={w}")
+    if min(h, w) < MIN_SIDE:
+        raise BenchmarkError(f"input {h}x{w} is too small: SegFormer, SegNeXt and RSSeg downsample 32x and need "
+                             f"H, W >= {MIN_SIDE} (any size from 32 up works in whole mode; no multiple of 32 needed)")
+    if int(batch) < 1:
+        raise BenchmarkError(f"batch must be >= 1, got {batch}")
+    if mode not in ("whole", "slide"):
+        raise BenchmarkError(f"mode must be 'whole' or 'slide', got {mode!r}")
+    if mode == "slide":
+        for name, v in (("crop", crop_size), ("stride", stride)):
+            if v is None or len(v) != 2 or min(int(x) for x in v) <= 0:
+                raise BenchmarkError(f"slide mode needs a positive --{name} H W, got {v}")
+        if min(int(x) for x in crop_size) < MIN_SIDE:
+            raise BenchmarkError(f"slide crop {tuple(crop_size)} is too small: windows need sides >= {MIN_SIDE}")
+    if amp not in (None, "bf16", "fp16"):
+        raise BenchmarkError(f"amp must be 'bf16' or 'fp16' (or off), got {amp!r}")
+    if amp == "fp16" and device.type == "cpu":
+        raise BenchmarkError("--amp fp16 is not supported on CPU (no fast float16 CPU kernels); "
+                             "use --amp bf16 on CPU or run on --device cuda")
+    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise BenchmarkError("--amp bf16: this GPU does not support bfloat16; use --amp fp16")
+    if int(warmup) < 0:
+        raise BenchmarkError(f"warmup must be >= 0, got {warmup}")
+    if int(runs) < 1:
+        raise BenchmarkError(f"runs must be >= 1, got {runs}")
+    if threads is not None and int(threads) < 1:
+        raise BenchmarkError(f"threads must be >= 1, got {threads}")
+
+
+# ----------------------------------------------------------------------------- the benchmark
+def benchmark(model, shape: Sequence[int] = (512, 512), *, batch: int = 1, mode: str = "whole",
+              crop_size: Sequence[int] | None = None, stride: Sequence[int] | None = None,
+              device: str | torch.device = "cpu", amp: str | None = None, channels_last: bool = False,
+              compile: bool = False, warmup: int = 5, runs: int = 20, threads: int | None = None,
+              window_batch: int = 1, seed: int = 0) -> dict:
+    """Time ``model`` on a ``(batch, 3, H, W)`` input under the protocol of the module doc.
+
+    Args:
+        model: a :class:`~segkit.models.segmentor.Segmentor` (its ``predict`` is timed).
+        shape: ``(H, W)`` of the network input, each >= 32.
+        batch: images per call (>= 1). ``fps`` counts images, so it is ``batch / median``.
+        mode: ``"whole"`` or ``"slide"`` (then ``crop_size``, ``stride`` required; windows
+            are run ``window_batch`` at a time).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
+        amp: ``None``, ``"bf16"`` (CPU or GPU) or ``"fp16"`` (GPU only).
+        channels_last: model and input in ``torch.channels_last`` memory format.
+        compile: ``torch.compile`` the forward (compilation happens during warm-up; give
+            enough warm-up runs).
+        warmup, runs: untimed / timed calls (>= 0 / >= 1).
+        threads: ``torch.set_num_threads`` for the run (restored afterwards); default: unchanged.
+        seed: seed of the random input.
+
+    Returns a JSON-ready dict: ``model``, ``params``, ``settings``, ``latency_ms``
+    (``median``, ``mean``, ``min``, ``max``, ``std``, ``all``), ``fps``, ``memory``
+    (``peak_mb`` + how it was measured) and ``machine``.
+
+    Raises :class:`BenchmarkError` (a ``ValueError``) for a setting that cannot run (bad sizes,
+    batch 0, fp16 on CPU, CUDA unavailable, …) or if the model fails on the input (message
+    includes the model's own error).
+    """
+    dev = resolve_device(device)
+    crop_size = tuple(int(v) for v in crop_size) if crop_size is not None else None
+    stride = tuple(int(v) for v in stride) if stride is not None else crop_size
+    check_request(shape, batch, mode, crop_size, stride, dev, amp, warmup, runs, threads)
+    h, w = int(shape[0]), int(shape[1])
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    was_training = model.training
+    try:
+        model.eval().to(dev)
+        gen = torch.Generator().manual_seed(int(seed))
+        x = torch.randn((int(batch), 3, h, w), generator=gen).to(dev)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        if compile:
+            model.compile()
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        autocast = (torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
+        kwargs = dict(mode=mode, crop_size=crop_size, stride=stride, window_batch=int(window_batch))
+
+        def sync():
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+
+        def call():
+            with autocast:
+                return model.predict(x, **kwargs)
+
+        with torch.inference_mode():
+            if dev.type == "cpu":
+                peak_reset = _reset_peak_rss()
+                rss_before = _proc_kb("VmRSS")
+            try:
+                out = call()  # first call doubles as the shape check
+            except (RuntimeError, ValueError) as e:
+                raise BenchmarkError(f"{getattr(model, 'name', type(model).__name__)} cannot run on a "
+                                     f"{batch}x3x{h}x{w} input in {mode} mode: {e}") from e
+            if tuple(out.shape) != (int(batch), h, w):
+                raise BenchmarkError(f"model returned a prediction of shape {tuple(out.shape)} for input {h}x{w}")
+            del out
+            for _ in range(max(int(warmup) - 1, 0)):
+                call()
+            sync()
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+                base_alloc = torch.cuda.memory_allocated(dev)
+            times = []
+            for _ in range(int(runs)):
+                sync()
+                t0 = time.perf_counter()
+                call()
+                sync()
+                times.append((time.perf_counter() - t0) * 1e3)
+        if dev.type == "cuda":
+            memory = {"peak_mb": torch.cuda.max_memory_allocated(dev) / 2 ** 20,
+                      "peak_reserved_mb": torch.cuda.max_memory_reserved(dev) / 2 ** 20,
+                      "before_runs_mb": base_alloc / 2 ** 20,
+                      "method": "torch.cuda.max_memory_allocated over the timed runs (weights included)"}
+        else:
+            hwm = _proc_kb("VmHWM")
+            memory = {"peak_mb": (hwm - rss_before) / 1024 if hwm is not None and rss_before is not None else None,
+                      "peak_rss_mb": hwm / 1024 if hwm is not None else None,
+                      "rss_before_mb": rss_before / 1024 if rss_before is not None else None,
+                      "peak_reset": peak_reset,
+                      "method": "/proc/self/status VmHWM (reset by clear_refs=5) minus VmRSS, before the first call"}
+        median = statistics.median(times)
+        result = {
+            "model": getattr(model, "name", type(model).__name__),
+            "num_classes": getattr(model, "num_classes", None),
+            "params": sum(p.numel() for p in model.parameters()),
+            "settings": {"shape": [h, w], "batch": int(batch), "mode": mode,
+                         "crop_size": list(crop_size) if crop_size else None,
+                         "stride": list(stride) if stride and mode == "slide" else None,
+                         "device": str(dev), "amp": amp, "channels_last": bool(channels_last),
+                         "compile": bool(compile), "warmup": int(warmup), "runs": int(runs),
+                         "threads": torch.get_num_threads(), "timed": "Segmentor.predict under inference_mode"},
+            "latency_ms": {"median": median, "mean": statistics.fmean(times), "min": min(times), "max": max(times),
+                           "std": statistics.pstdev(times), "all": times},
+            "fps": int(batch) / (median / 1e3),
+            "memory": memory,
+            "machine": machine_info(dev),
+        }
+        return result
+    finally:
+        if threads is not None:
+            torch.set_num_threads(old_threads)
+        model.train(was_training)
+
+
+def load_for_benchmark(model_or_ckpt: str, num_classes: int = 150, **build_kwargs):
+    """A zoo name (``segnext-t``) → randomly initialised model with ``num_classes``; else a checkpoint path → ``load_model``.
+
+    Speed does not depend on the weights, only on the architecture and class count.
+    Raises ``KeyError`` / ``FileNotFoundError`` naming the argument when it is neither.
+    """
+    from segkit.models.zoo import MODELS, build_model
+
+    if model_or_ckpt.lower() in MODELS:
+        return build_model(model_or_ckpt, num_classes=num_classes, **build_kwargs)
+    if Path(model_or_ckpt).exists():
+        from segkit import load_model
+
+        return load_model(model_or_ckpt)
+    raise FileNotFoundError(f"{model_or_ckpt!r} is neither a zoo model ({', '.join(MODELS)}) nor an existing "
+                            f"checkpoint file/folder")
+
+
+def format_result(res: dict) -> str:
+    """One human-readable line per result."""
+    s, lat, mem = res["settings"], res["latency_ms"], res["memory"]
+    peak = mem.get("peak_mb")
+    return (f"{res['model']} {s['batch']}x{s['shape'][0]}x{s['shape'][1]} {s['mode']} on {s['device']} "
+            f"(amp={s['amp']}, threads={s['threads']}): median {lat['median']:.1f} ms "
+            f"[min {lat['min']:.1f}, max {lat['max']:.1f}], {res['fps']:.2f} FPS, "
+            f"peak memory {'n/a' if peak is None else f'{peak:.0f} MB'}")
+
+
+def write_json(res: dict, path: str | Path) -> Path:
+    from segkit.utils import atomic_write_bytes
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(res, indent=1) + "\n").encode())
+    return path

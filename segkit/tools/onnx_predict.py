@@ -1,0 +1,268 @@
+"""Segment images with an exported segkit ONNX model — onnxruntime + NumPy + Pillow, no PyTorch.
+
+This module (and what it imports: ``segkit.engine.visualize``, ``segkit.utils``) never imports
+``torch``, so ``segkit predict --onnx model.onnx IMAGE --out DIR`` runs where only
+``onnxruntime``, ``numpy`` and ``Pillow`` are installed (checked by
+``tests/test_tools_export.py`` with ``sys.modules["torch"] = None``).
+
+The model file carries what inference needs as ONNX ``metadata_props`` (written by
+:func:`segkit.tools.export.export_onnx`): ``class_names``, ``palette``, ``mean``, ``std`` (JSON),
+``dynamic_hw`` and ``export_shape``. Input ``image``: float32 ``(B, 3, H, W)`` RGB normalised as
+``(x − mean) / std`` on the 0–255 scale; output ``logits``: float32 ``(B, K, H, W)``.
+
+Pipeline per image (mirrors ``segkit.engine.predict``):
+
+1. read with Pillow, EXIF orientation applied, converted to 8-bit RGB;
+2. network input size: a model exported with a fixed size gets the image stretched to that
+   size; a dynamic-size model gets the image as is, or, with ``scale=(long, short)``, the
+   keep-ratio test resize with sides rounded up to multiples of 32 (``TestTransform``), and
+   images with a side below 32 are upscaled (keep ratio) to a short side of 32;
+3. resizing uses bilinear interpolation with PyTorch's ``align_corners=False`` convention on
+   float32, implemented in NumPy (:func:`resize_bilinear`);
+4. logits are resized back to the original size and arg-maxed (in row chunks, so memory stays
+   bounded for many classes at large sizes);
+5. ``<stem>_label.png`` (palette PNG of class indices) and ``<stem>_overlay.png`` (overlay +
+   legend) are written, as by ``segkit predict``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+MIN_SIDE = 32
+FORMAT = "segkit-onnx-1"
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The segkit metadata of an exported model, JSON fields decoded.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` if the file is not a
+    segkit export (no ``segkit_format`` entry) or cannot be read by ``onnx``/``onnxruntime``.
+    """
+    import onnxruntime as ort
+
+    session = _session(path, ort)
+    return _decode_meta(session.get_modelmeta().custom_metadata_map, path)
+
+
+def _session(path, ort, threads: int | None = None, providers: Sequence[str] | None = None):
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such ONNX model file")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers or ["CPUExecutionProvider"]))
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ValueError(f"{path}: onnxruntime cannot load this model: {e}") from None
+
+
+def _decode_meta(raw: dict, path) -> dict:
+    if raw.get("segkit_format") != FORMAT:
+        raise ValueError(f"{path}: not a segkit ONNX export (metadata 'segkit_format' is "
+                         f"{raw.get('segkit_format')!r}, expected {FORMAT!r}); export it with `segkit export`")
+    meta = dict(raw)
+    try:
+        for key in ("class_names", "palette", "mean", "std", "export_shape", "num_classes", "dynamic_hw",
+                    "ignore_index"):
+            meta[key] = json.loads(raw[key])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: malformed segkit metadata ({e})") from None
+    return meta
+
+
+# ----------------------------------------------------------------------------- image helpers (NumPy)
+def read_rgb(path: str | Path) -> np.ndarray:
+    """``uint8 (H, W, 3)`` RGB with EXIF orientation applied (Pillow only).
+
+    Grayscale, palette and RGBA images are converted to RGB (alpha dropped). Raises
+    ``FileNotFoundError`` / ``ValueError`` naming the file if it is missing or unreadable.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, dtype=np.float64) / 257.0
+                return np.repeat(np.clip(arr + 0.5, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+            return np.ascontiguousarray(np.asarray(img.convert("RGB")))
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path}: cannot read image ({e})") from None
+
+
+def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    scale = n_in / n_out
+    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(src.astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, (src - i0).astype(np.float32)
+
+
+def resize_bilinear(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of ``(C, h, w)`` float32 to ``(C, height, width)``.
+
+    Same sampling as ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``
+    (source coordinate ``(i + 0.5)·in/out − 0.5`` clamped at 0; no anti-aliasing).
+    """
+    c, h, w = x.shape
+    if (h, w) == (height, width):
+        return x
+    y0, y1, wy = _axis_weights(h, height)
+    x0, x1, wx = _axis_weights(w, width)
+    rows = x[:, y0, :] * (1 - wy)[None, :, None] + x[:, y1, :] * wy[None, :, None]
+    return rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx
+
+
+def resize_argmax(logits: np.ndarray, height: int, width: int, chunk_rows: int = 128) -> np.ndarray:
+    """``argmax`` over classes of ``logits (K, h, w)`` bilinearly resized to ``(height, width)``; int64.
+
+    Processed ``chunk_rows`` output rows at a time: memory ``K × chunk_rows × width`` floats.
+    """
+    k, h, w = logits.shape
+    y0, y1, wy = _axis_weights(h, height)
+    x0, x1, wx = _axis_weights(w, width)
+    out = np.empty((height, width), dtype=np.int64)
+    for r in range(0, height, chunk_rows):
+        sl = slice(r, min(r + chunk_rows, height))
+        rows = logits[:, y0[sl], :] * (1 - wy[sl])[None, :, None] + logits[:, y1[sl], :] * wy[sl][None, :, None]
+        out[sl] = np.argmax(rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx, axis=0)
+    return out
+
+
+def _rescale_size(h: int, w: int, scale: Sequence[int]) -> tuple[int, int]:
+    # Same rule as segkit.data.transforms.rescale_size (mmcv): keep ratio, fit (long, short).
+    f = min(max(scale) / max(h, w), min(scale) / min(h, w))
+    return int(h * f + 0.5), int(w * f + 0.5)
+
+
+# ----------------------------------------------------------------------------- the predictor
+class OnnxSegmenter:
+    """An exported segkit model run by onnxruntime.
+
+    Args:
+        path: the ``.onnx`` file written by ``segkit export``.
+        threads: onnxruntime intra-op threads (default: onnxruntime's choice).
+        providers: onnxruntime execution providers (default CPU).
+
+    Attributes: ``meta`` (decoded metadata), ``class_names``, ``palette``, ``mean``, ``std``,
+    ``dynamic`` (H/W may vary), ``export_shape`` ``(H, W)``.
+    """
+
+    def __init__(self, path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.session = _session(path, ort, threads, providers)
+        self.meta = _decode_meta(self.session.get_modelmeta().custom_metadata_map, path)
+        self.class_names = list(self.meta["class_names"])
+        self.palette = [list(c) for c in self.meta["palette"]]
+        self.num_classes = int(self.meta["num_classes"])
+        self.mean = np.asarray(self.meta["mean"], dtype=np.float32)
+        self.std = np.asarray(self.meta["std"], dtype=np.float32)
+        self.dynamic = bool(self.meta["dynamic_hw"])
+        self.export_shape = tuple(int(v) for v in self.meta["export_shape"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def input_size(self, height: int, width: int, scale: Sequence[int] | None = None) -> tuple[int, int]:
+        """Network input ``(H', W')`` for an ``height × width`` image (see the module doc, step 2)."""
+        if not self.dynamic:
+            return self.export_shape
+        h, w = height, width
+        if scale is not None:
+            h, w = _rescale_size(h, w, scale)
+            h, w = int(math.ceil(h / 32)) * 32, int(math.ceil(w / 32)) * 32
+        if min(h, w) < MIN_SIDE:
+            f = MIN_SIDE / min(h, w)
+            h, w = max(MIN_SIDE, round(h * f)), max(MIN_SIDE, round(w * f))
+        return h, w
+
+    def preprocess(self, image: np.ndarray, scale: Sequence[int] | None = None) -> np.ndarray:
+        """``uint8 (H, W, 3)`` → normalised float32 ``(1, 3, H', W')``."""
+        image = np.asarray(image)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
+        x = image.astype(np.float32).transpose(2, 0, 1)
+        x = resize_bilinear(x, *self.input_size(*image.shape[:2], scale))
+        x = (x - self.mean[:, None, None]) / self.std[:, None, None]
+        return np.ascontiguousarray(x[None], dtype=np.float32)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Run the network on a normalised ``(B, 3, H, W)`` float32 batch → ``(B, K, H, W)`` logits."""
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+    def predict(self, image: np.ndarray, scale: Sequence[int] | None = None) -> np.ndarray:
+        """Label map ``int64 (H, W)`` at the image's original size."""
+        out = self.logits(self.preprocess(image, scale))[0]
+        return resize_argmax(out, image.shape[0], image.shape[1])
+
+
+def _label_png(label: np.ndarray, palette) -> bytes:
+    from PIL import Image
+
+    img = Image.fromarray(label.astype(np.uint8), mode="L").convert("P")
+    flat = [int(v) for colour in palette for v in colour]
+    img.putpalette(flat + [0] * (768 - len(flat)))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def list_images(inputs: str | Path) -> list[Path]:
+    """One image file, or the image files directly inside a folder (sorted); errors name the path."""
+    inputs = Path(inputs)
+    if not inputs.exists():
+        raise FileNotFoundError(f"input {inputs} does not exist")
+    if inputs.is_file():
+        return [inputs]
+    files = sorted(p for p in inputs.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {inputs}")
+    return files
+
+
+def predict_paths_onnx(model_path: str | Path, inputs: str | Path, out_dir: str | Path, *,
+                       scale: Sequence[int] | None = None, threads: int | None = None,
+                       alpha: float = 0.5) -> list[Path]:
+    """Segment an image or a folder of images with an exported model; write label + overlay PNGs.
+
+    Output names as ``segkit predict``: ``<stem>_label.png``, ``<stem>_overlay.png`` (files
+    sharing a stem get their suffix appended). Returns the written paths in input order.
+    Raises ``FileNotFoundError`` / ``ValueError`` naming the model or image at fault.
+    """
+    from PIL import Image
+
+    from segkit.engine.visualize import overlay_with_legend
+    from segkit.utils import atomic_write_bytes
+
+    model = OnnxSegmenter(model_path, threads=threads)
+    if model.num_classes > 256:
+        raise ValueError(f"{model.num_classes} classes do not fit an 8-bit label PNG (max 256)")
+    files = list_images(inputs)
+    stems = [f.stem for f in files]
+    dup = {s for s in stems if stems.count(s) > 1}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for f in files:
+        stem = f"{f.stem}_{f.suffix.lstrip('.').lower()}" if f.stem in dup else f.stem
+        image = read_rgb(f)
+        label = model.predict(image, scale)
+        label_path, overlay_path = out_dir / f"{stem}_label.png", out_dir / f"{stem}_overlay.png"
+        atomic_write_bytes(label_path, _label_png(label, model.palette))
+        vis = overlay_with_legend(image, label, model.palette, model.class_names, alpha=alpha, ignore_index=-1)
+        buf = io.BytesIO()
+        Image.fromarray(vis).save(buf, format="PNG")
+        atomic_write_bytes(overlay_path, buf.getvalue())
+        written += [label_path, overlay_path]
+    return written

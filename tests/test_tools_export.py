@@ -1,0 +1,170 @@
+"""ONNX export: onnxruntime reproduces PyTorch (SegFormer, SegNeXt, RSSeg), metadata, torch-free prediction."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import segkit
+from segkit.tools.export import ExportError, export_onnx, second_size
+from segkit.tools.onnx_predict import OnnxSegmenter, read_metadata, resize_argmax, resize_bilinear
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+CAMVID_IMAGE = Path(__file__).resolve().parents[2] / "shared/data/camvid/images/test/0001TP_008550.webp"
+TOL = 1e-4  # float32 logits of randomly initialised models are O(1); the exporter's own bound is 1e-3
+
+
+def _run(path, *xs: torch.Tensor) -> list[np.ndarray]:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [sess.run(None, {"image": x.numpy()})[0] for x in xs]
+
+
+def _torch_logits(model, x):
+    with torch.no_grad():
+        return model(x).numpy()
+
+
+@pytest.fixture(scope="module")
+def camvid_meta():
+    meta_path = CAMVID_IMAGE.parents[2] / "meta.json"
+    if not meta_path.is_file():
+        pytest.skip("CamVid not found")
+    return json.loads(meta_path.read_text())
+
+
+@pytest.fixture(scope="module")
+def segformer_export(tmp_path_factory, camvid_meta):
+    """SegFormer-B0 (CamVid classes) saved, then exported with dynamic H/W through the CLI."""
+    from segkit.cli import main
+
+    d = tmp_path_factory.mktemp("onnx")
+    model = segkit.build_model("segformer-b0", num_classes=11, class_names=camvid_meta["classes"],
+                               palette=camvid_meta["palette"])
+    ckpt = model.save_pretrained(d / "ckpt")
+    path = d / "segformer.onnx"
+    assert main(["export", str(ckpt), "--format", "onnx", "--shape", "64", "64", "--dynamic", "--out", str(path)]) == 0
+    return segkit.load_model(ckpt), path
+
+
+def test_segformer_dynamic_parity_and_metadata(segformer_export, camvid_meta):
+    model, path = segformer_export
+    xs = [torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
+          for shape in [(2, 3, 64, 64), (1, 3, 96, 64), (1, 3, 40, 75)]]  # batch 2, two other sizes
+    for x, got in zip(xs, _run(path, *xs)):
+        ref = _torch_logits(model, x)
+        assert got.shape == ref.shape == (x.shape[0], 11, *x.shape[2:])
+        assert np.abs(got - ref).max() < TOL
+    meta = read_metadata(path)
+    assert meta["class_names"] == camvid_meta["classes"] and meta["palette"] == camvid_meta["palette"]
+    assert meta["mean"] == list(model.mean) and meta["std"] == list(model.std)
+    assert meta["dynamic_hw"] is True and meta["export_shape"] == [64, 64] and meta["model"] == "segformer-b0"
+    proto = onnx.load(str(path))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 17
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+
+
+def test_segnext_dynamic_parity(tmp_path):
+    """NMF: eval bases become a constant, repeated over the dynamic batch; fixed 7 steps unrolled."""
+    model = segkit.build_model("segnext-t", num_classes=5)  # training mode: the export must use eval mode
+    rep = export_onnx(model, tmp_path / "segnext.onnx", shape=(64, 64), dynamic=True)
+    assert model.training  # flag restored
+    model.eval()
+    assert [c["input"] for c in rep["checks"]] == [[2, 3, 64, 64], [1, 3, *second_size(64, 64)]]
+    assert all(c["max_abs_diff"] < TOL for c in rep["checks"])
+    x = torch.randn(3, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    assert np.abs(_run(tmp_path / "segnext.onnx", x)[0] - _torch_logits(model, x)).max() < TOL
+
+
+def _smallest_rsseg():
+    names = [n for n in segkit.list_models() if n.startswith("rsseg-")]
+    if "rsseg-vit-ti" not in names:
+        pytest.skip(f"no RSSeg ViT-Ti in the zoo yet (RSSeg models present: {names or 'none'})")
+    # ViT-Ti at tiny width/depth: the architecture (two-pathway decoder, SASM, DCA) at small cost
+    return segkit.build_model("rsseg-vit-ti", num_classes=5, img_size=64, depth=4).eval()
+
+
+def test_rsseg_fixed_size_parity_and_dynamic_refused(tmp_path):
+    model = _smallest_rsseg()
+    rep = export_onnx(model, tmp_path / "rsseg.onnx", shape=(64, 64), check_image=CAMVID_IMAGE)
+    assert rep["checks"][0]["input"] == [2, 3, 64, 64] and rep["checks"][-1]["input"] == [1, 3, 64, 64]
+    assert all(c["max_abs_diff"] < TOL for c in rep["checks"])
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))  # batch is dynamic
+    assert np.abs(_run(tmp_path / "rsseg.onnx", x)[0] - _torch_logits(model, x)).max() < TOL
+    # Plain-ViT RSSeg decides position-embedding resizing in Python: a traced graph is size-specific,
+    # and the exporter's verification must refuse a dynamic-size export instead of writing a wrong file.
+    with pytest.raises(ExportError, match="does not generalise|differ"):
+        export_onnx(model, tmp_path / "rsseg_dyn.onnx", shape=(64, 64), dynamic=True)
+    assert not (tmp_path / "rsseg_dyn.onnx").exists()
+
+
+def test_bad_export_requests(tmp_path):
+    model = segkit.build_model("segformer-b0", num_classes=2)
+    with pytest.raises(ValueError, match="opset 16"):
+        export_onnx(model, tmp_path / "a.onnx", shape=(64, 64), opset=16)
+    with pytest.raises(ValueError, match=">= 32"):
+        export_onnx(model, tmp_path / "a.onnx", shape=(16, 64))
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        export_onnx(model, tmp_path / "a.onnx", shape=(64, 64), check_image=tmp_path / "nope.png")
+
+
+def test_read_metadata_rejects_foreign_onnx(tmp_path):
+    path = tmp_path / "plain.onnx"
+    torch.onnx.export(torch.nn.Conv2d(3, 2, 1), (torch.randn(1, 3, 8, 8),), str(path), dynamo=False,
+                      input_names=["image"])
+    with pytest.raises(ValueError, match="not a segkit ONNX export"):
+        read_metadata(path)
+
+
+def test_numpy_resize_matches_torch_interpolate():
+    x = torch.randn(4, 17, 23, generator=torch.Generator().manual_seed(0))
+    for size in [(40, 31), (9, 11), (17, 50)]:
+        ref = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+        assert np.abs(resize_bilinear(x.numpy(), *size) - ref.numpy()).max() < 1e-5
+        assert (resize_argmax(x.numpy(), *size, chunk_rows=7) == ref.argmax(0).numpy()).mean() > 0.999
+
+
+def test_predict_onnx_runs_without_torch(segformer_export, tmp_path):
+    """`segkit predict --onnx` with torch made unimportable; labels equal the PyTorch predictor's."""
+    from PIL import Image
+
+    from segkit.engine.predict import predict_paths
+
+    model, path = segformer_export
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from segkit.cli import main\n"
+            f"rc = main(['predict', '--onnx', {str(path)!r}, {str(CAMVID_IMAGE)!r}, '--out', {str(tmp_path / 'o')!r}])\n"
+            "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n"
+            "raise SystemExit(rc)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    onnx_label = np.array(Image.open(tmp_path / "o" / f"{CAMVID_IMAGE.stem}_label.png"))
+    assert (tmp_path / "o" / f"{CAMVID_IMAGE.stem}_overlay.png").is_file()
+    predict_paths(model, CAMVID_IMAGE, tmp_path / "t", progress=False)
+    torch_label = np.array(Image.open(tmp_path / "t" / f"{CAMVID_IMAGE.stem}_label.png"))
+    assert onnx_label.shape == torch_label.shape == (360, 480)
+    assert (onnx_label == torch_label).mean() > 0.999
+
+
+def test_fixed_size_model_in_onnx_predictor(tmp_path, camvid_meta):
+    """A fixed-size export: the predictor stretches the image to the export size and maps labels back."""
+    model = segkit.build_model("segformer-b0", num_classes=11, class_names=camvid_meta["classes"])
+    export_onnx(model, tmp_path / "fixed.onnx", shape=(64, 96), verify=False)
+    seg = OnnxSegmenter(tmp_path / "fixed.onnx")
+    assert not seg.dynamic and seg.export_shape == (64, 96)
+    image = np.asarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3)), dtype=np.uint8)
+    x = seg.preprocess(image)
+    assert x.shape == (1, 3, 64, 96) and x.dtype == np.float32
+    ref = F.interpolate(model.normalize(torch.from_numpy(image).permute(2, 0, 1)[None]), size=(64, 96),
+                        mode="bilinear", align_corners=False)
+    assert np.abs(x - ref.numpy()).max() < 1e-4
+    label = seg.predict(image)
+    assert label.shape == (50, 70) and label.max() < 11
