@@ -58,9 +58,14 @@ Why these choices (checked against the papers at 512×512 and 2048×1024, see
 ``docs/model_zoo.md``): SegNeXt's figures include the NMF ``bmm`` iterations (7 eval steps +
 the final coef update and reconstruction; ~4 % of SegNeXt-T, ~7 % of SegNeXt-L), the
 element-wise products and the norms, which only torchprofile counts; SegFormer's figures
-include conv biases and LayerNorms (mmcv) and the attention products the NVlabs script adds;
-with ``"torch"`` SegFormer-B0 at 2048×1024 would be 59 G instead of the published 125.5 G,
-because the CPU attention kernel is not counted by FlopCounterMode, and 92 G with it.
+include conv biases and LayerNorms (mmcv) and the attention products the NVlabs script adds.
+Attention is 53 % of SegFormer-B0 at 2048×1024: FlopCounterMode alone gives 58.8 G there (it
+has no formula for the CPU attention kernel), ``"torch"`` (with it) 125.4 G, ``"mmcv"`` 125.6 G,
+published 125.5 G. At 2048×1024 the published SegFormer figures are those of the 150-class
+ADE20K model and the SegNeXt figures those of the 19-class Cityscapes models.
+
+Under ``"paper"`` every figure agrees with the papers to ≤ 0.3 % except SegNeXt-L at
+2048×1024 (553.7 G vs 577.5 G published, −4.1 %; its 512² figure agrees to 0.1 %).
 
 What is counted is the module's ``forward`` on one input ``(batch, 3, H, W)``: for a
 :class:`~segkit.models.segmentor.Segmentor` this includes the final bilinear resize of the
