@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from segkit.engine.evaluator import _json_safe  # NaN -> null for JSON (shared with metrics.json)
 
 CORRUPTION_GROUPS: dict[str, tuple[str, ...]] = {
     "Blur": ("motion_blur", "defocus_blur", "glass_blur", "gaussian_blur"),
@@ -409,14 +410,6 @@ def format_robustness_table(result: dict, digits: int = 1) -> str:
     return "\n".join([head, sep, row])
 
 
-def _json_safe(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def save_corruption_grid(image: np.ndarray, path: str | Path, *, severity: int = 3, seed: int = 0,
