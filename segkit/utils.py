@@ -1,6 +1,7 @@
 """Small I/O helpers shared across segkit."""
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -39,3 +40,19 @@ def fsync_dir(directory: str | Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def json_safe(value):
+    """Return ``value`` with every float NaN replaced by ``None`` (JSON ``null``), recursively.
+
+    ``json.dumps`` would otherwise write the non-standard token ``NaN``, which strict JSON
+    readers (``jq``, JavaScript) reject. Dicts, lists and tuples are walked; tuples come back
+    as lists. Torch-free so the ONNX predict path and the robustness tool can share it.
+    """
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value

@@ -9,7 +9,6 @@ added to one dataset-wide :class:`~segkit.engine.metrics.ConfusionMatrix`. Nothi
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Sequence
@@ -55,16 +54,6 @@ def _prepare(model, item: dict, index: int, device: torch.device) -> tuple[torch
 
 def _first(batch):
     return batch[0]
-
-
-def _json_safe(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def evaluate(model, dataset, *, mode: str = "whole", crop_size: Sequence[int] | None = None,
@@ -175,13 +164,13 @@ def evaluate(model, dataset, *, mode: str = "whole", crop_size: Sequence[int] | 
         result["class_names"] = list(class_names)
 
     if out_dir is not None and rank == 0:
-        from segkit.utils import atomic_write_bytes
+        from segkit.utils import atomic_write_bytes, json_safe
 
         from .visualize import plot_confusion_matrix
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        safe = _json_safe(result)  # one top-level key per line, values compact (K×K matrix on one line)
+        safe = json_safe(result)  # one top-level key per line, values compact (K×K matrix on one line)
         text = "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in safe.items()) + "\n}\n"
         atomic_write_bytes(out_dir / "metrics.json", text.encode())
         plot_confusion_matrix(cm.matrix, class_names, out_dir / "confusion_matrix.png",

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-from segkit.engine.evaluator import _json_safe  # NaN -> null for JSON (shared with metrics.json)
+from segkit.utils import json_safe  # NaN -> null for JSON (shared with metrics.json)
 
 CORRUPTION_GROUPS: dict[str, tuple[str, ...]] = {
     "Blur": ("motion_blur", "defocus_blur", "glass_blur", "gaussian_blur"),
@@ -351,7 +351,7 @@ def evaluate_robustness(model, dataset, transform, *, corruptions: Sequence[str]
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out_dir / "robustness.json", (json.dumps(_json_safe(result), indent=1) + "\n").encode())
+        atomic_write_bytes(out_dir / "robustness.json", (json.dumps(json_safe(result), indent=1) + "\n").encode())
         md = (f"mIoU (%) per corruption, mean over severities {severities}; {n} images, seed {seed}.\n\n"
               f"{result['table']}\n\nGroup means (RSSeg Table 15 layout):\n\n{result['summary_table']}\n")
         atomic_write_bytes(out_dir / "robustness.md", md.encode())
