@@ -79,7 +79,7 @@ def main() -> None:
             "threads": args.threads, "command": "python benchmarks/memory.py " + " ".join(sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d")}
     (OUT / "memory.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = [f"# Slide-inference peak memory\n", f"Machine: {meta['cpu']}, torch {meta['torch']}, "
+    lines = ["# Slide-inference peak memory\n", f"Machine: {meta['cpu']}, torch {meta['torch']}, "
              f"{args.threads} threads, {meta['date']}. Command: `{meta['command']}`.\n",
              "Window 1024×1024, stride 768, window batch 2, 19 classes, uint8 input image.\n",
              "| model | image (W×H) | Mpixels | method | RSS after build (MiB) | peak RSS (MiB) | time (s) |",

@@ -20,7 +20,6 @@ import argparse
 import os
 import json
 import sys
-from pathlib import Path
 
 
 def _cmd_models(args) -> int:

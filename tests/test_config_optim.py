@@ -2,7 +2,6 @@
 import math
 
 import pytest
-import torch
 
 import segkit
 from segkit.config import ConfigError, apply_overrides, config_from_dict, load_config

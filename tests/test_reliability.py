@@ -1,6 +1,5 @@
 """Never lose work: SIGKILL at any point + resume == uninterrupted run, SIGTERM saves and exits,
 unsafe pickles are refused without side effects, bad samples name their file through workers."""
-import json
 import os
 import pickle
 import signal

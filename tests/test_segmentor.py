@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import segkit
-from segkit.models.segmentor import Segmentor, slide_windows
+from segkit.models.segmentor import slide_windows
 
 
 def test_slide_windows_cover_every_pixel_and_clamp():

@@ -17,7 +17,6 @@ divide); only rank 0 writes files.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import signal

@@ -10,7 +10,6 @@ averaged over scales and horizontal flips).
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Sequence
 
