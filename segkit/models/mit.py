@@ -42,6 +42,26 @@ SR_NORM_EPS = 1e-5
 BLOCK_NORM_EPS = 1e-6
 
 
+# Token <-> feature-map layout. MiT works on tokens (B, N, C) and only its convolutions
+# (patch embedding, sequence reduction, Mix-FFN's depth-wise conv) need maps (B, C, H, W).
+# Viewing the tokens as a *channels-last* map is free (no copy): the memory of (B, H·W, C)
+# is exactly that of a channels_last (B, C, H, W) tensor. PyTorch's convolutions accept and
+# return channels-last, so the round trip costs no transposes; on CPU this is what makes
+# segkit's SegFormer-B0 about twice as fast as a channels-first implementation
+# (benchmarks/latency.py). Numerics are those of the same convolution (fp32 summation order
+# may differ in the last bits).
+def tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``(B, H·W, C)`` tokens → ``(B, C, H, W)`` channels-last view of the same memory."""
+    b, n, c = x.shape
+    return x.view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` map → ``(B, H·W, C)`` tokens (a view when ``x`` is channels-last)."""
+    b, c, h, w = x.shape
+    return x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1).reshape(b, h * w, c)
+
+
 class OverlapPatchEmbed(nn.Module):
     """Overlapped patch merging (paper §3.1): strided conv (K, S, P = K // 2) → tokens → LayerNorm.
 
@@ -56,9 +76,9 @@ class OverlapPatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=PATCH_NORM_EPS)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        x = self.proj(x)
+        x = self.proj(x.contiguous(memory_format=torch.channels_last))
         h, w = x.shape[-2:]
-        return self.norm(x.flatten(2).transpose(1, 2)), h, w
+        return self.norm(map_to_tokens(x)), h, w
 
 
 class EfficientSelfAttention(nn.Module):
@@ -100,8 +120,7 @@ class EfficientSelfAttention(nn.Module):
                 raise ValueError(
                     f"feature map {h}x{w} is smaller than the sequence-reduction kernel {self.sr_ratio}: "
                     f"use a larger input (at least 29x29 pixels with the reference sr_ratios, as in the official code)")
-            x = self.sr(x.transpose(1, 2).reshape(b, c, h, w))
-            x = self.norm(x.flatten(2).transpose(1, 2))
+            x = self.norm(map_to_tokens(self.sr(tokens_to_map(x, h, w))))
         k, v = self.kv(x).reshape(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(b, n, c)
@@ -116,9 +135,7 @@ class DWConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        b, n, c = x.shape
-        x = self.dwconv(x.transpose(1, 2).reshape(b, c, h, w))
-        return x.flatten(2).transpose(1, 2)
+        return map_to_tokens(self.dwconv(tokens_to_map(x, h, w)))
 
 
 class MixFFN(nn.Module):
@@ -183,7 +200,8 @@ class MixVisionTransformer(nn.Module):
 
     Input: ``(B, in_chans, H, W)`` float, ``H, W`` ≥ 29 (not necessarily multiples of 32;
     smaller images make the stage-1 map smaller than the 8×8 reduction conv: ``ValueError``). Output: list of 4 tensors ``(B, C_i, H_i, W_i)`` with ``H_1 = ceil(H / 4)`` and
-    ``H_{i+1} = ceil(H_i / 2)`` (strides 4, 8, 16, 32 for multiples of 32).
+    ``H_{i+1} = ceil(H_i / 2)`` (strides 4, 8, 16, 32 for multiples of 32), in channels-last
+    memory format (views of the stage's tokens; call ``.contiguous()`` for NCHW memory).
 
     Weights are initialised with :func:`~segkit.models.layers.init_weights_reference`
     (Linear trunc-normal 0.02, LayerNorm 1/0, conv normal(0, sqrt(2 / fan_out))).
@@ -224,6 +242,6 @@ class MixVisionTransformer(nn.Module):
             for blk in getattr(self, f"block{i}"):
                 x = blk(x, h, w)
             x = getattr(self, f"norm{i}")(x)
-            x = x.transpose(1, 2).reshape(x.shape[0], -1, h, w).contiguous()
+            x = tokens_to_map(x, h, w)  # channels-last (B, C_i, H_i, W_i), no copy
             outs.append(x)
         return outs
