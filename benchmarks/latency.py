@@ -142,7 +142,8 @@ def markdown(res: dict) -> str:
         f"eval, `torch.inference_mode()`; {res['warmup']} warm-up + {res['runs']} timed round-robin rounds; "
         f"load average {res['load_before']:.2f} before, {res['load_after']:.2f} after; other processes used "
         f"{'n/a' if res['foreign_cpu_share'] is None else format(res['foreign_cpu_share'], '.0%')} of the CPUs "
-        f"during the timing; niceness {res['niceness']} ({res['date']}).",
+        f"during the timing; niceness {res['niceness']}; glibc allocator "
+        f"{'tuned (segkit.runtime.tune_cpu_allocator, as the CLI)' if res.get('allocator') else 'defaults'} ({res['date']}).",
         "",
         "| model | what is timed | median ms | p25–p75 ms | min ms |",
         "|---|---|---:|---:|---:|",
@@ -184,9 +185,15 @@ def main(argv=None) -> int:
                    help="repeat (waiting again) while other processes used more than --max-foreign of the CPUs")
     p.add_argument("--max-foreign", type=float, default=0.1)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
+                   help="tuned: segkit.runtime.tune_cpu_allocator(), as the segkit CLI does (default); "
+                        "default: glibc's own thresholds. Applies to every model in the run, transformers included.")
     args = p.parse_args(argv)
     if args.runs < 10:
         p.error("--runs must be >= 10")
+    from segkit.runtime import tune_cpu_allocator
+
+    allocator = tune_cpu_allocator() if args.malloc == "tuned" else None
 
     import transformers
 
@@ -224,7 +231,7 @@ def main(argv=None) -> int:
         command="python benchmarks/latency.py " + " ".join(sys.argv[1:] if argv is None else argv),
         date=time.strftime("%Y-%m-%d %H:%M:%S"), machine=machine(), torch=torch.__version__,
         transformers=transformers.__version__, hf_attn_implementation=getattr(hf.config, "_attn_implementation", None),
-        threads=args.threads, size=args.size, warmup=args.warmup, runs=args.runs,
+        threads=args.threads, size=args.size, allocator=allocator, warmup=args.warmup, runs=args.runs,
         load_before=best["load_before"], load_after=best["load_after"], waited_s=best["waited_s"],
         foreign_cpu_share=best["foreign_cpu_share"], niceness=os.nice(0),
         attempts=[{k: v for k, v in a.items() if k != "timings"} | {"medians_ms": {n: t["median_ms"] for n, t in

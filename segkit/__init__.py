@@ -20,7 +20,7 @@ _LAZY = {
     "Segmentor": "segkit.models.segmentor",
     **dict.fromkeys(["MODELS", "build_model", "count_parameters", "list_models"], "segkit.models.zoo"),
 }
-_SUBMODULES = {"checkpoints", "cli", "config", "data", "engine", "models", "tools", "utils"}
+_SUBMODULES = {"checkpoints", "cli", "config", "data", "engine", "models", "runtime", "tools", "utils"}
 
 __all__ = [
     "MODELS", "Segmentor", "build_model", "list_models", "count_parameters",

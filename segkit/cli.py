@@ -365,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from segkit.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # glibc thresholds for large tensors; SEGKIT_MALLOC_TUNING=0 disables
     try:
         return args.fn(args)
     except KeyboardInterrupt:

@@ -141,10 +141,14 @@ def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
                 t.copy_(0.5 + r if name.endswith(("running_var", ".weight")) and t.ndim == 1 else r - 0.5)
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_mscan_matches_reference_math(channels_last):
+@pytest.mark.parametrize("channels_last,fold_eval", [(False, True), (True, True), (True, False)])
+def test_mscan_matches_reference_math(channels_last, fold_eval):
+    """Eval forward (BN + layer scale folded into the 1×1 convs, or not) equals the reference math."""
     enc = MSCAN(embed_dims=(8, 16, 24, 32), depths=(1, 2, 1, 1), mlp_ratios=(2, 2, 4, 4)).eval()
     _randomise(enc, seed=1)
+    for blk in enc.modules():
+        if hasattr(blk, "fold_eval"):
+            blk.fold_eval = fold_eval
     x = torch.randn(2, 3, 40, 56)
     enc.cpu_channels_last = channels_last
     with torch.no_grad():
@@ -182,6 +186,16 @@ def test_nmf_matches_reference_and_eval_bases():
     torch.testing.assert_close(nmf(x, bases=b), _ref_nmf(x, b, steps=6), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="bases must have shape"):
         nmf(x, bases=b[:1])
+
+
+def test_nmf_channels_last_matches_contiguous_and_runs_on_meta():
+    nmf = NMF2D(md_r=4).eval()
+    x = torch.rand(2, 8, 5, 6)
+    out_cl = nmf(x.contiguous(memory_format=torch.channels_last))
+    assert out_cl.is_contiguous(memory_format=torch.channels_last) and not out_cl.is_contiguous()
+    torch.testing.assert_close(out_cl, nmf(x), rtol=1e-5, atol=1e-6)
+    # the FLOP counter traces on the meta device, which has no autocast
+    assert nmf(torch.empty(2, 8, 5, 6, device="meta")).shape == (2, 8, 5, 6)
 
 
 def test_nmf_float32_under_autocast():

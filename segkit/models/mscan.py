@@ -13,6 +13,12 @@ tensors). The arithmetic is the reference's. Every module accepts contiguous or
 (attribute ``cpu_channels_last``, default True): oneDNN's depth-wise and 1×1 convolutions are
 several times faster in that layout there, and the rest of the network (head included)
 follows the layout of its input. Other devices keep the caller's layout.
+
+Eval mode folds every BatchNorm (and the blocks' layer scales) into the neighbouring
+convolution (:func:`conv_then_bn`, :func:`bn_then_conv1x1`, ``MSCABlock._forward_folded``):
+the same function with fewer passes over the feature maps. The parameters are untouched (the
+folded weights are computed per forward), so checkpoints and training are unaffected;
+``MSCABlock.fold_eval = False`` restores the plain eval path.
 """
 from __future__ import annotations
 
@@ -34,6 +40,29 @@ MSCAN_VARIANTS = {
 }
 
 
+def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as a per-channel affine map ``y = a·x + b``: returns ``(a, b)``, each ``[C]``."""
+    a = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return a, bn.bias - bn.running_mean * a
+
+
+def conv_then_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """``bn(conv(x))`` in eval mode as one convolution (weights scaled per output channel; exact)."""
+    a, b = bn_affine(bn)
+    bias = b if conv.bias is None else conv.bias * a + b
+    return F.conv2d(x, conv.weight * a.view(-1, 1, 1, 1), bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def bn_then_conv1x1(bn: nn.BatchNorm2d, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(bn(x))`` in eval mode as one 1×1 convolution of ``x``.
+
+    Exact because a 1×1 convolution has no padding: ``W(a·x + b) + c = (W·a)x + (W b + c)``.
+    """
+    a, b = bn_affine(bn)
+    bias = conv.weight.flatten(1) @ b + (0 if conv.bias is None else conv.bias)
+    return F.conv2d(x, conv.weight * a.view(1, -1, 1, 1), bias)
+
+
 class StemConv(nn.Module):
     """Stage-1 down-sampling (×4): ``proj`` = [0] Conv3×3 s2 (3→C/2) [1] BN [2] GELU [3] Conv3×3 s2 (C/2→C) [4] BN.
 
@@ -51,7 +80,10 @@ class StemConv(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
+        if self.training:
+            return self.proj(x)
+        conv0, bn0, act, conv1, bn1 = self.proj
+        return conv_then_bn(conv1, bn1, act(conv_then_bn(conv0, bn0, x)))  # BN folded (eval)
 
 
 class DownsampleConv(nn.Module):
@@ -66,7 +98,9 @@ class DownsampleConv(nn.Module):
         self.norm = nn.BatchNorm2d(out_chans)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(x))
+        if self.training:
+            return self.norm(self.proj(x))
+        return conv_then_bn(self.proj, self.norm, x)  # BN folded (eval)
 
 
 class MSCA(nn.Module):
@@ -164,8 +198,12 @@ class MSCABlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
         self.layer_scale_1 = nn.Parameter(torch.full((dim,), layer_scale_init))
         self.layer_scale_2 = nn.Parameter(torch.full((dim,), layer_scale_init))
+        # Eval: BN + layer scale folded into the 1×1 convs (speed only; False = unfolded path).
+        self.fold_eval = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and self.fold_eval:
+            return self._forward_folded(x)
         ls1 = self.layer_scale_1.view(-1, 1, 1)
         ls2 = self.layer_scale_2.view(-1, 1, 1)
         if isinstance(self.drop_path, nn.Identity) or not self.training:
@@ -174,6 +212,31 @@ class MSCABlock(nn.Module):
             return torch.addcmul(x, ls2, self.mlp(self.norm2(x)))
         x = x + self.drop_path(ls1 * self.attn(self.norm1(x)))
         return x + self.drop_path(ls2 * self.mlp(self.norm2(x)))
+
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+        """Eval-mode forward with the BatchNorms and layer scales folded into the 1×1 convs.
+
+        Same function as the unfolded eval forward (fp32 rounding differences only; tested
+        against the reference math). With ``norm1 x = a₁·x + b₁`` and the attention shortcut
+        ``attn(n) = proj_2(g(proj_1 n)) + n``::
+
+            x + ls₁ ⊙ attn(norm1 x) = [ls₁·proj_2](g([proj_1·a₁] x)) + ls₁·b₁ + (1 + ls₁·a₁) ⊙ x
+            x + ls₂ ⊙ mlp(norm2 x)  = x + [ls₂·fc2](act(dw([fc1·a₂] x)))
+
+        which saves both BatchNorm passes and the shortcut add over the feature map
+        (SegNeXt-T eval latency, benchmarks/latency.py).
+        """
+        attn, mlp = self.attn, self.mlp
+        ls1, ls2 = self.layer_scale_1, self.layer_scale_2
+        a1, b1 = bn_affine(self.norm1)
+        y = bn_then_conv1x1(self.norm1, attn.proj_1, x)
+        y = attn.spatial_gating_unit(attn.activation(y))
+        y = F.conv2d(y, attn.proj_2.weight * ls1.view(-1, 1, 1, 1), (attn.proj_2.bias + b1) * ls1)
+        x = torch.addcmul(y, x, (1 + ls1 * a1).view(-1, 1, 1))
+        y = bn_then_conv1x1(self.norm2, mlp.fc1, x)
+        y = mlp.drop(mlp.act(mlp.dwconv(y)))
+        y = F.conv2d(y, mlp.fc2.weight * ls2.view(-1, 1, 1, 1), mlp.fc2.bias * ls2)
+        return y.add_(x)
 
 
 class MSCAN(nn.Module):

@@ -9,6 +9,8 @@ NMF has no parameters and no buffers.
 """
 from __future__ import annotations
 
+import contextlib
+
 from typing import Sequence
 
 import torch
@@ -128,7 +130,14 @@ class NMF2D(nn.Module):
             raise ValueError(f"NMF2D: channels {c} not divisible by md_s={self.S}")
         d = c // self.S
         in_dtype = x.dtype
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        # Channels-last input (segkit's CPU default): (B, C, H·W) is a strided view of it, and
+        # the output is built as (B, H·W, C) and returned channels-last, so no layout copy.
+        channels_last = self.S == 1 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        # NMF runs in fp32 even under autocast (the reference disables it as well); devices
+        # without autocast support (e.g. "meta", used for FLOP counting) need no guard.
+        no_autocast = (torch.autocast(device_type=x.device.type, enabled=False)
+                       if torch.amp.is_autocast_available(x.device.type) else contextlib.nullcontext())
+        with no_autocast:
             x = x.float().reshape(b * self.S, d, h * w)
             if bases is None:
                 bases = self.initial_bases(b, d, x.device)
@@ -142,6 +151,9 @@ class NMF2D(nn.Module):
             else:
                 bases, coef = self._iterate(x, bases, steps)
             coef = self._coef_update(x, bases, coef)
+            if channels_last:
+                out = torch.bmm(coef, bases.transpose(1, 2))  # (B, N, D) = ((bases @ coef^T))^T
+                return out.view(b, h, w, c).permute(0, 3, 1, 2).to(in_dtype)
             out = torch.bmm(bases, coef.transpose(1, 2))
         return out.reshape(b, c, h, w).to(in_dtype)
 
