@@ -59,6 +59,9 @@ def _gmacs(model, shape) -> float | None:
 
 def _measure(name: str, num_classes: int, shape, with_gmacs: bool, kwargs: dict) -> dict:
     """Build ``name`` and benchmark it (runs in a fresh worker process, see :func:`measure`)."""
+    from segkit.runtime import tune_cpu_allocator
+
+    tune_cpu_allocator()  # as the segkit CLI does (segkit/runtime.py)
     model = segkit.build_model(name, num_classes=num_classes)
     t0 = time.perf_counter()
     res = benchmark(model, shape, **kwargs)
@@ -171,7 +174,8 @@ def write_doc(doc_path: Path, zoo: dict | None, scaling: dict | None, png: Path 
         "them); one random input created once; timed call = `Segmentor.predict` (forward + bilinear upsampling "
         "to the input size + softmax + arg-max) under `torch.inference_mode()`; untimed warm-up call(s), then "
         "timed calls; latency = median of the timed calls, FPS = batch / median; batch 1, whole-image inference, "
-        "float32. Each measurement runs in a fresh process (unless a run's note says otherwise). CPU peak memory = growth of the process' peak "
+        "float32. Each measurement runs in a fresh process (unless a run's note says otherwise), with the glibc allocator "
+        "thresholds that the `segkit` CLI sets (`segkit/runtime.py`). CPU peak memory = growth of the process' peak "
         "resident set (`VmHWM`) from just before the first call.",
         "",
         "## Machine",

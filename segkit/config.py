@@ -103,6 +103,14 @@ class TrainConfig:
 
     ``amp``: ``bf16`` (CUDA, or CPU autocast — worthwhile on CPUs with AMX/AVX512-BF16) or ``fp16``
     (CUDA only, with a gradient scaler); null = float32.
+
+    ``class_weight``: per-class weights of the cross-entropy (as mmseg's ``class_weight``).
+    null = unweighted (the papers' recipes); a list of K non-negative numbers; or ``median_freq``:
+    median-frequency balancing (Eigen & Fergus 2015, used on CamVid by SegNet), weight_c =
+    (median_k f_k / f_c) ** ``class_weight_power`` with f_c the share of class c among all
+    labelled training pixels (from the guard-rail scan; the original divides by the pixels of
+    the images containing c, which the scan does not keep). Classes absent from the training
+    labels get weight 0.
     """
     batch_size: int = 16
     num_workers: int = 2
@@ -125,6 +133,8 @@ class TrainConfig:
     eval_max_images: Optional[int] = None
     preload: bool = False
     check_data: bool = True
+    class_weight: Optional[Any] = None
+    class_weight_power: float = 1.0
 
 
 @dataclass
@@ -172,6 +182,11 @@ class Config:
         need(self.train.batch_size > 0, "train.batch_size", "must be > 0")
         need(self.train.amp in (None, "bf16", "fp16"), "train.amp", "must be null, 'bf16' or 'fp16'")
         need(self.train.loss_avg in ("valid", "all"), "train.loss_avg", "must be 'valid' or 'all'")
+        cw = self.train.class_weight
+        need(cw is None or cw == "median_freq" or (isinstance(cw, list) and len(cw) > 0 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in cw)),
+             "train.class_weight", f"must be null, 'median_freq' or a list of non-negative numbers, got {cw!r}")
+        need(self.train.class_weight_power >= 0, "train.class_weight_power", "must be >= 0")
         need(self.train.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", "must be 'stop' or 'skip'")
         need(self.train.device in ("auto", "cpu", "cuda") or self.train.device.startswith("cuda:"), "train.device",
              "must be auto, cpu or cuda[:N]")

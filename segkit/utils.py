@@ -1,4 +1,4 @@
-"""Small I/O helpers shared across segkit."""
+"""Small I/O helpers shared across segkit (standard library only: the torch-free ONNX path uses them)."""
 from __future__ import annotations
 
 import math
@@ -56,3 +56,24 @@ def json_safe(value):
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def list_images(inputs: str | Path) -> list[Path]:
+    """The image files named by ``inputs``: one file, or the image files directly inside a folder (sorted).
+
+    A folder is not searched recursively; suffixes are :data:`IMAGE_SUFFIXES` (case-insensitive).
+    Raises ``FileNotFoundError`` for a missing path and ``ValueError`` for a folder without
+    images (listing the accepted suffixes).
+    """
+    inputs = Path(inputs)
+    if not inputs.exists():
+        raise FileNotFoundError(f"input {inputs} does not exist")
+    if inputs.is_file():
+        return [inputs]
+    files = sorted(p for p in inputs.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {inputs}")
+    return files

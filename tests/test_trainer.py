@@ -106,3 +106,50 @@ def test_transforms_use_the_models_normalisation(mini_camvid, tmp_path):
     for item in (train_ds[0], val_ds[0]):
         img = item["image"]
         assert img.min() >= -1.0 - 1e-6 and img.max() <= 1.0 + 1e-6 and img.min() < -0.5
+
+
+# ----------------------------------------------------------------------------- class weights
+def test_median_frequency_weights_by_hand():
+    from segkit.engine.trainer import median_frequency_weights
+
+    # shares 0.1, 0.3, 0.6 -> median 0.3 -> weights 3, 1, 0.5
+    assert median_frequency_weights([10, 30, 60]) == pytest.approx([3.0, 1.0, 0.5])
+    assert median_frequency_weights([10, 30, 60], power=0.5) == pytest.approx([3 ** 0.5, 1.0, 0.5 ** 0.5])
+    with pytest.warns(UserWarning, match=r"classes \[1\] have no training pixels"):
+        w = median_frequency_weights([25, 0, 75])  # median over present classes: 0.5
+    assert w == pytest.approx([2.0, 0.0, 2 / 3])
+    with pytest.raises(ValueError, match="no labelled pixel"):
+        median_frequency_weights([0, 0])
+
+
+def test_weighted_seg_loss_matches_hand_computation():
+    import segkit
+
+    model = segkit.build_model("segformer-b0", num_classes=3, decoder_dim=32)
+    logits = torch.randn(1, 3, 2, 2)
+    labels = torch.tensor([[[0, 1], [2, 255]]])
+    model.set_class_weight([1.0, 2.0, 0.5])
+    logp = torch.log_softmax(logits, dim=1)[0]
+    nll = torch.stack([-logp[0, 0, 0], -logp[1, 0, 1], -logp[2, 1, 0]])
+    w = torch.tensor([1.0, 2.0, 0.5])
+    torch.testing.assert_close(model.seg_loss(logits, labels), (w * nll).sum() / w.sum())
+    model.loss_avg = "all"  # mmseg reference averaging: divide by every pixel, ignored ones included
+    torch.testing.assert_close(model.seg_loss(logits, labels), (w * nll).sum() / 4)
+    with pytest.raises(ValueError, match="3 finite non-negative"):
+        model.set_class_weight([1.0, 2.0])
+    model.set_class_weight(None)
+    assert model.class_weight is None
+
+
+def test_class_weight_config_is_validated_and_used(mini_camvid, tmp_path, capsys):
+    from segkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.class_weight"):
+        config_from_dict(tiny_cfg(mini_camvid, tmp_path / "x", class_weight="inverse"))
+    cfg = config_from_dict(tiny_cfg(mini_camvid, tmp_path / "w", class_weight="median_freq",
+                                    class_weight_power=0.5, eval_interval=100))
+    cfg.schedule.max_iters = 1
+    train(cfg, progress=False)
+    printed = capsys.readouterr().out
+    line = next(ln for ln in printed.splitlines() if ln.startswith("class weights:"))
+    assert len(line.split(",")) == 11  # one weight per CamVid class

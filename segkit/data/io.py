@@ -38,7 +38,7 @@ __all__ = [
     "colour_to_index", "index_to_colour", "convert_colour_masks",
 ]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+from segkit.utils import IMAGE_SUFFIXES  # noqa: E402 (one list for datasets, predict and ONNX predict)
 
 _ORIENTATION_TAG = 0x0112
 _PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"

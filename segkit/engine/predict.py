@@ -20,7 +20,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+from segkit.utils import IMAGE_SUFFIXES, list_images  # noqa: F401 (re-exported)
+
 # mode="auto": images above this many pixels (after the optional test resize) use slide inference.
 # 1024² keeps every ADE20K/COCO-Stuff test image (<= 2048×512 after resize) in whole mode and
 # sends Cityscapes-sized images (2048×1024) to slide mode, as in the reference protocols (§6.3).
@@ -28,22 +29,6 @@ AUTO_SLIDE_PIXELS = 1024 * 1024
 DEFAULT_CROP = 512
 MIN_SIDE = 32  # smallest side the encoders take (overall stride 32)
 
-
-def list_images(inputs: str | Path) -> list[Path]:
-    """The image files named by ``inputs``: one file, or the image files directly inside a folder (sorted).
-
-    Raises ``FileNotFoundError`` for a missing path and ``ValueError`` for a folder without
-    images (listing the accepted suffixes).
-    """
-    inputs = Path(inputs)
-    if not inputs.exists():
-        raise FileNotFoundError(f"input {inputs} does not exist")
-    if inputs.is_file():
-        return [inputs]
-    files = sorted(p for p in inputs.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {inputs}")
-    return files
 
 
 def train_crop_size(model) -> tuple[int, int]:

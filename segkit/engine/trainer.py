@@ -21,6 +21,7 @@ import os
 import random
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +210,28 @@ def build_test_transform(cfg: Config, mean=None, std=None):
                          mean=tuple(mean or IMAGENET_MEAN), std=tuple(std or IMAGENET_STD))
 
 
+def median_frequency_weights(pixel_counts, power: float = 1.0) -> list[float]:
+    """Median-frequency class weights (Eigen & Fergus 2015): ``(median_k f_k / f_c) ** power``.
+
+    ``pixel_counts``: labelled training pixels per class (K,), e.g. ``check_dataset(ds).pixel_counts``.
+    ``f_c`` = class share of the labelled pixels; the median is over the classes present.
+    Classes with no pixels get weight 0 (nothing to learn from; a warning says so).
+    ``power`` 0 gives all ones, 0.5 a softened balancing. Returns K floats.
+    """
+    counts = np.asarray(pixel_counts, dtype=np.float64)
+    present = counts > 0
+    if not present.any():
+        raise ValueError("median_freq class weights: the training labels contain no labelled pixel")
+    if not present.all():
+        warnings.warn(f"median_freq class weights: classes {np.flatnonzero(~present).tolist()} have no training "
+                      f"pixels; their weight is 0", stacklevel=2)
+    freq = counts / counts.sum()
+    median = float(np.median(freq[present]))
+    weights = np.zeros_like(freq)
+    weights[present] = (median / freq[present]) ** float(power)
+    return [float(w) for w in weights]
+
+
 def build_model_from_config(cfg: Config, dataset=None):
     """The zoo model named in ``cfg``, with the dataset's classes/palette, optionally pretrained."""
     from segkit import build_model, load_checkpoint
@@ -269,8 +292,17 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
     meta_ds = build_dataset(cfg.data.train) if cfg.data.train is not None else None
     model = build_model_from_config(cfg, meta_ds)
     train_ds, val_ds = build_train_data(cfg, model.mean, model.std)
-    if is_main and tc.check_data:
-        print(check_dataset(train_ds, progress=False))
+    report = None
+    if tc.check_data or tc.class_weight == "median_freq":  # every rank: the weights need the counts
+        report = check_dataset(train_ds, progress=False)
+        if is_main and tc.check_data:
+            print(report)
+    if tc.class_weight is not None:
+        weights = (median_frequency_weights(report.pixel_counts, tc.class_weight_power)
+                   if tc.class_weight == "median_freq" else [float(v) for v in tc.class_weight])
+        model.set_class_weight(weights)
+        if is_main:
+            print("class weights: " + ", ".join(f"{n} {w:.3g}" for n, w in zip(model.class_names, weights)))
     if tc.preload:  # decoded samples kept in memory (shared with workers); saves the decode per sample
         train_ds.preload()
         if val_ds is not None:

@@ -100,6 +100,7 @@ class Segmentor(nn.Module):
         self.std = tuple(float(s) for s in std)
         self.loss_avg = loss_avg
         self.align_corners = align_corners
+        self.class_weight: torch.Tensor | None = None  # see set_class_weight (training only, not saved)
 
     # ------------------------------------------------------------------ forward
     def encode_decode(self, images: torch.Tensor) -> torch.Tensor:
@@ -133,11 +134,28 @@ class Segmentor(nn.Module):
         losses["loss"] = sum(losses.values())
         return losses
 
+    def set_class_weight(self, weights: Sequence[float] | None) -> None:
+        """Per-class weights of :meth:`seg_loss` (``None`` = unweighted, the papers' default).
+
+        ``weights``: K non-negative numbers (``ValueError`` otherwise). A training setting: it is
+        not part of the checkpoint or ``config.json``. With ``loss_avg="valid"`` the weighted
+        sum is divided by the sum of the valid pixels' weights (``F.cross_entropy`` semantics).
+        """
+        if weights is None:
+            self.class_weight = None
+            return
+        w = torch.as_tensor([float(v) for v in weights], dtype=torch.float32)
+        if w.numel() != self.num_classes or bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
+            raise ValueError(f"class weights must be {self.num_classes} finite non-negative numbers, got {list(weights)}")
+        self.class_weight = w
+
     def seg_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Pixel-wise cross-entropy with ``ignore_index``; averaging set by ``loss_avg``."""
+        """Pixel-wise cross-entropy with ``ignore_index`` and optional class weights; averaging set by ``loss_avg``."""
+        weight = None if self.class_weight is None else self.class_weight.to(logits.device)
         if self.loss_avg == "valid":
-            return F.cross_entropy(logits.float(), labels, ignore_index=self.ignore_index)
-        per_pixel = F.cross_entropy(logits.float(), labels, ignore_index=self.ignore_index, reduction="none")
+            return F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=self.ignore_index)
+        per_pixel = F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=self.ignore_index,
+                                    reduction="none")
         return per_pixel.sum() / per_pixel.numel()
 
     # ---------------------------------------------------------------- inference

@@ -34,7 +34,8 @@ from typing import Sequence
 
 import numpy as np
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+from segkit.utils import IMAGE_SUFFIXES, list_images  # noqa: F401 (re-exported)
+
 MIN_SIDE = 32
 FORMAT = "segkit-onnx-1"
 
@@ -217,18 +218,6 @@ def _label_png(label: np.ndarray, palette) -> bytes:
     img.save(buf, format="PNG")
     return buf.getvalue()
 
-
-def list_images(inputs: str | Path) -> list[Path]:
-    """One image file, or the image files directly inside a folder (sorted); errors name the path."""
-    inputs = Path(inputs)
-    if not inputs.exists():
-        raise FileNotFoundError(f"input {inputs} does not exist")
-    if inputs.is_file():
-        return [inputs]
-    files = sorted(p for p in inputs.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in folder {inputs}")
-    return files
 
 
 def predict_paths_onnx(model_path: str | Path, inputs: str | Path, out_dir: str | Path, *,
