@@ -304,7 +304,11 @@ def test_imagenet_encoder_initialises_the_overlapping_patch_embedding(tmp_path):
     enc = {k: torch.randn_like(v) for k, v in model.backbone.vit.state_dict().items()}
     enc["head.weight"], enc["head.bias"] = torch.randn(1000, 64), torch.zeros(1000)
     torch.save(enc, tmp_path / "vit.pth")
-    segkit.load_checkpoint(model, tmp_path / "vit.pth", verbose=False)
+    report = segkit.load_checkpoint(model, tmp_path / "vit.pth", verbose=False)
+    # the report counts the copied keys as loaded, not missing
+    assert {"decode_head.local_embed.proj.weight", "decode_head.local_embed.proj.bias"} <= set(report.loaded)
+    assert not any(k.startswith("decode_head.local_embed.proj.") for k in report.missing), report.missing
+    assert any("initialised by the model" in n for n in report.notes)
     assert torch.equal(model.backbone.vit.patch_embed.proj.weight, enc["patch_embed.proj.weight"])
     assert torch.equal(model.decode_head.local_embed.proj.weight, enc["patch_embed.proj.weight"])
     assert torch.equal(model.decode_head.local_embed.proj.bias, enc["patch_embed.proj.bias"])

@@ -179,9 +179,17 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path, strict: bool = Tru
         if problems:
             raise CheckpointError(f"{path} does not fit {getattr(model, 'name', type(model).__name__)} "
                                   f"(format {fmt}): " + "; ".join(problems) + ". Pass strict=False to load what fits.")
+    result = model.load_state_dict(to_load, strict=False)
+    # A model's load hook may fill keys from loaded ones (RSSeg's local patch embedding is
+    # initialised from the ViT's): those are loaded, not missing.
+    still_missing = set(result.missing_keys)
+    filled = [k for k in report.missing if k not in still_missing]
+    if filled:
+        report.missing = [k for k in report.missing if k in still_missing]
+        report.loaded = sorted(set(report.loaded) | set(filled))
+        report.notes.append(f"{len(filled)} key(s) initialised by the model from loaded ones: {', '.join(filled[:4])}")
     if not has_head and any(k.startswith("decode_head.") for k in report.missing):
         report.notes.append("encoder-only checkpoint: decode_head left randomly initialised")
-    model.load_state_dict(to_load, strict=False)
     if verbose:
         print(report)
     return report
