@@ -188,6 +188,16 @@ def test_nmf_matches_reference_and_eval_bases():
         nmf(x, bases=b[:1])
 
 
+def test_nmf_per_sample_eval_bases_follow_the_issue_formula():
+    x = torch.rand(3, 8, 5, 6)
+    nmf = NMF2D(md_r=4, eval_steps=7, per_sample_eval_bases=True, seed=5).eval()
+    per_sample = F.normalize(torch.rand((3, 8, 4), generator=torch.Generator().manual_seed(5)), dim=1)
+    torch.testing.assert_close(nmf(x), _ref_nmf(x, per_sample, steps=7), rtol=1e-4, atol=1e-5)
+    shared = NMF2D(md_r=4, eval_steps=7, seed=5).eval()
+    torch.testing.assert_close(nmf(x[:1]), shared(x[:1]))  # identical at batch 1
+    assert not torch.allclose(nmf(x)[1], shared(x)[1])     # per batch position beyond
+
+
 def test_nmf_channels_last_matches_contiguous_and_runs_on_meta():
     nmf = NMF2D(md_r=4).eval()
     x = torch.rand(2, 8, 5, 6)

@@ -48,8 +48,12 @@ class NMF2D(nn.Module):
           deterministic: ``F.normalize(torch.rand((S, D, R), generator=Generator().manual_seed(seed)), dim=1)``
           drawn on the CPU (so identical on every device), moved to the input's device and
           shared by all samples of the batch, so a prediction does not depend on the batch
-          it is in (the draw equals the first sample's draw of a ``(B·S, D, R)`` tensor).
-          Change ``seed`` (attribute) to sample another set.
+          it is in (the draw equals the first sample's draw of a ``(B·S, D, R)`` tensor), and an
+          ONNX export keeps a dynamic batch axis. ``per_sample_eval_bases=True`` instead draws
+          ``F.normalize(torch.rand((B·S, D, R), generator=Generator().manual_seed(seed)), dim=1)``
+          per forward (the formula of the model-zoo issue): sample i of a batch then gets the
+          i-th slice, so at batch 1 both settings are identical. Change ``seed`` (attribute) to
+          sample another set.
         * Gradient: with ``one_step_grad=False`` (default, official PyTorch SegNeXt and mmseg)
           autograd goes through every unrolled step. With ``one_step_grad=True`` the
           iterations run under ``torch.no_grad()`` and only the final coef update is
@@ -64,6 +68,7 @@ class NMF2D(nn.Module):
         train_steps, eval_steps: iterations in training / eval mode.
         inv_t: softmax temperature inverse for the coef initialisation.
         one_step_grad: see above. seed: eval-mode bases seed.
+        per_sample_eval_bases: eval bases per batch position instead of shared (see above).
         channels: C, if known, to draw the eval bases at construction (then tracing /
             ONNX export records them as a constant instead of a random-generator call).
 
@@ -73,8 +78,9 @@ class NMF2D(nn.Module):
 
     def __init__(self, md_r: int = 16, train_steps: int = 6, eval_steps: int = 7, inv_t: float = 1.0,
                  one_step_grad: bool = False, seed: int = 0, md_s: int = 1, eps: float = 1e-6,
-                 channels: int | None = None):
+                 channels: int | None = None, per_sample_eval_bases: bool = False):
         super().__init__()
+        self.per_sample_eval_bases = bool(per_sample_eval_bases)
         self.S = int(md_s)
         self.R = int(md_r)
         self.train_steps = int(train_steps)
@@ -106,6 +112,9 @@ class NMF2D(nn.Module):
         """Initial bases ``(batch·S, dim, R)`` float32, L2-normalised over ``dim`` (see class doc)."""
         if self.training:
             return F.normalize(torch.rand((batch * self.S, dim, self.R), device=device), dim=1)
+        if self.per_sample_eval_bases:
+            gen = torch.Generator().manual_seed(self.seed)
+            return F.normalize(torch.rand((batch * self.S, dim, self.R), generator=gen), dim=1).to(device)
         return self.eval_bases(dim).to(device).repeat(batch, 1, 1)
 
     def _coef_update(self, x: torch.Tensor, bases: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
