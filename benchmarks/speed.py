@@ -183,10 +183,13 @@ def write_doc(doc_path: Path, zoo: dict | None, scaling: dict | None, png: Path 
         f"* CPU: {machine['cpu']}, {machine['logical_cores']} logical cores ({machine['usable_cores']} usable); "
         f"PyTorch {machine['torch']} with **{machine['torch_threads']} intra-op threads**; Python "
         f"{machine['python']}, NumPy {machine['numpy']}; {machine['platform']}.",
-        "* **Load:** the machine is shared with other jobs running at the same time (load averages below, for "
-        "2 cores: anything above 2 means the benchmark got only part of the CPU). The numbers were measured "
-        "under that load: they are noisy and pessimistic. The *min* column is the least disturbed call and the "
-        "better estimate of this CPU's speed; compare models within a table, not with other machines.",
+        "* **Load:** each run below gives the load averages before and after (for 2 cores: anything above 2 "
+        "means the benchmark got only part of the CPU, and its numbers are pessimistic). The *min* column is the "
+        "least disturbed call; compare models within a table, not with other machines.",
+        "* These are `Segmentor.predict` figures (forward + resize + softmax + arg-max over K×H×W, 1 warm-up "
+        "and few timed calls in a fresh process), so they sit above the `forward`-only medians of "
+        "`docs/model_zoo.md` (e.g. SegNeXt-T at 512²: ~410 ms here, 172 ms there); the gap has not been "
+        "broken down further.",
         "",
     ]
     if zoo:
