@@ -53,12 +53,11 @@ def conv_then_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.
     return F.conv2d(x, conv.weight * a.view(-1, 1, 1, 1), bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
-def bn_then_conv1x1(bn: nn.BatchNorm2d, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(bn(x))`` in eval mode as one 1×1 convolution of ``x``.
+def bn_then_conv1x1(a: torch.Tensor, b: torch.Tensor, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(a·x + b)`` (an eval-mode BatchNorm given by :func:`bn_affine`, then a 1×1 conv) as one conv of ``x``.
 
     Exact because a 1×1 convolution has no padding: ``W(a·x + b) + c = (W·a)x + (W b + c)``.
     """
-    a, b = bn_affine(bn)
     bias = conv.weight.flatten(1) @ b + (0 if conv.bias is None else conv.bias)
     return F.conv2d(x, conv.weight * a.view(1, -1, 1, 1), bias)
 
@@ -229,11 +228,11 @@ class MSCABlock(nn.Module):
         attn, mlp = self.attn, self.mlp
         ls1, ls2 = self.layer_scale_1, self.layer_scale_2
         a1, b1 = bn_affine(self.norm1)
-        y = bn_then_conv1x1(self.norm1, attn.proj_1, x)
+        y = bn_then_conv1x1(a1, b1, attn.proj_1, x)
         y = attn.spatial_gating_unit(attn.activation(y))
         y = F.conv2d(y, attn.proj_2.weight * ls1.view(-1, 1, 1, 1), (attn.proj_2.bias + b1) * ls1)
         x = torch.addcmul(y, x, (1 + ls1 * a1).view(-1, 1, 1))
-        y = bn_then_conv1x1(self.norm2, mlp.fc1, x)
+        y = bn_then_conv1x1(*bn_affine(self.norm2), mlp.fc1, x)
         y = mlp.drop(mlp.act(mlp.dwconv(y)))
         y = F.conv2d(y, mlp.fc2.weight * ls2.view(-1, 1, 1, 1), mlp.fc2.bias * ls2)
         return y.add_(x)

@@ -100,7 +100,8 @@ class Segmentor(nn.Module):
         self.std = tuple(float(s) for s in std)
         self.loss_avg = loss_avg
         self.align_corners = align_corners
-        self.class_weight: torch.Tensor | None = None  # see set_class_weight (training only, not saved)
+        # see set_class_weight; a non-persistent buffer: moves with .to(device), not in checkpoints
+        self.register_buffer("class_weight", None, persistent=False)
 
     # ------------------------------------------------------------------ forward
     def encode_decode(self, images: torch.Tensor) -> torch.Tensor:
@@ -147,11 +148,12 @@ class Segmentor(nn.Module):
         w = torch.as_tensor([float(v) for v in weights], dtype=torch.float32)
         if w.numel() != self.num_classes or bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
             raise ValueError(f"class weights must be {self.num_classes} finite non-negative numbers, got {list(weights)}")
-        self.class_weight = w
+        param = next(self.parameters(), None)
+        self.class_weight = w if param is None else w.to(param.device)
 
     def seg_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Pixel-wise cross-entropy with ``ignore_index`` and optional class weights; averaging set by ``loss_avg``."""
-        weight = None if self.class_weight is None else self.class_weight.to(logits.device)
+        weight = self.class_weight
         if self.loss_avg == "valid":
             return F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=self.ignore_index)
         per_pixel = F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=self.ignore_index,
