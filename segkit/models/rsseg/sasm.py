@@ -36,7 +36,8 @@ class SASM(nn.Module):
             standardised to zero mean / unit std over its taps, times 1/3 = gain/kernel size).
 
     :meth:`forward` takes ``guide (B, guide_dim, H, W)`` and ``x (B, C, H, W)`` (same H, W;
-    ``ValueError`` otherwise) and returns ``(B, C, 2H, 2W)``.
+    ``ValueError`` otherwise) and returns ``(B, C, 2H, 2W)`` float, in channels-last memory format
+    (the decoder flattens it into tokens without a copy).
     """
 
     def __init__(self, guide_dim: int, channels: int, groups: int, filter_norm: str = "softmax"):
@@ -65,15 +66,21 @@ class SASM(nn.Module):
         if x.shape[1] != self.channels:
             raise ValueError(f"SASM: guided map has {x.shape[1]} channels, expected {self.channels}")
         b, c, h, w = x.shape
-        saf = self.filters(guide)                                          # (B, G, 4, 9, H, W)
-        xg = F.pad(x, (1, 1, 1, 1)).view(b, self.groups, 1, c // self.groups, h + 2, w + 2)
-        out = x.new_zeros(b, self.groups, 4, c // self.groups, h, w)
-        for t in range(9):  # Σ over the 3×3 neighbourhood; avoids materialising a 9× unfold
-            dy, dx = divmod(t, 3)
-            out = out + xg[..., dy:dy + h, dx:dx + w] * saf[:, :, :, t:t + 1]
-        # (B, G, 4, Cg, H, W) → (B, C·4, H, W) with the 4 sub-pixels innermost → PixelShuffle(2)
-        out = out.permute(0, 1, 3, 2, 4, 5).reshape(b, c * 4, h, w)
-        return F.pixel_shuffle(out, 2)
+        g, cg = self.groups, c // self.groups
+        # Channels-last: every position holds a small matrix product
+        #   out (4, Cg) = SAF (4, 9) @ neighbourhood (9, Cg)      per (b, y, x, group)
+        # computed as one batched matmul. The neighbourhoods are 9 shifted views of the padded map
+        # stacked once (9x the input, like an unfold). Measured on CPU, (8, 192, 32, 32) forward +
+        # backward: ~5x faster than a 9-step broadcast multiply-add in NCHW, whose strided
+        # element-wise kernels dominated an RSSeg-ViT-Ti training step.
+        saf = self.filters(guide).permute(0, 4, 5, 1, 2, 3)                 # (B, H, W, G, 4, 9)
+        xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1)).reshape(b, h + 2, w + 2, g, cg)
+        taps = torch.stack([xp[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], dim=-2)
+        out = torch.matmul(saf, taps)                                        # (B, H, W, G, 4, Cg)
+        # sub-pixel k → (k // 2, k % 2) (PixelShuffle's order), written straight into a
+        # channels-last (B, 2H, 2W, C) buffer and returned as a (B, C, 2H, 2W) view
+        out = out.view(b, h, w, g, 2, 2, cg).permute(0, 1, 4, 2, 5, 3, 6).reshape(b, 2 * h, 2 * w, c)
+        return out.permute(0, 3, 1, 2)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, groups={self.groups}, filter_norm={self.filter_norm}"
