@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
@@ -27,14 +29,23 @@ def cfg_dict(root: Path, work_dir: Path) -> dict:
         "optim": {"lr": 1e-3, "head_lr_mult": 1.0},
         "schedule": {"max_iters": 3, "warmup_iters": 0},
         "train": {"batch_size": 4, "num_workers": 0, "eval_interval": 3, "log_interval": 1, "work_dir": str(work_dir),
-                  "tensorboard": False, "threads": 1, "check_data": False, "loss_avg": "all"},
+                  "tensorboard": False, "threads": 1, "loss_avg": "all",
+                  # the label scan runs on rank 0 and its pixel counts are broadcast (the weights must agree)
+                  "check_data": True, "class_weight": "median_freq", "class_weight_power": 0.5},
     }
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
-                    reason="torchrun not installed")
+NO_TORCHRUN = pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+                                 reason="torchrun not installed")
+
+
+def _torchrun() -> str:
+    return shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+
+
+@NO_TORCHRUN
 def test_torchrun_two_ranks_match_single_process(mini_camvid, tmp_path):
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    torchrun = _torchrun()
     ddp_cfg, single_cfg = tmp_path / "ddp.yaml", tmp_path / "single.yaml"
     ddp_cfg.write_text(yaml.safe_dump(cfg_dict(mini_camvid, tmp_path / "ddp")))
     single_cfg.write_text(yaml.safe_dump(cfg_dict(mini_camvid, tmp_path / "single")))
@@ -58,3 +69,22 @@ def test_torchrun_two_ranks_match_single_process(mini_camvid, tmp_path):
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(p.name for p in (tmp_path / "single").iterdir())
     log = [json.loads(line) for line in open(tmp_path / "ddp" / "train_log.jsonl")]
     assert [r["iter"] for r in log if r["type"] == "train"] == [1, 2, 3]
+
+
+@NO_TORCHRUN
+def test_torchrun_bad_label_stops_every_rank_with_the_file_named(mini_camvid, tmp_path):
+    """Rank 0 scans the labels; a bad one must stop rank 1 too (not leave it waiting in a collective)."""
+    label_dir = mini_camvid / "labels" / "train"
+    bad = sorted(label_dir.iterdir())[1]
+    arr = np.array(Image.open(bad))
+    bad.unlink()  # a symlink into the shared data: replace it, never write through it
+    arr[:3, :3] = 77
+    Image.fromarray(arr).save(bad)
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(yaml.safe_dump(cfg_dict(mini_camvid, tmp_path / "ddp")))
+    r = subprocess.run([_torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "segkit", "train", str(cfg),
+                        "--no-progress"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0
+    assert bad.name in r.stderr and "77" in r.stderr, r.stderr[-3000:]
+    assert "label scan on rank 0" in r.stderr, r.stderr[-3000:]  # rank 1's own error, not a hang or timeout
+    assert not (tmp_path / "ddp" / "iter_3.pth").exists()

@@ -179,11 +179,13 @@ def _init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def build_train_data(cfg: Config, mean=None, std=None):
+def build_train_data(cfg: Config, mean=None, std=None, train_ds=None):
     """Training and validation datasets with the configured transforms (validation may be None).
 
     ``mean``/``std`` (0–255 scale) must be the model's own normalisation (ImageNet statistics by
-    default; plain-ViT RSSeg models use 127.5/127.5).
+    default; plain-ViT RSSeg models use 127.5/127.5). ``train_ds``: an already built
+    ``cfg.data.train`` dataset (the trainer builds it first for the class metadata) that gets the
+    train transform instead of listing the files a second time.
     """
     from segkit.data import TrainTransform, build_dataset
     from segkit.models.segmentor import IMAGENET_MEAN, IMAGENET_STD
@@ -195,7 +197,10 @@ def build_train_data(cfg: Config, mean=None, std=None):
                               mean=mean, std=std)
     if cfg.data.train is None:
         raise ValueError("config has no data.train dataset")
-    train_ds = build_dataset(cfg.data.train, transform=train_tf)
+    if train_ds is None:
+        train_ds = build_dataset(cfg.data.train, transform=train_tf)
+    else:
+        train_ds.transform = train_tf
     val_ds = build_dataset(cfg.data.val, transform=build_test_transform(cfg, mean, std)) if cfg.data.val else None
     return train_ds, val_ds
 
@@ -263,7 +268,6 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
     """
     from tqdm import tqdm
 
-    from segkit.data import check_dataset
     from segkit.engine.evaluator import evaluate
     from segkit.engine.optim import build_optimizer, build_scheduler, clip_grad
 
@@ -289,12 +293,14 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
     # ---------------- data (transforms normalise with the model's own mean/std)
     from segkit.data import build_dataset
 
-    meta_ds = build_dataset(cfg.data.train) if cfg.data.train is not None else None
-    model = build_model_from_config(cfg, meta_ds)
-    train_ds, val_ds = build_train_data(cfg, model.mean, model.std)
+    if cfg.data.train is None:
+        raise ValueError("config has no data.train dataset")
+    train_ds = build_dataset(cfg.data.train)  # class names/palette for the model; transform set below
+    model = build_model_from_config(cfg, train_ds)
+    train_ds, val_ds = build_train_data(cfg, model.mean, model.std, train_ds=train_ds)
     report = None
-    if tc.check_data or tc.class_weight == "median_freq":  # every rank: the weights need the counts
-        report = check_dataset(train_ds, progress=False)
+    if tc.check_data or tc.class_weight == "median_freq":  # the weights need the pixel counts
+        report = _scan_labels(train_ds, rank, world)
         if is_main and tc.check_data:
             print(report)
     if tc.class_weight is not None:
@@ -490,6 +496,36 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
         if writer:
             writer.close()
     return summary
+
+
+def _scan_labels(dataset, rank: int, world: int):
+    """The guard-rail label scan (:func:`segkit.data.check_dataset`), run on rank 0 only.
+
+    Its outcome — the report, or the error — is broadcast, so every rank gets the same pixel
+    counts (class weights) and every rank stops with the same error on bad labels instead of
+    waiting in a collective for a rank that died. Reading each label once (not once per rank)
+    matters for large data sets on a shared disk.
+    """
+    from segkit.data import DataError, check_dataset
+
+    outcome: list = [None]
+    error = None
+    if rank == 0:
+        try:
+            outcome[0] = ("ok", check_dataset(dataset, progress=False))
+        except Exception as e:  # noqa: BLE001 - re-raised below on rank 0, reported on the others
+            error = e
+            outcome[0] = ("data_error" if isinstance(e, DataError) else "error", f"{type(e).__name__}: {e}")
+    if world > 1:
+        dist.broadcast_object_list(outcome, src=0)
+    if error is not None:
+        raise error
+    kind, value = outcome[0]
+    if kind == "data_error":
+        raise DataError(f"label scan on rank 0: {value}")
+    if kind == "error":
+        raise RuntimeError(f"the label scan failed on rank 0: {value}")
+    return value
 
 
 def _rank_weight_divergence(model: nn.Module, device: torch.device) -> float:
