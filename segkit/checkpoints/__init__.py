@@ -219,6 +219,7 @@ def from_pretrained(directory: str | Path, map_location: str | torch.device = "c
     if result.missing_keys or result.unexpected_keys:
         raise CheckpointError(f"{directory}: weights do not match config {cfg['model']}: missing "
                               f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
+    model.train_config = cfg.get("train_config")
     return model.to(map_location).eval()
 
 

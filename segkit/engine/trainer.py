@@ -485,6 +485,7 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
         checkpoint(it)
         final_miou = run_eval(it)
         if is_main:
+            model.train_config = cfg.to_dict()  # segkit eval of final/ then uses this test resize and eval mode
             model.save_pretrained(work_dir / "final")
             _plot_curves(work_dir)
         summary.update(final_mIoU=final_miou)

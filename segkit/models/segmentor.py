@@ -102,6 +102,9 @@ class Segmentor(nn.Module):
         self.align_corners = align_corners
         # see set_class_weight; a non-persistent buffer: moves with .to(device), not in checkpoints
         self.register_buffer("class_weight", None, persistent=False)
+        # the training config (``Config.to_dict()``) this model came from, or None: saved in
+        # config.json so that ``segkit eval`` uses the same test resize / eval protocol by default
+        self.train_config: dict | None = None
 
     # ------------------------------------------------------------------ forward
     def encode_decode(self, images: torch.Tensor) -> torch.Tensor:
@@ -307,6 +310,7 @@ class Segmentor(nn.Module):
             "loss_avg": self.loss_avg,
             "format": "segkit",
             "format_version": 1,
+            **({"train_config": self.train_config} if self.train_config else {}),
         }
 
     def save_pretrained(self, directory: str | Path) -> Path:
