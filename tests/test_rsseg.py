@@ -10,6 +10,7 @@ import segkit
 from segkit.engine.optim import param_groups
 from segkit.models.rsseg import dca, pyramid
 from segkit.models.rsseg.builders import PLAIN_ABLATIONS, PYRAMID_ABLATIONS, RSSEG_MODELS
+from segkit.models.rsseg.paper import PAPER_ROWS
 from segkit.models.rsseg.sasm import SASM
 from segkit.models.rsseg.two_pathway import AttentionFusion, LearnableHighPass, LocalSeparationBlock
 from segkit.models.zoo import build_model
@@ -340,25 +341,9 @@ def test_paper_lr_recipe_is_expressible():
 
 
 # ----------------------------------------------------------------------------- counts vs the paper
-# (label, model, kwargs, classes, paper params in M) — rsseg.md Tables 4, 5, 9 (+ Table 4 Pascal Context rows).
-PAPER_PARAMS = [
-    ("ViT-Linear-B", "vit-linear-b", {}, 150, 86.6),
-    ("+ transformer decoder", "rsseg-vit-b", PLAIN_ABLATIONS["transformer-decoder"], 150, 95.5),
-    ("+ two-pathway", "rsseg-vit-b", PLAIN_ABLATIONS["two-pathway"], 150, 99.7),
-    ("+ SASMs", "rsseg-vit-b", PLAIN_ABLATIONS["sasm"], 150, 99.8),
-    ("+ DCA", "rsseg-vit-b", {}, 150, 99.8),
-    ("1 SASM", "rsseg-vit-b", PLAIN_ABLATIONS["1-sasm"], 150, 99.7),
-    ("Filter Norm", "rsseg-vit-b", PLAIN_ABLATIONS["filter-norm"], 150, 99.8),
-    ("group number 1", "rsseg-vit-b", PLAIN_ABLATIONS["groups-1"], 150, 99.5),
-    ("BEiT-Linear-B Context", "beit-linear-b", dict(img_size=480), 59, 86.2),
-    ("RSSeg-BEiT-B Context", "rsseg-beit-b", dict(img_size=480), 59, 99.5),
-    ("RSSeg-ViT-B City", "rsseg-vit-b", dict(img_size=768), 19, 100.7),
-    ("RSSeg-ViT-L City", "rsseg-vit-l", dict(img_size=768), 19, 330.1),
-    ("Segmenter-B City", "segmenter-vit-b", dict(img_size=768), 19, 103.4),
-    ("Segmenter-L City", "segmenter-vit-l", dict(img_size=768), 19, 333.2),
-    ("RSSeg-CSWin-T City", "rsseg-cswin-t", {}, 19, 23.2),
-    ("RSSeg-CSWin-S City", "rsseg-cswin-s", {}, 19, 36.3),
-]
+# rsseg.md Tables 4, 5, 7, 9: every paper figure, from the same list as the docs table (benchmarks/rsseg_table.py)
+PAPER_PARAMS = [(r.label, r.model, r.kwargs, r.classes, r.params_m) for r in PAPER_ROWS if r.params_m is not None]
+PAPER_GFLOPS = [(r.label, r.model, r.kwargs, r.classes, r.side, r.gflops) for r in PAPER_ROWS if r.gflops is not None]
 
 
 @pytest.mark.parametrize("label,name,kw,k,paper", PAPER_PARAMS, ids=[r[0] for r in PAPER_PARAMS])
@@ -376,31 +361,6 @@ def test_table3_structure():
     assert t.arch["taps"] == [2, 5, 8, 11, 14, 17, 20, 23] and len(t.decode_head.local.blocks) == 9
     assert s.arch["taps"] == [5, 9, 13, 17, 21, 25, 29, 33, 37] and len(s.decode_head.local.blocks) == 10
     assert b.decode_head.sasm1.groups == 12 and b.decode_head.local.dim == 256
-
-
-# (label, model, kwargs, classes, input side, paper GFLOPs) — rsseg.md Tables 4, 5, 7, 9 and the
-# ADE20K large-model rows; the same list as benchmarks/rsseg_table.py (which writes the docs table).
-PAPER_GFLOPS = [
-    ("ViT-Linear-B", "vit-linear-b", {}, 150, 512, 107.2),
-    ("+ transformer decoder", "rsseg-vit-b", PLAIN_ABLATIONS["transformer-decoder"], 150, 512, 110.7),
-    ("+ two-pathway", "rsseg-vit-b", PLAIN_ABLATIONS["two-pathway"], 150, 512, 129.5),
-    ("+ SASMs", "rsseg-vit-b", PLAIN_ABLATIONS["sasm"], 150, 512, 127.5),
-    ("RSSeg-ViT-B", "rsseg-vit-b", {}, 150, 512, 127.5),
-    ("1 SASM", "rsseg-vit-b", PLAIN_ABLATIONS["1-sasm"], 150, 512, 127.0),
-    ("Filter Norm", "rsseg-vit-b", PLAIN_ABLATIONS["filter-norm"], 150, 512, 127.5),
-    ("group number 1", "rsseg-vit-b", PLAIN_ABLATIONS["groups-1"], 150, 512, 126.9),
-    ("BEiT-Linear-B Context", "beit-linear-b", dict(img_size=480), 59, 480, 92.1),
-    ("RSSeg-BEiT-B Context", "rsseg-beit-b", dict(img_size=480), 59, 480, 109.0),
-    ("RSSeg-ViT-B City", "rsseg-vit-b", dict(img_size=768), 19, 768, 338),
-    ("RSSeg-ViT-L City", "rsseg-vit-l", dict(img_size=768), 19, 768, 1039),
-    ("Segmenter-B City", "segmenter-vit-b", dict(img_size=768), 19, 768, 350),
-    ("RSSeg-CSWin-T City", "rsseg-cswin-t", {}, 19, 1024, 170),
-    ("RSSeg-CSWin-S City", "rsseg-cswin-s", {}, 19, 1024, 262),
-    ("CSWin-T + MLP decoder", "rsseg-cswin-t", PYRAMID_ABLATIONS["mlp-decoder"], 19, 1024, 146.3),
-    ("CSWin-T + 3 LSBs", "rsseg-cswin-t", PYRAMID_ABLATIONS["3-lsbs"], 19, 1024, 153.2),
-    ("CSWin-T + 9 LSBs AF", "rsseg-cswin-t", PYRAMID_ABLATIONS["9-lsbs-af"], 19, 1024, 167.6),
-    ("RSSeg-BEiT-L ADE 640", "rsseg-beit-l", dict(img_size=640), 150, 640, 670),
-]
 
 
 @pytest.mark.parametrize("label,name,kw,k,side,paper", PAPER_GFLOPS, ids=[r[0] for r in PAPER_GFLOPS])
