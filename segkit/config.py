@@ -27,9 +27,9 @@ from typing import Any, Optional
 
 import yaml
 
+from segkit.errors import ConfigError
 
-class ConfigError(ValueError):
-    """Invalid configuration; the message names the offending key (dotted path) and file."""
+
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Plain ViT, BEiT and CSWin encoders (segkit.models.vit/beit/cswin) and their checkpoint converter."""
+"""Plain ViT, BEiT and CSWin encoders (segkit.models.backbones.vit/beit/cswin) and their checkpoint converter."""
 from __future__ import annotations
 
 import math
@@ -9,11 +9,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from segkit.checkpoints import CheckpointError, load_checkpoint
-from segkit.checkpoints.rsseg import encoder_state_dict_to_segkit
-from segkit.models.beit import (BEIT_VARIANTS, BEiT, geometric_spline_weights, relative_position_index,
+from segkit.models.rsseg.convert import encoder_state_dict_to_segkit
+from segkit.models.backbones.beit import (BEIT_VARIANTS, BEiT, geometric_spline_weights, relative_position_index,
                                 resize_rel_pos_table)
-from segkit.models.cswin import CSWIN_VARIANTS, CSWin, LePEAttention
-from segkit.models.vit import VIT_VARIANTS, VisionTransformer, resize_pos_embed
+from segkit.models.backbones.cswin import CSWIN_VARIANTS, CSWin, LePEAttention
+from segkit.models.backbones.vit import VIT_VARIANTS, VisionTransformer, resize_pos_embed
 
 TINY = dict(embed_dim=64, depth=3, num_heads=2, out_indices=(2,))
 TINY_CSWIN = dict(embed_dim=32, depths=(1, 2, 2, 1), num_heads=(2, 4, 8, 16), split_size=(1, 2, 7, 7))
@@ -30,7 +30,7 @@ def test_plain_encoders_shapes_finite(cls, size, grid):
     torch.manual_seed(0)
     m = cls(img_size=64, drop_path_rate=0.0, **{**TINY, "out_indices": (0, 2)}).eval()
     with torch.no_grad():
-        outs = m(torch.randn(2, 3, *size))
+        outs = m(torch.randn(2, 3, *size)).stages
     assert [tuple(o.shape) for o in outs] == [(2, 64, *grid)] * 2
     assert all(torch.isfinite(o).all() for o in outs)
     assert (m.embed_dim, m.patch_size, m.num_layers, m.out_indices) == (64, 16, 3, (0, 2))
@@ -41,7 +41,7 @@ def test_beit_geometric_runtime_resize_finite_and_differentiable():
     m = BEiT(img_size=64, table_resize="geometric", **TINY)
     for blk in m.blocks:
         nn.init.normal_(blk.attn.relative_position_bias_table, std=0.5)
-    out = m(torch.randn(1, 3, 80, 48))[0]
+    out = m(torch.randn(1, 3, 80, 48)).stages[0]
     assert out.shape == (1, 64, 5, 3) and torch.isfinite(out).all()
     out.sum().backward()
     assert m.blocks[0].attn.relative_position_bias_table.grad.abs().sum() > 0
@@ -52,7 +52,7 @@ def test_final_norm_only_on_last_block():
     nn.init.constant_(m.norm.weight, 2.0)
     nn.init.constant_(m.norm.bias, 5.0)
     with torch.no_grad():
-        raw, last = m(torch.randn(1, 3, 32, 32))
+        raw, last = m(torch.randn(1, 3, 32, 32)).stages
     # LayerNorm output has zero mean over channels, so the normalised map's channel mean is the bias
     assert torch.allclose(last.mean(1), torch.full_like(last.mean(1), 5.0), atol=1e-4)
     assert not torch.allclose(raw.mean(1), torch.full_like(raw.mean(1), 5.0), atol=1e-1)
@@ -144,7 +144,8 @@ def test_cswin_shapes_taps_and_padding():
     assert [a.mode for a in m.stage2[0].attns] == ["col", "row"] and [a.mode for a in m.stage4[0].attns] == ["full"]
     for size in ((64, 64), (64, 96), (70, 50)):  # stage-3 maps (4x4, 4x6, 5x4) are padded to the stripe width 7
         with torch.no_grad():
-            stages, taps = m.forward_with_taps(torch.randn(2, 3, *size))
+            out = m(torch.randn(2, 3, *size))
+            stages, taps = out.stages, out.taps
         h = (size[0] - 3) // 4 + 1
         w = (size[1] - 3) // 4 + 1
         exp = []
@@ -157,15 +158,19 @@ def test_cswin_shapes_taps_and_padding():
     # tap 1 is the raw output of stage 1's only block: norm1 of it is the stage-1 output
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        stages, taps = m.forward_with_taps(x)
+        out = m(x)
+        stages, taps = out.stages, out.taps
         normed = m.norm1(taps[0].flatten(2).transpose(1, 2)).transpose(1, 2).reshape_as(stages[0])
         assert torch.allclose(normed, stages[0], atol=1e-5)
-        assert [o.shape for o in m(x)] == [s.shape for s in stages]
+        no_taps = CSWin(**TINY_CSWIN, drop_path_rate=0.0).eval()
+        no_taps.load_state_dict(m.state_dict())
+        assert no_taps(x).taps is None
+        assert [o.shape for o in no_taps(x).stages] == [s.shape for s in stages]
     # 0-based taps (RSSeg Table 3 convention) name the same blocks shifted by one
     m0 = CSWin(**TINY_CSWIN, drop_path_rate=0.0, tap_blocks=(0, 1, 3, 5), tap_base=0).eval()
     m0.load_state_dict(m.state_dict())
     with torch.no_grad():
-        assert all(torch.equal(a, b) for a, b in zip(m0.forward_with_taps(x)[1], taps))
+        assert all(torch.equal(a, b) for a, b in zip(m0(x).taps, taps))
     with pytest.raises(ValueError, match="tap_blocks"):
         CSWin(**TINY_CSWIN, tap_blocks=(7,))
 
@@ -301,11 +306,12 @@ def test_cswin_stripe_attention_matches_naive(mode, sw):
 
 # =============================================================================== converters
 class _Wrapper(nn.Module):
-    """Stand-in segmentor: the encoder under ``backbone.`` (or ``backbone.vit.`` with ``nested``)."""
+    """Stand-in segmentor of the RSSeg family: the encoder under ``backbone.`` (or ``backbone.vit.`` with ``nested``)."""
 
     def __init__(self, encoder: nn.Module, name: str, nested: bool = False):
         super().__init__()
         self.name = name
+        self.family = "rsseg"  # load_checkpoint picks the converter by family, not by name
         if nested:
             self.backbone = nn.Module()
             self.backbone.vit = encoder
@@ -397,7 +403,7 @@ def test_timm_vit_224_into_512_model(tmp_path):
     assert torch.allclose(pos[:, 1:], torch.full_like(pos[:, 1:], 0.5), atol=1e-5)
     assert torch.equal(model.backbone.blocks[2].attn.qkv.weight, sd["blocks.2.attn.qkv.weight"])
     with torch.no_grad():
-        assert torch.isfinite(model.backbone(torch.randn(1, 3, 64, 96))[0]).all()
+        assert torch.isfinite(model.backbone(torch.randn(1, 3, 64, 96)).stages[0]).all()
 
 
 def test_vit_converter_resizes_to_non_square_grid_and_nested_prefix(tmp_path):
@@ -448,7 +454,7 @@ def test_beit_224_into_512_model(tmp_path, shared):
     assert torch.allclose(table[(63 * 63) // 2], src[(27 * 27) // 2], atol=1e-5)  # zero offset is a knot
     assert torch.equal(enc.norm.weight, sd["fc_norm.weight"])  # mean-pooling classifier: fc_norm → norm
     with torch.no_grad():
-        assert torch.isfinite(enc(torch.randn(1, 3, 64, 96))[0]).all()
+        assert torch.isfinite(enc(torch.randn(1, 3, 64, 96)).stages[0]).all()
 
 
 def test_cswin_imagenet_checkpoint(tmp_path):

@@ -12,6 +12,7 @@ import segkit
 from segkit.engine.evaluator import evaluate
 from segkit.engine.metrics import ConfusionMatrix
 from segkit.engine.visualize import plot_confusion_matrix
+from segkit.models.contract import DecodeHead, Features
 from segkit.models.segmentor import Segmentor
 
 torch.set_num_threads(1)
@@ -24,10 +25,10 @@ class OneConvBackbone(nn.Module):
         self.conv = nn.Conv2d(3, out_channels, kernel, stride, kernel // 2)
 
     def forward(self, x):
-        return [self.conv(x)]
+        return Features(stages=[self.conv(x)])
 
 
-class OneConvHead(nn.Module):
+class OneConvHead(DecodeHead):
     def __init__(self, in_channels, num_classes):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, num_classes, 1)
@@ -35,7 +36,7 @@ class OneConvHead(nn.Module):
 
     def forward(self, feats):
         self.modes_seen.append(self.training)
-        return self.conv(feats[-1])
+        return self.conv(feats.stages[-1])
 
 
 def perfect_model(**kw):

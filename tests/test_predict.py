@@ -10,6 +10,7 @@ from segkit.engine import predict as predict_mod
 from segkit.engine.predict import predict_paths
 from segkit.engine.visualize import (colorize, comparison_figure, legend, overlay, overlay_with_legend,
                                      present_classes)
+from segkit.models.contract import DecodeHead, Features
 from segkit.models.segmentor import Segmentor
 
 torch.set_num_threads(1)
@@ -74,16 +75,16 @@ class Backbone(nn.Module):
         self.conv = nn.Conv2d(3, 8, 3, 2, 1)
 
     def forward(self, x):
-        return [self.conv(x)]
+        return Features(stages=[self.conv(x)])
 
 
-class Head(nn.Module):
+class Head(DecodeHead):
     def __init__(self, k):
         super().__init__()
         self.conv = nn.Conv2d(8, k, 1)
 
     def forward(self, feats):
-        return self.conv(feats[-1])
+        return self.conv(feats.stages[-1])
 
 
 def tiny_model():

@@ -8,11 +8,12 @@ import torch.nn.functional as F
 
 import segkit
 from segkit.engine.optim import param_groups
-from segkit.models.rsseg import dca, pyramid
+from segkit.models.heads.rsseg import dca
+from segkit.models.heads.rsseg import pyramid_head as pyramid
 from segkit.models.rsseg.builders import PLAIN_ABLATIONS, PYRAMID_ABLATIONS, RSSEG_MODELS
 from segkit.models.rsseg.paper import PAPER_ROWS
-from segkit.models.rsseg.sasm import SASM
-from segkit.models.rsseg.two_pathway import AttentionFusion, LearnableHighPass, LocalSeparationBlock
+from segkit.models.heads.rsseg.sasm import SASM
+from segkit.models.heads.rsseg.two_pathway import AttentionFusion, LearnableHighPass, LocalSeparationBlock
 from segkit.models.zoo import build_model
 
 @pytest.fixture(autouse=True, scope="module")
@@ -119,7 +120,7 @@ def test_sasm_filters_start_near_uniform_in_a_built_model():
     x, _ = batch()
     with torch.no_grad():
         feats = model.backbone(x)
-        outs = model.decode_head.local(model.decode_head.local_embed(feats["image"]), feats["taps"])
+        outs = model.decode_head.local(model.decode_head.local_embed(feats.image), feats.taps)
         f = model.decode_head.sasm2.filters(outs[-2])
     assert (f - 1 / 9).abs().max() < 0.1
 
@@ -343,7 +344,7 @@ def test_paper_lr_recipe_is_expressible():
 # ----------------------------------------------------------------------------- counts vs the paper
 # rsseg.md Tables 4, 5, 7, 9: every paper figure, from the same list as the docs table (benchmarks/rsseg_table.py)
 PAPER_PARAMS = [(r.label, r.model, r.kwargs, r.classes, r.params_m) for r in PAPER_ROWS if r.params_m is not None]
-PAPER_GFLOPS = [(r.label, r.model, r.kwargs, r.classes, r.side, r.gflops) for r in PAPER_ROWS if r.gflops is not None]
+PAPER_GFLOPS = [(r.label, r.model, r.kwargs, r.classes, r.shape[0], r.gflops) for r in PAPER_ROWS if r.gflops is not None]
 
 
 @pytest.mark.parametrize("label,name,kw,k,paper", PAPER_PARAMS, ids=[r[0] for r in PAPER_PARAMS])

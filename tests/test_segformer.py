@@ -16,7 +16,9 @@ import torch.nn as nn
 
 import segkit
 from segkit.checkpoints import CheckpointError
-from segkit.models.mit import MIT_VARIANTS, MixVisionTransformer
+from segkit.models.backbones.mit import MixVisionTransformer
+from segkit.models.contract import Features
+from segkit.models.segformer import MIT_VARIANTS, VARIANTS as SEGFORMER_VARIANTS
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -126,7 +128,7 @@ def test_b0_output_shapes(size):
     x = torch.randn(2, 3, *size)
     h, w = size
     with torch.no_grad():
-        feats = model.backbone(x)
+        feats = model.backbone(x).stages
         expected = []
         for stride_div in (4, 2, 2, 2):  # conv padding k // 2: ceil division at every stage
             h, w = -(-h // stride_div), -(-w // stride_div)
@@ -151,11 +153,11 @@ def test_stochastic_depth_and_dropout_only_in_training():
     x = torch.randn(2, 3, 64, 64)
     enc.eval()
     with torch.no_grad():
-        a, b = enc(x)[-1], enc(x)[-1]
+        a, b = enc(x).stages[-1], enc(x).stages[-1]
     assert torch.equal(a, b)
     enc.train()
     with torch.no_grad():
-        c, d = enc(x)[-1], enc(x)[-1]
+        c, d = enc(x).stages[-1], enc(x).stages[-1]
     assert not torch.allclose(c, d)
     rates = [blk.drop_path.drop_prob for s in range(1, 5) for blk in getattr(enc, f"block{s}")
              if not isinstance(blk.drop_path, nn.Identity)]
@@ -165,15 +167,15 @@ def test_stochastic_depth_and_dropout_only_in_training():
 def test_head_concat_order_is_c4_first():
     """Zeroing the fuse weights of one E-block must kill exactly the stage fed into it."""
     head = segkit.build_model("segformer-b0", num_classes=4).decode_head.eval()
-    feats = [torch.randn(1, c, 16 // 2 ** i, 16 // 2 ** i) for i, c in enumerate((32, 64, 160, 256))]
+    maps = [torch.randn(1, c, 16 // 2 ** i, 16 // 2 ** i) for i, c in enumerate((32, 64, 160, 256))]
     e = head.embed_dim
     with torch.no_grad():
         head.linear_fuse.conv.weight[:, :e] = 0  # first block = c4 in the official order
-        base = head(feats)
-        feats[3] = feats[3] + 5.0
-        assert torch.allclose(head(feats), base)
-        feats[0] = feats[0] + 5.0
-        assert not torch.allclose(head(feats), base)
+        base = head(Features(stages=maps))
+        maps[3] = maps[3] + 5.0
+        assert torch.allclose(head(Features(stages=maps)), base)
+        maps[0] = maps[0] + 5.0
+        assert not torch.allclose(head(Features(stages=maps)), base)
 
 
 # ----------------------------------------------------------------------------- HF parity
@@ -184,7 +186,7 @@ def _hf_reference(variant: str, num_labels: int, seed: int = 0):
     config = transformers.SegformerConfig(
         num_labels=num_labels, hidden_sizes=list(cfg["embed_dims"]), depths=list(cfg["depths"]),
         num_attention_heads=list(cfg["num_heads"]), sr_ratios=list(cfg["sr_ratios"]),
-        mlp_ratios=list(cfg["mlp_ratios"]), decoder_hidden_size=segkit.models.zoo.SEGFORMER_DECODER_DIM[variant])
+        mlp_ratios=list(cfg["mlp_ratios"]), decoder_hidden_size=SEGFORMER_VARIANTS[variant]["decoder_dim"])
     torch.manual_seed(seed)
     hf = transformers.SegformerForSemanticSegmentation(config)
     _randomize(hf, seed)
@@ -272,7 +274,7 @@ def test_hf_imagenet_encoder(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         ref = hf.segformer(pixel_values=x, output_hidden_states=True).hidden_states
-        ours = model.eval().backbone(x)
+        ours = model.eval().backbone(x).stages
     assert len(ref) == 4
     for a, b in zip(ours, ref):
         assert a.shape == b.shape and (a - b).abs().max().item() <= 1e-4

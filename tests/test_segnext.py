@@ -10,9 +10,11 @@ import torch.nn.functional as F
 
 import segkit
 from segkit.checkpoints import CheckpointError, load_checkpoint
-from segkit.checkpoints.segnext import convert
+from segkit.models.segnext import convert
 from segkit.models.heads.ham_head import NMF2D
-from segkit.models.mscan import MSCAN
+from segkit.models.backbones.mscan import MSCAN, FusedMSCABlock
+from segkit.models.contract import Features
+from segkit.models.fuse import fuse_for_inference
 
 torch.set_num_threads(1)
 KEYS_DIR = Path("/work/shared/reference/checkpoint-keys")
@@ -63,7 +65,7 @@ def test_output_shapes(tiny_t, size):
     h, w = size
     x = torch.randn(2, 3, h, w)
     with torch.no_grad():
-        feats = tiny_t.backbone(x)
+        feats = tiny_t.backbone(x).stages
         logits8 = tiny_t.encode_decode(x)
         logits = tiny_t(x)
     hs, ws = [-(-h // 4)], [-(-w // 4)]
@@ -141,18 +143,19 @@ def _randomise(module: torch.nn.Module, seed: int = 0) -> None:
                 t.copy_(0.5 + r if name.endswith(("running_var", ".weight")) and t.ndim == 1 else r - 0.5)
 
 
-@pytest.mark.parametrize("channels_last,fold_eval", [(False, True), (True, True), (True, False)])
-def test_mscan_matches_reference_math(channels_last, fold_eval):
-    """Eval forward (BN + layer scale folded into the 1×1 convs, or not) equals the reference math."""
+@pytest.mark.parametrize("channels_last,fused", [(False, True), (True, True), (True, False), (False, False)])
+def test_mscan_matches_reference_math(channels_last, fused):
+    """Eval forward, plain or fused (BN + layer scale folded into the 1×1 convs), equals the reference math."""
     enc = MSCAN(embed_dims=(8, 16, 24, 32), depths=(1, 2, 1, 1), mlp_ratios=(2, 2, 4, 4)).eval()
     _randomise(enc, seed=1)
-    for blk in enc.modules():
-        if hasattr(blk, "fold_eval"):
-            blk.fold_eval = fold_eval
     x = torch.randn(2, 3, 40, 56)
     enc.cpu_channels_last = channels_last
+    run = fuse_for_inference(enc) if fused else enc
+    if fused:  # stem, 3 down-sampling convs and 5 blocks replaced; the original is untouched
+        assert run.num_fused_modules == 1 + 3 + 5 and not any(isinstance(m, FusedMSCABlock) for m in enc.modules())
+        assert sum(isinstance(m, FusedMSCABlock) for m in run.modules()) == 5
     with torch.no_grad():
-        ours, ref = enc(x), _ref_mscan(enc, x)
+        ours, ref = run(x).stages, _ref_mscan(enc, x)
     assert ours[0].is_contiguous(memory_format=torch.channels_last) == channels_last
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
@@ -233,7 +236,7 @@ def test_head_eval_deterministic_train_random(tiny_t):
         fresh.decode_head.hamburger.ham.seed = 1
         assert not torch.allclose(fresh.encode_decode(x), a)
     head = tiny_t.decode_head
-    feats = [f.detach() for f in tiny_t.backbone(x)]
+    feats = Features(stages=[f.detach() for f in tiny_t.backbone(x).stages])
     head.train()
     try:
         head.dropout.p = 0.0  # isolate the NMF bases as the only source of randomness

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 import segkit
+from segkit.models.contract import DecodeHead, Features
 from segkit.models.segmentor import Segmentor
 from segkit.tools.benchmark import BenchmarkError, benchmark, machine_info
 
@@ -76,8 +77,26 @@ def test_cuda_refused_without_cuda(b0):
         benchmark(b0, (64, 64), device="cuda")
 
 
+class _Conv4(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        return Features(stages=[self.conv(x)])
+
+
+class _Head5(DecodeHead):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(5, 2, 1)
+
+    def forward(self, features):
+        return self.conv(features.stages[-1])
+
+
 def test_model_failure_is_reported():
-    broken = Segmentor(nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(5, 2, 1), 2, name="broken")  # 4 != 5 channels
+    broken = Segmentor(_Conv4(), _Head5(), 2, name="broken")  # 4 != 5 channels
     with pytest.raises(BenchmarkError, match="broken cannot run on a 1x3x64x64 input"):
         benchmark(broken, (64, 64), warmup=0, runs=1)
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from segkit.data import SplitDataset, TestTransform
+from segkit.models.contract import DecodeHead, Features
 from segkit.models.segmentor import Segmentor
 from segkit.tools import robustness as R
 
@@ -100,7 +101,14 @@ def test_summarize_means_and_retention():
     assert [c.strip() for c in row.strip("|").split("|")][0] == "60.0"
 
 
-class _ColourHead(nn.Module):
+class _Pixels(nn.Module):
+    """Encoder stand-in: the image itself as the only stage."""
+
+    def forward(self, x):
+        return Features(stages=[x])
+
+
+class _ColourHead(DecodeHead):
     """Stand-in segmentor: per-pixel linear map of the colour to class scores (output stride 1)."""
 
     def __init__(self, k):
@@ -111,14 +119,14 @@ class _ColourHead(nn.Module):
             self.conv.weight.copy_(torch.randn(k, 3, 1, 1, generator=g))
             self.conv.bias.copy_(torch.randn(k, generator=g))
 
-    def forward(self, x):
-        return self.conv(x)
+    def forward(self, features):
+        return self.conv(features.stages[0])
 
 
 def test_evaluate_robustness_two_images(mini_camvid, tmp_path):
     ds = SplitDataset(mini_camvid, "test")
     assert len(ds) == 2
-    model = Segmentor(nn.Identity(), _ColourHead(ds.num_classes), ds.num_classes, class_names=ds.classes)
+    model = Segmentor(_Pixels(), _ColourHead(ds.num_classes), ds.num_classes, class_names=ds.classes)
     tf = TestTransform(scale=(96, 72), size_divisor=None, mean=model.mean, std=model.std)
     kw = dict(corruptions=["fog", "gaussian_noise"], severities=[3], seed=0, progress=False)
     res = R.evaluate_robustness(model, ds, tf, out_dir=tmp_path, **kw)
@@ -154,7 +162,7 @@ def test_corrupted_items_differ_and_go_through_the_same_transform(mini_camvid):
 
 def test_bad_robustness_requests(mini_camvid):
     ds = SplitDataset(mini_camvid, "test")
-    model = Segmentor(nn.Identity(), _ColourHead(ds.num_classes), ds.num_classes)
+    model = Segmentor(_Pixels(), _ColourHead(ds.num_classes), ds.num_classes)
     tf = TestTransform(scale=(96, 72))
     with pytest.raises(ValueError, match="unknown corruption"):
         R.evaluate_robustness(model, ds, tf, corruptions=["elastic_transform"], progress=False)

@@ -2,9 +2,10 @@
 
 * :func:`read_state_dict` reads a file or folder into a flat ``{name: tensor}`` dict without
   ever unpickling arbitrary objects (``torch.load(weights_only=True)``; safetensors).
-* :func:`load_checkpoint` converts official key names to segkit's (per model family:
-  :mod:`segkit.checkpoints.segformer`, :mod:`segkit.checkpoints.segnext`) and loads them,
-  strictly by default, returning a :class:`LoadReport`.
+* :func:`load_checkpoint` converts official key names to segkit's with the converter of the
+  model's family (``Family.convert``: :func:`segkit.models.segformer.convert`,
+  :func:`segkit.models.segnext.convert`, :func:`segkit.models.rsseg.convert.convert`) and loads
+  them, strictly by default, returning a :class:`LoadReport`.
 * :func:`from_pretrained` restores a model written by ``Segmentor.save_pretrained``.
 """
 from __future__ import annotations
@@ -16,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from segkit.errors import CheckpointError
 
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read or does not fit the model; the message names the file and the problem."""
+
 
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state", "module")
@@ -110,20 +111,11 @@ class LoadReport:
 
 
 def _converter(model):
-    name = getattr(model, "name", "")
-    if name.startswith("segformer"):
-        from . import segformer
-        return segformer.convert
-    if name.startswith("segnext"):
-        from . import segnext
-        return segnext.convert
-    if name.startswith(("rsseg", "vit-", "segmenter", "beit", "cswin")):
-        try:
-            from . import rsseg
-        except ImportError:
-            return None
-        return rsseg.convert
-    return None
+    """The checkpoint converter of ``model``'s family (its ``family`` attribute), or ``None``."""
+    from segkit.models.zoo import family_of
+
+    family = family_of(model)
+    return None if family is None else family.convert
 
 
 def load_checkpoint(model: torch.nn.Module, path: str | Path, strict: bool = True, verbose: bool = True) -> LoadReport:

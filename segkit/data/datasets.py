@@ -33,7 +33,6 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import cv2
 import numpy as np
-from torch.utils.data import Dataset
 
 from segkit.data import meta
 from segkit.data.io import IMAGE_SUFFIXES, DataError, read_image, read_label
@@ -64,7 +63,7 @@ def make_label_lut(reduce_zero_label: bool = False, label_map: Mapping[int, int]
     return lut.astype(np.uint8)
 
 
-class SegDataset(Dataset):
+class SegDataset:
     """A list of (image, label) files with its label specification.
 
     Args:
@@ -94,8 +93,7 @@ class SegDataset(Dataset):
         if not self.classes:
             raise ValueError(f"{name}: no class names given")
         if palette is None:
-            from segkit.models.segmentor import default_palette
-            palette = default_palette(len(self.classes))
+            palette = meta.default_palette(len(self.classes))
         self.palette = [[int(v) for v in c] for c in palette]
         if len(self.palette) != len(self.classes):
             raise ValueError(f"{name}: palette has {len(self.palette)} colours for {len(self.classes)} classes")
@@ -274,9 +272,40 @@ def _split_alias(split: str, aliases: Mapping[str, str], allowed: Sequence[str],
     return split
 
 
+# --------------------------------------------------------------------------- data location
+# The data sets are not part of the repository. Configs name their roots relative to one data
+# folder, ``${SEGKIT_DATA}``: the environment variable SEGKIT_DATA, or DEFAULT_DATA_DIR.
+DEFAULT_DATA_DIR = "../shared/data"
+
+
+def data_dir() -> str:
+    """The data folder: ``$SEGKIT_DATA`` if set and non-empty, else :data:`DEFAULT_DATA_DIR` (relative to the cwd)."""
+    return os.environ.get("SEGKIT_DATA") or DEFAULT_DATA_DIR
+
+
+def resolve_root(root: str | os.PathLike) -> Path:
+    """A dataset root with ``${SEGKIT_DATA}`` / ``$SEGKIT_DATA`` replaced by :func:`data_dir`, other
+    environment variables and ``~`` expanded (``os.path.expandvars`` / ``expanduser``)."""
+    text = str(root).replace("${SEGKIT_DATA}", data_dir()).replace("$SEGKIT_DATA", data_dir())
+    return Path(os.path.expanduser(os.path.expandvars(text)))
+
+
+def missing_root_message(root: str | os.PathLike) -> str:
+    """Why a dataset root does not exist and how to point segkit at the data (for error messages)."""
+    resolved = resolve_root(root)
+    where = f"{resolved}" if str(resolved) == str(root) else f"{resolved} (from {root!s})"
+    hint = ""
+    if "SEGKIT_DATA" in str(root):
+        state = f"SEGKIT_DATA={os.environ['SEGKIT_DATA']}" if os.environ.get("SEGKIT_DATA") else \
+            f"SEGKIT_DATA is not set, so the default {DEFAULT_DATA_DIR} relative to {Path.cwd()} was used"
+        hint = f" ({state}); the data sets are not part of the repository: set SEGKIT_DATA to the folder that holds them"
+    return f"dataset root {where} does not exist{hint}"
+
+
 # --------------------------------------------------------------------------- shared layout
 class SplitDataset(SegDataset):
-    """The ``/work/shared/data/<name>`` layout: ``meta.json`` + ``splits/<split>.txt`` stems.
+    """The split layout of the data sets segkit is developed on (``docs/datasets.md``): ``meta.json`` +
+    ``splits/<split>.txt`` stems. ``root`` may use ``${SEGKIT_DATA}`` (:func:`resolve_root`).
 
     ``meta.json`` gives ``classes``, ``palette``, ``ignore_index`` and ``layout`` (templates
     ``image`` / ``label`` / ``list`` with ``{split}`` and ``{stem}``); optional keys
@@ -287,7 +316,9 @@ class SplitDataset(SegDataset):
     """
 
     def __init__(self, root: str | os.PathLike, split: str, transform: Callable | None = None):
-        root = Path(root)
+        if not resolve_root(root).exists():
+            raise DataError(missing_root_message(root))
+        root = resolve_root(root)
         meta_path = root / "meta.json"
         if not meta_path.is_file():
             raise DataError(f"{meta_path}: not found; {root} is not a split-layout dataset (meta.json + splits/)")
@@ -602,10 +633,13 @@ DATASETS: dict[str, type[SegDataset]] = {
 
 
 def build_dataset(cfg: Mapping, transform: Callable | None = None) -> SegDataset:
-    """Build a dataset from a small dict, e.g. ``{"type": "split", "root": "../shared/data/camvid",
+    """Build a dataset from a small dict, e.g. ``{"type": "split", "root": "${SEGKIT_DATA}/camvid",
     "split": "train"}`` or ``{"type": "ade20k", "root": ..., "split": "validation"}``.
 
-    ``type`` is a key of :data:`DATASETS`; the other keys are the constructor arguments.
+    ``type`` is a key of :data:`DATASETS`; the other keys are the constructor arguments. Path
+    values (``root``, ``images_dir``, ``labels_dir``) go through :func:`resolve_root`; a root
+    that does not exist is a :class:`DataError` that says where segkit looked and how to set
+    ``SEGKIT_DATA``.
 
     Raises:
         ValueError: missing/unknown ``type``, or keys the dataset does not take (all named).
@@ -624,4 +658,9 @@ def build_dataset(cfg: Mapping, transform: Callable | None = None) -> SegDataset
                and v.kind is not inspect.Parameter.VAR_KEYWORD and p not in cfg]
     if missing:
         raise ValueError(f"dataset type {kind!r}: missing key(s) {missing}")
+    for key in ("root", "images_dir", "labels_dir"):
+        if isinstance(cfg.get(key), (str, os.PathLike)):
+            if not resolve_root(cfg[key]).exists():
+                raise DataError(missing_root_message(cfg[key]))
+            cfg[key] = str(resolve_root(cfg[key]))
     return cls(**cfg, transform=transform)

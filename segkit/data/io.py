@@ -33,6 +33,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from segkit.errors import DataError
+
 __all__ = [
     "DataError", "IMAGE_SUFFIXES", "read_image", "read_label", "probe_image", "ImageInfo",
     "colour_to_index", "index_to_colour", "convert_colour_masks",
@@ -50,8 +52,6 @@ WARNING_LIMIT = 10
 _warn_counts: Counter = Counter()
 
 
-class DataError(ValueError):
-    """Bad input data. The message names the file(s) and the problem."""
 
 
 def _warn(kind: str, message: str) -> None:

@@ -1,15 +1,33 @@
-"""Class names, palettes and label-id mappings of the standard benchmarks (data, not code).
+"""Class names, palettes, label-id mappings and normalisation statistics of the standard benchmarks.
 
-Facts copied from ``/work/shared/reference/datasets.md`` (which cites
-Visual-Attention-Network/SegNeXt ``mmseg/datasets/{ade,cityscapes,voc,pascal_context,coco_stuff,isaid}.py``
-and the dataset converters). Index = train id seen by the loss and the metric (after any
-``reduce_zero_label``). Palettes are RGB triples used for visualisation only.
+Data, not code. The class lists and palettes are those of the official SegNeXt code base
+(``Visual-Attention-Network/SegNeXt: mmseg/datasets/{ade,cityscapes,voc,pascal_context,
+coco_stuff,isaid}.py``) and its dataset converters; ``docs/datasets.md`` describes the layouts.
+Index = train id seen by the loss and the metric (after any ``reduce_zero_label``). Palettes
+are RGB triples used for visualisation only.
 
 Deviation: the reference ADE20K name ``'bed '`` has a trailing space; it is stripped here.
 The COCO-Stuff palette keeps its duplicate colours (ids 1, 9, 47, 50, 65, 69, 92, 99, 108) as in
 the source.
 """
 from __future__ import annotations
+
+import colorsys
+
+# ImageNet statistics on the 0–255 scale: the ``Normalize`` of every SegFormer / SegNeXt
+# pipeline (``img_norm_cfg`` in the official configs).
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+def default_palette(num_classes: int) -> list[list[int]]:
+    """Deterministic, well-separated RGB colours (0–255) for datasets without a palette (golden-ratio hues)."""
+    out = []
+    for i in range(num_classes):
+        r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65 + 0.35 * (i % 2), 0.95 - 0.3 * ((i // 2) % 2))
+        out.append([int(r * 255), int(g * 255), int(b * 255)])
+    return out
+
 
 # ADE20K (150)
 ADE20K_CLASSES = (

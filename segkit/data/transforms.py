@@ -41,13 +41,15 @@ from typing import Sequence
 
 import cv2
 import numpy as np
-import torch
 
-from segkit.models.segmentor import IMAGENET_MEAN, IMAGENET_STD
+from segkit.data.meta import IMAGENET_MEAN, IMAGENET_STD
+
+# The encoders (MiT, MSCAN, ViT, CSWin) downsample 32x: the smallest image side segkit feeds them.
+MIN_SIDE = 32
 
 __all__ = [
-    "TrainTransform", "TestTransform", "rescale_size", "random_scale", "random_crop_box", "cat_max_ratio_crop_box",
-    "photometric_distortion", "normalize_to_tensor",
+    "MIN_SIDE", "TrainTransform", "TestTransform", "rescale_size", "random_scale", "random_crop_box", "cat_max_ratio_crop_box",
+    "photometric_distortion", "normalize_to_tensor", "normalize_to_array",
 ]
 
 
@@ -137,8 +139,8 @@ def _normalize_lut(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     return ((v[None, :] - np.asarray(mean, np.float64)[:, None]) / np.asarray(std, np.float64)[:, None]).astype(np.float32)
 
 
-def normalize_to_tensor(img: np.ndarray, lut: np.ndarray, out_size: Sequence[int] | None = None) -> torch.Tensor:
-    """``uint8 (H, W, 3)`` -> normalised ``float32 (3, H', W')`` tensor, zero-padded bottom/right to ``out_size``.
+def normalize_to_array(img: np.ndarray, lut: np.ndarray, out_size: Sequence[int] | None = None) -> np.ndarray:
+    """``uint8 (H, W, 3)`` -> normalised ``float32 (3, H', W')`` array, zero-padded bottom/right to ``out_size``.
 
     ``lut``: ``(3, 256)`` float32 table ``(v - mean_c) / std_c`` (exact per value).
     """
@@ -147,7 +149,14 @@ def normalize_to_tensor(img: np.ndarray, lut: np.ndarray, out_size: Sequence[int
     out = np.zeros((3, oh, ow), np.float32) if (oh, ow) != (h, w) else np.empty((3, h, w), np.float32)
     for c in range(3):
         np.take(lut[c], img[:, :, c], out=out[c, :h, :w], mode="clip")  # uint8 indices are always in range
-    return torch.from_numpy(out)
+    return out
+
+
+def normalize_to_tensor(img: np.ndarray, lut: np.ndarray, out_size: Sequence[int] | None = None):
+    """:func:`normalize_to_array` as a ``torch.Tensor`` (shares memory with the array)."""
+    import torch
+
+    return torch.from_numpy(normalize_to_array(img, lut, out_size))
 
 
 def _pair(x, name: str) -> tuple[int, int]:
@@ -222,11 +231,14 @@ class TrainTransform:
             image = photometric_distortion(np.ascontiguousarray(image))
         out_label = np.full(self.crop_size, self.ignore_index, np.int64)
         out_label[: label.shape[0], : label.shape[1]] = label
+        import torch
+
         return {"image": normalize_to_tensor(image, self._lut, self.crop_size), "label": torch.from_numpy(out_label)}
 
 
 class TestTransform:
-    """Reference single-scale test preprocessing (architectures.md §6.3).
+    """Reference single-scale test preprocessing (``Resize`` + ``ResizeToMultiple`` / ``AlignedResize``
+    of the official SegNeXt / SegFormer test pipelines; ``docs/protocols.md``).
 
     Args:
         scale: ``(long, short)`` for the keep-ratio resize (ADE20K / COCO-Stuff (2048, 512));
@@ -236,6 +248,8 @@ class TestTransform:
         size_divisor: after the resize, ceil H and W to multiples of it and stretch the image
             (bilinear) to that size; None = off.
         mean, std: normalisation on the 0-255 scale.
+        min_side: after the resize, an image whose short side is below this is upscaled (keep
+            ratio) so that it is ``min_side``: the encoders downsample 32× (:data:`MIN_SIDE`).
 
     ``__call__(image uint8 (H, W, 3), label uint8 (H, W) | None)`` -> ``{"image": float32
     tensor (3, h', w')}`` plus ``"label": int64 tensor (H, W)`` at the ORIGINAL size when a
@@ -246,43 +260,66 @@ class TestTransform:
 
     def __init__(self, scale: Sequence[int] | None = (2048, 512), keep_ratio: bool = True,
                  size_divisor: int | None = 32, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD):
+                 std: Sequence[float] = IMAGENET_STD, min_side: int = MIN_SIDE):
         self.scale = None if scale is None else _pair(scale, "scale")
         self.keep_ratio = bool(keep_ratio)
+        self.min_side = int(min_side)
         self.size_divisor = None if not size_divisor else int(size_divisor)
         self.mean, self.std = tuple(map(float, mean)), tuple(map(float, std))
         self._lut = _normalize_lut(self.mean, self.std)
 
     def to_dict(self) -> dict:
         return {"type": "test", "scale": self.scale, "keep_ratio": self.keep_ratio, "size_divisor": self.size_divisor,
-                "mean": self.mean, "std": self.std}
+                "mean": self.mean, "std": self.std, "min_side": self.min_side}
 
     def __repr__(self) -> str:
         return "TestTransform(" + ", ".join(f"{k}={v}" for k, v in self.to_dict().items() if k != "type") + ")"
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
-        """``(H', W')`` of the network input for an ``H x W`` image."""
+        """``(H', W')`` of the network input for an ``H x W`` image (what :meth:`resize` produces)."""
         h, w = height, width
         if self.scale is not None:
             h, w = rescale_size(h, w, self.scale) if self.keep_ratio else (self.scale[1], self.scale[0])
+        if min(h, w) < self.min_side:  # the encoders downsample 32x: upscale tiny images (keep ratio)
+            f = self.min_side / min(h, w)
+            h, w = max(self.min_side, int(h * f + 0.5)), max(self.min_side, int(w * f + 0.5))
         if self.size_divisor:
             d = self.size_divisor
             h, w = int(math.ceil(h / d)) * d, int(math.ceil(w / d)) * d
         return h, w
 
-    def __call__(self, image: np.ndarray, label: np.ndarray | None = None) -> dict:
+    def resize(self, image: np.ndarray) -> np.ndarray:
+        """The resize part alone: ``uint8 (H, W, 3)`` -> ``uint8 (H', W', 3)`` (:meth:`output_size`).
+
+        Keep-ratio resize to ``scale`` (or exact with ``keep_ratio=False``), an upscale to
+        ``min_side`` for tiny images, then the stretch to multiples of ``size_divisor``; each
+        step is one ``cv2.INTER_LINEAR`` resize and is skipped when it would not change the size.
+        """
         h, w = image.shape[:2]
         if self.scale is not None:
             nh, nw = rescale_size(h, w, self.scale) if self.keep_ratio else (self.scale[1], self.scale[0])
             if (nh, nw) != (h, w):
                 image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+        nh, nw = image.shape[:2]
+        if min(nh, nw) < self.min_side:
+            f = self.min_side / min(nh, nw)
+            nh, nw = max(self.min_side, int(nh * f + 0.5)), max(self.min_side, int(nw * f + 0.5))
+            image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
         if self.size_divisor:
             d = self.size_divisor
-            nh, nw = image.shape[:2]
             mh, mw = int(math.ceil(nh / d)) * d, int(math.ceil(nw / d)) * d
             if (mh, mw) != (nh, nw):
                 image = cv2.resize(image, (mw, mh), interpolation=cv2.INTER_LINEAR)
-        out = {"image": normalize_to_tensor(image, self._lut)}
+        return image
+
+    def to_array(self, image: np.ndarray) -> np.ndarray:
+        """``uint8 (H, W, 3)`` RGB -> normalised ``float32 (3, H', W')`` NumPy array (no PyTorch needed)."""
+        return normalize_to_array(self.resize(image), self._lut)
+
+    def __call__(self, image: np.ndarray, label: np.ndarray | None = None) -> dict:
+        out = {"image": normalize_to_tensor(self.resize(image), self._lut)}
         if label is not None:
+            import torch
+
             out["label"] = torch.from_numpy(label.astype(np.int64))
         return out

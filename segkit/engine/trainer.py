@@ -188,7 +188,7 @@ def build_train_data(cfg: Config, mean=None, std=None, train_ds=None):
     train transform instead of listing the files a second time.
     """
     from segkit.data import TrainTransform, build_dataset
-    from segkit.models.segmentor import IMAGENET_MEAN, IMAGENET_STD
+    from segkit.data.meta import IMAGENET_MEAN, IMAGENET_STD
 
     mean, std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
     t = cfg.train_transform
@@ -208,7 +208,7 @@ def build_train_data(cfg: Config, mean=None, std=None, train_ds=None):
 def build_test_transform(cfg: Config, mean=None, std=None):
     """The configured test resize, normalising with ``mean``/``std`` (the model's; default ImageNet)."""
     from segkit.data import TestTransform
-    from segkit.models.segmentor import IMAGENET_MEAN, IMAGENET_STD
+    from segkit.data.meta import IMAGENET_MEAN, IMAGENET_STD
 
     t = cfg.test_transform
     return TestTransform(scale=tuple(t.scale) if t.scale else None, keep_ratio=t.keep_ratio, size_divisor=t.size_divisor,

@@ -2,10 +2,13 @@
 
 A ``Segmentor`` holds ``backbone`` and ``decode_head`` under exactly those attribute names so
 that its ``state_dict`` keys are the official checkpoint keys (``backbone.*``,
-``decode_head.*``; architectures.md §5). Inference modes follow the reference test protocol
-(architectures.md §6.3): *whole* (one forward over the full image), *slide* (overlapping
-windows, logits averaged over overlaps) and *multi-scale + flip* (softmax probabilities
-averaged over scales and horizontal flips).
+``decode_head.*``, as in the official SegFormer / SegNeXt ``EncoderDecoder``). The two talk
+through the contract of :mod:`segkit.models.contract` (``Features`` in, logits out, and the
+head's ``loss``). Inference modes follow the reference test protocol (mmseg
+``EncoderDecoder.whole_inference`` / ``slide_inference`` / ``aug_test``; ``docs/protocols.md``):
+*whole* (one forward over the full image), *slide* (overlapping windows, logits averaged over
+overlaps) and *multi-scale + flip* (softmax probabilities averaged over scales and horizontal
+flips).
 """
 from __future__ import annotations
 
@@ -17,9 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-# ImageNet statistics on the 0–255 scale (reference Normalize, architectures.md §6.2).
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+from segkit.data.meta import IMAGENET_MEAN, IMAGENET_STD, default_palette
+
+from .contract import DecodeHead, Features
 
 
 def resize(x: torch.Tensor, size: Sequence[int], align_corners: bool = False) -> torch.Tensor:
@@ -31,7 +34,7 @@ def resize(x: torch.Tensor, size: Sequence[int], align_corners: bool = False) ->
 
 
 def slide_windows(height: int, width: int, crop: Sequence[int], stride: Sequence[int]) -> list[tuple[int, int, int, int]]:
-    """Window boxes ``(y1, y2, x1, x2)`` of the reference slide inference (architectures.md §6.3).
+    """Window boxes ``(y1, y2, x1, x2)`` of the reference slide inference (mmseg ``slide_inference``).
 
     ``grids = max(H - crop + stride - 1, 0) // stride + 1`` per axis; the last window is
     clamped to the border, so every pixel is covered at least once. A window larger than the
@@ -57,19 +60,22 @@ class Segmentor(nn.Module):
     """Encoder–decoder semantic segmentation model.
 
     Args:
-        backbone: encoder, ``(B, 3, H, W)`` normalised float → list of feature maps.
-        decode_head: decoder, list of feature maps → logits ``(B, K, h, w)`` at its own
-            output stride (1/4 for SegFormer, 1/8 for SegNeXt).
+        backbone: encoder, ``(B, 3, H, W)`` normalised float → :class:`~segkit.models.contract.Features`.
+        decode_head: a :class:`~segkit.models.contract.DecodeHead`: ``Features`` → logits
+            ``(B, K, h, w)`` at its own output stride (1/4 for SegFormer, 1/8 for SegNeXt).
         num_classes: K.
         name: model name in the zoo (``segnext-t`` …), used by ``save_pretrained``.
-        arch: keyword arguments the zoo builder was called with (saved so that
+        family: name of the model family (:mod:`segkit.models.family`) whose checkpoint
+            converter and FLOP convention apply; ``None`` for a hand-assembled model.
+        arch: the architecture switches the zoo builder used (saved so that
             ``from_pretrained`` rebuilds the same architecture).
         class_names, palette: optional metadata (palette: K RGB triples 0–255).
         ignore_index: label value excluded from the loss and metrics (default 255).
         mean, std: normalisation on the 0–255 scale applied by :meth:`normalize`.
         loss_avg: ``"valid"`` averages the cross-entropy over non-ignored pixels
             (``torch.nn.CrossEntropyLoss`` semantics, our default); ``"all"`` divides by all
-            pixels, ignored ones included, as the mmseg reference does (architectures.md §0.7).
+            pixels, ignored ones included, as mmseg 0.x's ``CrossEntropyLoss(avg_non_ignore=False)``
+            does (the official SegFormer / SegNeXt code).
         align_corners: bilinear resizing convention (reference: False).
 
     Input to :meth:`forward`: ``(B, 3, H, W)`` float32 normalised images. Output: logits
@@ -77,11 +83,13 @@ class Segmentor(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, decode_head: nn.Module, num_classes: int, *,
-                 name: str = "custom", arch: dict | None = None,
+                 name: str = "custom", family: str | None = None, arch: dict | None = None,
                  class_names: Sequence[str] | None = None, palette: Sequence[Sequence[int]] | None = None,
                  ignore_index: int = 255, mean: Sequence[float] = IMAGENET_MEAN,
                  std: Sequence[float] = IMAGENET_STD, loss_avg: str = "valid", align_corners: bool = False):
         super().__init__()
+        if not isinstance(decode_head, DecodeHead):
+            raise TypeError(f"decode_head must be a segkit.models.contract.DecodeHead, got {type(decode_head).__name__}")
         if loss_avg not in ("valid", "all"):
             raise ValueError(f"loss_avg must be 'valid' or 'all', got {loss_avg!r}")
         if class_names is not None and len(class_names) != num_classes:
@@ -92,6 +100,7 @@ class Segmentor(nn.Module):
         self.decode_head = decode_head
         self.num_classes = int(num_classes)
         self.name = name
+        self.family = family
         self.arch = dict(arch or {})
         self.class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
         self.palette = [list(map(int, c)) for c in palette] if palette is not None else default_palette(num_classes)
@@ -105,11 +114,20 @@ class Segmentor(nn.Module):
         # the training config (``Config.to_dict()``) this model came from, or None: saved in
         # config.json so that ``segkit eval`` uses the same test resize / eval protocol by default
         self.train_config: dict | None = None
+        self.is_fused = False
 
     # ------------------------------------------------------------------ forward
+    def extract_features(self, images: torch.Tensor) -> Features:
+        """The encoder's :class:`~segkit.models.contract.Features` for normalised ``(B, 3, H, W)`` images."""
+        features = self.backbone(images)
+        if not isinstance(features, Features):
+            raise TypeError(f"the encoder {type(self.backbone).__name__} returned {type(features).__name__}; "
+                            f"an encoder must return segkit.models.contract.Features")
+        return features
+
     def encode_decode(self, images: torch.Tensor) -> torch.Tensor:
         """Logits at the head's output stride: ``(B, 3, H, W)`` → ``(B, K, H/s, W/s)``."""
-        return self.decode_head(self.backbone(images))
+        return self.decode_head(self.extract_features(images))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K, H, W)`` at input resolution (bilinear, align_corners=False)."""
@@ -121,22 +139,24 @@ class Segmentor(nn.Module):
     def loss(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """Training losses for ``images (B, 3, H, W)`` and integer ``labels (B, H, W)``.
 
-        Logits are upsampled to the label size before the cross-entropy (reference). A head
-        with auxiliary training objectives (RSSeg's DCA and boundary losses) defines
-        ``forward_train(features, labels) -> (logits, {name: weighted scalar loss})``; it is
-        used here only, so auxiliary terms cost nothing at inference. Returns a dict of scalar
-        tensors whose key ``"loss"`` is the total to back-propagate.
+        The head's :meth:`~segkit.models.contract.DecodeHead.loss` computes them, given
+        :meth:`head_seg_loss` as the pixel-wise criterion (logits upsampled to the label size
+        before the cross-entropy, as the reference); heads with auxiliary objectives (RSSeg's
+        DCA and boundary losses) add their terms there, so they cost nothing at inference.
+        Returns a dict of scalar tensors whose key ``"loss"`` is the total to back-propagate.
         """
         if labels.ndim != 3:
             raise ValueError(f"expected labels of shape (B, H, W), got {tuple(labels.shape)}")
+        if self.is_fused:
+            raise RuntimeError("a fused model (Segmentor.fused()) is for inference only; train the original model")
         labels = labels.long()
-        feats = self.backbone(images)
-        forward_train = getattr(self.decode_head, "forward_train", None)
-        head_out, aux = forward_train(feats, labels) if callable(forward_train) else (self.decode_head(feats), {})
-        logits = resize(head_out, labels.shape[-2:], self.align_corners)
-        losses = {"loss_seg": self.seg_loss(logits, labels), **aux}
+        losses = dict(self.decode_head.loss(self.extract_features(images), labels, self.head_seg_loss))
         losses["loss"] = sum(losses.values())
         return losses
+
+    def head_seg_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """:meth:`seg_loss` of head-resolution ``logits (B, K, h, w)`` after bilinear resizing to ``labels (B, H, W)``."""
+        return self.seg_loss(resize(logits, labels.shape[-2:], self.align_corners), labels)
 
     def set_class_weight(self, weights: Sequence[float] | None) -> None:
         """Per-class weights of :meth:`seg_loss` (``None`` = unweighted, the papers' default).
@@ -295,11 +315,27 @@ class Segmentor(nn.Module):
         """Label map ``(B, H_out, W_out)`` int64 = argmax of :meth:`inference` (same arguments)."""
         return self.inference(images, **inference_kwargs).argmax(dim=1)
 
+    def fused(self) -> "Segmentor":
+        """An eval-mode copy for inference with eval-time BatchNorms / layer scales folded into convolutions.
+
+        Same outputs as ``self.eval()`` up to float32 rounding (:mod:`segkit.models.fuse`); the
+        copy's parameters do not require gradients, it refuses :meth:`loss` and
+        :meth:`save_pretrained`, and ``self`` is unchanged. Calling it on a fused model returns it.
+        """
+        if self.is_fused:
+            return self
+        from .fuse import fuse_for_inference
+
+        out = fuse_for_inference(self)
+        out.is_fused = True
+        return out
+
     # ---------------------------------------------------------------- save/load
     def config(self) -> dict:
         """JSON-serialisable description used by :meth:`save_pretrained`."""
         return {
             "model": self.name,
+            "family": self.family,
             "arch": self.arch,
             "num_classes": self.num_classes,
             "class_names": self.class_names,
@@ -323,6 +359,9 @@ class Segmentor(nn.Module):
 
         from segkit.utils import atomic_write_bytes
 
+        if self.is_fused:
+            raise RuntimeError("refusing to save a fused model (Segmentor.fused()): its weights are folded; "
+                               "save the original model")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
@@ -333,12 +372,4 @@ class Segmentor(nn.Module):
         return directory
 
 
-def default_palette(num_classes: int) -> list[list[int]]:
-    """Deterministic, well-separated RGB colours for datasets without a palette (golden-ratio hues)."""
-    import colorsys
-
-    out = []
-    for i in range(num_classes):
-        r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65 + 0.35 * (i % 2), 0.95 - 0.3 * ((i // 2) % 2))
-        out.append([int(r * 255), int(g * 255), int(b * 255)])
-    return out
+__all__ = ["Segmentor", "resize", "slide_windows", "IMAGENET_MEAN", "IMAGENET_STD", "default_palette"]

@@ -50,9 +50,9 @@ conventions are implemented; ``mode="paper"`` picks the one each paper used:
       ``mean``: ``numel(output)``; ``leaky_relu``: ``numel(output)``;
     * free: ``add``, ``div``, ``relu``, ``gelu``, ``softmax``, reshapes, ``cat``, dropout.
 
-``"paper"`` (default) — ``"mmcv"`` for models with a MiT encoder (SegFormer, whose numbers come
-    from the NVlabs script) and ``"torchprofile"`` for models with an MSCAN encoder (SegNeXt);
-    ``"torch"`` for anything else (e.g. RSSeg, whose counter is not published).
+``"paper"`` (default) — the convention of the model's family (``Family.flops_convention``):
+    ``"mmcv"`` for SegFormer (whose numbers come from the NVlabs script), ``"torchprofile"`` for
+    SegNeXt; ``"torch"`` for RSSeg (whose counter is not published) and for models without a family.
 
 Why these choices (checked against the papers at 512×512 and 2048×1024, see
 ``docs/model_zoo.md``): SegNeXt's figures include the NMF ``bmm`` iterations (7 eval steps +
@@ -247,18 +247,14 @@ def _mmcv_rule(module: nn.Module):
 def paper_mode(model: nn.Module) -> str:
     """The convention of the paper that published ``model``'s architecture (see module docstring).
 
-    ``"mmcv"`` if the model contains a MiT encoder (SegFormer), ``"torchprofile"`` if it contains an
-    MSCAN encoder (SegNeXt), else ``"torch"``.
+    The ``flops_convention`` of the model's family (:class:`~segkit.models.family.Family`, found
+    by the model's ``family`` attribute): ``"mmcv"`` for SegFormer, ``"torchprofile"`` for
+    SegNeXt, ``"torch"`` for RSSeg and for models without a family.
     """
-    from segkit.models.mit import MixVisionTransformer
-    from segkit.models.mscan import MSCAN
+    from segkit.models.zoo import family_of
 
-    kinds = {type(m) for m in model.modules()}
-    if MixVisionTransformer in kinds:
-        return "mmcv"
-    if MSCAN in kinds:
-        return "torchprofile"
-    return "torch"
+    family = family_of(model)
+    return family.flops_convention if family is not None else "torch"
 
 
 def count_flops(model: nn.Module, shape: Sequence[int] = (512, 512), batch: int = 1, mode: str = "paper",

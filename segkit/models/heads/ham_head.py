@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..contract import DecodeHead, Features
 from ..layers import ConvModule
 
 
@@ -185,7 +186,7 @@ class Hamburger(nn.Module):
         return F.relu(x + enjoy)
 
 
-class LightHamHead(nn.Module):
+class LightHamHead(DecodeHead):
     """SegNeXt decode head (paper §3.2; architectures.md §2.3).
 
     Args:
@@ -197,8 +198,8 @@ class LightHamHead(nn.Module):
         num_groups: GroupNorm groups (32).
         in_index: which backbone outputs to use (``(1, 2, 3)``: strides 8, 16, 32).
 
-    Forward: list of the backbone's feature maps ``(B, C_i, H_i, W_i)`` (all 4); the
-    ``in_index`` ones are resized (bilinear, align_corners=False) to the first selected map's
+    Forward: :class:`~segkit.models.contract.Features` whose ``stages`` are the backbone's
+    feature maps ``(B, C_i, H_i, W_i)`` (all 4); the ``in_index`` ones are resized (bilinear, align_corners=False) to the first selected map's
     size (stride 8), concatenated in order, then ``squeeze`` (1×1 conv + GN + ReLU) →
     Hamburger → ``align`` (1×1 conv + GN + ReLU) → Dropout2d → ``conv_seg`` (1×1).
     Returns logits ``(B, K, H_2, W_2)`` (output stride 8).
@@ -237,10 +238,11 @@ class LightHamHead(nn.Module):
         nn.init.normal_(self.conv_seg.weight, 0.0, 0.01)
         nn.init.zeros_(self.conv_seg.bias)
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        if len(features) <= max(self.in_index):
-            raise ValueError(f"LightHamHead uses feature indices {self.in_index} but got {len(features)} feature maps")
-        feats = [features[i] for i in self.in_index]
+    def forward(self, features: Features) -> torch.Tensor:
+        stages = features.stages
+        if len(stages) <= max(self.in_index):
+            raise ValueError(f"LightHamHead uses feature indices {self.in_index} but got {len(stages)} feature maps")
+        feats = [stages[i] for i in self.in_index]
         for f, c in zip(feats, self.in_channels):
             if f.ndim != 4 or f.shape[1] != c:
                 raise ValueError(f"LightHamHead expected features with channels {self.in_channels}, "

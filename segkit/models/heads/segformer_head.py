@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..contract import DecodeHead, Features
 from ..layers import ConvModule, init_weights_reference
 
 
@@ -34,7 +35,7 @@ class MLP(nn.Module):
         return x.view(b, h, w, -1).permute(0, 3, 1, 2)
 
 
-class SegFormerHead(nn.Module):
+class SegFormerHead(DecodeHead):
     """All-MLP decoder: unify channels, upsample to 1/4, fuse, classify (paper eq. 4).
 
     Steps (architectures.md §1.3): ``linear_c{i}`` = Linear(C_i, E) on each stage's tokens;
@@ -50,7 +51,8 @@ class SegFormerHead(nn.Module):
             ``BaseDecodeHead`` uses ``Dropout2d``, Hugging Face uses element-wise ``Dropout``;
             we follow the official code).
 
-    Input: list of 4 tensors ``(B, C_i, H_i, W_i)`` (MiT outputs, strides 4–32). Output:
+    Input: :class:`~segkit.models.contract.Features` whose ``stages`` are 4 tensors
+    ``(B, C_i, H_i, W_i)`` (MiT outputs, strides 4–32). Output:
     logits ``(B, K, H_1, W_1)`` float, i.e. at 1/4 of the image size.
 
     Initialisation (the papers are silent; we follow the official code): ``linear_c{i}`` and
@@ -73,7 +75,8 @@ class SegFormerHead(nn.Module):
         self.linear_pred = nn.Conv2d(embed_dim, num_classes, kernel_size=1)
         self.linear_fuse.apply(init_weights_reference)
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: Features) -> torch.Tensor:
+        features = features.stages
         if len(features) != 4:
             raise ValueError(f"SegFormerHead expects 4 feature maps, got {len(features)}")
         size = features[0].shape[-2:]

@@ -1,13 +1,39 @@
-"""RSSeg — representation separation for semantic segmentation with ViTs (Hong et al., rsseg.md).
+"""The RSSeg family: representation separation for semantic segmentation with ViTs (Hong et al.).
 
-Modules: :mod:`.two_pathway` (overlapping patch embedding, LSB, LHF, attention-guided fusion),
-:mod:`.sasm` (spatially adaptive separation module), :mod:`.dca` (discriminative
-cross-attention decoder and its two auxiliary losses), :mod:`.head` (plain-ViT RSSeg),
-:mod:`.pyramid` (CSWin RSSeg with boundary loss), :mod:`.baselines` (ViT-Linear, Segmenter),
-:mod:`.builders` (zoo entries and ablation presets). Design notes: ``docs/rsseg.md``.
+RSSeg on plain ViT/BEiT and on CSWin, with its plain-ViT baselines (ViT-Linear, BEiT-Linear,
+Segmenter). Everything about the family, in reading order:
+
+* :mod:`.builders` — variants (RSSeg Table 3), the architecture dataclasses, the builders and
+  the ablation presets (Tables 4–8);
+* :mod:`.paper` — the paper's parameter / GFLOP figures (Tables 4, 5, 7, 9, 11, 12). The paper
+  does not say which counter it used; ``flops_convention = "torch"`` (FlopCounterMode, with
+  CPU attention) reproduces every figure within 2 % (``docs/model_zoo.md``);
+* :mod:`.configs` — the shipped training configs (§4.2–4.4);
+* :mod:`.convert` — ViT / BEiT / CSWin checkpoints of every public naming.
+
+The network modules live with the other encoders and heads:
+:mod:`segkit.models.backbones.tapped` (the encoders with taps) and :mod:`segkit.models.heads.rsseg`
+(LSB, LHF, attention-guided fusion, SASM, DCA). Design notes: ``docs/rsseg.md``.
 """
+from ..family import Family
 from .builders import (PLAIN_ABLATIONS, PLAIN_VARIANTS, PYRAMID_ABLATIONS, PYRAMID_VARIANTS, RSSEG_MODELS,
                        build_linear, build_rsseg_plain, build_rsseg_pyramid, build_segmenter)
+from .configs import configs
+from .convert import convert
+from .paper import PAPER_ROWS
 
-__all__ = ["RSSEG_MODELS", "PLAIN_VARIANTS", "PYRAMID_VARIANTS", "PLAIN_ABLATIONS", "PYRAMID_ABLATIONS",
-           "build_rsseg_plain", "build_rsseg_pyramid", "build_linear", "build_segmenter"]
+FAMILY = Family(
+    name="rsseg",
+    paper="Representation Separation for Semantic Segmentation with Vision Transformers (Hong et al., arXiv 2212.13764, 2022)",
+    models=RSSEG_MODELS,
+    convert=convert,
+    flops_convention="torch",
+    paper_rows=PAPER_ROWS,
+    configs=configs,
+    citation="@article{hong2022rsseg, title={Representation Separation for Semantic Segmentation with Vision "
+             "Transformers}, author={Hong, Yuanduo and Pan, Huihui and Sun, Weichao and Yu, Xinghu and Gao, "
+             "Huijun}, journal={arXiv preprint arXiv:2212.13764}, year={2022}}",
+)
+
+__all__ = ["FAMILY", "RSSEG_MODELS", "PLAIN_VARIANTS", "PYRAMID_VARIANTS", "PLAIN_ABLATIONS", "PYRAMID_ABLATIONS",
+           "build_rsseg_plain", "build_rsseg_pyramid", "build_linear", "build_segmenter", "PAPER_ROWS"]

@@ -1,31 +1,36 @@
 """Zoo builders for RSSeg (plain ViT/BEiT and CSWin) and its plain-ViT baselines.
 
-Each builder takes ``num_classes`` plus architecture switches (recorded in ``Segmentor.arch``
-so that ``from_pretrained`` rebuilds the same network) and the zoo's metadata keywords
-(``class_names``, ``palette``, ``ignore_index``, ``mean``, ``std``, ``loss_avg``). Unknown
-keywords raise ``TypeError``. Every model gets an ``encoder_prefix`` attribute — where the
-ImageNet encoder lives in the state dict (``backbone.vit.``, ``backbone.cswin.`` or
-``backbone.``) — for :mod:`segkit.checkpoints.rsseg`.
+Each builder takes ``num_classes`` plus its architecture switches — one dataclass per builder
+(:class:`RSSegPlainArch`, :class:`RSSegPyramidArch`, :class:`LinearArch`,
+:class:`SegmenterArch`), which is what ``Segmentor.arch`` records and ``from_pretrained``
+feeds back — and the zoo's metadata keywords (``class_names``, ``palette``, ``ignore_index``,
+``mean``, ``std``, ``loss_avg``). Unknown keywords raise ``TypeError``. Every model gets an
+``encoder_prefix`` attribute — where the ImageNet encoder lives in the state dict
+(``backbone.vit.``, ``backbone.cswin.`` or ``backbone.``) — for :mod:`segkit.models.rsseg.convert`.
 
-Table 3 settings (rsseg.md; "sampling indices start from 0"): ViT-B/BEiT-B taps
-[1, 3, 5, 7], LSB width 256, expand 2, SASM 12 × 64; ViT-L/BEiT-L [3, 7, 11, 15], 384, 2,
-16 × 64; CSWin-T stage-3 interval 3 (taps [2, 5, …, 23]), width 64, expand 4; CSWin-S uses the
-"CSWin-B" row (interval 4, taps [5, 9, …, 37], width 128, expand 2). ViT-Ti (ours, for small
-data sets): the ViT-B taps, width 64, SASM 3 × 64.
+RSSeg Table 3 settings ("sampling indices start from 0"): ViT-B/BEiT-B taps [1, 3, 5, 7], LSB
+width 256, expand 2, SASM 12 × 64; ViT-L/BEiT-L [3, 7, 11, 15], 384, 2, 16 × 64; CSWin-T
+stage-3 interval 3 (taps [2, 5, …, 23]), width 64, expand 4; CSWin-S uses the "CSWin-B" row
+(interval 4, taps [5, 9, …, 37], width 128, expand 2). ViT-Ti (ours, for small data sets): the
+ViT-B taps, width 64, SASM 3 × 64.
 
-Plain ViT/BEiT models normalise with mean = std = 127.5 (AugReg / BEiT / Segmenter
-convention, architectures.md §4.1); CSWin with the ImageNet statistics.
+Plain ViT/BEiT models normalise with mean = std = 127.5 (the AugReg / BEiT / Segmenter
+convention: ``rstrudel/segmenter: segm/data/utils.py``, ``microsoft/unilm: beit/semantic_segmentation
+/configs``); CSWin with the ImageNet statistics.
 
-Ablations (rsseg.md Tables 4–8) are keyword presets: ``build_model("rsseg-vit-b", 150,
+Ablations (RSSeg Tables 4–8) are keyword presets: ``build_model("rsseg-vit-b", 150,
 **PLAIN_ABLATIONS["1-sasm"])``; :data:`PYRAMID_ABLATIONS` for CSWin.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from ..backbones.tapped import PlainEncoder, PyramidEncoder
+from ..family import arch_dict, split_kwargs
 from ..segmentor import Segmentor
 
 PLAIN_MEAN_STD = (127.5, 127.5, 127.5)
@@ -69,15 +74,6 @@ PYRAMID_ABLATIONS: dict[str, dict] = {
 }
 
 
-def _split(kwargs: dict, builder: str) -> tuple[dict, dict]:
-    from ..zoo import _split_meta
-
-    meta, rest = _split_meta(dict(kwargs))
-    if rest:
-        raise TypeError(f"{builder} got unknown argument(s): {sorted(rest)}")
-    return meta, rest
-
-
 def default_plain_taps(depth: int) -> tuple[int, ...]:
     """Four evenly spaced 0-based taps in the first two thirds (Table 3 pattern: 12 → [1, 3, 5, 7],
     24 → [3, 7, 11, 15]); for shallow encoders every block before the last."""
@@ -99,14 +95,13 @@ def pyramid_taps(depths: Sequence[int], interval: int) -> tuple[int, ...]:
 
 
 def _plain_encoder(variant: str, *, img_size, out_indices, drop_path_rate, embed_dim, depth, num_heads):
+    from ..backbones.beit import BEIT_VARIANTS, BEiT
+    from ..backbones.vit import VIT_VARIANTS, VisionTransformer
+
     family, size = variant.split("-")
     if family == "vit":
-        from ..vit import VIT_VARIANTS, VisionTransformer
-
         base, cls, default_dpr = dict(VIT_VARIANTS[variant]), VisionTransformer, 0.1
     else:
-        from ..beit import BEIT_VARIANTS, BEiT
-
         base, cls = dict(BEIT_VARIANTS[size]), BEiT
         default_dpr = base.pop("drop_path_rate")
     for key, value in dict(embed_dim=embed_dim, depth=depth, num_heads=num_heads).items():
@@ -136,58 +131,98 @@ def copy_patch_embed_hook(module, state_dict, prefix, local_metadata, strict, mi
             state_dict[prefix + dst] = state_dict[prefix + src].clone()
 
 
+def _depth_of(variant: str) -> int:
+    from ..backbones.beit import BEIT_VARIANTS
+    from ..backbones.vit import VIT_VARIANTS
+
+    family, size = variant.split("-")
+    return VIT_VARIANTS[variant]["depth"] if family == "vit" else BEIT_VARIANTS[size]["depth"]
+
+
+def _size(img_size):
+    return img_size if isinstance(img_size, int) else list(img_size)
+
+
+def _plain_meta(meta: dict) -> dict:
+    meta.setdefault("mean", PLAIN_MEAN_STD)
+    meta.setdefault("std", PLAIN_MEAN_STD)
+    return meta
+
+
 # ----------------------------------------------------------------------------- RSSeg, plain ViT / BEiT
-def build_rsseg_plain(variant: str, num_classes: int = 150, *, img_size: int | Sequence[int] = 512,
-                      drop_path_rate: float | None = None, embed_dim: int | None = None, depth: int | None = None,
-                      num_heads: int | None = None, taps: Sequence[int] | None = None, lsb_dim: int | None = None,
-                      expand: int | None = None, sasm_groups: int | None = None, num_sasm: int = 2,
-                      two_pathway: bool = True, local_op: str = "lhf", lsb_norm: str = "bn", lsb_act: str = "relu",
-                      fusion: str = "attention", af_norm: str = "bn", filter_norm: str = "softmax",
-                      decoder_layers: int = 1, decoder_heads: int | None = None, decoder_mlp_ratio: float = 4.0,
-                      decoder_dropout: float = 0.0, dca: bool = True, l2_norm: bool | None = None,
-                      q2r_weight: float = 1.0, p2r_weight: float = 1.0, init_inv_scale: float = 10.0,
-                      patch_proj: bool | None = None, label_downsample: str = "area", mask_absent: bool = True,
-                      **kwargs) -> Segmentor:
-    """RSSeg-``variant`` with a plain encoder (ViT-Ti/B/L, BEiT-B/L): rsseg.md §3, Fig. 4a.
+@dataclass
+class RSSegPlainArch:
+    """Architecture switches of RSSeg on a plain ViT/BEiT; ``None`` = the variant / paper default.
 
     ``img_size`` sets the encoder's position-embedding grid / BEiT window (= training crop;
     other sizes are interpolated at run time). ``embed_dim``/``depth``/``num_heads`` override
     the encoder size (tests); ``taps`` are 0-based block indices (Table 3). The other switches
-    are documented in :class:`~segkit.models.rsseg.head.RSSegHead` and
-    :class:`~segkit.models.rsseg.dca.MaskDecoder`; ``None`` means "variant / paper default".
+    are documented in :class:`~segkit.models.heads.rsseg.plain_head.RSSegHead` and
+    :class:`~segkit.models.heads.rsseg.dca.MaskDecoder`.
     """
-    from .head import PlainEncoder, RSSegHead
+
+    img_size: Union[int, Sequence[int]] = 512
+    drop_path_rate: Optional[float] = None
+    embed_dim: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    taps: Optional[Sequence[int]] = None
+    lsb_dim: Optional[int] = None
+    expand: Optional[int] = None
+    sasm_groups: Optional[int] = None
+    num_sasm: int = 2
+    two_pathway: bool = True
+    local_op: str = "lhf"
+    lsb_norm: str = "bn"
+    lsb_act: str = "relu"
+    fusion: str = "attention"
+    af_norm: str = "bn"
+    filter_norm: str = "softmax"
+    decoder_layers: int = 1
+    decoder_heads: Optional[int] = None
+    decoder_mlp_ratio: float = 4.0
+    decoder_dropout: float = 0.0
+    dca: bool = True
+    l2_norm: Optional[bool] = None
+    q2r_weight: float = 1.0
+    p2r_weight: float = 1.0
+    init_inv_scale: float = 10.0
+    patch_proj: Optional[bool] = None
+    label_downsample: str = "area"
+    mask_absent: bool = True
+
+
+def build_rsseg_plain(variant: str, num_classes: int = 150, **kwargs) -> Segmentor:
+    """RSSeg-``variant`` with a plain encoder (ViT-Ti/B/L, BEiT-B/L): RSSeg paper §3, Fig. 4a.
+
+    ``kwargs``: the fields of :class:`RSSegPlainArch` and the ``Segmentor`` metadata.
+    """
+    from ..heads.rsseg.plain_head import RSSegHead
 
     _check_variant(variant, PLAIN_VARIANTS, "RSSeg plain-ViT")
-    meta, _ = _split(kwargs, "build_rsseg_plain")
+    a, meta = split_kwargs(RSSegPlainArch, kwargs, f"rsseg-{variant}")
     d = PLAIN_VARIANTS[variant]
-    if taps is None:
-        taps = d["taps"] if depth is None else default_plain_taps(depth)
-    taps = tuple(int(t) for t in taps)
-    lsb_dim, expand, sasm_groups = lsb_dim or d["lsb_dim"], expand or d["expand"], sasm_groups or d["sasm_groups"]
-    vit, dpr = _plain_encoder(variant, img_size=img_size, out_indices=(*taps, (depth or _depth_of(variant)) - 1),
-                              drop_path_rate=drop_path_rate, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
-    decoder = dict(num_layers=decoder_layers, num_heads=decoder_heads, mlp_ratio=decoder_mlp_ratio,
-                   dropout=decoder_dropout, dca=dca, l2_norm=l2_norm, q2r_weight=q2r_weight, p2r_weight=p2r_weight,
-                   init_inv_scale=init_inv_scale, label_downsample=label_downsample, mask_absent=mask_absent,
-                   ignore_index=meta.get("ignore_index", 255))
-    head = RSSegHead(vit.embed_dim, num_classes, len(taps), patch_size=vit.patch_size, lsb_dim=lsb_dim, expand=expand,
-                     sasm_groups=sasm_groups, num_sasm=num_sasm, two_pathway=two_pathway, local_op=local_op,
-                     lsb_norm=lsb_norm, lsb_act=lsb_act, fusion=fusion, af_norm=af_norm, filter_norm=filter_norm,
-                     decoder=decoder, patch_proj=patch_proj)
-    arch = dict(img_size=img_size if isinstance(img_size, int) else list(img_size), drop_path_rate=dpr,
-                embed_dim=embed_dim, depth=depth, num_heads=num_heads, taps=list(taps), lsb_dim=lsb_dim, expand=expand,
-                sasm_groups=sasm_groups, num_sasm=num_sasm, two_pathway=two_pathway, local_op=local_op,
-                lsb_norm=lsb_norm, lsb_act=lsb_act, fusion=fusion, af_norm=af_norm, filter_norm=filter_norm,
-                decoder_layers=decoder_layers, decoder_heads=decoder_heads, decoder_mlp_ratio=decoder_mlp_ratio,
-                decoder_dropout=decoder_dropout, dca=dca, l2_norm=l2_norm, q2r_weight=q2r_weight,
-                p2r_weight=p2r_weight, init_inv_scale=init_inv_scale, patch_proj=patch_proj,
-                label_downsample=label_downsample, mask_absent=mask_absent)
-    meta.setdefault("mean", PLAIN_MEAN_STD)
-    meta.setdefault("std", PLAIN_MEAN_STD)
-    model = Segmentor(PlainEncoder(vit, len(taps)), head, num_classes, name=f"rsseg-{variant}", arch=arch, **meta)
+    if a.taps is None:
+        a.taps = d["taps"] if a.depth is None else default_plain_taps(a.depth)
+    a.taps = tuple(int(t) for t in a.taps)
+    a.lsb_dim, a.expand, a.sasm_groups = a.lsb_dim or d["lsb_dim"], a.expand or d["expand"], a.sasm_groups or d["sasm_groups"]
+    vit, a.drop_path_rate = _plain_encoder(variant, img_size=a.img_size,
+                                           out_indices=(*a.taps, (a.depth or _depth_of(variant)) - 1),
+                                           drop_path_rate=a.drop_path_rate, embed_dim=a.embed_dim, depth=a.depth,
+                                           num_heads=a.num_heads)
+    a.img_size = _size(a.img_size)
+    decoder = dict(num_layers=a.decoder_layers, num_heads=a.decoder_heads, mlp_ratio=a.decoder_mlp_ratio,
+                   dropout=a.decoder_dropout, dca=a.dca, l2_norm=a.l2_norm, q2r_weight=a.q2r_weight,
+                   p2r_weight=a.p2r_weight, init_inv_scale=a.init_inv_scale, label_downsample=a.label_downsample,
+                   mask_absent=a.mask_absent, ignore_index=meta.get("ignore_index", 255))
+    head = RSSegHead(vit.embed_dim, num_classes, len(a.taps), patch_size=vit.patch_size, lsb_dim=a.lsb_dim,
+                     expand=a.expand, sasm_groups=a.sasm_groups, num_sasm=a.num_sasm, two_pathway=a.two_pathway,
+                     local_op=a.local_op, lsb_norm=a.lsb_norm, lsb_act=a.lsb_act, fusion=a.fusion,
+                     af_norm=a.af_norm, filter_norm=a.filter_norm, decoder=decoder, patch_proj=a.patch_proj)
+    model = Segmentor(PlainEncoder(vit, len(a.taps)), head, num_classes, name=f"rsseg-{variant}", family="rsseg",
+                      arch=arch_dict(a), **_plain_meta(meta))
     model.encoder_prefix = "backbone.vit."
-    if two_pathway:
+    if a.two_pathway:
         model.init_copies = {f"decode_head.local_embed.proj.{p}": f"backbone.vit.patch_embed.proj.{p}"
                              for p in ("weight", "bias")}
         with torch.no_grad():  # same initialisation as the ViT patch embedding (also from scratch)
@@ -197,110 +232,126 @@ def build_rsseg_plain(variant: str, num_classes: int = 150, *, img_size: int | S
     return model
 
 
-def _depth_of(variant: str) -> int:
-    family, size = variant.split("-")
-    if family == "vit":
-        from ..vit import VIT_VARIANTS
-
-        return VIT_VARIANTS[variant]["depth"]
-    from ..beit import BEIT_VARIANTS
-
-    return BEIT_VARIANTS[size]["depth"]
-
-
 # ----------------------------------------------------------------------------- baselines
-def build_linear(variant: str, num_classes: int = 150, *, img_size: int | Sequence[int] = 512,
-                 drop_path_rate: float | None = None, embed_dim: int | None = None, depth: int | None = None,
-                 num_heads: int | None = None, **kwargs) -> Segmentor:
-    """ViT-Linear / BEiT-Linear baseline: encoder + ``Linear(C, K)`` on the last map (Segmenter; rsseg.md Table 4)."""
-    from .baselines import LinearHead
+@dataclass
+class LinearArch:
+    """Architecture switches of ViT-Linear / BEiT-Linear (encoder size overrides; see :class:`RSSegPlainArch`)."""
+
+    img_size: Union[int, Sequence[int]] = 512
+    drop_path_rate: Optional[float] = None
+    embed_dim: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+
+
+@dataclass
+class SegmenterArch(LinearArch):
+    """Architecture switches of Segmenter: the encoder's plus the mask transformer's depth and dropout."""
+
+    decoder_layers: int = 2
+    decoder_dropout: float = 0.1
+
+
+def build_linear(variant: str, num_classes: int = 150, **kwargs) -> Segmentor:
+    """ViT-Linear / BEiT-Linear baseline: encoder + ``Linear(C, K)`` on the last map (Segmenter; RSSeg Table 4)."""
+    from ..heads.vit_baselines import LinearHead
 
     _check_variant(variant, PLAIN_VARIANTS, "ViT-Linear")
-    meta, _ = _split(kwargs, "build_linear")
-    vit, dpr = _plain_encoder(variant, img_size=img_size, out_indices=((depth or _depth_of(variant)) - 1,),
-                              drop_path_rate=drop_path_rate, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
-    arch = dict(img_size=img_size if isinstance(img_size, int) else list(img_size), drop_path_rate=dpr,
-                embed_dim=embed_dim, depth=depth, num_heads=num_heads)
-    meta.setdefault("mean", PLAIN_MEAN_STD)
-    meta.setdefault("std", PLAIN_MEAN_STD)
     family, size = variant.split("-")
+    a, meta = split_kwargs(LinearArch, kwargs, f"{family}-linear-{size}")
+    vit, a.drop_path_rate = _plain_encoder(variant, img_size=a.img_size,
+                                           out_indices=((a.depth or _depth_of(variant)) - 1,),
+                                           drop_path_rate=a.drop_path_rate, embed_dim=a.embed_dim, depth=a.depth,
+                                           num_heads=a.num_heads)
+    a.img_size = _size(a.img_size)
     model = Segmentor(vit, LinearHead(vit.embed_dim, num_classes), num_classes, name=f"{family}-linear-{size}",
-                      arch=arch, **meta)
+                      family="rsseg", arch=arch_dict(a), **_plain_meta(meta))
     model.encoder_prefix = "backbone."
     return model
 
 
-def build_segmenter(variant: str, num_classes: int = 150, *, img_size: int | Sequence[int] = 512,
-                    drop_path_rate: float | None = None, embed_dim: int | None = None, depth: int | None = None,
-                    num_heads: int | None = None, decoder_layers: int = 2, decoder_dropout: float = 0.1,
-                    **kwargs) -> Segmentor:
-    """Segmenter (mask transformer, 2 layers, d = encoder width; architectures.md §4.1)."""
-    from .baselines import SegmenterMaskHead
+def build_segmenter(variant: str, num_classes: int = 150, **kwargs) -> Segmentor:
+    """Segmenter (mask transformer, 2 layers, d = encoder width; ``rstrudel/segmenter: segm/model/decoder.py``)."""
+    from ..heads.vit_baselines import SegmenterMaskHead
 
     _check_variant(variant, PLAIN_VARIANTS, "Segmenter")
-    meta, _ = _split(kwargs, "build_segmenter")
-    vit, dpr = _plain_encoder(variant, img_size=img_size, out_indices=((depth or _depth_of(variant)) - 1,),
-                              drop_path_rate=drop_path_rate, embed_dim=embed_dim, depth=depth, num_heads=num_heads)
-    head = SegmenterMaskHead(vit.embed_dim, num_classes, num_layers=decoder_layers, dropout=decoder_dropout)
-    arch = dict(img_size=img_size if isinstance(img_size, int) else list(img_size), drop_path_rate=dpr,
-                embed_dim=embed_dim, depth=depth, num_heads=num_heads, decoder_layers=decoder_layers,
-                decoder_dropout=decoder_dropout)
-    meta.setdefault("mean", PLAIN_MEAN_STD)
-    meta.setdefault("std", PLAIN_MEAN_STD)
-    model = Segmentor(vit, head, num_classes, name=f"segmenter-{variant}", arch=arch, **meta)
+    a, meta = split_kwargs(SegmenterArch, kwargs, f"segmenter-{variant}")
+    vit, a.drop_path_rate = _plain_encoder(variant, img_size=a.img_size,
+                                           out_indices=((a.depth or _depth_of(variant)) - 1,),
+                                           drop_path_rate=a.drop_path_rate, embed_dim=a.embed_dim, depth=a.depth,
+                                           num_heads=a.num_heads)
+    a.img_size = _size(a.img_size)
+    head = SegmenterMaskHead(vit.embed_dim, num_classes, num_layers=a.decoder_layers, dropout=a.decoder_dropout)
+    model = Segmentor(vit, head, num_classes, name=f"segmenter-{variant}", family="rsseg", arch=arch_dict(a),
+                      **_plain_meta(meta))
     model.encoder_prefix = "backbone."
     return model
 
 
 # ----------------------------------------------------------------------------- RSSeg, CSWin
-def build_rsseg_pyramid(variant: str, num_classes: int = 19, *, drop_path_rate: float | None = None,
-                        embed_dim: int | None = None, depths: Sequence[int] | None = None,
-                        num_heads: Sequence[int] | None = None, split_size: Sequence[int] | None = None,
-                        taps: Sequence[int] | None = None, tap_interval: int | None = None, dim: int | None = None,
-                        expand: int | None = None, local_path: bool = True, local_op: str = "lhf",
-                        lsb_norm: str = "bn", lsb_act: str = "relu", fusion: str = "attention", af_norm: str = "bn",
-                        fusion_head: str = "concat_mlp", head_dim: int = 512, dropout: float = 0.1,
-                        boundary_weight: float = 0.4, boundary_loss: str = "bce_dice", **kwargs) -> Segmentor:
-    """RSSeg-CSWin-``T/S``: CSWin + local path + MLP fusion head + boundary loss (rsseg.md Fig. 4b, eq. 17).
+@dataclass
+class RSSegPyramidArch:
+    """Architecture switches of RSSeg on CSWin; ``None`` = the variant / paper default.
 
     ``taps`` (0-based global block indices, Table 3) default to :func:`pyramid_taps` with the
     variant's ``tap_interval``. ``embed_dim``/``depths``/``num_heads``/``split_size`` override
-    the encoder size (tests). Other switches: :class:`~segkit.models.rsseg.pyramid.PyramidHead`.
+    the encoder size (tests). Other switches:
+    :class:`~segkit.models.heads.rsseg.pyramid_head.PyramidHead`.
     """
-    from ..cswin import CSWIN_VARIANTS, CSWin
-    from .pyramid import PyramidEncoder, PyramidHead
+
+    drop_path_rate: Optional[float] = None
+    embed_dim: Optional[int] = None
+    depths: Optional[Sequence[int]] = None
+    num_heads: Optional[Sequence[int]] = None
+    split_size: Optional[Sequence[int]] = None
+    taps: Optional[Sequence[int]] = None
+    tap_interval: Optional[int] = None
+    dim: Optional[int] = None
+    expand: Optional[int] = None
+    local_path: bool = True
+    local_op: str = "lhf"
+    lsb_norm: str = "bn"
+    lsb_act: str = "relu"
+    fusion: str = "attention"
+    af_norm: str = "bn"
+    fusion_head: str = "concat_mlp"
+    head_dim: int = 512
+    dropout: float = 0.1
+    boundary_weight: float = 0.4
+    boundary_loss: str = "bce_dice"
+
+
+def build_rsseg_pyramid(variant: str, num_classes: int = 19, **kwargs) -> Segmentor:
+    """RSSeg-CSWin-``T/S``: CSWin + local path + MLP fusion head + boundary loss (RSSeg Fig. 4b, eq. 17).
+
+    ``kwargs``: the fields of :class:`RSSegPyramidArch` and the ``Segmentor`` metadata.
+    """
+    from ..backbones.cswin import CSWIN_VARIANTS, CSWin
+    from ..heads.rsseg.pyramid_head import PyramidHead
 
     _check_variant(variant, PYRAMID_VARIANTS, "RSSeg pyramid")
-    meta, _ = _split(kwargs, "build_rsseg_pyramid")
+    a, meta = split_kwargs(RSSegPyramidArch, kwargs, f"rsseg-{variant}")
     d = PYRAMID_VARIANTS[variant]
     enc = dict(CSWIN_VARIANTS[variant.split("-")[1]])
-    for key, value in dict(embed_dim=embed_dim, depths=depths, num_heads=num_heads, split_size=split_size,
-                           drop_path_rate=drop_path_rate).items():
+    for key in ("embed_dim", "depths", "num_heads", "split_size", "drop_path_rate"):
+        value = getattr(a, key)
         if value is not None:
             enc[key] = tuple(value) if isinstance(value, (list, tuple)) else value
-    tap_interval = tap_interval or d["tap_interval"]
-    if taps is None:
-        taps = pyramid_taps(enc["depths"], tap_interval)
-    taps = tuple(int(t) for t in taps) if local_path else ()
-    cswin = CSWin(**enc, tap_blocks=taps, tap_base=0)
-    dim, expand = dim or d["dim"], expand or d["expand"]
-    head = PyramidHead(cswin.out_channels, cswin.tap_channels, num_classes, dim=dim, expand=expand,
-                       local_path=local_path, local_op=local_op, lsb_norm=lsb_norm, lsb_act=lsb_act, fusion=fusion,
-                       af_norm=af_norm, fusion_head=fusion_head, head_dim=head_dim, dropout=dropout,
-                       boundary_weight=boundary_weight, boundary_loss=boundary_loss,
+    a.drop_path_rate = enc["drop_path_rate"]
+    a.tap_interval = a.tap_interval or d["tap_interval"]
+    taps = a.taps if a.taps is not None else pyramid_taps(enc["depths"], a.tap_interval)
+    a.taps = tuple(int(t) for t in taps) if a.local_path else ()
+    cswin = CSWin(**enc, tap_blocks=a.taps, tap_base=0)
+    a.dim, a.expand = a.dim or d["dim"], a.expand or d["expand"]
+    head = PyramidHead(cswin.out_channels, cswin.tap_channels, num_classes, dim=a.dim, expand=a.expand,
+                       local_path=a.local_path, local_op=a.local_op, lsb_norm=a.lsb_norm, lsb_act=a.lsb_act,
+                       fusion=a.fusion, af_norm=a.af_norm, fusion_head=a.fusion_head, head_dim=a.head_dim,
+                       dropout=a.dropout, boundary_weight=a.boundary_weight, boundary_loss=a.boundary_loss,
                        ignore_index=meta.get("ignore_index", 255))
-    arch = dict(drop_path_rate=enc["drop_path_rate"], embed_dim=embed_dim, depths=_lst(depths),
-                num_heads=_lst(num_heads), split_size=_lst(split_size), taps=list(taps), tap_interval=tap_interval,
-                dim=dim, expand=expand, local_path=local_path, local_op=local_op, lsb_norm=lsb_norm, lsb_act=lsb_act,
-                fusion=fusion, af_norm=af_norm, fusion_head=fusion_head, head_dim=head_dim, dropout=dropout,
-                boundary_weight=boundary_weight, boundary_loss=boundary_loss)
-    model = Segmentor(PyramidEncoder(cswin), head, num_classes, name=f"rsseg-{variant}", arch=arch, **meta)
+    model = Segmentor(PyramidEncoder(cswin), head, num_classes, name=f"rsseg-{variant}", family="rsseg",
+                      arch=arch_dict(a), **meta)
     model.encoder_prefix = "backbone.cswin."
     return model
-
-
-def _lst(value):
-    return list(value) if value is not None else None
 
 
 RSSEG_MODELS: dict[str, Callable[..., Segmentor]] = {
@@ -312,5 +363,6 @@ RSSEG_MODELS: dict[str, Callable[..., Segmentor]] = {
 }
 
 __all__ = ["RSSEG_MODELS", "PLAIN_VARIANTS", "PYRAMID_VARIANTS", "PLAIN_ABLATIONS", "PYRAMID_ABLATIONS",
+           "RSSegPlainArch", "RSSegPyramidArch", "LinearArch", "SegmenterArch",
            "build_rsseg_plain", "build_rsseg_pyramid", "build_linear", "build_segmenter", "default_plain_taps",
            "pyramid_taps", "copy_patch_embed_hook"]

@@ -1,4 +1,4 @@
-"""The RSSeg paper's parameter and GFLOP figures, as model specs (rsseg.md Tables 4, 5, 7, 9).
+"""The RSSeg paper's parameter and GFLOP figures, as model specs (RSSeg Tables 4, 5, 7, 9).
 
 One row per figure the paper reports (plus the two CamVid ViT-Ti models, no paper figure): which
 zoo model, builder keywords, number of classes and square input side reproduce it. Used by
@@ -7,23 +7,31 @@ GFLOPs are multiply-adds at the given input (the paper's convention; ``count_flo
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
-
+from ..family import PaperRow
 from .builders import PLAIN_ABLATIONS as A
 from .builders import PYRAMID_ABLATIONS as P
 
 
-class PaperRow(NamedTuple):
-    label: str
-    model: str
-    kwargs: dict
-    classes: int
-    side: int
-    params_m: Optional[float]   # paper parameters in millions, None where the paper gives none
-    gflops: Optional[float]     # paper GFLOPs, None where the paper gives none
+def _source(label: str) -> str:
+    for table in ("Table 5", "Table 7"):
+        if table in label:
+            return f"RSSeg {table}"
+    if "ADE, 512" in label or label.startswith("+"):
+        return "RSSeg Table 4"
+    if "City" in label:
+        return "RSSeg Table 9"
+    if "Context" in label:
+        return "RSSeg Table 12"
+    if "ADE, 640" in label:
+        return "RSSeg Table 11"
+    return "ours (no paper figure)"
 
 
-PAPER_ROWS: list[PaperRow] = [PaperRow(*r) for r in [
+def _row(label, model, kwargs, classes, side, params_m, gflops):
+    return PaperRow(label, model, kwargs, classes, (side, side), params_m, gflops, _source(label))
+
+
+PAPER_ROWS: tuple[PaperRow, ...] = tuple(_row(*r) for r in [
     ("ViT-Linear-B (ADE, 512²)", "vit-linear-b", {}, 150, 512, 86.6, 107.2),
     ("+ transformer decoder", "rsseg-vit-b", A["transformer-decoder"], 150, 512, 95.5, 110.7),
     ("+ decoupled two-pathway network", "rsseg-vit-b", A["two-pathway"], 150, 512, 99.7, 129.5),
@@ -52,6 +60,6 @@ PAPER_ROWS: list[PaperRow] = [PaperRow(*r) for r in [
     ("BEiT-Linear-L (ADE, 640²)", "beit-linear-l", dict(img_size=640), 150, 640, None, 613),
     ("RSSeg-ViT-Ti (CamVid, 352², K 11)", "rsseg-vit-ti", dict(img_size=352), 11, 352, None, None),
     ("ViT-Linear-Ti (CamVid, 352², K 11)", "vit-linear-ti", dict(img_size=352), 11, 352, None, None),
-]]
+])
 
-__all__ = ["PaperRow", "PAPER_ROWS"]
+__all__ = ["PAPER_ROWS"]

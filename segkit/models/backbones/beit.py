@@ -30,7 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import DropPath, drop_path_rates, init_trunc_normal
+from ..contract import Features
+from ..layers import DropPath, drop_path_rates, init_trunc_normal
 from .vit import Mlp, PatchEmbed, check_out_indices, layer_id_bert, pad_to_multiple, to_2tuple
 
 # architectures.md §4.3 (mmseg UPerNet BEiT configs): layer-scale init and stochastic depth per size.
@@ -269,7 +270,7 @@ class BEiT(nn.Module):
 
     Input ``(B, in_chans, H, W)``; H, W not multiples of p are zero-padded bottom/right.
     Output: list of ``(B, C, ceil(H/p), ceil(W/p))`` maps (cls token dropped), one per
-    ``out_indices``. Attributes as :class:`~segkit.models.vit.VisionTransformer`
+    ``out_indices``. Attributes as :class:`~segkit.models.backbones.vit.VisionTransformer`
     (``embed_dim``, ``patch_size``, ``num_layers``, ``out_indices``, ``img_size``,
     ``window_size``; :meth:`layer_id`).
 
@@ -318,7 +319,7 @@ class BEiT(nn.Module):
         """0 for cls_token/patch_embed, ``i + 1`` for ``blocks.i``, else ``num_layers + 1`` (BEiT lr decay)."""
         return layer_id_bert(param_name, self.num_layers)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> Features:
         if x.ndim != 4:
             raise ValueError(f"expected input of shape (B, C, H, W), got {tuple(x.shape)}")
         x, (h, w) = self.patch_embed(pad_to_multiple(x, self.patch_size))
@@ -330,7 +331,7 @@ class BEiT(nn.Module):
             if i in self.out_indices:
                 y = self.norm(x) if i == self.num_layers - 1 else x
                 outs.append(y[:, 1:].transpose(1, 2).reshape(b, self.embed_dim, h, w))
-        return outs
+        return Features(stages=outs)
 
 
 __all__ = ["BEIT_VARIANTS", "BEiT", "relative_position_index", "resize_rel_pos_table", "geometric_spline_weights",

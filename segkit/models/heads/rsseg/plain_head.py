@@ -1,12 +1,12 @@
-"""RSSeg with plain ViTs (rsseg.md Fig. 4a): encoder wrapper and decode head.
+"""RSSeg's decode head for plain ViTs (RSSeg paper Fig. 4a, §3.2–3.5).
 
 Split between ``Segmentor.backbone`` and ``Segmentor.decode_head`` (our choice):
 
-* ``backbone`` = :class:`PlainEncoder`, which holds only the pretrained ViT/BEiT (at
-  ``backbone.vit``) and returns the image together with the tapped block outputs. Every
-  parameter under ``backbone.`` is therefore an ImageNet-pretrained encoder weight, so
-  encoder-only checkpoints load strictly and layer-wise lr decay applies to exactly the
-  encoder.
+* ``backbone`` = :class:`~segkit.models.backbones.tapped.PlainEncoder`, which holds only the
+  pretrained ViT/BEiT (at ``backbone.vit``) and returns the padded image together with the
+  tapped block outputs. Every parameter under ``backbone.`` is therefore an ImageNet-pretrained
+  encoder weight, so encoder-only checkpoints load strictly and layer-wise lr decay applies to
+  exactly the encoder.
 * ``decode_head`` = :class:`RSSegHead`: everything randomly initialised — the local path
   (overlapping patch embedding, LSBs, AF), the SASMs, and the transformer decoder with DCA
   (``decode_head.decoder.*``, which the paper's recipe keeps at the base lr).
@@ -25,48 +25,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..vit import pad_to_multiple
+from ...contract import DecodeHead, Features, SegLoss
 from .dca import MaskDecoder
 from .sasm import SASM
 from .two_pathway import AttentionFusion, ConvBN, LocalPath, OverlapPatchEmbed, init_local_weights
 
 
-class PlainEncoder(nn.Module):
-    """Wraps a plain ViT/BEiT whose ``out_indices`` are ``taps + (depth − 1,)``.
-
-    ``forward(images (B, 3, H, W))`` pads the image to a multiple of the patch size (bottom /
-    right zeros, as the ViT does) and returns ``{"image": padded (B, 3, H', W'), "taps": [n ×
-    (B, C, H'/16, W'/16)], "last": (B, C, H'/16, W'/16)}`` (``last`` after the final norm).
-    Exposes ``num_layers`` and ``layer_id(name)`` (names relative to the wrapper, e.g.
-    ``vit.blocks.3.attn.qkv.weight``) for layer-wise lr decay.
-    """
-
-    def __init__(self, vit: nn.Module, num_taps: int):
-        super().__init__()
-        if len(vit.out_indices) != num_taps + 1 or vit.out_indices[-1] != vit.num_layers - 1:
-            raise ValueError(f"encoder out_indices {list(vit.out_indices)} must be the {num_taps} taps followed by "
-                             f"the last block {vit.num_layers - 1}")
-        self.vit = vit
-        self.num_taps = int(num_taps)
-
-    @property
-    def num_layers(self) -> int:
-        return self.vit.num_layers
-
-    @property
-    def embed_dim(self) -> int:
-        return self.vit.embed_dim
-
-    def layer_id(self, name: str) -> int:
-        return self.vit.layer_id(name)
-
-    def forward(self, images: torch.Tensor) -> dict:
-        x = pad_to_multiple(images, self.vit.patch_size)
-        maps = self.vit(x)
-        return {"image": x, "taps": maps[:-1], "last": maps[-1]}
-
-
-class RSSegHead(nn.Module):
+class RSSegHead(DecodeHead):
     """Two-pathway local path + SASMs + DCA transformer decoder (rsseg.md §3.2–3.5).
 
     Args:
@@ -83,7 +48,7 @@ class RSSegHead(nn.Module):
             decoder" row).
         local_op, lsb_norm, lsb_act, fusion, af_norm: :class:`LocalPath` switches.
         filter_norm: SASM filter normalisation (``"softmax"`` or ``"filter_norm"``).
-        decoder: keyword arguments of :class:`~segkit.models.rsseg.dca.MaskDecoder`
+        decoder: keyword arguments of :class:`~segkit.models.heads.rsseg.dca.MaskDecoder`
             (``num_layers``, ``num_heads``, ``dca``, ``l2_norm``, loss weights …).
         patch_proj: Segmenter's patch projection before the mask product; ``None`` = only when
             there is no SASM (then the patch map is the decoder input, as in Segmenter; with
@@ -95,9 +60,10 @@ class RSSegHead(nn.Module):
     gate pools both maps and whose gated local map is lifted to C (``final_fusion``); the
     result is the decoder input and patch map.
 
-    Input: the dict of :class:`PlainEncoder`. :meth:`forward` returns logits ``(B, K, H'/4,
-    W'/4)`` (``H'/8`` with 1 SASM, 1/8 or 1/16 without SASMs); :meth:`forward_train` also
-    takes ``labels (B, H, W)`` and returns ``(logits, {"loss_q2r", "loss_p2r"})`` (weighted).
+    Input: the :class:`~segkit.models.contract.Features` of
+    :class:`~segkit.models.backbones.tapped.PlainEncoder` (last map, taps, padded image).
+    :meth:`forward` returns logits ``(B, K, H'/4, W'/4)`` (``H'/8`` with 1 SASM, 1/8 or 1/16
+    without SASMs); :meth:`loss` adds the weighted DCA losses ``loss_q2r`` and ``loss_p2r``.
     """
 
     def __init__(self, embed_dim: int, num_classes: int, num_taps: int, *, patch_size: int = 16, lsb_dim: int = 256,
@@ -131,13 +97,13 @@ class RSSegHead(nn.Module):
             patch_proj = num_sasm == 0
         self.decoder = MaskDecoder(embed_dim, embed_dim, num_classes, patch_proj=patch_proj, **(decoder or {}))
 
-    def _run(self, feats: dict, labels: torch.Tensor | None):
-        last, image = feats["last"], feats["image"]
+    def _run(self, feats: Features, labels: torch.Tensor | None):
+        last, image = feats.stages[-1], feats.image
         patches = None
         if not self.two_pathway:
             tokens = last
         else:
-            outs = self.local(self.local_embed(image), feats["taps"])
+            outs = self.local(self.local_embed(image), feats.taps)
             if self.num_sasm == 0:
                 up = F.interpolate(last, size=outs[-1].shape[-2:], mode="bilinear", align_corners=False)
                 tokens = self.final_fusion(outs[-1], up)
@@ -146,8 +112,10 @@ class RSSegHead(nn.Module):
                 patches = self.sasm2(outs[-2], tokens) if self.num_sasm == 2 else tokens
         return self.decoder(tokens, patches, labels, tuple(image.shape[-2:]))
 
-    def forward(self, feats: dict) -> torch.Tensor:
-        return self._run(feats, None)[0]
+    def forward(self, features: Features) -> torch.Tensor:
+        return self._run(features, None)[0]
 
-    def forward_train(self, feats: dict, labels: torch.Tensor):
-        return self._run(feats, labels)
+    def loss(self, features: Features, labels: torch.Tensor, seg_loss: SegLoss) -> dict[str, torch.Tensor]:
+        """``loss_seg`` on the masks plus the weighted DCA losses ``loss_q2r`` / ``loss_p2r`` (eqs. 13–16)."""
+        logits, aux = self._run(features, labels)
+        return {"loss_seg": seg_loss(logits, labels), **aux}

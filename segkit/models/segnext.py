@@ -1,14 +1,27 @@
-"""Convert SegNeXt / MSCAN checkpoints to segkit's names (architectures.md §0.6, §5.4).
+"""The SegNeXt family: MSCAN encoder + LightHamHead, T/S/B/L (Guo et al., NeurIPS 2022).
 
-segkit's SegNeXt names *are* the official SegNeXt names, so most files pass through. Formats,
-detected from the key names:
+Everything segkit knows about SegNeXt lives here, in reading order:
+
+1. **Variants** (:data:`VARIANTS`): encoder and head settings per size, from the official
+   configs (``Visual-Attention-Network/SegNeXt: local_configs/segnext/{tiny,small,base,large}/*.py``;
+   paper Tab. 2): stage widths / depths / MLP ratios, the encoder's drop-path rate (0.1, L: 0.3),
+   the head width (``ham_channels`` = ``channels``: 256 / 256 / 512 / 1024) and the NMF rank
+   ``MD_R`` (16 / 16 / 64 / 64).
+2. **Builder** (:func:`build_segnext`) with its architecture switches (:class:`SegNeXtArch`).
+3. **Paper figures** (:data:`PAPER_ROWS`): parameters and GFLOPs of SegNeXt Tab. 9 (and the
+   Cityscapes column). SegNeXt's figures come from ``tools/get_flops.py``, which runs
+   ``torchprofile.profile_macs``: ``flops_convention = "torchprofile"`` (:mod:`segkit.tools.flops`).
+4. **Configs** (:func:`configs`): the paper's recipes for the shipped YAML files.
+5. **Checkpoint conversion** (:func:`convert`). segkit's SegNeXt names *are* the official
+   names (``mmseg/models/backbones/mscan.py``, ``mmseg/models/decode_heads/ham_head.py``), so
+   most files pass through. Formats, detected from the key names:
 
 ===========================  =================================================================
 format                       recognised by / what happens
 ===========================  =================================================================
 ``segnext``                  ``backbone.…mlp.dwconv.dwconv.*`` (official SegNeXt release, mmseg
                              0.x, JSeg-converted, segkit's own): passed through
-``mmseg-segnext``            mmseg 1.x names ``backbone.…mlp.dwconv.{weight,bias}`` (PR #2653):
+``mmseg-segnext``            mmseg 1.x names ``backbone.…mlp.dwconv.{weight,bias}`` (mmseg PR #2653):
                              renamed to ``mlp.dwconv.dwconv.*``; everything else is identical
 ``mscan-imagenet``           ImageNet ``mscan_{t,s,b,l}.pth``: MSCAN keys without ``backbone.``
                              (``patch_embed1.…``, ``block1.0.…``, ``norm1.…``): prefix added;
@@ -23,27 +36,127 @@ places are kept under their original names so that
 :func:`segkit.checkpoints.load_checkpoint` reports them as unexpected. Before anything is
 loaded the stage depths and widths read from the keys are compared with the model's, so a
 checkpoint of another variant (e.g. SegNeXt-B into SegNeXt-T) or of another family (SegFormer)
-raises :class:`~segkit.checkpoints.CheckpointError` with both configurations in the message.
+raises :class:`~segkit.errors.CheckpointError` with both configurations in the message.
 """
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from functools import partial
+from typing import Optional
 
 import torch
 
-from . import CheckpointError
+from segkit.errors import CheckpointError
 
+from .backbones.mscan import MSCAN
+from .family import Family, PaperRow, arch_dict, split_kwargs
+from .heads.ham_head import LightHamHead
+from .segmentor import Segmentor
+
+# ---------------------------------------------------------------------------- 1. variants
+VARIANTS: dict[str, dict] = {
+    "t": dict(encoder=dict(embed_dims=(32, 64, 160, 256), depths=(3, 3, 5, 2), mlp_ratios=(8, 8, 4, 4)),
+              drop_path_rate=0.1, ham_channels=256, md_r=16),
+    "s": dict(encoder=dict(embed_dims=(64, 128, 320, 512), depths=(2, 2, 4, 2), mlp_ratios=(8, 8, 4, 4)),
+              drop_path_rate=0.1, ham_channels=256, md_r=16),
+    "b": dict(encoder=dict(embed_dims=(64, 128, 320, 512), depths=(3, 3, 12, 3), mlp_ratios=(8, 8, 4, 4)),
+              drop_path_rate=0.1, ham_channels=512, md_r=64),
+    "l": dict(encoder=dict(embed_dims=(64, 128, 320, 512), depths=(3, 5, 27, 3), mlp_ratios=(8, 8, 4, 4)),
+              drop_path_rate=0.3, ham_channels=1024, md_r=64),
+}
+# The MSCAN encoders alone (the ImageNet ``mscan_*`` models), a view of VARIANTS.
+MSCAN_VARIANTS: dict[str, dict] = {k: v["encoder"] for k, v in VARIANTS.items()}
+
+
+# ---------------------------------------------------------------------------- 2. builder
+@dataclass
+class SegNeXtArch:
+    """Architecture switches of a SegNeXt (saved to ``config.json`` as ``arch``).
+
+    ``None`` means "the variant's value" (:data:`VARIANTS`).
+
+    Attributes:
+        drop_path_rate: encoder stochastic depth (0.1; L: 0.3).
+        ham_channels: LightHamHead width (``ham_channels`` = ``channels`` in the official configs).
+        md_r: NMF rank R.
+        dropout: ``Dropout2d`` before ``conv_seg`` (0.1).
+        train_steps, eval_steps: NMF iterations in training / eval (6 / 7).
+        one_step_grad: differentiate only the last NMF update (:class:`~segkit.models.heads.ham_head.NMF2D`).
+        nmf_seed: seed of the deterministic eval-mode NMF bases.
+    """
+
+    drop_path_rate: Optional[float] = None
+    ham_channels: Optional[int] = None
+    md_r: Optional[int] = None
+    dropout: float = 0.1
+    train_steps: int = 6
+    eval_steps: int = 7
+    one_step_grad: bool = False
+    nmf_seed: int = 0
+
+
+def build_segnext(variant: str, num_classes: int = 150, **kwargs) -> Segmentor:
+    """SegNeXt-``variant`` (T/S/B/L): MSCAN encoder + LightHamHead (SegNeXt paper §3).
+
+    ``kwargs``: the fields of :class:`SegNeXtArch` and the ``Segmentor`` metadata
+    (``class_names``, ``palette``, ``ignore_index``, ``mean``, ``std``, ``loss_avg``).
+    Raises ``ValueError`` for an unknown variant and ``TypeError`` for an unknown keyword.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown SegNeXt variant {variant!r}; choose from {sorted(VARIANTS)}")
+    arch, meta = split_kwargs(SegNeXtArch, kwargs, f"segnext-{variant}")
+    v = VARIANTS[variant]
+    arch.drop_path_rate = v["drop_path_rate"] if arch.drop_path_rate is None else arch.drop_path_rate
+    arch.ham_channels = arch.ham_channels or v["ham_channels"]
+    arch.md_r = arch.md_r or v["md_r"]
+    encoder = MSCAN(**v["encoder"], drop_path_rate=arch.drop_path_rate)
+    head = LightHamHead(encoder.out_channels[1:], ham_channels=arch.ham_channels, channels=arch.ham_channels,
+                        num_classes=num_classes, md_r=arch.md_r, train_steps=arch.train_steps,
+                        eval_steps=arch.eval_steps, dropout=arch.dropout, one_step_grad=arch.one_step_grad,
+                        seed=arch.nmf_seed)
+    return Segmentor(encoder, head, num_classes, name=f"segnext-{variant}", family="segnext", arch=arch_dict(arch),
+                     **meta)
+
+
+MODELS = {f"segnext-{v}": partial(build_segnext, v) for v in VARIANTS}
+
+
+# ---------------------------------------------------------------------------- 3. paper figures
+# (params M, GFLOPs ADE20K 512², GFLOPs Cityscapes 2048×1024 with the 19-class head): SegNeXt Tab. 9.
+_PAPER = {"t": (4.3, 6.6, 50.5), "s": (13.9, 15.9, 124.6), "b": (27.6, 34.9, 275.7), "l": (48.9, 70.0, 577.5)}
+PAPER_ROWS: tuple[PaperRow, ...] = tuple(
+    row for v, (params, ade, city) in _PAPER.items() for row in (
+        PaperRow(f"SegNeXt-{v.upper()} (ADE20K)", f"segnext-{v}", {}, 150, (512, 512), params, ade, "SegNeXt Tab. 9"),
+        PaperRow(f"SegNeXt-{v.upper()} (Cityscapes)", f"segnext-{v}", {}, 19, (1024, 2048), None, city,
+                 "SegNeXt Tab. 9"),
+    ))
+
+
+# ---------------------------------------------------------------------------- 4. configs
+def configs() -> dict[str, dict]:
+    """The shipped configs of the family: ``{"dataset/model.yaml": config dict}``."""
+    from segkit.recipes import PAPER_DATASETS, camvid_15min_config, paper_config, small_config
+
+    out = {f"{dataset}/{model}.yaml": paper_config(model, dataset, eval_interval=8000)  # official: every 8k
+           for dataset in PAPER_DATASETS for model in MODELS}
+    out["camvid/segnext-t_15min.yaml"] = camvid_15min_config()
+    for dataset in ("camvid", "ccp"):
+        for model in ("segnext-t", "segnext-s"):
+            out[f"{dataset}/{model}.yaml"] = small_config(model, dataset)
+    return out
+
+
+# ---------------------------------------------------------------------------- 5. conversion
 _MSCAN_KEY = re.compile(r"^(?:patch_embed[1-4]|block[1-4]|norm[1-4])\.")
 _MMSEG_DWCONV = re.compile(r"(\.mlp\.dwconv)\.(weight|bias)$")
-# Classifier of an ImageNet checkpoint; its exact names are unverified (architectures.md §5.4),
-# so anything head-like at top level is treated as classifier.
+# Classifier of an ImageNet checkpoint: the released mscan_*.pth files have not been inspected
+# here, so anything head-like at top level is treated as the classifier.
 _CLASSIFIER_KEY = re.compile(r"^(?:head|heads|fc|classifier|cls_head|pre_logits|logits|last_linear)(?:\.|_|$)")
 _BLOCK_KEY = re.compile(r"^block([1-4])\.(\d+)\.")
 
 
 def _variant_name(depths, widths) -> str:
-    from segkit.models.mscan import MSCAN_VARIANTS
-
     for name, cfg in MSCAN_VARIANTS.items():
         if tuple(cfg["depths"]) == tuple(depths) and tuple(cfg["embed_dims"]) == tuple(widths):
             return f"SegNeXt-{name.upper()}"
@@ -175,3 +288,20 @@ def convert(state: dict[str, torch.Tensor], model) -> tuple[dict[str, torch.Tens
     out.update(head)
     out.update(other)
     return out, fmt, dropped, notes
+
+
+FAMILY = Family(
+    name="segnext",
+    paper="SegNeXt: Rethinking Convolutional Attention Design for Semantic Segmentation (Guo et al., NeurIPS 2022)",
+    models=MODELS,
+    convert=convert,
+    flops_convention="torchprofile",
+    paper_rows=PAPER_ROWS,
+    configs=configs,
+    citation="@inproceedings{guo2022segnext, title={SegNeXt: Rethinking Convolutional Attention Design for "
+             "Semantic Segmentation}, author={Guo, Meng-Hao and Lu, Cheng-Ze and Hou, Qibin and Liu, Zhengning and "
+             "Cheng, Ming-Ming and Hu, Shi-Min}, booktitle={NeurIPS}, year={2022}}",
+)
+
+__all__ = ["FAMILY", "VARIANTS", "MSCAN_VARIANTS", "SegNeXtArch", "build_segnext", "MODELS", "PAPER_ROWS",
+           "configs", "convert"]

@@ -17,7 +17,7 @@ Table 3, Table 9). Structure: architectures.md §4.2 and the official segmentati
 * ``norm1..norm4``: output LayerNorms of the segmentation backbone (eps 1e-5 everywhere).
 
 Key names are the official ones, so ImageNet checkpoints load as they are (their final
-``norm`` and ``head`` are dropped by :mod:`segkit.checkpoints.rsseg`).
+``norm`` and ``head`` are dropped by :mod:`segkit.models.rsseg.convert`).
 
 Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention` on windows
 folded into the batch dimension (scale ``head_dim^-0.5``); the LePE term is added after.
@@ -30,7 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import DropPath, drop_path_rates, init_trunc_normal
+from ..contract import Features
+from ..layers import DropPath, drop_path_rates, init_trunc_normal
 
 # architectures.md §4.2 (official ImageNet models and segmentation configs; drop_path = seg value).
 CSWIN_VARIANTS: dict[str, dict] = {
@@ -178,7 +179,7 @@ class CSWin(nn.Module):
         mlp_ratio: MLP hidden width factor (4).
         drop_path_rate: stochastic depth, ``linspace(0, rate, sum(depths))`` over all blocks.
         out_indices: stages (0-based) returned by :meth:`forward`.
-        tap_blocks: blocks whose raw outputs :meth:`forward_with_taps` returns, as **global
+        tap_blocks: blocks whose raw outputs :meth:`forward` returns as ``taps``, as **global
             1-based** indices over all stages (block ``k`` = the k-th block of the network;
             with ``tap_base=0`` they are read as 0-based, the convention of RSSeg Table 3,
             whose CSWin-T taps ``[2, 5, …, 23]`` then start at the stage-2 output and end at the
@@ -191,10 +192,10 @@ class CSWin(nn.Module):
     multiples of the stripe width are padded inside attention (centred, see
     :class:`LePEAttention`).
 
-    :meth:`forward` returns the LayerNorm-ed (``norm{s}``) stage outputs
-    ``(B, C_s, h_s, w_s)`` (strides 4, 8, 16, 32) listed in ``out_indices``.
-    :meth:`forward_with_taps` returns ``(all 4 stage outputs, taps)``; taps are raw block
-    outputs (no ``norm{s}``) reshaped to ``(B, C, h, w)``, in ``tap_blocks`` order.
+    :meth:`forward` returns :class:`~segkit.models.contract.Features`: ``stages`` = the
+    LayerNorm-ed (``norm{s}``) stage outputs ``(B, C_s, h_s, w_s)`` (strides 4, 8, 16, 32)
+    listed in ``out_indices``; ``taps`` = the raw block outputs (no ``norm{s}``) of
+    ``tap_blocks`` reshaped to ``(B, C, h, w)``, in ``tap_blocks`` order (``None`` without taps).
 
     Attributes: ``out_channels`` (4 ints), ``depths``, ``num_blocks``, ``tap_channels``.
     Scratch init (official): Linear truncated normal std .02 with zero bias, LayerNorm 1/0,
@@ -267,13 +268,11 @@ class CSWin(nn.Module):
             stages.append(y.transpose(1, 2).reshape(b, -1, h, w))
         return stages, [taps[t] for t in self._taps0] if want_taps else []
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        stages, _ = self._run(x, want_taps=False)
-        return [stages[i] for i in self.out_indices]
-
-    def forward_with_taps(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """``(stage_outputs, taps)``: the 4 normalised stage maps and the raw maps of ``tap_blocks``."""
-        return self._run(x, want_taps=True)
+    def forward(self, x: torch.Tensor) -> Features:
+        """``Features(stages=[the normalised stage maps of out_indices], taps=[raw maps of tap_blocks] or None)``."""
+        want_taps = bool(self._taps0)
+        stages, taps = self._run(x, want_taps=want_taps)
+        return Features(stages=[stages[i] for i in self.out_indices], taps=taps if want_taps else None)
 
 
 __all__ = ["CSWIN_VARIANTS", "CSWin", "CSWinBlock", "LePEAttention"]

@@ -8,7 +8,7 @@ embedding).
 
 Module names reproduce the timm state-dict keys, so timm/AugReg checkpoints load without
 renaming (the ImageNet classifier ``head.*`` is the only thing dropped;
-:mod:`segkit.checkpoints.rsseg`)::
+:mod:`segkit.models.rsseg.convert`)::
 
     cls_token (1, 1, C)        pos_embed (1, 1 + N, C)     patch_embed.proj (Conv k=p, s=p)
     blocks.{i}.norm1 / .attn.qkv / .attn.proj / .norm2 / .mlp.fc1 / .mlp.fc2
@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import DropPath, drop_path_rates, init_trunc_normal
+from ..contract import Features
+from ..layers import DropPath, drop_path_rates, init_trunc_normal
 
 # Plain ViT sizes (architectures.md §4.3; Ti/S from the ViT/DeiT family tables).
 VIT_VARIANTS: dict[str, dict] = {
@@ -252,7 +253,7 @@ class VisionTransformer(nn.Module):
         """Position embedding ``(1, 1 + h·w, C)`` for an ``h × w`` patch grid (resized when it differs)."""
         return resize_pos_embed(self.pos_embed, self.grid_size, (h, w))
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> Features:
         if x.ndim != 4:
             raise ValueError(f"expected input of shape (B, C, H, W), got {tuple(x.shape)}")
         x, (h, w) = self.patch_embed(pad_to_multiple(x, self.patch_size))
@@ -264,7 +265,7 @@ class VisionTransformer(nn.Module):
             if i in self.out_indices:
                 y = self.norm(x) if i == self.num_layers - 1 else x
                 outs.append(y[:, 1:].transpose(1, 2).reshape(b, self.embed_dim, h, w))
-        return outs
+        return Features(stages=outs)
 
 
 __all__ = ["VIT_VARIANTS", "VisionTransformer", "resize_pos_embed", "layer_id_bert", "pad_to_multiple",

@@ -14,11 +14,11 @@ tensors). The arithmetic is the reference's. Every module accepts contiguous or
 several times faster in that layout there, and the rest of the network (head included)
 follows the layout of its input. Other devices keep the caller's layout.
 
-Eval mode folds every BatchNorm (and the blocks' layer scales) into the neighbouring
-convolution (:func:`conv_then_bn`, :func:`bn_then_conv1x1`, ``MSCABlock._forward_folded``):
-the same function with fewer passes over the feature maps. The parameters are untouched (the
-folded weights are computed per forward), so checkpoints and training are unaffected;
-``MSCABlock.fold_eval = False`` restores the plain eval path.
+Inference speed: :meth:`Segmentor.fused <segkit.models.segmentor.Segmentor.fused>` (used by
+segkit's inference entry points, :mod:`segkit.models.fuse`) returns an eval-only copy in which every BatchNorm and the blocks' layer scales are folded into the
+neighbouring convolutions (:func:`fuse_conv_bn`, :class:`FusedMSCABlock`): the same function
+with fewer passes over the feature maps. The modules themselves have one forward path each
+(the reference math, in training and eval); the fused copy is tested against it.
 """
 from __future__ import annotations
 
@@ -28,17 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import DropPath, drop_path_rates, init_weights_reference
-
-# architectures.md §2.1 (official local_configs/segnext/*). drop_path_rate is given by the zoo
-# (0.1 for T/S/B, 0.3 for L).
-MSCAN_VARIANTS = {
-    "t": dict(embed_dims=(32, 64, 160, 256), depths=(3, 3, 5, 2), mlp_ratios=(8, 8, 4, 4)),
-    "s": dict(embed_dims=(64, 128, 320, 512), depths=(2, 2, 4, 2), mlp_ratios=(8, 8, 4, 4)),
-    "b": dict(embed_dims=(64, 128, 320, 512), depths=(3, 3, 12, 3), mlp_ratios=(8, 8, 4, 4)),
-    "l": dict(embed_dims=(64, 128, 320, 512), depths=(3, 5, 27, 3), mlp_ratios=(8, 8, 4, 4)),
-}
-
+from ..contract import Features
+from ..layers import DropPath, drop_path_rates, init_weights_reference
 
 def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Eval-mode BatchNorm as a per-channel affine map ``y = a·x + b``: returns ``(a, b)``, each ``[C]``."""
@@ -46,20 +37,32 @@ def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return a, bn.bias - bn.running_mean * a
 
 
-def conv_then_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+def _conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
+    """A new ``nn.Conv2d`` with ``conv``'s geometry and the given weight and bias (detached copies)."""
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups, bias=True, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        out.weight.copy_(weight)
+        out.bias.copy_(bias)
+    return out.requires_grad_(False)
+
+
+@torch.no_grad()
+def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     """``bn(conv(x))`` in eval mode as one convolution (weights scaled per output channel; exact)."""
     a, b = bn_affine(bn)
     bias = b if conv.bias is None else conv.bias * a + b
-    return F.conv2d(x, conv.weight * a.view(-1, 1, 1, 1), bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return _conv_like(conv, conv.weight * a.view(-1, 1, 1, 1), bias)
 
 
-def bn_then_conv1x1(a: torch.Tensor, b: torch.Tensor, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """``conv(a·x + b)`` (an eval-mode BatchNorm given by :func:`bn_affine`, then a 1×1 conv) as one conv of ``x``.
+@torch.no_grad()
+def fuse_bn_conv1x1(a: torch.Tensor, b: torch.Tensor, conv: nn.Conv2d) -> nn.Conv2d:
+    """``conv(a·x + b)`` (an eval-mode BatchNorm given by :func:`bn_affine`, then a 1×1 conv) as one conv.
 
     Exact because a 1×1 convolution has no padding: ``W(a·x + b) + c = (W·a)x + (W b + c)``.
     """
     bias = conv.weight.flatten(1) @ b + (0 if conv.bias is None else conv.bias)
-    return F.conv2d(x, conv.weight * a.view(1, -1, 1, 1), bias)
+    return _conv_like(conv, conv.weight * a.view(1, -1, 1, 1), bias)
 
 
 class StemConv(nn.Module):
@@ -79,10 +82,12 @@ class StemConv(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            return self.proj(x)
+        return self.proj(x)
+
+    def fused(self) -> nn.Module:
+        """Eval-only equivalent with both BatchNorms folded into the convolutions."""
         conv0, bn0, act, conv1, bn1 = self.proj
-        return conv_then_bn(conv1, bn1, act(conv_then_bn(conv0, bn0, x)))  # BN folded (eval)
+        return nn.Sequential(fuse_conv_bn(conv0, bn0), act, fuse_conv_bn(conv1, bn1))
 
 
 class DownsampleConv(nn.Module):
@@ -97,9 +102,11 @@ class DownsampleConv(nn.Module):
         self.norm = nn.BatchNorm2d(out_chans)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            return self.norm(self.proj(x))
-        return conv_then_bn(self.proj, self.norm, x)  # BN folded (eval)
+        return self.norm(self.proj(x))
+
+    def fused(self) -> nn.Module:
+        """Eval-only equivalent with the BatchNorm folded into the convolution."""
+        return fuse_conv_bn(self.proj, self.norm)
 
 
 class MSCA(nn.Module):
@@ -197,12 +204,8 @@ class MSCABlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
         self.layer_scale_1 = nn.Parameter(torch.full((dim,), layer_scale_init))
         self.layer_scale_2 = nn.Parameter(torch.full((dim,), layer_scale_init))
-        # Eval: BN + layer scale folded into the 1×1 convs (speed only; False = unfolded path).
-        self.fold_eval = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training and self.fold_eval:
-            return self._forward_folded(x)
         ls1 = self.layer_scale_1.view(-1, 1, 1)
         ls2 = self.layer_scale_2.view(-1, 1, 1)
         if isinstance(self.drop_path, nn.Identity) or not self.training:
@@ -212,29 +215,47 @@ class MSCABlock(nn.Module):
         x = x + self.drop_path(ls1 * self.attn(self.norm1(x)))
         return x + self.drop_path(ls2 * self.mlp(self.norm2(x)))
 
-    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
-        """Eval-mode forward with the BatchNorms and layer scales folded into the 1×1 convs.
+    def fused(self) -> "FusedMSCABlock":
+        """Eval-only equivalent with the BatchNorms and layer scales folded (:class:`FusedMSCABlock`)."""
+        return FusedMSCABlock(self)
 
-        Same function as the unfolded eval forward (fp32 rounding differences only; tested
-        against the reference math). With ``norm1 x = a₁·x + b₁`` and the attention shortcut
-        ``attn(n) = proj_2(g(proj_1 n)) + n``::
 
-            x + ls₁ ⊙ attn(norm1 x) = [ls₁·proj_2](g([proj_1·a₁] x)) + ls₁·b₁ + (1 + ls₁·a₁) ⊙ x
-            x + ls₂ ⊙ mlp(norm2 x)  = x + [ls₂·fc2](act(dw([fc1·a₂] x)))
+class FusedMSCABlock(nn.Module):
+    """An :class:`MSCABlock` in eval mode with its BatchNorms and layer scales folded into the 1×1 convs.
 
-        which saves both BatchNorm passes and the shortcut add over the feature map
-        (SegNeXt-T eval latency, benchmarks/latency.py).
-        """
-        attn, mlp = self.attn, self.mlp
-        ls1, ls2 = self.layer_scale_1, self.layer_scale_2
-        a1, b1 = bn_affine(self.norm1)
-        y = bn_then_conv1x1(a1, b1, attn.proj_1, x)
-        y = attn.spatial_gating_unit(attn.activation(y))
-        y = F.conv2d(y, attn.proj_2.weight * ls1.view(-1, 1, 1, 1), (attn.proj_2.bias + b1) * ls1)
-        x = torch.addcmul(y, x, (1 + ls1 * a1).view(-1, 1, 1))
-        y = bn_then_conv1x1(*bn_affine(self.norm2), mlp.fc1, x)
-        y = mlp.drop(mlp.act(mlp.dwconv(y)))
-        y = F.conv2d(y, mlp.fc2.weight * ls2.view(-1, 1, 1, 1), mlp.fc2.bias * ls2)
+    Same function as the block's eval forward (fp32 rounding differences only; tested against
+    it). With ``norm1 x = a₁·x + b₁`` and the attention shortcut ``attn(n) = proj_2(g(proj_1 n)) + n``::
+
+        x + ls₁ ⊙ attn(norm1 x) = [ls₁·proj_2](g([proj_1·a₁] x)) + ls₁·b₁ + (1 + ls₁·a₁) ⊙ x
+        x + ls₂ ⊙ mlp(norm2 x)  = x + [ls₂·fc2](act(dw([fc1·a₂] x)))
+
+    which saves both BatchNorm passes and the shortcut add over the feature map. ``g`` (GELU →
+    MSCA) and the FFN's depth-wise conv are the block's own modules (shared, not copied).
+    Built by :meth:`MSCABlock.fused`; raises ``RuntimeError`` if run in training mode.
+    """
+
+    def __init__(self, block: MSCABlock):
+        super().__init__()
+        attn, mlp = block.attn, block.mlp
+        with torch.no_grad():
+            ls1, ls2 = block.layer_scale_1.detach(), block.layer_scale_2.detach()
+            a1, b1 = bn_affine(block.norm1)
+            self.proj_1 = fuse_bn_conv1x1(a1, b1, attn.proj_1)
+            self.activation, self.spatial_gating_unit = attn.activation, attn.spatial_gating_unit
+            self.proj_2 = _conv_like(attn.proj_2, attn.proj_2.weight * ls1.view(-1, 1, 1, 1),
+                                     (attn.proj_2.bias + b1) * ls1)
+            self.register_buffer("shortcut_scale", (1 + ls1 * a1).view(-1, 1, 1).clone())
+            self.fc1 = fuse_bn_conv1x1(*bn_affine(block.norm2), mlp.fc1)
+            self.dwconv, self.act, self.drop = mlp.dwconv, mlp.act, mlp.drop
+            self.fc2 = _conv_like(mlp.fc2, mlp.fc2.weight * ls2.view(-1, 1, 1, 1), mlp.fc2.bias * ls2)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            raise RuntimeError("FusedMSCABlock is for inference only: train the unfused model (Segmentor, not .fused())")
+        y = self.proj_2(self.spatial_gating_unit(self.activation(self.proj_1(x))))
+        x = torch.addcmul(y, x, self.shortcut_scale)
+        y = self.fc2(self.drop(self.act(self.dwconv(self.fc1(x)))))
         return y.add_(x)
 
 
@@ -253,7 +274,8 @@ class MSCAN(nn.Module):
             speed only, see module docstring). Outputs are then ``channels_last`` tensors.
 
     Input: ``(B, in_chans, H, W)`` float (normalised image); any H, W ≥ 1.
-    Output: list of 4 tensors ``(B, C_i, H_i, W_i)`` with strides 4, 8, 16, 32
+    Output: :class:`~segkit.models.contract.Features` whose ``stages`` are 4 tensors
+    ``(B, C_i, H_i, W_i)`` with strides 4, 8, 16, 32
     (``H_1 = ⌈H/4⌉``, then ``H_{i+1} = ⌈H_i/2⌉``), each after its stage-end LayerNorm
     (``norm{i}``, eps 1e-5, over channels). ``out_channels`` = ``embed_dims``.
     Weights are initialised as the reference scratch init (:func:`init_weights_reference`).
@@ -285,7 +307,7 @@ class MSCAN(nn.Module):
             setattr(self, f"norm{i + 1}", nn.LayerNorm(dim, eps=1e-5))
         self.apply(init_weights_reference)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> Features:
         if x.ndim != 4:
             raise ValueError(f"MSCAN expects (B, C, H, W) input, got shape {tuple(x.shape)}")
         if self.cpu_channels_last and x.device.type == "cpu":
@@ -305,4 +327,4 @@ class MSCAN(nn.Module):
             if not channels_last:
                 x = x.contiguous()
             outs.append(x)
-        return outs
+        return Features(stages=outs)

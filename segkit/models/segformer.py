@@ -1,8 +1,20 @@
-"""Convert SegFormer / MiT checkpoints of every public naming to segkit's names.
+"""The SegFormer family: MiT encoder + All-MLP decoder, B0–B5 (Xie et al., NeurIPS 2021).
 
-segkit's SegFormer names *are* the official NVlabs names (architectures.md §5.1), so official
-checkpoints only lose their unused ``decode_head.conv_seg``. Other formats, detected from
-their key names:
+Everything segkit knows about SegFormer lives here, in reading order:
+
+1. **Variants** (:data:`VARIANTS`): encoder and head settings per size, from the official
+   code (``NVlabs/SegFormer: mmseg/models/backbones/mix_transformer.py`` — the ``mit_b0`` …
+   ``mit_b5`` classes hard-code them — and ``local_configs/segformer/B*/*.py`` for the decoder
+   width E: 256 for B0/B1, 768 for B2–B5; paper Tab. 1 / §3.2).
+2. **Builder** (:func:`build_segformer`) with its architecture switches (:class:`SegFormerArch`).
+3. **Paper figures** (:data:`PAPER_ROWS`): parameters and GFLOPs of SegFormer Tab. 1a / Tab. 2.
+   The paper's FLOPs come from ``tools/get_flops.py`` (mmcv's counter plus the attention
+   products): ``flops_convention = "mmcv"`` (:mod:`segkit.tools.flops`).
+4. **Configs** (:func:`configs`): the paper's recipes for the shipped YAML files.
+5. **Checkpoint conversion** (:func:`convert`) of every public naming to segkit's names.
+   segkit's names *are* the official NVlabs names (``mmseg/models/decode_heads/segformer_head.py``
+   and the backbone above), so official checkpoints only lose their unused
+   ``decode_head.conv_seg``. Other formats, detected from their key names:
 
 ==========================  ===========================================================
 format                      recognised by / what happens
@@ -12,12 +24,14 @@ format                      recognised by / what happens
 ``nvlabs-mit-imagenet``     ``patch_embed1…`` without prefix (``mit_b*.pth``): ``backbone.`` added,
                             ImageNet classifier ``head.*`` dropped
 ``hf-segformer``            Hugging Face Hub names ``segformer.encoder.…`` / ``decode_head.linear_c.0…``
-                            (architectures.md §5.2): renamed, ``key`` + ``value`` concatenated into ``kv``
+                            (``transformers: models/segformer/convert_segformer_original_to_pytorch.py``):
+                            renamed, ``key`` + ``value`` concatenated into ``kv``
 ``hf-segformer-v5``         transformers-5 in-memory names ``segformer.stages.…``,
                             ``attention.q_proj`` …, ``decode_head.linear_projections…``
-``mmseg-segformer``         mmseg 1.x ``backbone.layers.…`` (§5.3): encoder renamed, ``in_proj``
-                            split into ``q`` / ``kv``, 1×1-conv FFN weights reshaped to Linear;
-                            mmseg's ``SegformerHead`` is a different architecture → head dropped
+``mmseg-segformer``         mmseg 1.x ``backbone.layers.…`` (``mmseg/models/backbones/mit.py``; the
+                            name map of ``tools/model_converters/mit2mmseg.py``): encoder renamed,
+                            ``in_proj`` split into ``q`` / ``kv``, 1×1-conv FFN weights reshaped to
+                            Linear; mmseg's ``SegformerHead`` is a different architecture → head dropped
 ==========================  ===========================================================
 
 A Hugging Face ``SegformerForImageClassification`` checkpoint (``classifier.*`` at top level)
@@ -27,12 +41,108 @@ original names so that :func:`segkit.checkpoints.load_checkpoint` reports them a
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from functools import partial
+from typing import Optional
 
 import torch
 
-from . import CheckpointError
+from segkit.errors import CheckpointError
 
-# ---------------------------------------------------------------------------- rename rules
+from .backbones.mit import MixVisionTransformer
+from .family import Family, PaperRow, arch_dict, split_kwargs
+from .heads.segformer_head import SegFormerHead
+from .segmentor import Segmentor
+
+# ---------------------------------------------------------------------------- 1. variants
+_MIT_COMMON = dict(num_heads=(1, 2, 5, 8), mlp_ratios=(4, 4, 4, 4), sr_ratios=(8, 4, 2, 1))
+VARIANTS: dict[str, dict] = {
+    "b0": dict(encoder=dict(embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), **_MIT_COMMON), decoder_dim=256),
+    "b1": dict(encoder=dict(embed_dims=(64, 128, 320, 512), depths=(2, 2, 2, 2), **_MIT_COMMON), decoder_dim=256),
+    "b2": dict(encoder=dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 6, 3), **_MIT_COMMON), decoder_dim=768),
+    "b3": dict(encoder=dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 18, 3), **_MIT_COMMON), decoder_dim=768),
+    "b4": dict(encoder=dict(embed_dims=(64, 128, 320, 512), depths=(3, 8, 27, 3), **_MIT_COMMON), decoder_dim=768),
+    "b5": dict(encoder=dict(embed_dims=(64, 128, 320, 512), depths=(3, 6, 40, 3), **_MIT_COMMON), decoder_dim=768),
+}
+# The MiT encoders alone (the ImageNet ``mit_b*`` models), a view of VARIANTS.
+MIT_VARIANTS: dict[str, dict] = {k: v["encoder"] for k, v in VARIANTS.items()}
+
+
+# ---------------------------------------------------------------------------- 2. builder
+@dataclass
+class SegFormerArch:
+    """Architecture switches of a SegFormer (saved to ``config.json`` as ``arch``).
+
+    Attributes:
+        drop_path_rate: encoder stochastic depth (official 0.1 for every size).
+        decoder_dim: All-MLP decoder width E; ``None`` = the variant's (256 B0/B1, 768 B2–B5).
+        dropout: ``Dropout2d`` before the classifier (official 0.1).
+    """
+
+    drop_path_rate: float = 0.1
+    decoder_dim: Optional[int] = None
+    dropout: float = 0.1
+
+
+def build_segformer(variant: str, num_classes: int = 150, **kwargs) -> Segmentor:
+    """SegFormer-``variant`` (B0–B5): MiT encoder + All-MLP decoder (SegFormer paper §3).
+
+    ``kwargs``: the fields of :class:`SegFormerArch` and the ``Segmentor`` metadata
+    (``class_names``, ``palette``, ``ignore_index``, ``mean``, ``std``, ``loss_avg``).
+    Raises ``ValueError`` for an unknown variant and ``TypeError`` for an unknown keyword.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown SegFormer variant {variant!r}; choose from {sorted(VARIANTS)}")
+    arch, meta = split_kwargs(SegFormerArch, kwargs, f"segformer-{variant}")
+    v = VARIANTS[variant]
+    arch.decoder_dim = arch.decoder_dim or v["decoder_dim"]
+    encoder = MixVisionTransformer(**v["encoder"], drop_path_rate=arch.drop_path_rate)
+    head = SegFormerHead(encoder.out_channels, arch.decoder_dim, num_classes, dropout=arch.dropout)
+    return Segmentor(encoder, head, num_classes, name=f"segformer-{variant}", family="segformer",
+                     arch=arch_dict(arch), **meta)
+
+
+MODELS = {f"segformer-{v}": partial(build_segformer, v) for v in VARIANTS}
+
+
+# ---------------------------------------------------------------------------- 3. paper figures
+_CITY = (1024, 2048)
+# (params M, GFLOPs ADE20K 512² (B5: 640²), GFLOPs Cityscapes 2048×1024): SegFormer Tab. 1a and
+# Tab. 2 (the Cityscapes figures are those of the 150-class ADE20K model run at 2048×1024:
+# they match it within 0.1 %, with 19 classes they would be 0.8–3.4 % lower).
+_PAPER = {"b0": (3.8, 8.4, 125.5), "b1": (13.7, 15.9, 243.7), "b2": (27.5, 62.4, 717.1),
+          "b3": (47.3, 79.0, 962.9), "b4": (64.1, 95.7, 1240.6), "b5": (84.7, 183.3, 1460.4)}
+PAPER_ROWS: tuple[PaperRow, ...] = tuple(
+    row for v, (params, ade, city) in _PAPER.items() for row in (
+        PaperRow(f"SegFormer-{v.upper()} (ADE20K)", f"segformer-{v}", {}, 150,
+                 (640, 640) if v == "b5" else (512, 512), params, ade, "SegFormer Tab. 1a"),
+        PaperRow(f"SegFormer-{v.upper()} (Cityscapes)", f"segformer-{v}", {}, 150, _CITY, params, city,
+                 "SegFormer Tab. 1a"),
+    ))
+
+
+# ---------------------------------------------------------------------------- 4. configs
+def configs() -> dict[str, dict]:
+    """The shipped configs of the family: ``{"dataset/model.yaml": config dict}``."""
+    from segkit.recipes import PAPER_DATASETS, paper_config, small_config
+
+    out = {}
+    for dataset in PAPER_DATASETS:
+        for model in MODELS:
+            kw = {}
+            if model == "segformer-b5" and dataset == "ade20k":  # B5 trains at 640 on ADE20K (SegFormer §4.1)
+                kw = dict(scale=[2048, 640], crop=[640, 640], test_scale=[2048, 640])
+            # official configs: evaluation every 4k iterations on Cityscapes, 16k elsewhere
+            out[f"{dataset}/{model}.yaml"] = paper_config(
+                model, dataset, eval_interval=4000 if dataset == "cityscapes" else 16000, **kw)
+    for dataset in ("camvid", "ccp"):
+        for model in ("segformer-b0", "segformer-b1"):
+            out[f"{dataset}/{model}.yaml"] = small_config(model, dataset)
+    return out
+
+
+# ---------------------------------------------------------------------------- 5. conversion
+# rename rules
 # Each rule: (regex on the full key, replacement). Applied in order, first match wins.
 # ``attn.k`` / ``attn.v`` are intermediate names merged into ``attn.kv`` afterwards.
 _HF_BLOCK_RULES = [  # inside a block, after ``backbone.block{s}.{j}.``; Hub and v5 names
@@ -193,8 +303,6 @@ def _stage_layout(state: dict) -> tuple[dict[int, int], dict[int, int]]:
 
 
 def _variant_name(widths: dict, depths: dict) -> str | None:
-    from segkit.models.mit import MIT_VARIANTS
-
     for name, cfg in MIT_VARIANTS.items():
         if all(widths.get(s, cfg["embed_dims"][s - 1]) == cfg["embed_dims"][s - 1] for s in range(1, 5)) and \
                 all(depths.get(s, cfg["depths"][s - 1]) == cfg["depths"][s - 1] for s in range(1, 5)):
@@ -286,3 +394,20 @@ def convert(state: dict[str, torch.Tensor], model) -> tuple[dict[str, torch.Tens
         notes.append(f"checkpoint classifier has {pred.shape[0]} classes, model has {num_classes}: "
                      f"load with strict=False to keep everything but decode_head.linear_pred")
     return out, fmt, dropped, notes
+
+
+FAMILY = Family(
+    name="segformer",
+    paper="SegFormer: Simple and Efficient Design for Semantic Segmentation with Transformers (Xie et al., NeurIPS 2021)",
+    models=MODELS,
+    convert=convert,
+    flops_convention="mmcv",
+    paper_rows=PAPER_ROWS,
+    configs=configs,
+    citation="@inproceedings{xie2021segformer, title={SegFormer: Simple and Efficient Design for Semantic "
+             "Segmentation with Transformers}, author={Xie, Enze and Wang, Wenhai and Yu, Zhiding and Anandkumar, "
+             "Anima and Alvarez, Jose M and Luo, Ping}, booktitle={NeurIPS}, year={2021}}",
+)
+
+__all__ = ["FAMILY", "VARIANTS", "MIT_VARIANTS", "SegFormerArch", "build_segformer", "MODELS", "PAPER_ROWS",
+           "configs", "convert"]

@@ -16,14 +16,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..contract import DecodeHead, Features
 from ..layers import DropPath, drop_path_rates
-from .dca import DecoderMlp
+from .rsseg.dca import DecoderMlp
 
 
-class LinearHead(nn.Module):
+class LinearHead(DecodeHead):
     """ViT-Linear: ``Linear(C, K)`` on the patch tokens of the last encoder map.
 
-    Input: list of maps whose last is ``(B, C, h, w)`` (1/16). Output logits ``(B, K, h, w)``.
+    Input: :class:`~segkit.models.contract.Features` whose last stage is ``(B, C, h, w)`` (1/16).
+    Output logits ``(B, K, h, w)``.
     Init: truncated normal std .02, bias 0 (Segmenter).
     """
 
@@ -33,8 +35,8 @@ class LinearHead(nn.Module):
         nn.init.trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        x = features[-1]
+    def forward(self, features: Features) -> torch.Tensor:
+        x = features.stages[-1]
         b, _, h, w = x.shape
         return self.head(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, -1, h, w)
 
@@ -72,7 +74,7 @@ class SegmenterBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class SegmenterMaskHead(nn.Module):
+class SegmenterMaskHead(DecodeHead):
     """Segmenter's mask transformer (architectures.md §4.1).
 
     ``proj_dec`` Linear(C_enc, d) on the patch tokens; ``cls_emb`` (1, K, d) class embeddings
@@ -81,7 +83,8 @@ class SegmenterMaskHead(nn.Module):
     L2-normalised; masks = patches · classesᵀ → ``mask_norm`` (LayerNorm over K).
     Defaults: 2 layers, d = encoder width, heads = d/64, MLP 4d, dropout 0.1, drop path 0.
 
-    Input: list of maps whose last is ``(B, C_enc, h, w)``. Output ``(B, K, h, w)``.
+    Input: :class:`~segkit.models.contract.Features` whose last stage is ``(B, C_enc, h, w)``.
+    Output ``(B, K, h, w)``.
     Init: Linear truncated normal .02 / bias 0, ``cls_emb`` truncated normal .02,
     ``proj_patch`` / ``proj_classes`` normal with std ``d^-0.5`` (official ``scale · randn``).
     """
@@ -111,8 +114,8 @@ class SegmenterMaskHead(nn.Module):
         nn.init.normal_(self.proj_patch.weight, std=1.0 / math.sqrt(dim))
         nn.init.normal_(self.proj_classes.weight, std=1.0 / math.sqrt(dim))
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        x = features[-1]
+    def forward(self, features: Features) -> torch.Tensor:
+        x = features.stages[-1]
         b, _, h, w = x.shape
         x = self.proj_dec(x.flatten(2).transpose(1, 2))
         x = torch.cat([x, self.cls_emb.expand(b, -1, -1)], dim=1)

@@ -22,18 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import DropPath, drop_path_rates, init_weights_reference
-
-# Variant table, architectures.md §1.1 (hard-coded in the official ``mit_bX`` classes).
-_COMMON = dict(num_heads=(1, 2, 5, 8), mlp_ratios=(4, 4, 4, 4), sr_ratios=(8, 4, 2, 1))
-MIT_VARIANTS: dict[str, dict] = {
-    "b0": dict(embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), **_COMMON),
-    "b1": dict(embed_dims=(64, 128, 320, 512), depths=(2, 2, 2, 2), **_COMMON),
-    "b2": dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 6, 3), **_COMMON),
-    "b3": dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 18, 3), **_COMMON),
-    "b4": dict(embed_dims=(64, 128, 320, 512), depths=(3, 8, 27, 3), **_COMMON),
-    "b5": dict(embed_dims=(64, 128, 320, 512), depths=(3, 6, 40, 3), **_COMMON),
-}
+from ..contract import Features
+from ..layers import DropPath, drop_path_rates, init_weights_reference
 
 # LayerNorm eps of the official code (architectures.md §0.4): the patch-embedding and
 # sequence-reduction norms use PyTorch's default, the block and stage-end norms 1e-6.
@@ -188,7 +178,7 @@ class MixVisionTransformer(nn.Module):
 
     Args:
         embed_dims, num_heads, mlp_ratios, depths, sr_ratios: per-stage settings (4 each);
-            see :data:`MIT_VARIANTS` for B0–B5.
+            see :data:`segkit.models.segformer.VARIANTS` for B0–B5.
         qkv_bias: bias in the ``q`` and ``kv`` projections (reference: True).
         drop_rate: dropout after the attention projection and in Mix-FFN (reference 0).
         attn_drop_rate: dropout on the attention weights, training only (reference 0).
@@ -235,7 +225,7 @@ class MixVisionTransformer(nn.Module):
             prev = self.embed_dims[i]
         self.apply(init_weights_reference)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> Features:
         outs = []
         for i in range(1, 5):
             x, h, w = getattr(self, f"patch_embed{i}")(x)
@@ -244,4 +234,4 @@ class MixVisionTransformer(nn.Module):
             x = getattr(self, f"norm{i}")(x)
             x = tokens_to_map(x, h, w)  # channels-last (B, C_i, H_i, W_i), no copy
             outs.append(x)
-        return outs
+        return Features(stages=outs)

@@ -1,10 +1,10 @@
 """Convert ViT / BEiT / CSWin checkpoints for the RSSeg family and its baselines.
 
-Called by :func:`segkit.checkpoints.load_checkpoint` for models named ``rsseg*``, ``vit-*``,
-``segmenter*``, ``beit*``, ``cswin*``. The encoder sits in the segmentor at
+Called by :func:`segkit.checkpoints.load_checkpoint` for models of the RSSeg family (RSSeg and its
+ViT-Linear / BEiT-Linear / Segmenter baselines). The encoder sits in the segmentor at
 ``model.encoder_prefix`` (e.g. ``"backbone.vit."``; ``"backbone."`` when the attribute is
 absent). segkit's encoder names *are* the public names (timm ViT, official BEiT, official
-CSWin; :mod:`segkit.models.vit`, :mod:`~segkit.models.beit`, :mod:`~segkit.models.cswin`),
+CSWin; :mod:`segkit.models.backbones.vit`, :mod:`~segkit.models.backbones.beit`, :mod:`~segkit.models.backbones.cswin`),
 so converting is mostly prefixing, dropping classifiers and resizing position encodings.
 
 =========================  ================================================================
@@ -52,7 +52,7 @@ import re
 
 import torch
 
-from . import CheckpointError
+from segkit.errors import CheckpointError
 
 _CLASSIFIER = re.compile(r"^(?:head|head_dist|pre_logits|lm_head|fc|classifier)(?:\.|$)")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
@@ -179,7 +179,7 @@ def _map_vit(state: dict, encoder, dropped: list, notes: list) -> dict:
         if encoder is not None and hasattr(encoder, "grid_size"):
             gh, gw = encoder.grid_size
             if side_tokens != gh * gw:
-                from segkit.models.vit import resize_pos_embed
+                from segkit.models.backbones.vit import resize_pos_embed
 
                 side = _square_side(side_tokens, "pos_embed")
                 pos = resize_pos_embed(pos, (side, side), (gh, gw))
@@ -229,7 +229,7 @@ def _map_beit(state: dict, encoder, dropped: list, notes: list) -> dict:
         notes.append(f"shared relative position bias table copied into each of the {depth} blocks")
     window = getattr(encoder, "window_size", None)
     if window is not None:
-        from segkit.models.beit import NUM_EXTRA_REL, num_relative_distance, resize_rel_pos_table
+        from segkit.models.backbones.beit import NUM_EXTRA_REL, num_relative_distance, resize_rel_pos_table
 
         resized = None
         for key in [k for k in out if k.endswith("attn.relative_position_bias_table")]:
@@ -276,9 +276,9 @@ def _check_encoder(mapped: dict, encoder, family: str) -> None:
     """Raise :class:`CheckpointError` for another architecture, depth or width than ``encoder``'s."""
     if encoder is None:
         return
-    from segkit.models.beit import BEiT
-    from segkit.models.cswin import CSWin
-    from segkit.models.vit import VisionTransformer
+    from segkit.models.backbones.beit import BEiT
+    from segkit.models.backbones.cswin import CSWin
+    from segkit.models.backbones.vit import VisionTransformer
 
     expected = {"vit": VisionTransformer, "beit": BEiT, "cswin": CSWin}[family]
     known = (VisionTransformer, BEiT, CSWin)
@@ -365,7 +365,7 @@ def _resize_in_place(state: dict, prefix: str, encoder, notes: list) -> None:
     own = encoder.state_dict()
     pos = state.get(prefix + "pos_embed")
     if pos is not None and "pos_embed" in own and pos.shape != own["pos_embed"].shape and hasattr(encoder, "grid_size"):
-        from segkit.models.vit import resize_pos_embed
+        from segkit.models.backbones.vit import resize_pos_embed
 
         side = _square_side(pos.shape[1] - 1, prefix + "pos_embed")
         state[prefix + "pos_embed"] = resize_pos_embed(pos, (side, side), encoder.grid_size)
@@ -373,7 +373,7 @@ def _resize_in_place(state: dict, prefix: str, encoder, notes: list) -> None:
     window = getattr(encoder, "window_size", None)
     if window is None:
         return
-    from segkit.models.beit import NUM_EXTRA_REL, resize_rel_pos_table
+    from segkit.models.backbones.beit import NUM_EXTRA_REL, resize_rel_pos_table
 
     for key in [k for k in state if k.startswith(prefix) and k.endswith("relative_position_bias_table")]:
         name = key[len(prefix):]

@@ -46,7 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import DropPath, init_trunc_normal
+from ...layers import DropPath, init_trunc_normal
 
 LABEL_DOWNSAMPLES = ("area", "nearest")
 _NEG = -1.0e4  # finite "minus infinity" for masked logits (keeps fully-masked rows finite)

@@ -31,24 +31,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..heads.segformer_head import SegFormerHead
-from ..layers import ConvModule
+from ...contract import DecodeHead, Features, SegLoss
+from ..segformer_head import SegFormerHead
+from ...layers import ConvModule
 from .two_pathway import ConvBN, LocalPath, init_local_weights
 
 FUSION_HEADS = ("concat_mlp", "segformer")
 BOUNDARY_LOSSES = ("bce_dice", "bce")
-
-
-class PyramidEncoder(nn.Module):
-    """Wraps a CSWin (``forward_with_taps``): ``images → {"stages": [4 maps], "taps": [n maps]}``."""
-
-    def __init__(self, cswin: nn.Module):
-        super().__init__()
-        self.cswin = cswin
-
-    def forward(self, images: torch.Tensor) -> dict:
-        stages, taps = self.cswin.forward_with_taps(images)
-        return {"stages": stages, "taps": taps}
 
 
 def boundary_targets(labels: torch.Tensor, ignore_index: int = 255) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +79,7 @@ def boundary_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int 
     return loss
 
 
-class PyramidHead(nn.Module):
+class PyramidHead(DecodeHead):
     """Local path on a pyramid encoder + MLP fusion head + training-only boundary head.
 
     Args:
@@ -107,8 +96,9 @@ class PyramidHead(nn.Module):
         boundary_loss: ``"bce_dice"`` or ``"bce"``.
         ignore_index: label value excluded from the boundary loss.
 
-    Input: dict of :class:`PyramidEncoder`. Output logits ``(B, K, H/4, W/4)``;
-    :meth:`forward_train` returns ``(logits, {"loss_boundary": 0.4 · l_boundary})``.
+    Input: the :class:`~segkit.models.contract.Features` of
+    :class:`~segkit.models.backbones.tapped.PyramidEncoder` (4 stages + taps). Output logits
+    ``(B, K, H/4, W/4)``; :meth:`loss` adds ``loss_boundary`` = 0.4 · l_boundary.
     """
 
     def __init__(self, in_channels: Sequence[int], tap_channels: Sequence[int], num_classes: int, *, dim: int = 64,
@@ -143,27 +133,28 @@ class PyramidHead(nn.Module):
         if fusion_head == "segformer":
             self.segformer = SegFormerHead([first, c2, c3, c4], head_dim, num_classes, dropout=dropout)
 
-    def _run(self, feats: dict):
-        stages = feats["stages"]
+    def _run(self, feats: Features):
+        stages = feats.stages
         first, last_lsb = stages[0], None
         if self.local_path:
-            last_lsb = self.local(self.in_proj(first), feats["taps"])[-1]
+            last_lsb = self.local(self.in_proj(first), feats.taps)[-1]
             first = last_lsb
         maps = [first, *stages[1:]]
         if self.fusion_head == "segformer":
-            return self.segformer(maps), last_lsb
+            return self.segformer(Features(stages=maps)), last_lsb
         size = first.shape[-2:]
         ups = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
                for m in maps]
         return self.linear_pred(self.dropout(self.linear_fuse(torch.cat(ups, dim=1)))), last_lsb
 
-    def forward(self, feats: dict) -> torch.Tensor:
-        return self._run(feats)[0]
+    def forward(self, features: Features) -> torch.Tensor:
+        return self._run(features)[0]
 
-    def forward_train(self, feats: dict, labels: torch.Tensor):
-        logits, last_lsb = self._run(feats)
-        losses = {}
+    def loss(self, features: Features, labels: torch.Tensor, seg_loss: SegLoss) -> dict[str, torch.Tensor]:
+        """``loss_seg`` plus, with a boundary head, ``loss_boundary`` = weight · boundary loss (eq. 17)."""
+        logits, last_lsb = self._run(features)
+        losses = {"loss_seg": seg_loss(logits, labels)}
         if self.boundary_weight > 0:
             l_b = boundary_loss(self.boundary(last_lsb), labels, self.ignore_index, self.boundary_kind)
             losses["loss_boundary"] = self.boundary_weight * l_b
-        return logits, losses
+        return losses

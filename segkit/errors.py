@@ -1,0 +1,30 @@
+"""segkit's error types: one leaf module that every layer (data, models, checkpoints, engine) can import.
+
+Each is raised with a message that names the file or key at fault and the problem. The
+``segkit`` command line prints the message and exits with status 1 (no traceback); usage
+mistakes (bad flags) exit with 2.
+"""
+from __future__ import annotations
+
+
+class SegkitError(Exception):
+    """Base class of segkit's own errors."""
+
+
+class DataError(SegkitError, ValueError):
+    """Bad input data (image, label, split file, dataset layout). The message names the file(s)."""
+
+
+class ConfigError(SegkitError, ValueError):
+    """Invalid configuration; the message names the offending key (dotted path) and where it came from."""
+
+
+class CheckpointError(SegkitError, RuntimeError):
+    """A checkpoint cannot be read or does not fit the model; the message names the file and the problem."""
+
+
+class MissingDependencyError(SegkitError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+__all__ = ["SegkitError", "DataError", "ConfigError", "CheckpointError", "MissingDependencyError"]

@@ -1,0 +1,102 @@
+"""What a model family is: one object that holds everything segkit needs to know about it.
+
+A *family* (SegFormer, SegNeXt, RSSeg, or one of yours) is a :class:`Family`:
+
+* ``models``: zoo name → builder (``builder(num_classes, **kwargs) -> Segmentor``);
+* ``convert``: the checkpoint converter for its official formats,
+  ``convert(state, model) -> (state, format_name, dropped_keys, notes)``, or ``None`` when the
+  family only loads segkit's own files;
+* ``flops_convention``: the FLOP counter its paper used (``"mmcv"``, ``"torchprofile"`` or
+  ``"torch"``; :mod:`segkit.tools.flops`);
+* ``paper_rows``: the parameter / GFLOP figures its paper reports, as :class:`PaperRow` specs
+  (used by the tests, ``benchmarks/flops_table.py`` and ``docs/model_zoo.md``);
+* ``configs``: a function returning the shipped training configs of the family
+  (``{"dataset/name.yaml": config dict}``, written by ``scripts/make_configs.py``).
+
+The zoo (:mod:`segkit.models.zoo`) is the union of the families' ``models``;
+``load_checkpoint``, the FLOP counter and the config generator look the family up by the
+``family`` attribute a builder sets on its ``Segmentor`` — never by name prefix.
+
+Architecture switches are stored once: each builder takes its switches as one dataclass
+(:func:`split_kwargs` makes it from keyword arguments), builds the network from it and hands
+``dataclasses.asdict`` of it to the ``Segmentor`` as ``arch``, which ``save_pretrained`` writes
+to ``config.json`` and ``from_pretrained`` feeds back to the same builder.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple, Optional
+
+# Keywords every builder accepts besides its architecture switches; handed to the Segmentor.
+META_KEYS = ("class_names", "palette", "ignore_index", "mean", "std", "loss_avg")
+
+
+class PaperRow(NamedTuple):
+    """One parameter / GFLOP figure of a paper, as a model spec that reproduces it.
+
+    ``model`` and ``kwargs`` build it (``build_model(model, classes, **kwargs)``); ``shape`` is
+    the ``(H, W)`` input; ``params_m`` / ``gflops`` the published numbers (``None`` where the
+    paper gives none); ``source`` the table they come from.
+    """
+
+    label: str
+    model: str
+    kwargs: dict
+    classes: int
+    shape: tuple[int, int]
+    params_m: Optional[float]
+    gflops: Optional[float]
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family (see the module docstring)."""
+
+    name: str
+    paper: str
+    models: dict[str, Callable[..., Any]]
+    convert: Optional[Callable[..., tuple]] = None
+    flops_convention: str = "torch"
+    paper_rows: tuple[PaperRow, ...] = ()
+    configs: Optional[Callable[[], dict[str, dict]]] = None
+    citation: str = ""
+    notes: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.flops_convention not in ("torch", "mmcv", "torchprofile"):
+            raise ValueError(f"family {self.name}: flops_convention must be torch, mmcv or torchprofile, "
+                             f"got {self.flops_convention!r}")
+
+
+def split_kwargs(arch_cls, kwargs: dict, builder: str) -> tuple[Any, dict]:
+    """``(arch_cls(**switches), meta)`` from a builder's keyword arguments.
+
+    ``meta`` holds the :data:`META_KEYS` that are not ``None``; every other keyword must be a
+    field of the dataclass ``arch_cls``. Raises ``TypeError`` naming unknown keywords and the
+    valid ones.
+    """
+    meta = {k: kwargs[k] for k in META_KEYS if kwargs.get(k) is not None}
+    rest = {k: v for k, v in kwargs.items() if k not in META_KEYS}
+    names = {f.name for f in dataclasses.fields(arch_cls)}
+    unknown = sorted(set(rest) - names)
+    if unknown:
+        raise TypeError(f"{builder} got unknown argument(s): {unknown}; architecture switches: {sorted(names)}")
+    return arch_cls(**rest), meta
+
+
+def arch_dict(arch) -> dict:
+    """JSON-ready ``dataclasses.asdict`` of an architecture dataclass (tuples become lists)."""
+
+    def plain(v):
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return {k: plain(v) for k, v in dataclasses.asdict(arch).items()}
+
+
+__all__ = ["Family", "PaperRow", "META_KEYS", "split_kwargs", "arch_dict"]
