@@ -1,45 +1,83 @@
 """The ``segkit`` command line: one sub-command per Python API entry point.
 
-    segkit models                         list the zoo with parameter counts
-    segkit flops MODEL --shape H W        GMACs and parameters
+    segkit models [--pretrained]          list the zoo with parameter counts
+    segkit flops MODEL --shape H W        GFLOPs (multiply-adds) and parameters
     segkit train CONFIG [--set k=v ...] [--resume PATH|auto]
     segkit eval CKPT --data ROOT [--split test] [--mode whole|slide] [--crop H W --stride H W] [--scales ... --flip]
     segkit predict CKPT IMAGE_OR_DIR --out DIR
     segkit check-data ROOT [--split train]  (or --config CONFIG)
     segkit convert SRC DST --model NAME [--num-classes K]
-    segkit benchmark MODEL_OR_CKPT --shape H W [--batch B] [--mode whole|slide] [--device cpu|cuda] [--amp bf16|fp16]
+    segkit benchmark MODEL_OR_CKPT --shape H W [--batch B] [--mode whole|slide] [--device auto] [--amp bf16|fp16]
     segkit robustness CKPT --data ROOT [--corruptions ...] [--severities 1 2 3 4 5] [--seed 0] [--out DIR]
     segkit export CKPT --format onnx [--shape H W] [--dynamic] [--opset 17] [--check IMAGE] --out model.onnx
     segkit predict --onnx model.onnx IMAGE_OR_DIR --out DIR   (onnxruntime, no PyTorch needed)
 
-Every sub-command is a thin wrapper: the work is done by the functions it calls.
+Every sub-command is a thin wrapper: the work is done by the functions it calls. Exit status:
+0 on success, 1 when the data, a model, a checkpoint or the run fails (one line naming the file
+and the problem, no traceback; ``SEGKIT_DEBUG=1`` shows it), 2 for a usage mistake (bad flags).
 """
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import sys
 
+from segkit.errors import UsageError
 
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Help with defaults shown (where there is one) and examples kept as written."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, [], "") or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _examples(*lines: str) -> str:
+    return "example:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _device(name: str):
+    """``auto`` → CUDA when available, else CPU; other names as given (``cpu``, ``cuda``, ``cuda:1``)."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+    return dev
+
+
+# ============================================================================= zoo
 def _cmd_models(args) -> int:
-    from segkit.models.zoo import MODELS, build_model, count_parameters
+    import torch
 
-    print(f"{'model':<16}{'params (150 classes)':>22}")
-    for name in MODELS:
-        if args.filter and args.filter not in name:
-            continue
-        n = count_parameters(build_model(name, num_classes=args.num_classes))
-        print(f"{name:<16}{n:>22,}")
+    from segkit.models.layers import skip_init
+    from segkit.models.zoo import FAMILIES, build_model, count_parameters
+
+    print(f"{'model':<22}{'family':<11}{f'params ({args.num_classes} classes)':>26}")
+    for family in FAMILIES.values():
+        for name in family.models:
+            if args.filter and args.filter not in name:
+                continue
+            with torch.device("meta"), skip_init():  # shapes only: no memory, no initialisation
+                n = count_parameters(build_model(name, num_classes=args.num_classes))
+            print(f"{name:<22}{family.name:<11}{n:>26,}")
     return 0
 
 
 def _cmd_flops(args) -> int:
-    from segkit.models.zoo import build_model
     import torch
+
+    from segkit.models.zoo import build_model
     from segkit.tools.flops import count_flops
 
-    with torch.device("meta"):  # shapes only: no weight initialisation, no memory
+    from segkit.models.layers import skip_init
+
+    with torch.device("meta"), skip_init():  # shapes only: no memory, no initialisation
         model = build_model(args.model, num_classes=args.num_classes)
     res = count_flops(model, tuple(args.shape), mode=args.mode)
     if args.json:
@@ -50,6 +88,7 @@ def _cmd_flops(args) -> int:
     return 0
 
 
+# ============================================================================= train / eval / predict
 def _cmd_train(args) -> int:
     from segkit.config import load_config
     from segkit.engine.trainer import train
@@ -61,42 +100,42 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _dataset_for_eval(args, model):
-    from segkit.data import build_dataset
-    from segkit.engine.trainer import build_test_transform
-    from segkit.config import config_from_dict, load_config
+def _protocol_and_spec(args, model):
+    """The model's test protocol with the command-line overrides, and the dataset spec to evaluate on."""
+    import dataclasses
 
-    if args.config:
-        cfg = load_config(args.config, args.set)
-    elif getattr(model, "train_config", None):
-        cfg = config_from_dict(model.train_config)
-    else:
-        cfg = config_from_dict({})
+    from segkit.config import load_config
+    from segkit.data.protocol import TestProtocol
+
+    cfg = load_config(args.config, args.set).to_dict() if args.config else None
+    protocol = TestProtocol.from_config(cfg) if cfg is not None else TestProtocol.of(model)
     if args.scale is not None:
-        cfg.test_transform.scale = None if args.scale == [0] else args.scale
-    tf = build_test_transform(cfg, model.mean, model.std)
+        protocol = dataclasses.replace(protocol, scale=None if args.scale in ([0], [0, 0]) else tuple(args.scale))
+    protocol = protocol.replace(mode=args.mode, crop_size=args.crop, stride=args.stride,
+                                scales=getattr(args, "scales", None), flip=True if getattr(args, "flip", False) else None)
     if args.data:
         spec = {"type": args.data_type, "root": args.data, "split": args.split}
     else:
-        spec = cfg.data.test or cfg.data.val
+        data = (cfg or getattr(model, "train_config", None) or {}).get("data") or {}
+        spec = data.get("test") or data.get("val")
         if spec is None:
-            raise SystemExit("segkit eval: give --data ROOT (and --split) or a config with data.test")
-    return build_dataset(spec, transform=tf), cfg
+            raise UsageError("give --data ROOT (and --split), or a --config with data.test")
+    return protocol, spec
 
 
 def _cmd_eval(args) -> int:
     from segkit import load_model
+    from segkit.data import build_dataset
     from segkit.engine.evaluator import evaluate
     from segkit.engine.metrics import format_table
 
-    model = load_model(args.checkpoint, map_location=args.device)
-    dataset, cfg = _dataset_for_eval(args, model)
-    mode = args.mode or cfg.eval.mode
-    crop = args.crop or cfg.eval.crop_size
-    stride = args.stride or cfg.eval.stride or crop
-    res = evaluate(model, dataset, mode=mode, crop_size=crop, stride=stride, scales=args.scales or cfg.eval.scales,
-                   flip=args.flip or cfg.eval.flip, device=args.device, out_dir=args.out, max_images=args.max_images,
-                   window_batch=args.window_batch)
+    device = _device(args.device)
+    model = load_model(args.checkpoint, map_location=device)
+    protocol, spec = _protocol_and_spec(args, model)
+    dataset = build_dataset(spec, transform=protocol.transform(model.mean, model.std))
+    print(f"test protocol: {protocol.describe()}", file=sys.stderr)
+    res = evaluate(model, dataset, **protocol.inference_kwargs(), device=device, out_dir=args.out,
+                   max_images=args.max_images, window_batch=args.window_batch, num_workers=args.workers)
     print(format_table(res, model.class_names))
     print(f"aAcc {res['aAcc']:.2f}  mIoU {res['mIoU']:.2f}  mAcc {res['mAcc']:.2f}  mDice {res['mDice']:.2f}  "
           f"mFscore {res['mFscore']:.2f}")
@@ -107,13 +146,14 @@ def _cmd_predict(args) -> int:
     if args.onnx or (args.checkpoint or "").endswith(".onnx"):
         return _cmd_predict_onnx(args)
     if args.checkpoint is None or args.inputs is None:
-        raise SystemExit("segkit predict: give CKPT IMAGE_OR_DIR (or --onnx MODEL.onnx IMAGE_OR_DIR)")
+        raise UsageError("give CKPT IMAGE_OR_DIR (or --onnx MODEL.onnx IMAGE_OR_DIR)")
     from segkit import load_model
     from segkit.engine.predict import predict_paths
 
-    model = load_model(args.checkpoint, map_location=args.device)
+    device = _device(args.device)
+    model = load_model(args.checkpoint, map_location=device)
     written = predict_paths(model, args.inputs, args.out, mode=args.mode, crop_size=args.crop, stride=args.stride,
-                            scale=args.scale, device=args.device)
+                            scale=args.scale, device=device)
     for p in written:
         print(p)
     return 0
@@ -125,11 +165,13 @@ def _cmd_check_data(args) -> int:
 
     if args.config:
         cfg = load_config(args.config, args.set)
-        spec = getattr(cfg.data, args.split) or cfg.data.train
-    else:
+        spec = getattr(cfg.data, args.split, None) or cfg.data.train
+    elif args.root:
         spec = {"type": args.data_type, "root": args.root, "split": args.split}
+    else:
+        raise UsageError("give a dataset ROOT or --config CONFIG")
     report = check_dataset(build_dataset(spec), num_classes=args.num_classes)
-    print(report if isinstance(report, str) else getattr(report, "table", report))
+    print(report.table())
     return 0
 
 
@@ -153,7 +195,7 @@ def _cmd_convert(args) -> int:
 
 
 # ============================================================================= measurement tools
-# benchmark / robustness / export and `predict --onnx` (segkit/tools/*). Kept in one block.
+# benchmark / robustness / export and `predict --onnx` (segkit/tools/*).
 def _cmd_benchmark(args) -> int:
     from segkit.tools.benchmark import benchmark, format_result, load_for_benchmark, write_json
 
@@ -161,8 +203,8 @@ def _cmd_benchmark(args) -> int:
     crop = args.crop or ([512, 512] if args.mode == "slide" else None)
     stride = args.stride or ([max(1, c * 3 // 4) for c in crop] if crop else None)
     res = benchmark(model, args.shape, batch=args.batch, mode=args.mode, crop_size=crop, stride=stride,
-                    device=args.device, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
-                    warmup=args.warmup, runs=args.runs, threads=args.threads)
+                    device=_device(args.device), amp=args.amp, channels_last=args.channels_last,
+                    compile=args.compile, warmup=args.warmup, runs=args.runs, threads=args.threads)
     print(format_result(res))
     if args.json:
         print(f"wrote {write_json(res, args.json)}")
@@ -171,20 +213,19 @@ def _cmd_benchmark(args) -> int:
 
 def _cmd_robustness(args) -> int:
     from segkit import load_model
-    from segkit.data import TestTransform
+    from segkit.data import build_dataset
     from segkit.tools.robustness import evaluate_robustness
 
-    model = load_model(args.checkpoint, map_location=args.device)
-    dataset, cfg = _dataset_for_eval(args, model)  # its items are not used: images are read raw (dataset.load),
-    t = cfg.test_transform                         # corrupted, then go through this test transform
-    tf = TestTransform(scale=tuple(t.scale) if t.scale else None, keep_ratio=t.keep_ratio,
-                       size_divisor=t.size_divisor, mean=model.mean, std=model.std)
-    mode = args.mode or cfg.eval.mode
-    crop = args.crop or cfg.eval.crop_size
-    stride = args.stride or cfg.eval.stride or crop
-    res = evaluate_robustness(model, dataset, tf, corruptions=args.corruptions, severities=args.severities,
-                              seed=args.seed, max_images=args.max_images, mode=mode, crop_size=crop, stride=stride,
-                              device=args.device, out_dir=args.out, grid_severity=args.grid_severity)
+    device = _device(args.device)
+    model = load_model(args.checkpoint, map_location=device)
+    protocol, spec = _protocol_and_spec(args, model)
+    dataset = build_dataset(spec)  # images are read raw, corrupted, then go through the test transform
+    print(f"test protocol: {protocol.describe()}", file=sys.stderr)
+    kw = protocol.inference_kwargs()
+    res = evaluate_robustness(model, dataset, protocol.transform(model.mean, model.std), corruptions=args.corruptions,
+                              severities=args.severities, seed=args.seed, max_images=args.max_images,
+                              mode=kw["mode"], crop_size=kw.get("crop_size"), stride=kw.get("stride"), device=device,
+                              out_dir=args.out, grid_severity=args.grid_severity)
     print(res["table"])
     print()
     print(res["summary_table"])
@@ -199,8 +240,6 @@ def _cmd_export(args) -> int:
     from segkit import load_model
     from segkit.tools.export import export_onnx
 
-    if args.format != "onnx":
-        raise ValueError(f"unsupported export format {args.format!r} (only 'onnx')")
     model = load_model(args.checkpoint)
     rep = export_onnx(model, args.out, shape=args.shape, dynamic=args.dynamic, opset=args.opset,
                       check_image=args.check, verify=not args.no_verify, atol=args.atol)
@@ -213,154 +252,197 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_predict_onnx(args) -> int:
-    # No torch import on this path: onnxruntime + numpy + Pillow only.
+    # No torch import on this path: onnxruntime + numpy + OpenCV/Pillow only.
     from segkit.tools.onnx_predict import predict_paths_onnx
 
     model_path = args.onnx or args.checkpoint
     inputs = args.inputs if args.onnx is None else (args.checkpoint if args.inputs is None else None)
     if inputs is None:
-        raise SystemExit("segkit predict --onnx MODEL.onnx IMAGE_OR_DIR --out DIR: give exactly one IMAGE_OR_DIR")
+        raise UsageError("segkit predict --onnx MODEL.onnx IMAGE_OR_DIR --out DIR: give exactly one IMAGE_OR_DIR")
     for flag in ("crop", "stride"):
         if getattr(args, flag):
-            raise SystemExit(f"segkit predict --onnx: --{flag} is not supported (whole-image inference only)")
-    if args.mode == "slide" or args.device != "cpu":
-        raise SystemExit("segkit predict --onnx: runs whole-image inference on the CPU with onnxruntime "
+            raise UsageError(f"segkit predict --onnx: --{flag} is not supported (whole-image inference only)")
+    if args.mode == "slide" or args.device not in ("cpu", "auto"):
+        raise UsageError("segkit predict --onnx: runs whole-image inference on the CPU with onnxruntime "
                          "(--mode slide / --device are for PyTorch checkpoints)")
     for p in predict_paths_onnx(model_path, inputs, args.out, scale=args.scale):
         print(p)
     return 0
 
 
+# ============================================================================= the parser
+def _hw(s, name: str, help: str, default=None):
+    s.add_argument(name, type=int, nargs=2, metavar=("H", "W"), default=default, help=help)
+
+
+def _eval_protocol_args(s) -> None:
+    s.add_argument("--data", help="dataset root (default: the data.test / data.val of the checkpoint's training "
+                   "config); may use ${SEGKIT_DATA}")
+    s.add_argument("--data-type", default="split", help="dataset layout: split, folder, ade20k, cityscapes, voc, "
+                   "pascal_context, coco_stuff164k, coco_stuff10k, isaid")
+    s.add_argument("--split", default="test", help="split of --data to evaluate")
+    s.add_argument("--config", help="YAML config (or shipped config name) whose data.test / test protocol to use "
+                   "instead of the checkpoint's")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for --config")
+    s.add_argument("--mode", choices=["whole", "slide"], help="inference mode (default: the checkpoint's protocol)")
+    _hw(s, "--crop", "slide window (default: the protocol's, else the training crop)")
+    _hw(s, "--stride", "slide stride (default: the protocol's, else the crop)")
+    s.add_argument("--scale", type=int, nargs="+", metavar="PX",
+                   help="test resize LONG SHORT (keep ratio; default: the protocol's); 0 = no resize")
+    s.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    s.add_argument("--max-images", type=int, help="evaluate only the first N images")
+
+
 def _add_tool_parsers(sub) -> None:
-    s = sub.add_parser("benchmark", help="latency / FPS / peak memory under a fixed protocol (segkit/tools/benchmark.py)")
+    s = sub.add_parser("benchmark", formatter_class=_Formatter,
+                       help="latency / FPS / peak memory under a fixed protocol (segkit/tools/benchmark.py)",
+                       epilog=_examples("segkit benchmark segnext-t --shape 512 512 --runs 20 --json b.json"))
     s.add_argument("model", help="zoo name (random weights; speed does not depend on them) or checkpoint")
-    s.add_argument("--shape", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
-    s.add_argument("--batch", type=int, default=1)
+    _hw(s, "--shape", "network input size", default=[512, 512])
+    s.add_argument("--batch", type=int, default=1, help="images per call")
     s.add_argument("--num-classes", type=int, default=150, help="classes of a zoo model (150 = ADE20K)")
-    s.add_argument("--mode", default="whole", choices=["whole", "slide"])
-    s.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="slide window (default 512 512)")
-    s.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), help="slide stride (default 3/4 of the crop)")
-    s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    s.add_argument("--amp", choices=["bf16", "fp16"])
-    s.add_argument("--channels-last", action="store_true")
+    s.add_argument("--mode", default="whole", choices=["whole", "slide"], help="inference mode")
+    _hw(s, "--crop", "slide window (default 512 512)")
+    _hw(s, "--stride", "slide stride (default 3/4 of the crop)")
+    s.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    s.add_argument("--amp", choices=["bf16", "fp16"], help="autocast dtype (fp16: CUDA only)")
+    s.add_argument("--channels-last", action="store_true", help="model and input in channels-last memory format")
     s.add_argument("--compile", action="store_true", help="torch.compile the model (compiled during warm-up)")
-    s.add_argument("--warmup", type=int, default=5)
-    s.add_argument("--runs", type=int, default=20)
+    s.add_argument("--warmup", type=int, default=5, help="untimed calls first")
+    s.add_argument("--runs", type=int, default=20, help="timed calls")
     s.add_argument("--threads", type=int, help="torch intra-op threads (default: PyTorch's)")
     s.add_argument("--json", metavar="PATH", help="write the full result (machine included) as JSON")
     s.set_defaults(fn=_cmd_benchmark)
 
     from segkit.tools.robustness import CORRUPTIONS  # numpy only at import time
 
-    s = sub.add_parser("robustness", help="mIoU under the 16 image corruptions (SegFormer/RSSeg tables)")
-    s.add_argument("checkpoint")
-    s.add_argument("--data", help="dataset root")
-    s.add_argument("--data-type", default="split")
-    s.add_argument("--split", default="test")
-    s.add_argument("--config", help="config whose data.test / test transform / eval settings to use")
-    s.add_argument("--set", nargs="*", default=[])
+    s = sub.add_parser("robustness", formatter_class=_Formatter,
+                       help="mIoU under the 16 image corruptions (SegFormer / RSSeg tables)",
+                       epilog=_examples("segkit robustness work_dirs/run/final --data ${SEGKIT_DATA}/camvid "
+                                        "--severities 3 --out robust"))
+    s.add_argument("checkpoint", help="a save_pretrained folder or a training checkpoint .pth")
+    _eval_protocol_args(s)
     s.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), choices=list(CORRUPTIONS),
-                   metavar="NAME", help="default: all 16")
-    s.add_argument("--severities", type=int, nargs="+", default=[1, 2, 3, 4, 5], choices=[1, 2, 3, 4, 5])
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--max-images", type=int)
-    s.add_argument("--mode", choices=["whole", "slide"])
-    s.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"))
-    s.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"))
-    s.add_argument("--scale", type=int, nargs="+", help="test resize (long short); 0 = none")
-    s.add_argument("--grid-severity", type=int, default=3, choices=[1, 2, 3, 4, 5])
-    s.add_argument("--device", default="cpu")
+                   metavar="NAME", help="corruptions to run (default: all 16)")
+    s.add_argument("--severities", type=int, nargs="+", default=[1, 2, 3, 4, 5], choices=[1, 2, 3, 4, 5],
+                   help="severity levels")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random corruptions")
+    s.add_argument("--grid-severity", type=int, default=3, choices=[1, 2, 3, 4, 5],
+                   help="severity shown in corruptions_grid.png")
     s.add_argument("--out", help="folder for robustness.json / .md and corruptions_grid.png")
     s.set_defaults(fn=_cmd_robustness)
 
-    s = sub.add_parser("export", help="export to ONNX (logits at input size + metadata), verified with onnxruntime")
-    s.add_argument("checkpoint")
-    s.add_argument("--format", default="onnx", choices=["onnx"])
-    s.add_argument("--shape", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
+    s = sub.add_parser("export", formatter_class=_Formatter,
+                       help="export to ONNX (logits at input size + metadata), verified with onnxruntime",
+                       epilog=_examples("segkit export work_dirs/run/final --dynamic --out model.onnx"))
+    s.add_argument("checkpoint", help="a save_pretrained folder or a training checkpoint .pth")
+    s.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
+    _hw(s, "--shape", "example input size (the fixed size unless --dynamic)", default=[512, 512])
     s.add_argument("--dynamic", action="store_true", help="dynamic height/width (batch is always dynamic)")
-    s.add_argument("--opset", type=int, default=17)
+    s.add_argument("--opset", type=int, default=17, help="ONNX opset (17-20)")
     s.add_argument("--check", metavar="IMAGE", help="compare PyTorch and onnxruntime logits on this image")
     s.add_argument("--atol", type=float, default=1e-3, help="largest accepted max |logit difference|")
     s.add_argument("--no-verify", action="store_true", help="skip the random-input verification")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, help="the .onnx file to write")
     s.set_defaults(fn=_cmd_export)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="segkit", description="Semantic segmentation with SegNeXt, SegFormer and RSSeg.")
-    sub = p.add_subparsers(dest="command", required=True)
+    from segkit import __version__
 
-    s = sub.add_parser("models", help="list models with parameter counts")
-    s.add_argument("--num-classes", type=int, default=150)
-    s.add_argument("--filter", default="")
+    p = argparse.ArgumentParser(prog="segkit", formatter_class=_Formatter,
+                                description="Semantic segmentation with SegNeXt, SegFormer and RSSeg.",
+                                epilog="Run `segkit COMMAND -h` for a command's options and an example.")
+    p.add_argument("--version", action="version", version=f"segkit {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("models", formatter_class=_Formatter, help="list models with parameter counts",
+                       epilog=_examples("segkit models --filter segnext --num-classes 19"))
+    s.add_argument("--num-classes", type=int, default=150, help="classes of the heads counted")
+    s.add_argument("--filter", default="", help="only names containing this text")
     s.set_defaults(fn=_cmd_models)
 
-    s = sub.add_parser("flops", help="GFLOPs (multiply-adds) and parameters of a model at an input size")
-    s.add_argument("model")
-    s.add_argument("--shape", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
-    s.add_argument("--num-classes", type=int, default=150)
+    s = sub.add_parser("flops", formatter_class=_Formatter,
+                       help="GFLOPs (multiply-adds) and parameters of a model at an input size",
+                       epilog=_examples("segkit flops segformer-b0 --shape 1024 2048"))
+    s.add_argument("model", help="zoo name (segkit models lists them)")
+    _hw(s, "--shape", "input size", default=[512, 512])
+    s.add_argument("--num-classes", type=int, default=150, help="classes of the head")
     s.add_argument("--mode", default="paper", choices=["paper", "torch", "mmcv", "torchprofile"],
                    help="counting convention (segkit.tools.flops); 'paper' = the one the model's paper used")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the full result as JSON")
     s.set_defaults(fn=_cmd_flops)
 
-    s = sub.add_parser("train", help="train from a YAML config")
-    s.add_argument("config")
-    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields")
+    s = sub.add_parser("train", formatter_class=_Formatter, help="train from a YAML config",
+                       epilog=_examples("segkit train camvid/segnext-t_15min",
+                                        "segkit train my.yaml --set optim.lr=1e-3 train.max_iters=2000",
+                                        "torchrun --nproc_per_node=2 -m segkit train my.yaml"))
+    s.add_argument("config", help="YAML file or the name of a shipped config (e.g. camvid/segnext-t_15min)")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields (dotted keys)")
     s.add_argument("--resume", default=None, help="checkpoint path, or 'auto' for the latest in work_dir")
-    s.add_argument("--no-progress", action="store_true")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(fn=_cmd_train)
 
-    s = sub.add_parser("eval", help="evaluate a checkpoint (mIoU, aAcc, mAcc, mDice, mFscore)")
-    s.add_argument("checkpoint")
-    s.add_argument("--data", help="dataset root")
-    s.add_argument("--data-type", default="split", help="dataset layout (split, folder, ade20k, cityscapes, ...)")
-    s.add_argument("--split", default="test")
-    s.add_argument("--config", help="config whose data.test / eval settings to use")
-    s.add_argument("--set", nargs="*", default=[])
-    s.add_argument("--mode", choices=["whole", "slide"])
-    s.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"))
-    s.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"))
-    s.add_argument("--scales", type=float, nargs="+")
-    s.add_argument("--flip", action="store_true")
-    s.add_argument("--scale", type=int, nargs="+", help="test resize (long short); 0 = none")
-    s.add_argument("--device", default="cpu")
+    s = sub.add_parser("eval", formatter_class=_Formatter,
+                       help="evaluate a checkpoint (mIoU, aAcc, mAcc, mDice, mFscore)",
+                       epilog=_examples("segkit eval work_dirs/run/final --data ${SEGKIT_DATA}/camvid --split test "
+                                        "--out results"))
+    s.add_argument("checkpoint", help="a save_pretrained folder or a training checkpoint .pth")
+    _eval_protocol_args(s)
+    s.add_argument("--scales", type=float, nargs="+", help="multi-scale test ratios, e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
+    s.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
     s.add_argument("--out", help="folder for metrics.json and the confusion-matrix PNG")
-    s.add_argument("--max-images", type=int)
-    s.add_argument("--window-batch", type=int, default=4)
+    s.add_argument("--window-batch", type=int, default=4, help="slide windows per forward")
+    s.add_argument("--workers", type=int, default=0, help="DataLoader workers reading and resizing images")
     s.set_defaults(fn=_cmd_eval)
 
-    s = sub.add_parser("predict", help="segment images: index PNG + colour overlay with legend")
-    s.add_argument("checkpoint", nargs="?")
+    s = sub.add_parser("predict", formatter_class=_Formatter,
+                       help="segment images: index PNG + colour overlay with legend",
+                       epilog=_examples("segkit predict work_dirs/run/final photo.jpg --out pred",
+                                        "segkit predict --onnx model.onnx photos/ --out pred"))
+    s.add_argument("checkpoint", nargs="?", help="a save_pretrained folder or a training checkpoint .pth")
     s.add_argument("inputs", nargs="?", help="an image file or a folder of images")
     s.add_argument("--onnx", metavar="MODEL.onnx", help="run an exported ONNX model with onnxruntime (no PyTorch); "
                    "then give only IMAGE_OR_DIR")
-    s.add_argument("--out", required=True)
-    s.add_argument("--mode", default="auto", choices=["auto", "whole", "slide"])
-    s.add_argument("--crop", type=int, nargs=2)
-    s.add_argument("--stride", type=int, nargs=2)
-    s.add_argument("--scale", type=int, nargs=2, help="resize (long short) before inference")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--mode", choices=["auto", "whole", "slide"],
+                   help="inference mode (default: the checkpoint's protocol); auto = slide for images above 1024² px")
+    _hw(s, "--crop", "slide window (default: the protocol's, else the training crop)")
+    _hw(s, "--stride", "slide stride (default: the protocol's, else the crop)")
+    s.add_argument("--scale", type=int, nargs="+", metavar="PX",
+                   help="test resize LONG SHORT (keep ratio; default: the protocol's); 0 = no resize")
+    s.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     s.set_defaults(fn=_cmd_predict)
 
-    s = sub.add_parser("check-data", help="scan labels: class frequencies and guard-rail errors")
-    s.add_argument("root", nargs="?")
-    s.add_argument("--data-type", default="split")
-    s.add_argument("--split", default="train")
-    s.add_argument("--config")
-    s.add_argument("--set", nargs="*", default=[])
-    s.add_argument("--num-classes", type=int)
+    s = sub.add_parser("check-data", formatter_class=_Formatter,
+                       help="scan labels: class frequencies and guard-rail errors",
+                       epilog=_examples("segkit check-data ${SEGKIT_DATA}/camvid --split train",
+                                        "segkit check-data --config my.yaml --split val"))
+    s.add_argument("root", nargs="?", help="dataset root (or use --config)")
+    s.add_argument("--data-type", default="split", help="dataset layout (split, folder, ade20k, cityscapes, ...)")
+    s.add_argument("--split", default="train", help="split to scan (with --config: train, val or test)")
+    s.add_argument("--config", help="take the dataset from this config instead of ROOT")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for --config")
+    s.add_argument("--num-classes", type=int, help="expected class count (default: the dataset's)")
     s.set_defaults(fn=_cmd_check_data)
 
-    s = sub.add_parser("convert", help="convert an official checkpoint to segkit's safetensors format")
-    s.add_argument("src")
-    s.add_argument("dst")
-    s.add_argument("--model", required=True)
-    s.add_argument("--num-classes", type=int)
-    s.add_argument("--non-strict", action="store_true")
+    s = sub.add_parser("convert", formatter_class=_Formatter,
+                       help="convert an official checkpoint to segkit's safetensors folder",
+                       epilog=_examples("segkit convert segnext_tiny_512x512_ade_160k.pth segnext-t-ade --model segnext-t"))
+    s.add_argument("src", help="official / mmseg / Hugging Face checkpoint file or folder")
+    s.add_argument("dst", help="output folder (model.safetensors + config.json)")
+    s.add_argument("--model", required=True, help="zoo name of the architecture (segkit models lists them)")
+    s.add_argument("--num-classes", type=int, help="classes (default: read from the checkpoint's classifier)")
+    s.add_argument("--non-strict", action="store_true", help="load what fits and report the rest")
     s.set_defaults(fn=_cmd_convert)
     _add_tool_parsers(sub)
     return p
+
+
+def _message(e: BaseException) -> str:
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    return str(e) or type(e).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,11 +455,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+    except BrokenPipeError:  # output piped into `head` & co.: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except UsageError as e:
         if os.environ.get("SEGKIT_DEBUG"):
             raise
         print(f"segkit {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except (ImportError, OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        if os.environ.get("SEGKIT_DEBUG"):
+            raise
+        print(f"segkit {args.command}: error: {_message(e)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

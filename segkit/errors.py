@@ -15,16 +15,20 @@ class DataError(SegkitError, ValueError):
     """Bad input data (image, label, split file, dataset layout). The message names the file(s)."""
 
 
-class ConfigError(SegkitError, ValueError):
-    """Invalid configuration; the message names the offending key (dotted path) and where it came from."""
-
-
 class CheckpointError(SegkitError, RuntimeError):
     """A checkpoint cannot be read or does not fit the model; the message names the file and the problem."""
+
+
+class UsageError(SegkitError, ValueError):
+    """A request that cannot run as given (bad argument values or combinations); the CLI exits with 2."""
+
+
+class ConfigError(UsageError):
+    """Invalid configuration; the message names the offending key (dotted path) and where it came from."""
 
 
 class MissingDependencyError(SegkitError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 
 
-__all__ = ["SegkitError", "DataError", "ConfigError", "CheckpointError", "MissingDependencyError"]
+__all__ = ["SegkitError", "DataError", "ConfigError", "CheckpointError", "UsageError", "MissingDependencyError"]

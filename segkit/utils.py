@@ -1,31 +1,43 @@
 """Small I/O helpers shared across segkit (standard library only: the torch-free ONNX path uses them)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import tempfile
 from pathlib import Path
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, rename.
+@contextlib.contextmanager
+def atomic_open(path: str | Path):
+    """Open ``path`` for writing (binary) atomically: the one home of segkit's crash-safe writes.
 
-    A crash at any moment leaves either the old file or the new one under ``path``, never a
-    truncated mix.
+    Yields a file object on a temporary file next to ``path`` (``.<name>.<pid>.tmp``); on a clean
+    exit the data is flushed and fsync-ed, the file renamed over ``path`` and the folder
+    fsync-ed, so a crash at any moment leaves either the old file or the new one under
+    ``path``, never a truncated mix. On an exception the temporary file is removed. The file
+    gets the permissions ``open`` gives (``0o666`` minus the umask), like any other file.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    f = open(tmp, "wb")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+        f.close()
         os.replace(tmp, path)
     except BaseException:
+        f.close()
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_open`)."""
+    with atomic_open(path) as f:
+        f.write(data)
 
 
 def fsync_dir(directory: str | Path) -> None:
@@ -59,6 +71,14 @@ def json_safe(value):
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def output_stems(files) -> list[str]:
+    """File stems for output names; files sharing a stem (``a.jpg``, ``a.png``) get their suffix appended (``a_jpg``)."""
+    stems = [Path(f).stem for f in files]
+    dup = {s for s in stems if stems.count(s) > 1}
+    return [f"{Path(f).stem}_{Path(f).suffix.lstrip('.').lower()}" if Path(f).stem in dup else Path(f).stem
+            for f in files]
 
 
 def list_images(inputs: str | Path) -> list[Path]:

@@ -23,6 +23,6 @@ def test_convert_official_checkpoint_to_safetensors(tmp_path, capsys):
     model = segkit.from_pretrained(tmp_path / "out")
     x = torch.randn(1, 3, 64, 64)
     assert torch.equal(model(x), src_model(x))
-    # a wrong variant is refused with a clear message and exit code 2
-    assert cli(["convert", str(tmp_path / "official.pth"), str(tmp_path / "bad"), "--model", "segformer-b2"]) == 2
+    # a wrong variant is refused with a clear message and exit code 1 (a model error, not a usage error)
+    assert cli(["convert", str(tmp_path / "official.pth"), str(tmp_path / "bad"), "--model", "segformer-b2"]) == 1
     assert "segformer-b2" in capsys.readouterr().err

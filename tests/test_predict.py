@@ -10,6 +10,7 @@ from segkit.engine import predict as predict_mod
 from segkit.engine.predict import predict_paths
 from segkit.engine.visualize import (colorize, comparison_figure, legend, overlay, overlay_with_legend,
                                      present_classes)
+from segkit.data.protocol import TestProtocol
 from segkit.models.contract import DecodeHead, Features
 from segkit.models.segmentor import Segmentor
 
@@ -102,7 +103,8 @@ def test_predict_75x101_writes_label_and_overlay(tmp_path):
     image = write_image(tmp_path / "photo.png", 75, 101)
     model = tiny_model()
     model.train()
-    written = predict_paths(model, tmp_path / "photo.png", tmp_path / "out", progress=False)
+    no_resize = TestProtocol(scale=None, size_divisor=None)
+    written = predict_paths(model, tmp_path / "photo.png", tmp_path / "out", protocol=no_resize, progress=False)
     assert [p.name for p in written] == ["photo_label.png", "photo_overlay.png"]
     assert model.training  # restored
     with Image.open(written[0]) as im:
@@ -118,6 +120,25 @@ def test_predict_75x101_writes_label_and_overlay(tmp_path):
     assert np.array_equal(vis[:75, :101], overlay(image, label, PALETTE))
 
 
+def test_predict_uses_the_models_stored_protocol(tmp_path, monkeypatch):
+    """Without a protocol argument predict applies the model's own (its training config's test resize)."""
+    write_image(tmp_path / "photo.png", 150, 200)
+    model = tiny_model()
+    sizes = []
+    orig = model.predict
+    monkeypatch.setattr(model, "predict", lambda x, **kw: sizes.append(tuple(x.shape[-2:])) or orig(x, **kw))
+    model.train_config = {"test_transform": {"scale": [80, 60], "keep_ratio": True, "size_divisor": 32}}
+    written = predict_paths(model, tmp_path / "photo.png", tmp_path / "a", progress=False)
+    assert sizes == [(64, 96)]  # keep-ratio 200x150 -> 80x60, then multiples of 32
+    with Image.open(written[0]) as im:
+        assert im.size == (200, 150)  # labels come back at the original size
+    model.train_config = None  # no stored protocol: the reference default (keep-ratio into 2048x512)
+    predict_paths(model, tmp_path / "photo.png", tmp_path / "b", progress=False)
+    assert sizes[-1] == (512, 704)
+    predict_paths(model, tmp_path / "photo.png", tmp_path / "c", scale=[0], progress=False)  # 0 = no resize
+    assert sizes[-1] == (160, 224)  # only the multiples of 32
+
+
 def test_predict_folder_auto_slide_and_duplicate_stems(tmp_path, monkeypatch):
     src = tmp_path / "in"
     src.mkdir()
@@ -125,34 +146,27 @@ def test_predict_folder_auto_slide_and_duplicate_stems(tmp_path, monkeypatch):
     Image.fromarray(write_image(src / "b.png", 40, 50, 2)).save(src / "a.jpg")
     (src / "notes.txt").write_text("not an image")
     model = tiny_model()
+    model.train_config = {"train_transform": {"crop_size": [64, 64]}, "test_transform": {"scale": None, "size_divisor": None}}
     calls = []
-    orig = model.inference
+    orig = model.predict
 
     def spy(x, **kw):
-        calls.append((tuple(x.shape[-2:]), kw["mode"], kw["crop_size"], kw["stride"]))
+        calls.append((tuple(x.shape[-2:]), kw["mode"], kw.get("crop_size"), kw.get("stride")))
         return orig(x, **kw)
 
-    orig_slide = model.slide_predict
-
-    def spy_slide(x, crop, stride, **kw):  # large images without resize take the bounded-memory streaming slide
-        calls.append((tuple(x.shape[-2:]), "slide", tuple(crop), tuple(stride)))
-        return orig_slide(x, crop, stride, **kw)
-
-    monkeypatch.setattr(model, "inference", spy)
-    monkeypatch.setattr(model, "slide_predict", spy_slide)
+    monkeypatch.setattr(model, "predict", spy)
     monkeypatch.setattr(predict_mod, "AUTO_SLIDE_PIXELS", 75 * 101 - 1)  # a.* (75x101) slides, b (40x50) not
-    model.crop_size = (64, 64)
-    written = predict_paths(model, src, tmp_path / "out", progress=False)
+    written = predict_paths(model, src, tmp_path / "out", mode="auto", progress=False)
     names = sorted(p.name for p in written)
     assert names == sorted(["a_jpg_label.png", "a_jpg_overlay.png", "a_png_label.png", "a_png_overlay.png",
                             "b_label.png", "b_overlay.png"])
     modes = {shape: (mode, crop, stride) for shape, mode, crop, stride in calls}
-    assert modes[(75, 101)] == ("slide", (64, 64), (48, 48))
+    assert modes[(75, 101)] == ("slide", (64, 64), (64, 64))  # the training crop, stride = crop
     assert modes[(40, 50)] == ("whole", None, None)
-    del model.crop_size
+    model.train_config["train_transform"] = {}
     calls.clear()
-    predict_paths(model, src / "a.png", tmp_path / "out2", progress=False)
-    assert calls[0][2] == (512, 512)  # default window without a recorded training crop
+    predict_paths(model, src / "a.png", tmp_path / "out2", mode="auto", stride=(48, 48), progress=False)
+    assert calls[0][2:] == ((512, 512), (48, 48))  # default window without a recorded training crop
 
 
 def test_predict_segformer_odd_and_tiny_sizes(tmp_path):
@@ -161,7 +175,7 @@ def test_predict_segformer_odd_and_tiny_sizes(tmp_path):
     write_image(tmp_path / "tiny.png", 20, 30)
     for mode, kw in (("auto", {}), ("slide", {"crop_size": (64, 64), "stride": (48, 48)})):
         out = tmp_path / mode
-        written = predict_paths(model, tmp_path, out, mode=mode, progress=False, **kw)
+        written = predict_paths(model, tmp_path, out, mode=mode, scale=[0], progress=False, **kw)
         assert len(written) == 4
         for stem, size in (("odd", (101, 75)), ("tiny", (30, 20))):
             with Image.open(out / f"{stem}_label.png") as im:
@@ -174,8 +188,8 @@ def test_predict_with_test_resize(tmp_path):
     model = segkit.build_model("segformer-b0", num_classes=11)
     write_image(tmp_path / "odd.png", 75, 101)
     calls = []
-    orig = model.inference
-    model.inference = lambda x, **kw: calls.append(tuple(x.shape[-2:])) or orig(x, **kw)
+    orig = model.predict
+    model.predict = lambda x, **kw: calls.append(tuple(x.shape[-2:])) or orig(x, **kw)
     written = predict_paths(model, tmp_path / "odd.png", tmp_path / "out", scale=(256, 128), progress=False)
     h, w = calls[0]
     assert h % 32 == 0 and w % 32 == 0 and h > 75  # resized up, multiple of 32

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -163,8 +164,9 @@ def test_fixed_size_model_in_onnx_predictor(tmp_path, camvid_meta):
     image = np.asarray(np.random.default_rng(0).integers(0, 255, (50, 70, 3)), dtype=np.uint8)
     x = seg.preprocess(image)
     assert x.shape == (1, 3, 64, 96) and x.dtype == np.float32
-    ref = F.interpolate(model.normalize(torch.from_numpy(image).permute(2, 0, 1)[None]), size=(64, 96),
-                        mode="bilinear", align_corners=False)
-    assert np.abs(x - ref.numpy()).max() < 1e-4
+    # stretched like segkit predict's test transform: OpenCV bilinear on the uint8 image, then normalised
+    stretched = cv2.resize(image, (96, 64), interpolation=cv2.INTER_LINEAR)
+    ref = model.normalize(torch.from_numpy(stretched).permute(2, 0, 1)[None])
+    assert np.abs(x - ref.numpy()).max() < 1e-5
     label = seg.predict(image)
     assert label.shape == (50, 70) and label.max() < 11

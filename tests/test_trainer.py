@@ -91,17 +91,15 @@ def test_cli_train_eval_predict(mini_camvid, tmp_path, capsys):
     assert (tmp_path / "ev" / "metrics.json").is_file()
     # final/ carries the training config: `segkit eval final --data …` resizes as the config's test
     # transform (120x90 here), not with the library default (2048x512 keep-ratio)
-    import argparse
-
     from segkit import load_model
-    from segkit.cli import _dataset_for_eval
+    from segkit.data.protocol import TestProtocol
+
     model = load_model(final)
     assert model.train_config["test_transform"]["scale"] == [120, 90]
-    args = argparse.Namespace(config=None, set=None, scale=None, data=str(mini_camvid), data_type="split", split="test")
-    dataset, _ = _dataset_for_eval(args, model)
-    assert dataset.transform.scale == (120, 90)
+    protocol = TestProtocol.of(model)
+    assert protocol.scale == (120, 90) and protocol.transform(model.mean, model.std).scale == (120, 90)
     model.train_config = None
-    assert _dataset_for_eval(args, model)[0].transform.scale == (2048, 512)
+    assert TestProtocol.of(model).scale == (2048, 512)
     img = next((mini_camvid / "images" / "test").iterdir())
     assert cli(["predict", str(final), str(img), "--out", str(tmp_path / "pred")]) == 0
     files = sorted(p.name for p in (tmp_path / "pred").iterdir())

@@ -16,6 +16,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from segkit.models.fuse import for_inference
+
 from .metrics import ConfusionMatrix, format_table
 
 
@@ -66,7 +68,8 @@ def evaluate(model, dataset, *, mode: str = "whole", crop_size: Sequence[int] | 
     Args:
         model: a :class:`~segkit.models.segmentor.Segmentor` (anything with ``inference``,
             ``normalize``, ``num_classes``). Put in ``eval()`` for the run and returned to its
-            previous training mode afterwards; run under ``torch.inference_mode()``.
+            previous training mode afterwards; run under ``torch.inference_mode()``, as its
+            fused copy when it has fusable modules (:func:`segkit.models.fuse.for_inference`).
         dataset: items are dicts with ``"image"`` (float ``(3, h, w)`` normalised by the test
             transform, or uint8 ``(H, W, 3)`` numpy without transform) and ``"label"`` (integer
             ``(H, W)`` at original size); ``ignore_index``, ``classes``, ``num_classes`` are read
@@ -118,6 +121,7 @@ def evaluate(model, dataset, *, mode: str = "whole", crop_size: Sequence[int] | 
 
     was_training = model.training
     model.to(device).eval()
+    runner = for_inference(model)  # BN / layer-scale folded copy where the model has any (SegNeXt)
     start = time.perf_counter()
     try:
         from tqdm.auto import tqdm
@@ -127,7 +131,7 @@ def evaluate(model, dataset, *, mode: str = "whole", crop_size: Sequence[int] | 
             for j, item in enumerate(bar):
                 i = indices[j]
                 image, label = _prepare(model, item, i, device)
-                probs = model.inference(image, mode=mode, crop_size=crop_size, stride=stride, scales=scales,
+                probs = runner.inference(image, mode=mode, crop_size=crop_size, stride=stride, scales=scales,
                                         flip=flip, out_size=label.shape[-2:], window_batch=window_batch)
                 try:
                     cm.update(probs.argmax(dim=1)[0], label)

@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from segkit.config import Config
-from segkit.utils import fsync_dir
+from segkit.utils import atomic_open
 
 
 class NonFiniteLossError(RuntimeError):
@@ -147,17 +147,12 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, atomic rename, fsync the folder.
+    """``torch.save`` through :func:`segkit.utils.atomic_open` (temporary file, fsync, atomic rename).
 
     A kill at any moment leaves the previous checkpoint under its name intact and loadable.
     """
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_open(path) as f:
         torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:

@@ -15,6 +15,35 @@ import numpy as np
 IGNORE_COLOUR = (0, 0, 0)
 
 
+def label_png(label, palette: Sequence[Sequence[int]]):
+    """``PIL.Image`` mode ``P`` of an ``(H, W)`` class-index map (values 0..K-1) with ``palette`` (K ≤ 256 RGB triples).
+
+    Opens in colour in an image viewer and as indices with ``np.array(Image.open(path))``.
+    Raises ``ValueError`` for more than 256 classes.
+    """
+    from PIL import Image
+
+    if len(palette) > 256:
+        raise ValueError(f"{len(palette)} classes do not fit an 8-bit label PNG")
+    img = Image.fromarray(np.asarray(label).astype(np.uint8), mode="L").convert("P")
+    flat = [int(v) for colour in palette for v in colour]
+    img.putpalette(flat + [0] * (768 - len(flat)))
+    return img
+
+
+def png_bytes(img) -> bytes:
+    """A ``PIL.Image`` (or ``uint8`` array) encoded as PNG bytes (for atomic writes)."""
+    import io
+
+    from PIL import Image
+
+    if isinstance(img, np.ndarray):
+        img = Image.fromarray(img)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _as_label(label) -> np.ndarray:
     if hasattr(label, "detach"):
         label = label.detach().cpu().numpy()

@@ -40,4 +40,22 @@ def fuse_for_inference(model: nn.Module) -> nn.Module:
     return out
 
 
-__all__ = ["fuse_for_inference"]
+def has_fusable_modules(model: nn.Module) -> bool:
+    """Whether any submodule of ``model`` (not ``model`` itself) has a ``fused()`` method."""
+    return any(callable(getattr(m, "fused", None)) for m in model.modules() if m is not model)
+
+
+def for_inference(model: nn.Module) -> nn.Module:
+    """What inference entry points run: a fused copy when ``model`` has fusable modules, else ``model``.
+
+    Call it after ``model.eval()`` (the copy is made from the model as it is, BatchNorm running
+    statistics included). Models without fusable modules (SegFormer, RSSeg) are returned as they
+    are, so no copy is made for them.
+    """
+    if getattr(model, "is_fused", False) or not has_fusable_modules(model):
+        return model
+    fused = getattr(model, "fused", None)
+    return fused() if callable(fused) else fuse_for_inference(model)
+
+
+__all__ = ["fuse_for_inference", "has_fusable_modules", "for_inference"]

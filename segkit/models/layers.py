@@ -5,10 +5,38 @@ the paper-specific components live in their own modules (``mit.py``, ``mscan.py`
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 import torch.nn as nn
+
+
+_INIT_FUNCTIONS = ("normal_", "trunc_normal_", "uniform_", "kaiming_normal_", "kaiming_uniform_", "xavier_normal_",
+                   "xavier_uniform_", "constant_", "ones_", "zeros_", "orthogonal_")
+
+
+@contextlib.contextmanager
+def skip_init():
+    """Within the block, ``torch.nn.init`` functions leave tensors untouched (and return them).
+
+    For building models whose weights are never used: shapes only on the ``meta`` device
+    (``segkit models``, FLOP counts), or models about to receive a checkpoint. Random
+    initialisation on ``meta`` tensors goes through PyTorch's reference implementations and
+    costs seconds for the zoo; skipping it changes nothing observable there.
+    """
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS if hasattr(nn.init, name)}
+
+    def untouched(tensor, *args, **kwargs):
+        return tensor
+
+    try:
+        for name in saved:
+            setattr(nn.init, name, untouched)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
 
 
 class DropPath(nn.Module):

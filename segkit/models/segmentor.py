@@ -312,8 +312,21 @@ class Segmentor(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, **inference_kwargs) -> torch.Tensor:
-        """Label map ``(B, H_out, W_out)`` int64 = argmax of :meth:`inference` (same arguments)."""
-        return self.inference(images, **inference_kwargs).argmax(dim=1)
+        """Label map ``(B, H_out, W_out)`` int64 = argmax of :meth:`inference` (same arguments).
+
+        Slide inference without test-time augmentation and without an output resize goes
+        through :meth:`slide_predict` (same labels, memory bounded by a band of rows), so
+        arbitrarily large images can be segmented.
+        """
+        kw = dict(inference_kwargs)
+        out_size = kw.get("out_size")
+        if (kw.get("mode") == "slide" and tuple(kw.get("scales", (1.0,))) == (1.0,) and not kw.get("flip")
+                and (out_size is None or tuple(out_size) == tuple(images.shape[-2:]))):
+            if kw.get("crop_size") is None:
+                raise ValueError("slide inference needs crop_size=(h, w)")
+            return self.slide_predict(images, kw["crop_size"], kw.get("stride"), kw.get("window_batch", 4),
+                                      kw.get("accumulate_on_cpu", False)).long()
+        return self.inference(images, **kw).argmax(dim=1)
 
     def fused(self) -> "Segmentor":
         """An eval-mode copy for inference with eval-time BatchNorms / layer scales folded into convolutions.
@@ -352,10 +365,11 @@ class Segmentor(nn.Module):
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``model.safetensors`` (weights, BN statistics included) and ``config.json`` to ``directory``.
 
-        Files are written to a temporary name then renamed, so an interrupted save never
-        leaves a truncated file under the final name. Returns the directory.
+        Files are written through :func:`segkit.utils.atomic_open` (temporary name, fsync,
+        rename), so an interrupted save never leaves a truncated file under the final name.
+        Returns the directory. Raises ``RuntimeError`` for a fused model (:meth:`fused`).
         """
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         from segkit.utils import atomic_write_bytes
 
@@ -365,9 +379,8 @@ class Segmentor(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = directory / "model.safetensors.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt", "segkit_model": self.name})
-        tmp.replace(directory / "model.safetensors")
+        atomic_write_bytes(directory / "model.safetensors",
+                           save(state, metadata={"format": "pt", "segkit_model": self.name}))
         atomic_write_bytes(directory / "config.json", json.dumps(self.config(), indent=2).encode())
         return directory
 

@@ -2,8 +2,9 @@
 
 Protocol (:func:`benchmark`), written once so every number in our tables means the same:
 
-1. The model is put in ``eval()`` on ``device`` (optionally ``channels_last``, optionally
-   ``torch.compile``-d), the input is one random normalised batch ``(B, 3, H, W)`` float32
+1. The model is put in ``eval()`` on ``device`` and run as what segkit's inference entry points
+   run (:func:`segkit.models.fuse.for_inference`: the fused copy for SegNeXt; optionally
+   ``channels_last``, optionally ``torch.compile``-d), the input is one random normalised batch ``(B, 3, H, W)`` float32
    created once (data loading and preprocessing are not timed — as in mmseg's
    ``tools/analysis_tools/benchmark.py``, which times the test-mode forward on ready data).
 2. Timed call = :meth:`Segmentor.predict` (``mode`` whole or slide): forward, bilinear
@@ -53,10 +54,13 @@ from typing import Sequence
 
 import torch
 
-MIN_SIDE = 32  # SegFormer / SegNeXt / RSSeg encoders downsample 32×; smaller inputs are refused
+from segkit.data.transforms import MIN_SIDE
+from segkit.errors import UsageError
+from segkit.models.fuse import for_inference
 
 
-class BenchmarkError(ValueError):
+
+class BenchmarkError(UsageError):
     """A benchmark request that cannot be run as given; the message says why and what to change."""
 
 
@@ -226,13 +230,14 @@ def benchmark(model, shape: Sequence[int] = (512, 512), *, batch: int = 1, mode:
     was_training = model.training
     try:
         model.eval().to(dev)
+        runner = for_inference(model)  # what inference entry points run (fused copy for SegNeXt)
         gen = torch.Generator().manual_seed(int(seed))
         x = torch.randn((int(batch), 3, h, w), generator=gen).to(dev)
         if channels_last:
-            model.to(memory_format=torch.channels_last)
+            runner.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
         if compile:
-            model.compile()
+            runner.compile()
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
         autocast = (torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
         kwargs = dict(mode=mode, crop_size=crop_size, stride=stride, window_batch=int(window_batch))
@@ -243,7 +248,7 @@ def benchmark(model, shape: Sequence[int] = (512, 512), *, batch: int = 1, mode:
 
         def call():
             with autocast:
-                return model.predict(x, **kwargs)
+                return runner.predict(x, **kwargs)
 
         with torch.inference_mode():
             if dev.type == "cpu":
@@ -310,9 +315,9 @@ def load_for_benchmark(model_or_ckpt: str, num_classes: int = 150, **build_kwarg
     """A zoo name (``segnext-t``) → randomly initialised model with ``num_classes``; else a checkpoint path → ``load_model``.
 
     Speed does not depend on the weights, only on the architecture and class count.
-    Raises ``KeyError`` / ``FileNotFoundError`` naming the argument when it is neither.
+    Raises :class:`BenchmarkError` naming the argument (and the nearest zoo names) when it is neither.
     """
-    from segkit.models.zoo import MODELS, build_model
+    from segkit.models.zoo import MODELS, build_model, suggest
 
     if model_or_ckpt.lower() in MODELS:
         return build_model(model_or_ckpt, num_classes=num_classes, **build_kwargs)
@@ -320,8 +325,8 @@ def load_for_benchmark(model_or_ckpt: str, num_classes: int = 150, **build_kwarg
         from segkit import load_model
 
         return load_model(model_or_ckpt)
-    raise FileNotFoundError(f"{model_or_ckpt!r} is neither a zoo model ({', '.join(MODELS)}) nor an existing "
-                            f"checkpoint file/folder")
+    raise BenchmarkError(f"{model_or_ckpt!r} is neither a zoo model{suggest(model_or_ckpt, MODELS)} nor an existing "
+                         f"checkpoint file/folder; `segkit models` lists the zoo")
 
 
 def format_result(res: dict) -> str:

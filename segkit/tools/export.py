@@ -50,8 +50,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from segkit.data.transforms import MIN_SIDE
+from segkit.models.fuse import for_inference
+
 MIN_OPSET, MAX_OPSET = 17, 20  # 17: LayerNormalization op; 20: newest the TorchScript exporter writes
-MIN_SIDE = 32
 
 
 class ExportError(RuntimeError):
@@ -85,8 +87,10 @@ def second_size(h: int, w: int) -> tuple[int, int]:
 
 
 def metadata(model, *, dynamic: bool, shape: Sequence[int], opset: int) -> dict[str, str]:
-    """The ``metadata_props`` written into the ONNX file (all values strings)."""
+    """The ``metadata_props`` written into the ONNX file (all values strings; ``test_protocol`` is the
+    model's :class:`~segkit.data.protocol.TestProtocol`, which the ONNX predictor applies)."""
     import segkit
+    from segkit.data.protocol import TestProtocol
 
     return {
         "segkit_format": "segkit-onnx-1",
@@ -100,6 +104,7 @@ def metadata(model, *, dynamic: bool, shape: Sequence[int], opset: int) -> dict[
         "align_corners": json.dumps(bool(getattr(model, "align_corners", False))),
         "dynamic_hw": json.dumps(bool(dynamic)),
         "export_shape": json.dumps([int(shape[0]), int(shape[1])]),
+        "test_protocol": json.dumps(TestProtocol.of(model).to_dict()),
         "opset": str(int(opset)),
         "input": "image: float32 (B, 3, H, W), RGB, (pixel - mean) / std on the 0-255 scale",
         "output": "logits: float32 (B, K, H, W) at input resolution",
@@ -112,11 +117,11 @@ def prepare_check_image(model, image: np.ndarray, shape: Sequence[int] | None) -
     """Normalised ``(1, 3, h, w)`` float32 for ``--check``: resized to ``shape`` (fixed-size export) or as is."""
     import cv2
 
+    from segkit.data.transforms import TestTransform
+
     if shape is not None and tuple(image.shape[:2]) != tuple(shape):
         image = cv2.resize(image, (int(shape[1]), int(shape[0])), interpolation=cv2.INTER_LINEAR)
-    from segkit.engine.predict import preprocess
-
-    return preprocess(model, image)
+    return TestTransform(scale=None, size_divisor=None, mean=model.mean, std=model.std)(image)["image"][None]
 
 
 def export_onnx(model, out: str | Path, *, shape: Sequence[int] = (512, 512), dynamic: bool = False,
@@ -157,7 +162,8 @@ def export_onnx(model, out: str | Path, *, shape: Sequence[int] = (512, 512), dy
         raise FileNotFoundError(f"--check image {check_image} does not exist")
     out.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
-    model.cpu().eval()
+    original = model.cpu().eval()
+    model = for_inference(original)  # BN / layer-scale folded copy where the model has any (SegNeXt)
     wrapper = LogitsAtInputSize(model).eval()
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
     example = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
@@ -212,7 +218,7 @@ def export_onnx(model, out: str | Path, *, shape: Sequence[int] = (512, 512), dy
             out.unlink()
         raise
     finally:
-        model.train(was_training)
+        original.train(was_training)
 
 
 def _compare(model, sess, x: torch.Tensor, atol: float, trace_warnings: list[str]) -> dict:

@@ -1,42 +1,41 @@
-"""Segment images with an exported segkit ONNX model — onnxruntime + NumPy + Pillow, no PyTorch.
+"""Segment images with an exported segkit ONNX model — onnxruntime + NumPy + OpenCV/Pillow, no PyTorch.
 
-This module (and what it imports: ``segkit.engine.visualize``, ``segkit.utils``) never imports
-``torch``, so ``segkit predict --onnx model.onnx IMAGE --out DIR`` runs where only
-``onnxruntime``, ``numpy`` and ``Pillow`` are installed (checked by
-``tests/test_tools_export.py`` with ``sys.modules["torch"] = None``).
+This module (and what it imports: :mod:`segkit.data`, ``segkit.engine.visualize``,
+``segkit.utils``) never imports ``torch``, so ``segkit predict --onnx model.onnx IMAGE --out DIR``
+runs where PyTorch is not installed (checked by ``tests/test_tools_export.py`` with
+``sys.modules["torch"] = None``).
 
 The model file carries what inference needs as ONNX ``metadata_props`` (written by
-:func:`segkit.tools.export.export_onnx`): ``class_names``, ``palette``, ``mean``, ``std`` (JSON),
-``dynamic_hw`` and ``export_shape``. Input ``image``: float32 ``(B, 3, H, W)`` RGB normalised as
-``(x − mean) / std`` on the 0–255 scale; output ``logits``: float32 ``(B, K, H, W)``.
+:func:`segkit.tools.export.export_onnx`): ``class_names``, ``palette``, ``mean``, ``std``,
+``dynamic_hw``, ``export_shape`` and ``test_protocol`` (JSON). Input ``image``: float32
+``(B, 3, H, W)`` RGB normalised as ``(x − mean) / std`` on the 0–255 scale; output ``logits``:
+float32 ``(B, K, H, W)``.
 
-Pipeline per image (mirrors ``segkit.engine.predict``):
+Pipeline per image — the one of ``segkit predict``, with the same code for steps 1–2:
 
-1. read with Pillow, EXIF orientation applied, converted to 8-bit RGB;
-2. network input size: a model exported with a fixed size gets the image stretched to that
-   size; a dynamic-size model gets the image as is, or, with ``scale=(long, short)``, the
-   keep-ratio test resize with sides rounded up to multiples of 32 (``TestTransform``), and
-   images with a side below 32 are upscaled (keep ratio) to a short side of 32;
-3. resizing uses bilinear interpolation with PyTorch's ``align_corners=False`` convention on
-   float32, implemented in NumPy (:func:`resize_bilinear`);
-4. logits are resized back to the original size and arg-maxed (in row chunks, so memory stays
-   bounded for many classes at large sizes);
+1. read with :func:`segkit.data.io.read_image` (EXIF orientation applied, 8-bit RGB);
+2. the model's test protocol (:class:`~segkit.data.protocol.TestProtocol`, from the metadata):
+   its test resize (:class:`~segkit.data.transforms.TestTransform`); a model exported with a
+   fixed size gets the image stretched to that size instead;
+3. whole-image inference (slide inference needs PyTorch);
+4. logits are resized back to the original size (bilinear, PyTorch's ``align_corners=False``
+   convention, in NumPy) and arg-maxed in row chunks, so memory stays bounded;
 5. ``<stem>_label.png`` (palette PNG of class indices) and ``<stem>_overlay.png`` (overlay +
    legend) are written, as by ``segkit predict``.
 """
 from __future__ import annotations
 
-import io
+import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from segkit.utils import IMAGE_SUFFIXES, list_images  # noqa: F401 (re-exported)
+from segkit.data.protocol import TestProtocol
+from segkit.data.transforms import TestTransform
+from segkit.utils import IMAGE_SUFFIXES, list_images, output_stems  # noqa: F401 (re-exported)
 
-MIN_SIDE = 32
 FORMAT = "segkit-onnx-1"
 
 
@@ -74,34 +73,13 @@ def _decode_meta(raw: dict, path) -> dict:
         for key in ("class_names", "palette", "mean", "std", "export_shape", "num_classes", "dynamic_hw",
                     "ignore_index"):
             meta[key] = json.loads(raw[key])
+        meta["test_protocol"] = json.loads(raw["test_protocol"]) if "test_protocol" in raw else None
     except (KeyError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: malformed segkit metadata ({e})") from None
     return meta
 
 
-# ----------------------------------------------------------------------------- image helpers (NumPy)
-def read_rgb(path: str | Path) -> np.ndarray:
-    """``uint8 (H, W, 3)`` RGB with EXIF orientation applied (Pillow only).
-
-    Grayscale, palette and RGBA images are converted to RGB (alpha dropped). Raises
-    ``FileNotFoundError`` / ``ValueError`` naming the file if it is missing or unreadable.
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float64) / 257.0
-                return np.repeat(np.clip(arr + 0.5, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
-            return np.ascontiguousarray(np.asarray(img.convert("RGB")))
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: cannot read image ({e})") from None
-
-
+# ----------------------------------------------------------------------------- logits → labels (NumPy)
 def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     scale = n_in / n_out
     src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
@@ -141,12 +119,6 @@ def resize_argmax(logits: np.ndarray, height: int, width: int, chunk_rows: int =
     return out
 
 
-def _rescale_size(h: int, w: int, scale: Sequence[int]) -> tuple[int, int]:
-    # Same rule as segkit.data.transforms.rescale_size (mmcv): keep ratio, fit (long, short).
-    f = min(max(scale) / max(h, w), min(scale) / min(h, w))
-    return int(h * f + 0.5), int(w * f + 0.5)
-
-
 # ----------------------------------------------------------------------------- the predictor
 class OnnxSegmenter:
     """An exported segkit model run by onnxruntime.
@@ -157,7 +129,8 @@ class OnnxSegmenter:
         providers: onnxruntime execution providers (default CPU).
 
     Attributes: ``meta`` (decoded metadata), ``class_names``, ``palette``, ``mean``, ``std``,
-    ``dynamic`` (H/W may vary), ``export_shape`` ``(H, W)``.
+    ``dynamic`` (H/W may vary), ``export_shape`` ``(H, W)``, ``protocol`` (the exported
+    :class:`~segkit.data.protocol.TestProtocol`; files exported before it was recorded get no resize).
     """
 
     def __init__(self, path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None):
@@ -169,34 +142,35 @@ class OnnxSegmenter:
         self.class_names = list(self.meta["class_names"])
         self.palette = [list(c) for c in self.meta["palette"]]
         self.num_classes = int(self.meta["num_classes"])
-        self.mean = np.asarray(self.meta["mean"], dtype=np.float32)
-        self.std = np.asarray(self.meta["std"], dtype=np.float32)
+        self.mean = tuple(float(v) for v in self.meta["mean"])
+        self.std = tuple(float(v) for v in self.meta["std"])
+        self.protocol = TestProtocol(**self.meta["test_protocol"]) if self.meta.get("test_protocol") \
+            else TestProtocol(scale=None)
         self.dynamic = bool(self.meta["dynamic_hw"])
         self.export_shape = tuple(int(v) for v in self.meta["export_shape"])
         self.input_name = self.session.get_inputs()[0].name
 
+    def transform(self, scale: Sequence[int] | None = None) -> TestTransform:
+        """The test transform: the exported protocol's (``scale`` overrides its resize, ``0`` = none), or a
+        stretch to ``export_shape`` for a fixed-size export."""
+        if not self.dynamic:
+            h, w = self.export_shape
+            return TestTransform(scale=(w, h), keep_ratio=False, size_divisor=None, mean=self.mean, std=self.std)
+        protocol = self.protocol
+        if scale is not None:
+            protocol = dataclasses.replace(protocol, scale=None if list(scale) in ([0], [0, 0]) else tuple(scale))
+        return protocol.transform(self.mean, self.std)
+
     def input_size(self, height: int, width: int, scale: Sequence[int] | None = None) -> tuple[int, int]:
         """Network input ``(H', W')`` for an ``height × width`` image (see the module doc, step 2)."""
-        if not self.dynamic:
-            return self.export_shape
-        h, w = height, width
-        if scale is not None:
-            h, w = _rescale_size(h, w, scale)
-            h, w = int(math.ceil(h / 32)) * 32, int(math.ceil(w / 32)) * 32
-        if min(h, w) < MIN_SIDE:
-            f = MIN_SIDE / min(h, w)
-            h, w = max(MIN_SIDE, round(h * f)), max(MIN_SIDE, round(w * f))
-        return h, w
+        return self.transform(scale).output_size(height, width)
 
     def preprocess(self, image: np.ndarray, scale: Sequence[int] | None = None) -> np.ndarray:
         """``uint8 (H, W, 3)`` → normalised float32 ``(1, 3, H', W')``."""
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
-        x = image.astype(np.float32).transpose(2, 0, 1)
-        x = resize_bilinear(x, *self.input_size(*image.shape[:2], scale))
-        x = (x - self.mean[:, None, None]) / self.std[:, None, None]
-        return np.ascontiguousarray(x[None], dtype=np.float32)
+        return np.ascontiguousarray(self.transform(scale).to_array(image)[None])
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         """Run the network on a normalised ``(B, 3, H, W)`` float32 batch → ``(B, K, H, W)`` logits."""
@@ -208,50 +182,33 @@ class OnnxSegmenter:
         return resize_argmax(out, image.shape[0], image.shape[1])
 
 
-def _label_png(label: np.ndarray, palette) -> bytes:
-    from PIL import Image
-
-    img = Image.fromarray(label.astype(np.uint8), mode="L").convert("P")
-    flat = [int(v) for colour in palette for v in colour]
-    img.putpalette(flat + [0] * (768 - len(flat)))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-
 def predict_paths_onnx(model_path: str | Path, inputs: str | Path, out_dir: str | Path, *,
                        scale: Sequence[int] | None = None, threads: int | None = None,
                        alpha: float = 0.5) -> list[Path]:
     """Segment an image or a folder of images with an exported model; write label + overlay PNGs.
 
     Output names as ``segkit predict``: ``<stem>_label.png``, ``<stem>_overlay.png`` (files
-    sharing a stem get their suffix appended). Returns the written paths in input order.
-    Raises ``FileNotFoundError`` / ``ValueError`` naming the model or image at fault.
+    sharing a stem get their suffix appended). ``scale`` overrides the exported test resize
+    (``0`` = none). Returns the written paths in input order. Raises ``FileNotFoundError`` /
+    ``ValueError`` naming the model or image at fault.
     """
-    from PIL import Image
-
-    from segkit.engine.visualize import overlay_with_legend
+    from segkit.data.io import read_image
+    from segkit.engine.visualize import label_png, overlay_with_legend, png_bytes
     from segkit.utils import atomic_write_bytes
 
     model = OnnxSegmenter(model_path, threads=threads)
     if model.num_classes > 256:
         raise ValueError(f"{model.num_classes} classes do not fit an 8-bit label PNG (max 256)")
     files = list_images(inputs)
-    stems = [f.stem for f in files]
-    dup = {s for s in stems if stems.count(s) > 1}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for f in files:
-        stem = f"{f.stem}_{f.suffix.lstrip('.').lower()}" if f.stem in dup else f.stem
-        image = read_rgb(f)
+    for f, stem in zip(files, output_stems(files)):
+        image = read_image(f)
         label = model.predict(image, scale)
         label_path, overlay_path = out_dir / f"{stem}_label.png", out_dir / f"{stem}_overlay.png"
-        atomic_write_bytes(label_path, _label_png(label, model.palette))
+        atomic_write_bytes(label_path, png_bytes(label_png(label, model.palette)))
         vis = overlay_with_legend(image, label, model.palette, model.class_names, alpha=alpha, ignore_index=-1)
-        buf = io.BytesIO()
-        Image.fromarray(vis).save(buf, format="PNG")
-        atomic_write_bytes(overlay_path, buf.getvalue())
+        atomic_write_bytes(overlay_path, png_bytes(vis))
         written += [label_path, overlay_path]
     return written

@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from segkit.data.transforms import MIN_SIDE  # imagecorruptions also refuses sides below 32 px
 from segkit.utils import json_safe  # NaN -> null for JSON (shared with metrics.json)
 
 CORRUPTION_GROUPS: dict[str, tuple[str, ...]] = {
@@ -71,7 +72,6 @@ CORRUPTION_GROUPS: dict[str, tuple[str, ...]] = {
 }
 CORRUPTIONS: tuple[str, ...] = tuple(c for group in CORRUPTION_GROUPS.values() for c in group)
 SEVERITIES = (1, 2, 3, 4, 5)
-MIN_SIDE = 32  # imagecorruptions refuses images with a side below 32 px
 
 
 class CorruptionError(RuntimeError):
