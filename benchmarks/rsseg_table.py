@@ -1,4 +1,4 @@
-"""Regenerate the RSSeg parameters / GFLOPs table against the paper (rsseg.md Tables 4, 5, 7, 9).
+"""Regenerate the RSSeg parameters / GFLOPs table against the paper (RSSeg paper Tables 4, 5, 7, 9).
 
     python benchmarks/rsseg_table.py      # writes benchmarks/results/rsseg_flops.{json,md} and the
                                           # table between the markers in docs/model_zoo.md and docs/rsseg.md

@@ -10,8 +10,8 @@ Example (CamVid, SegNeXt-T)::
 
     model: segnext-t
     data:
-      train: {type: split, root: ../shared/data/camvid, split: train}
-      val:   {type: split, root: ../shared/data/camvid, split: val}
+      train: {type: split, root: ${SEGKIT_DATA}/camvid, split: train}
+      val:   {type: split, root: ${SEGKIT_DATA}/camvid, split: val}
     train_transform: {scale: [480, 360], crop_size: [256, 256]}
     test_transform: {scale: [480, 360]}
     optim: {lr: 6.0e-5}
@@ -42,7 +42,7 @@ class DataConfig:
 
 @dataclass
 class TrainTransformConfig:
-    """Reference train pipeline (architectures.md §6.2). ``scale`` = (long, short) image scale in pixels."""
+    """Reference train pipeline (official configs' ``train_pipeline``; docs/protocols.md). ``scale`` = (long, short) image scale in pixels."""
     scale: list = field(default_factory=lambda: [2048, 512])
     ratio_range: list = field(default_factory=lambda: [0.5, 2.0])
     crop_size: list = field(default_factory=lambda: [512, 512])
@@ -53,7 +53,7 @@ class TrainTransformConfig:
 
 @dataclass
 class TestTransformConfig:
-    """Reference test resize (architectures.md §6.3): keep-ratio to ``scale``, then ``size_divisor``; null scale = no resize."""
+    """Reference test resize (official configs' ``test_pipeline``; docs/protocols.md): keep-ratio to ``scale``, then ``size_divisor``; null scale = no resize."""
     scale: Optional[list] = field(default_factory=lambda: [2048, 512])
     keep_ratio: bool = True
     size_divisor: Optional[int] = 32
@@ -61,13 +61,13 @@ class TestTransformConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with the reference parameter groups (architectures.md §6.1).
+    """AdamW with the reference parameter groups (official configs' ``optimizer``; docs/protocols.md).
 
     ``norm_decay_rule``: ``"type"`` (default) exempts every normalisation-layer parameter
     (LayerNorm/BatchNorm/GroupNorm weight and bias) and ``pos_block`` from weight decay;
     ``"reference"`` reproduces mmcv's substring rule (keys ``pos_block``/``head``/``norm`` on the
     parameter name, longest first, first match wins), under which MSCAN's stem BNs and the head's
-    GroupNorms *do* decay (architectures.md §0.8). We default to the type rule because the
+    GroupNorms *do* decay (docs/protocols.md, "Weight decay"). We default to the type rule because the
     substring rule's exemptions depend on attribute names, not on what the parameter is.
     ``no_decay_1d`` also exempts every 1-D parameter (biases, LHF logits, DCA scales), the
     BEiT/timm fine-tuning convention used by the RSSeg configs; the SegFormer/SegNeXt reference
@@ -89,7 +89,7 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    """Poly schedule with linear warm-up (mmcv 1.x semantics, architectures.md §6.1)."""
+    """Poly schedule with linear warm-up (mmcv 1.x ``PolyLrUpdaterHook`` semantics; docs/protocols.md)."""
     max_iters: int = 160000
     warmup_iters: int = 1500
     warmup_ratio: float = 1e-6
@@ -139,7 +139,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Test-time protocol (architectures.md §6.3)."""
+    """Test-time protocol (mmseg ``EncoderDecoder`` whole / slide / aug_test; docs/protocols.md)."""
     mode: str = "whole"
     crop_size: Optional[list] = None
     stride: Optional[list] = None

@@ -1,4 +1,4 @@
-"""Config validation and the reference optimiser / schedule (architectures.md §6.1)."""
+"""Config validation and the reference optimiser / schedule (docs/protocols.md)."""
 import math
 
 import pytest

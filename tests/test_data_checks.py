@@ -10,7 +10,6 @@ from PIL import Image
 from segkit.data import DataError, FolderDataset, SegDataset, SplitDataset, check_dataset
 from segkit.data import io as dio
 
-CAMVID = Path("/work/shared/data/camvid")
 
 
 @pytest.fixture(autouse=True)
@@ -34,13 +33,12 @@ def lbl(path, values, size=(8, 10)):
     return str(path)
 
 
-@pytest.mark.skipif(not CAMVID.is_dir(), reason="shared CamVid data not available")
-def test_camvid_train_counts_match_meta_and_fast():
-    ds = SplitDataset(CAMVID, "train")
+def test_camvid_train_counts_match_meta_and_fast(camvid):
+    ds = SplitDataset(camvid, "train")
     t = time.perf_counter()
     report = check_dataset(ds, progress=False)
     elapsed = time.perf_counter() - t
-    info = json.loads((CAMVID / "meta.json").read_text())["pixel_counts"]["train"]
+    info = json.loads((camvid / "meta.json").read_text())["pixel_counts"]["train"]
     assert report.ok and report.num_samples == 367
     assert report.pixel_counts.tolist() == info["per_class"]
     assert report.ignore_pixels == info["ignore_255"] and report.total_pixels == info["total"]

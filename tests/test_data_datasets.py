@@ -13,7 +13,6 @@ from segkit.data import (
 )
 from segkit.data.io import index_to_colour
 
-CAMVID = Path("/work/shared/data/camvid")
 H, W = 12, 16
 
 
@@ -75,9 +74,8 @@ def test_split_dataset_label_convention_from_meta(tmp_path):
     assert values(SplitDataset(tmp_path, "train"), 0) == {255, 0, 1}
 
 
-@pytest.mark.skipif(not CAMVID.is_dir(), reason="shared CamVid data not available")
-def test_real_camvid_samples():
-    ds = SplitDataset(CAMVID, "train")
+def test_real_camvid_samples(camvid):
+    ds = SplitDataset(camvid, "train")
     assert len(ds) == 367 and ds.num_classes == 11 and ds.classes[0] == "sky"
     for i in (0, 100, 366):
         item = ds[i]
@@ -89,7 +87,7 @@ def test_real_camvid_samples():
     assert batch["image"].shape == (2, 3, 256, 256) and batch["image"].dtype == torch.float32
     assert batch["label"].shape == (2, 256, 256) and batch["label"].dtype == torch.int64
     assert len(batch["image_path"]) == 2
-    val = build_dataset({"type": "split", "root": str(CAMVID), "split": "val"}, transform=TestTransform(scale=(480, 360)))
+    val = build_dataset({"type": "split", "root": str(camvid), "split": "val"}, transform=TestTransform(scale=(480, 360)))
     item = val[0]
     assert item["image"].shape == (3, 384, 480) and item["label"].shape == (360, 480)
 

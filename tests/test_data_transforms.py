@@ -1,4 +1,4 @@
-"""segkit.data.transforms: reference semantics (architectures.md §6.2/§6.3) and invariants."""
+"""segkit.data.transforms: reference semantics (docs/protocols.md) and invariants."""
 import cv2
 import numpy as np
 import pytest

@@ -44,11 +44,11 @@ def _torchrun() -> str:
 
 
 @NO_TORCHRUN
-def test_torchrun_two_ranks_match_single_process(mini_camvid, tmp_path):
+def test_torchrun_two_ranks_match_single_process(synthetic_split, tmp_path):
     torchrun = _torchrun()
     ddp_cfg, single_cfg = tmp_path / "ddp.yaml", tmp_path / "single.yaml"
-    ddp_cfg.write_text(yaml.safe_dump(cfg_dict(mini_camvid, tmp_path / "ddp")))
-    single_cfg.write_text(yaml.safe_dump(cfg_dict(mini_camvid, tmp_path / "single")))
+    ddp_cfg.write_text(yaml.safe_dump(cfg_dict(synthetic_split, tmp_path / "ddp")))
+    single_cfg.write_text(yaml.safe_dump(cfg_dict(synthetic_split, tmp_path / "single")))
     r = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "segkit", "train", str(ddp_cfg),
                         "--no-progress"], env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -72,16 +72,16 @@ def test_torchrun_two_ranks_match_single_process(mini_camvid, tmp_path):
 
 
 @NO_TORCHRUN
-def test_torchrun_bad_label_stops_every_rank_with_the_file_named(mini_camvid, tmp_path):
+def test_torchrun_bad_label_stops_every_rank_with_the_file_named(synthetic_split, tmp_path):
     """Rank 0 scans the labels; a bad one must stop rank 1 too (not leave it waiting in a collective)."""
-    label_dir = mini_camvid / "labels" / "train"
+    label_dir = synthetic_split / "labels" / "train"
     bad = sorted(label_dir.iterdir())[1]
     arr = np.array(Image.open(bad))
     bad.unlink()  # a symlink into the shared data: replace it, never write through it
     arr[:3, :3] = 77
     Image.fromarray(arr).save(bad)
     cfg = tmp_path / "ddp.yaml"
-    cfg.write_text(yaml.safe_dump(cfg_dict(mini_camvid, tmp_path / "ddp")))
+    cfg.write_text(yaml.safe_dump(cfg_dict(synthetic_split, tmp_path / "ddp")))
     r = subprocess.run([_torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "segkit", "train", str(cfg),
                         "--no-progress"], env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode != 0

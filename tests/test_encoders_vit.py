@@ -204,7 +204,7 @@ def test_beit_param_counts():
 
 
 def _cswin_formula(c: int, depths, head: int = 0, seg_norms: bool = True) -> int:
-    """Parameters from the architecture description (architectures.md §4.2), counted by hand.
+    """Parameters from the architecture description (official ``cswin.py``), counted by hand.
 
     Block of width d: LN (2d) + qkv (3d² + 3d) + LePE depth-wise 3×3 with bias over all d channels
     (10d) + proj (d² + d) + LN (2d) + MLP (4d² + 4d + 4d² + d) = 12d² + 23d.
@@ -226,7 +226,7 @@ def test_cswin_param_counts():
         assert n_params(m) == _cswin_formula(cfg["embed_dim"], cfg["depths"])
         with_head = _cswin_formula(cfg["embed_dim"], cfg["depths"], head=1000, seg_norms=False)
         assert abs(with_head - paper_imagenet[name]) / paper_imagenet[name] < 0.04
-    # RSSeg-CSWin-T totals 23.2M (rsseg.md Table 9): the encoder alone must stay below it
+    # RSSeg-CSWin-T totals 23.2M (RSSeg paper Table 9): the encoder alone must stay below it
     with torch.device("meta"):
         assert n_params(CSWin(**CSWIN_VARIANTS["t"])) < 23.2e6
 

@@ -78,17 +78,17 @@ def final_weights(work_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, mini_camvid_module):
+def reference_run(tmp_path_factory, synthetic_split_module):
     tmp = tmp_path_factory.mktemp("ref")
-    cfg = write_cfg(tmp / "cfg.yaml", mini_camvid_module, tmp / "work")
+    cfg = write_cfg(tmp / "cfg.yaml", synthetic_split_module, tmp / "work")
     r = run_driver(tmp, "none", 0, cfg)
     assert r.returncode == 0, r.stderr[-2000:]
     return final_weights(tmp / "work")
 
 
 @pytest.mark.parametrize("mode,n", [("mid_iteration", 4), ("mid_checkpoint", 2)])
-def test_sigkill_then_resume_is_identical(tmp_path, mini_camvid_module, reference_run, mode, n):
-    cfg = write_cfg(tmp_path / "cfg.yaml", mini_camvid_module, tmp_path / "work")
+def test_sigkill_then_resume_is_identical(tmp_path, synthetic_split_module, reference_run, mode, n):
+    cfg = write_cfg(tmp_path / "cfg.yaml", synthetic_split_module, tmp_path / "work")
     r = run_driver(tmp_path, mode, n, cfg)
     assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-2000:])
     work = tmp_path / "work"
@@ -106,8 +106,8 @@ def test_sigkill_then_resume_is_identical(tmp_path, mini_camvid_module, referenc
         assert torch.equal(v, resumed[k]), k
 
 
-def test_sigterm_saves_and_exits_cleanly(tmp_path, mini_camvid_module):
-    cfg = write_cfg(tmp_path / "cfg.yaml", mini_camvid_module, tmp_path / "work")
+def test_sigterm_saves_and_exits_cleanly(tmp_path, synthetic_split_module):
+    cfg = write_cfg(tmp_path / "cfg.yaml", synthetic_split_module, tmp_path / "work")
     data = yaml.safe_load(cfg.read_text())
     data["schedule"]["max_iters"] = 100000
     cfg.write_text(yaml.safe_dump(data))
@@ -149,11 +149,11 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
     assert not target.exists()
 
 
-def test_bad_sample_names_its_file_through_workers(tmp_path, mini_camvid_module):
+def test_bad_sample_names_its_file_through_workers(tmp_path, synthetic_split_module):
     import shutil
 
     root = tmp_path / "bad"
-    shutil.copytree(mini_camvid_module, root, symlinks=False)
+    shutil.copytree(synthetic_split_module, root, symlinks=False)
     victim = sorted((root / "images" / "train").iterdir())[1]
     victim.write_bytes(victim.read_bytes()[:200])  # truncated image
     cfg = write_cfg(tmp_path / "cfg.yaml", root, tmp_path / "work", num_workers=2)

@@ -1,4 +1,4 @@
-"""RSSeg (rsseg.md §3–4): LHF, SASM, AF, DCA losses, boundary loss, wiring of every variant,
+"""RSSeg (RSSeg paper §3–4): LHF, SASM, AF, DCA losses, boundary loss, wiring of every variant,
 checkpoint/optimiser integration, and parameter / FLOP counts against the paper's tables."""
 import math
 
@@ -342,7 +342,7 @@ def test_paper_lr_recipe_is_expressible():
 
 
 # ----------------------------------------------------------------------------- counts vs the paper
-# rsseg.md Tables 4, 5, 7, 9: every paper figure, from the same list as the docs table (benchmarks/rsseg_table.py)
+# RSSeg paper Tables 4, 5, 7, 9: every paper figure, from the same list as the docs table (benchmarks/rsseg_table.py)
 PAPER_PARAMS = [(r.label, r.model, r.kwargs, r.classes, r.params_m) for r in PAPER_ROWS if r.params_m is not None]
 PAPER_GFLOPS = [(r.label, r.model, r.kwargs, r.classes, r.shape[0], r.gflops) for r in PAPER_ROWS if r.gflops is not None]
 

@@ -17,9 +17,9 @@ from segkit.models.contract import Features
 from segkit.models.fuse import fuse_for_inference
 
 torch.set_num_threads(1)
-KEYS_DIR = Path("/work/shared/reference/checkpoint-keys")
+KEYS_DIR = Path(__file__).resolve().parent / "data" / "checkpoint-keys"
 
-# architectures.md §2.4 (computed from the reference module definitions).
+# computed from the reference module definitions (official mscan.py / ham_head.py); docs/model_zoo.md.
 COUNTS = {  # variant: (encoder, total ADE K=150, total Cityscapes K=19)
     "t": (3_903_584, 4_263_414, 4_229_747),
     "s": (13_450_176, 13_932_886, 13_899_219),

@@ -18,7 +18,6 @@ from segkit.tools.onnx_predict import OnnxSegmenter, read_metadata, resize_argma
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-CAMVID_IMAGE = Path(__file__).resolve().parents[2] / "shared/data/camvid/images/test/0001TP_008550.webp"
 TOL = 1e-4  # float32 logits of randomly initialised models are O(1); the exporter's own bound is 1e-3
 
 
@@ -33,11 +32,13 @@ def _torch_logits(model, x):
 
 
 @pytest.fixture(scope="module")
-def camvid_meta():
-    meta_path = CAMVID_IMAGE.parents[2] / "meta.json"
-    if not meta_path.is_file():
-        pytest.skip("CamVid not found")
-    return json.loads(meta_path.read_text())
+def camvid_meta(camvid):
+    return json.loads((camvid / "meta.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def camvid_image(camvid):
+    return camvid / "images" / "test" / "0001TP_008550.webp"
 
 
 @pytest.fixture(scope="module")
@@ -85,16 +86,13 @@ def test_segnext_dynamic_parity(tmp_path):
 
 
 def _smallest_rsseg():
-    names = [n for n in segkit.list_models() if n.startswith("rsseg-")]
-    if "rsseg-vit-ti" not in names:
-        pytest.skip(f"no RSSeg ViT-Ti in the zoo yet (RSSeg models present: {names or 'none'})")
     # ViT-Ti at tiny width/depth: the architecture (two-pathway decoder, SASM, DCA) at small cost
     return segkit.build_model("rsseg-vit-ti", num_classes=5, img_size=64, depth=4).eval()
 
 
-def test_rsseg_fixed_size_parity_and_dynamic_refused(tmp_path):
+def test_rsseg_fixed_size_parity_and_dynamic_refused(tmp_path, camvid_image):
     model = _smallest_rsseg()
-    rep = export_onnx(model, tmp_path / "rsseg.onnx", shape=(64, 64), check_image=CAMVID_IMAGE)
+    rep = export_onnx(model, tmp_path / "rsseg.onnx", shape=(64, 64), check_image=camvid_image)
     assert rep["checks"][0]["input"] == [2, 3, 64, 64] and rep["checks"][-1]["input"] == [1, 3, 64, 64]
     assert all(c["max_abs_diff"] < TOL for c in rep["checks"])
     x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))  # batch is dynamic
@@ -132,7 +130,7 @@ def test_numpy_resize_matches_torch_interpolate():
         assert (resize_argmax(x.numpy(), *size, chunk_rows=7) == ref.argmax(0).numpy()).mean() > 0.999
 
 
-def test_predict_onnx_runs_without_torch(segformer_export, tmp_path):
+def test_predict_onnx_runs_without_torch(segformer_export, tmp_path, camvid_image):
     """`segkit predict --onnx` with torch made unimportable; labels equal the PyTorch predictor's."""
     from PIL import Image
 
@@ -141,16 +139,16 @@ def test_predict_onnx_runs_without_torch(segformer_export, tmp_path):
     model, path = segformer_export
     code = ("import sys; sys.modules['torch'] = None\n"
             "from segkit.cli import main\n"
-            f"rc = main(['predict', '--onnx', {str(path)!r}, {str(CAMVID_IMAGE)!r}, '--out', {str(tmp_path / 'o')!r}])\n"
+            f"rc = main(['predict', '--onnx', {str(path)!r}, {str(camvid_image)!r}, '--out', {str(tmp_path / 'o')!r}])\n"
             "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n"
             "raise SystemExit(rc)\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    onnx_label = np.array(Image.open(tmp_path / "o" / f"{CAMVID_IMAGE.stem}_label.png"))
-    assert (tmp_path / "o" / f"{CAMVID_IMAGE.stem}_overlay.png").is_file()
-    predict_paths(model, CAMVID_IMAGE, tmp_path / "t", progress=False)
-    torch_label = np.array(Image.open(tmp_path / "t" / f"{CAMVID_IMAGE.stem}_label.png"))
+    onnx_label = np.array(Image.open(tmp_path / "o" / f"{camvid_image.stem}_label.png"))
+    assert (tmp_path / "o" / f"{camvid_image.stem}_overlay.png").is_file()
+    predict_paths(model, camvid_image, tmp_path / "t", progress=False)
+    torch_label = np.array(Image.open(tmp_path / "t" / f"{camvid_image.stem}_label.png"))
     assert onnx_label.shape == torch_label.shape == (360, 480)
     assert (onnx_label == torch_label).mean() > 0.999
 

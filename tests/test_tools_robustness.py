@@ -123,8 +123,8 @@ class _ColourHead(DecodeHead):
         return self.conv(features.stages[0])
 
 
-def test_evaluate_robustness_two_images(mini_camvid, tmp_path):
-    ds = SplitDataset(mini_camvid, "test")
+def test_evaluate_robustness_two_images(synthetic_split, tmp_path):
+    ds = SplitDataset(synthetic_split, "test")
     assert len(ds) == 2
     model = Segmentor(_Pixels(), _ColourHead(ds.num_classes), ds.num_classes, class_names=ds.classes)
     tf = TestTransform(scale=(96, 72), size_divisor=None, mean=model.mean, std=model.std)
@@ -149,8 +149,8 @@ def test_evaluate_robustness_two_images(mini_camvid, tmp_path):
     assert grid.size[0] > 0 and grid.mode == "RGB"
 
 
-def test_corrupted_items_differ_and_go_through_the_same_transform(mini_camvid):
-    ds = SplitDataset(mini_camvid, "test")
+def test_corrupted_items_differ_and_go_through_the_same_transform(synthetic_split):
+    ds = SplitDataset(synthetic_split, "test")
     tf = TestTransform(scale=(96, 72), size_divisor=32)
     clean = R.CorruptedDataset(ds, tf, None)[1]
     noisy = R.CorruptedDataset(ds, tf, "shot_noise", 2, seed=0)[1]
@@ -160,8 +160,8 @@ def test_corrupted_items_differ_and_go_through_the_same_transform(mini_camvid):
     assert torch.equal(noisy["image"], R.CorruptedDataset(ds, tf, "shot_noise", 2, seed=0)[1]["image"])
 
 
-def test_bad_robustness_requests(mini_camvid):
-    ds = SplitDataset(mini_camvid, "test")
+def test_bad_robustness_requests(synthetic_split):
+    ds = SplitDataset(synthetic_split, "test")
     model = Segmentor(_Pixels(), _ColourHead(ds.num_classes), ds.num_classes)
     tf = TestTransform(scale=(96, 72))
     with pytest.raises(ValueError, match="unknown corruption"):
@@ -170,14 +170,14 @@ def test_bad_robustness_requests(mini_camvid):
         R.evaluate_robustness(model, ds, tf, corruptions=["fog"], severities=[0], progress=False)
 
 
-def test_cli_robustness(mini_camvid, tmp_path, capsys):
+def test_cli_robustness(synthetic_split, tmp_path, capsys):
     import segkit
     from segkit.cli import main
 
-    ds = SplitDataset(mini_camvid, "test")
+    ds = SplitDataset(synthetic_split, "test")
     ckpt = segkit.build_model("segformer-b0", num_classes=ds.num_classes, class_names=ds.classes,
                               palette=ds.palette).save_pretrained(tmp_path / "ckpt")
-    rc = main(["robustness", str(ckpt), "--data", str(mini_camvid), "--split", "test", "--corruptions", "contrast",
+    rc = main(["robustness", str(ckpt), "--data", str(synthetic_split), "--split", "test", "--corruptions", "contrast",
                "--severities", "2", "--max-images", "1", "--scale", "64", "48", "--out", str(tmp_path / "out")])
     assert rc == 0
     out = capsys.readouterr().out

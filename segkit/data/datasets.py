@@ -3,7 +3,7 @@
 Every dataset is a :class:`SegDataset`: a list of ``(image_path, label_path | None)`` pairs plus
 the label specification (class names, palette, ``ignore_index``, ``reduce_zero_label``, optional
 ``label_map``). The benchmark classes reproduce the on-disk layouts and label conventions of the
-reference (mmseg) data preparation (architectures.md §8, datasets.md):
+reference (mmseg) data preparation (``tools/convert_datasets/*``; docs/datasets.md):
 
 * :class:`ADE20K`: ``images/{training,validation}/*.jpg`` ↔ ``annotations/…/*.png``; reduce_zero_label.
 * :class:`Cityscapes`: ``leftImg8bit/{split}/<city>/*_leftImg8bit.png`` ↔
@@ -472,7 +472,7 @@ class ADE20K(SegDataset):
     """ADE20K / SceneParse150 (150 classes): ``root`` = ``ADEChallengeData2016`` (or its parent).
 
     Layout ``images/{training,validation}/*.jpg`` ↔ ``annotations/{…}/*.png``; label 0 ("other")
-    -> 255 and k -> k-1 (``reduce_zero_label``; architectures.md §8). Split aliases: train, val.
+    -> 255 and k -> k-1 (``reduce_zero_label``; docs/datasets.md). Split aliases: train, val.
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "training", transform: Callable | None = None):
@@ -488,9 +488,9 @@ class Cityscapes(SegDataset):
     """Cityscapes (19 train ids): ``root`` contains ``leftImg8bit/`` and ``gtFine/``.
 
     ``leftImg8bit/{split}/<city>/<x>_leftImg8bit.png`` ↔ ``gtFine/{split}/<city>/<x>_gtFine_labelTrainIds.png``
-    (made by cityscapesScripts; architectures.md §8). ``label_type="labelIds"`` reads
+    (made by cityscapesScripts; docs/datasets.md). ``label_type="labelIds"`` reads
     ``*_gtFine_labelIds.png`` instead and maps label ids to train ids on the fly (others -> 255;
-    datasets.md "Cityscapes labelId → trainId").
+    docs/datasets.md "Cityscapes labelId → trainId").
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None,
@@ -515,7 +515,7 @@ class PascalVOC(SegDataset):
     Splits ``train`` / ``val`` / ``trainval``: ``ImageSets/Segmentation/<split>.txt``,
     ``JPEGImages/<id>.jpg`` ↔ ``SegmentationClass/<id>.png`` (palette PNGs: indices are read).
     ``trainaug`` = ``train.txt`` with ``SegmentationClass`` followed by ``aug.txt`` with
-    ``SegmentationClassAug`` (SBD, made by the reference ``voc_aug.py``; architectures.md §8).
+    ``SegmentationClassAug`` (SBD, made by the reference ``voc_aug.py``; docs/datasets.md).
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None):
@@ -564,7 +564,7 @@ class COCOStuff164k(SegDataset):
     ``images/{train2017,val2017}/<x>.jpg`` ↔ ``annotations/{…}/<x>_labelTrainIds.png`` (ids 0-170,
     255 = unlabelled; made by the reference ``coco_stuff164k.py``). ``label_type="raw"`` reads the
     original ``stuffthingmaps`` ``<x>.png`` and maps COCO ids to train ids on the fly
-    (datasets.md); choice: the 11 unused COCO thing ids map to 255 (the reference script leaves
+    (docs/datasets.md); choice: the 11 unused COCO thing ids map to 255 (the reference script leaves
     them unchanged, which would alias real train ids; they never occur in practice).
     Split aliases: train, val.
     """
@@ -607,9 +607,9 @@ class ISAID(SegDataset):
     """iSAID (16 classes incl. background): ``root`` contains ``img_dir/`` and ``ann_dir/``.
 
     ``img_dir/{train,val}/<x>.png`` ↔ ``ann_dir/{…}/<x>_instance_color_RGB.png`` (reference naming,
-    architectures.md §8). The reference converter writes single-channel class ids under that
+    docs/datasets.md). The reference converter writes single-channel class ids under that
     name; original RGB colour masks are also accepted and converted with the iSAID colour table
-    (datasets.md), colours not in the table -> ``unknown_colour`` (default 0 = background, as
+    (docs/datasets.md), colours not in the table -> ``unknown_colour`` (default 0 = background, as
     the reference converter does; pass ``"error"`` to refuse them).
     """
 

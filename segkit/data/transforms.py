@@ -1,4 +1,5 @@
-"""Train and test transforms of the reference pipelines (architectures.md §6.2 / §6.3).
+"""Train and test transforms of the reference pipelines (official configs' ``train_pipeline`` / ``test_pipeline``;
+docs/protocols.md).
 
 Train (``TrainTransform``), in the reference order:
 
@@ -168,7 +169,7 @@ def _pair(x, name: str) -> tuple[int, int]:
 
 
 class TrainTransform:
-    """Reference training augmentation (architectures.md §6.2); see the module docstring.
+    """Reference training augmentation (docs/protocols.md); see the module docstring.
 
     Args:
         scale: ``(long, short)`` base scale of the random resize (ADE20K (2048, 512),

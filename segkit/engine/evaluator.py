@@ -1,6 +1,6 @@
 """Dataset evaluation: run a model over a segmentation dataset and compute mIoU & co.
 
-Protocol (architectures.md §6.3): each image goes through the dataset's test transform
+Protocol (the official ``mmseg/apis/test.py`` + ``EncoderDecoder``; docs/protocols.md): each image goes through the dataset's test transform
 (resize + normalise), :meth:`Segmentor.inference` (whole / slide / multi-scale + flip), the
 class probabilities are resized to the *original* label size and arg-maxed, and the pixels are
 added to one dataset-wide :class:`~segkit.engine.metrics.ConfusionMatrix`. Nothing but that
@@ -75,7 +75,7 @@ def evaluate(model, dataset, *, mode: str = "whole", crop_size: Sequence[int] | 
             ``(H, W)`` at original size); ``ignore_index``, ``classes``, ``num_classes`` are read
             from it when present. Batch size is 1 (images differ in size).
         mode, crop_size, stride, scales, flip, window_batch: passed to ``model.inference``
-            (architectures.md §6.3; e.g. Cityscapes ``mode="slide", crop_size=(1024, 1024),
+            (docs/protocols.md; e.g. Cityscapes ``mode="slide", crop_size=(1024, 1024),
             stride=(768, 768)``; multi-scale ``scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True``).
         device: where the model and images go (the model is moved there).
         progress: tqdm bar (rank 0 only).

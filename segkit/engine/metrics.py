@@ -1,6 +1,6 @@
 """Streaming confusion matrix and the segmentation metrics derived from it.
 
-The metric is dataset-wide (architectures.md §6.3): intersections and unions are summed over
+The metric is dataset-wide (mmseg ``mean_iou`` / ``IoUMetric``; docs/protocols.md): intersections and unions are summed over
 all pixels of all images *before* dividing, so a per-class IoU is not an average of per-image
 IoUs. Only the ``K × K`` confusion matrix is kept in memory, never the logits or predictions.
 

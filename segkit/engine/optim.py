@@ -1,6 +1,6 @@
 """Optimiser parameter groups and the poly learning-rate schedule of the reference recipe.
 
-Source: architectures.md §6.1 (SegFormer and SegNeXt official configs): AdamW lr 6e-5,
+Source: the SegFormer and SegNeXt official configs (``local_configs/*``; docs/protocols.md): AdamW lr 6e-5,
 betas (0.9, 0.999), weight decay 0.01; decode head lr × 10; no weight decay on norms;
 poly decay (power 1.0, min_lr 0) with a linear warm-up of 1500 iterations from ratio 1e-6.
 """
@@ -91,7 +91,7 @@ def poly_warmup_factor(it: int, *, max_iters: int, warmup_iters: int = 1500, war
                        power: float = 1.0, min_lr_ratio: float = 0.0) -> float:
     """Learning-rate factor at iteration ``it`` (0-based) relative to the base lr.
 
-    mmcv 1.x semantics (architectures.md §6.1): ``poly = (1 - min_ratio)(1 - it/max_iters)^power + min_ratio``;
+    mmcv 1.x ``PolyLrUpdaterHook`` semantics (docs/protocols.md): ``poly = (1 - min_ratio)(1 - it/max_iters)^power + min_ratio``;
     during warm-up (``it < warmup_iters``) the factor is ``poly · (1 - (1 - it/warmup_iters)(1 - warmup_ratio))``.
     """
     progress = min(it, max_iters) / max_iters

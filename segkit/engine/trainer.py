@@ -1,4 +1,4 @@
-"""Iteration-based trainer implementing the reference recipe (architectures.md §6.1–6.2).
+"""Iteration-based trainer implementing the reference recipe (SegFormer §4.1, SegNeXt §4.1; docs/protocols.md).
 
 Read top to bottom: :func:`train` sets up (device, seed, data, model, optimiser, schedule),
 optionally resumes, then runs the loop — forward/backward, logging, periodic evaluation and

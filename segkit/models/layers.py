@@ -67,14 +67,14 @@ class DropPath(nn.Module):
 def drop_path_rates(total: float, depths) -> list[float]:
     """Linearly increasing stochastic-depth rates over all blocks, ``linspace(0, total, sum(depths))``.
 
-    Source: SegFormer / SegNeXt official code (architectures.md §1.2, §2.2).
+    Source: SegFormer / SegNeXt official code (``mix_transformer.py`` ``_init_weights``, ``mscan.py``).
     """
     n = int(sum(depths))
     return [x.item() for x in torch.linspace(0, total, n, device="cpu")] if n else []
 
 
 def init_weights_reference(module: nn.Module) -> None:
-    """Scratch initialisation used by the MiT and MSCAN reference code (architectures.md §1.2).
+    """Scratch initialisation used by the MiT and MSCAN reference code (``mix_transformer.py`` ``_init_weights``).
 
     Linear: truncated normal (std 0.02), bias 0. LayerNorm / BatchNorm / GroupNorm: weight 1,
     bias 0. Conv2d: normal(0, sqrt(2 / fan_out)) with ``fan_out = k_h * k_w * out / groups``,

@@ -194,7 +194,7 @@ def _rename_hf(key: str) -> str | None:
 
 
 def _rename_mmseg(key: str) -> str | None:
-    """One mmseg-1.x MiT key (``backbone.`` prefix removed) → segkit name (architectures.md §5.3).
+    """One mmseg-1.x MiT key (``backbone.`` prefix removed) → segkit name (inverse of ``tools/model_converters/mit2mmseg.py``).
 
     ``in_proj`` / FFN keys come back under intermediate names (``attn.in_proj.*``,
     ``mlp.fc1`` with a 4-D weight) and are fixed by :func:`_convert_mmseg`.

@@ -1,7 +1,7 @@
 """BEiT encoder (plain ViT with per-layer relative position bias and layer scale) for dense prediction.
 
 Paper: Bao et al., "BEiT: BERT Pre-Training of Image Transformers", ICLR 2022 (backbone of
-RSSeg-BEiT, rsseg.md §4.2). Structure and sizes: architectures.md §4.3 and the official
+RSSeg-BEiT, RSSeg paper §4.2). Structure and sizes: the official BEiT segmentation backbone (``microsoft/unilm: beit/semantic_segmentation/backbone/beit.py``) and the official
 semantic-segmentation backbone (``microsoft/unilm:beit/semantic_segmentation/backbone/beit.py``):
 
 * no absolute position embedding; a cls token;
@@ -34,7 +34,7 @@ from ..contract import Features
 from ..layers import DropPath, drop_path_rates, init_trunc_normal
 from .vit import Mlp, PatchEmbed, check_out_indices, layer_id_bert, pad_to_multiple, to_2tuple
 
-# architectures.md §4.3 (mmseg UPerNet BEiT configs): layer-scale init and stochastic depth per size.
+# mmseg UPerNet BEiT configs (configs/beit/*.py): layer-scale init and stochastic depth per size.
 BEIT_VARIANTS: dict[str, dict] = {
     "b": dict(embed_dim=768, depth=12, num_heads=12, init_values=0.1, drop_path_rate=0.1),
     "l": dict(embed_dim=1024, depth=24, num_heads=16, init_values=1e-6, drop_path_rate=0.2),
@@ -72,7 +72,7 @@ def geometric_spline_weights(src_len: int, dst_len: int) -> torch.Tensor:
     """Linear map ``(dst_len, src_len)`` (float64) of BEiT's geometric-sequence table interpolation, one axis.
 
     The reference (``unilm/beit/semantic_segmentation/mmcv_custom/checkpoint.py``; used by
-    mmseg's BEiT, architectures.md §4.3) places the ``src_len`` offsets of the old table at
+    mmseg's ``mmseg/models/backbones/beit.py``) places the ``src_len`` offsets of the old table at
     ``0, ±1, ±(1+q), ±(1+q+q²), …`` where ``q`` ∈ [1.01, 1.5] is found by bisection so that
     the outermost offset reaches ``dst_len // 2``; it then evaluates a cubic interpolating
     spline (scipy ``interp2d(kind='cubic')`` = FITPACK with s=0, i.e. the not-a-knot
@@ -246,7 +246,7 @@ class BEiTBlock(nn.Module):
 
 
 class BEiT(nn.Module):
-    """BEiT encoder returning feature maps of chosen blocks (architectures.md §4.3).
+    """BEiT encoder returning feature maps of chosen blocks (BEiT paper; official ``beit.py``).
 
     Args:
         img_size: ``(H, W)`` (or int) defining the window ``(H // p, W // p)`` the relative

@@ -1,8 +1,8 @@
 """CSWin Transformer encoder (cross-shaped window self-attention) for dense prediction.
 
 Paper: Dong et al., "CSWin Transformer: A General Vision Transformer Backbone with
-Cross-Shaped Windows", CVPR 2022; RSSeg uses CSWin-T/S as pyramid backbones (rsseg.md §3.2.1,
-Table 3, Table 9). Structure: architectures.md §4.2 and the official segmentation backbone
+Cross-Shaped Windows", CVPR 2022; RSSeg uses CSWin-T/S as pyramid backbones (RSSeg paper §3.2.1,
+Table 3, Table 9). Structure: the official code (``microsoft/CSWin-Transformer: models/cswin.py``) and its segmentation backbone
 (``microsoft/CSWin-Transformer:segmentation/backbone/cswin_transformer.py``):
 
 * stem ``stage1_conv_embed``: Conv 7×7 stride 4 padding 2 (index 0) → tokens (index 1, no
@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from ..contract import Features
 from ..layers import DropPath, drop_path_rates, init_trunc_normal
 
-# architectures.md §4.2 (official ImageNet models and segmentation configs; drop_path = seg value).
+# microsoft/CSWin-Transformer: models/cswin.py (ImageNet models) and segmentation/configs/cswin/*.py
+# (drop_path = the segmentation value).
 CSWIN_VARIANTS: dict[str, dict] = {
     "t": dict(embed_dim=64, depths=(1, 2, 21, 1), num_heads=(2, 4, 8, 16), split_size=(1, 2, 7, 7),
               drop_path_rate=0.3),
@@ -169,7 +170,7 @@ class MergeBlock(nn.Module):
 
 
 class CSWin(nn.Module):
-    """CSWin encoder with four stage outputs and optional per-block taps (architectures.md §4.2).
+    """CSWin encoder with four stage outputs and optional per-block taps (CSWin paper §3; official ``cswin.py``).
 
     Args:
         embed_dim: stage-1 width C; stages have C, 2C, 4C, 8C channels (the ImageNet models

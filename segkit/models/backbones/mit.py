@@ -2,9 +2,9 @@
 
 Paper: Xie et al., "SegFormer: Simple and Efficient Design for Semantic Segmentation with
 Transformers", NeurIPS 2021, §3.1. Exact hyper-parameters, layer order, LayerNorm eps and
-initialisation follow the official NVlabs code as recorded in architectures.md §1.1–1.2.
+initialisation follow the official NVlabs code (``NVlabs/SegFormer: mmseg/models/backbones/mix_transformer.py``).
 
-Module and attribute names reproduce the official state-dict keys (architectures.md §5.1,
+Module and attribute names reproduce the official state-dict keys (of that file,
 without the ``backbone.`` prefix that :class:`~segkit.models.segmentor.Segmentor` adds)::
 
     patch_embed{1-4}.proj / .norm
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..contract import Features
 from ..layers import DropPath, drop_path_rates, init_weights_reference
 
-# LayerNorm eps of the official code (architectures.md §0.4): the patch-embedding and
+# LayerNorm eps of the official code (mix_transformer.py; docs/implementation_notes.md): the patch-embedding and
 # sequence-reduction norms use PyTorch's default, the block and stage-end norms 1e-6.
 PATCH_NORM_EPS = 1e-5
 SR_NORM_EPS = 1e-5
@@ -151,7 +151,7 @@ class MixFFN(nn.Module):
 class MiTBlock(nn.Module):
     """Pre-norm Transformer block: ``x + DropPath(Attn(LN(x)))`` then ``x + DropPath(MixFFN(LN(x)))``.
 
-    Both LayerNorms use eps 1e-6 (architectures.md §1.2). ``(B, N, C)`` + ``(H, W)`` → ``(B, N, C)``.
+    Both LayerNorms use eps 1e-6 (official ``mix_transformer.py``). ``(B, N, C)`` + ``(H, W)`` → ``(B, N, C)``.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, sr_ratio: int, qkv_bias: bool = True,
@@ -169,7 +169,7 @@ class MiTBlock(nn.Module):
 
 
 class MixVisionTransformer(nn.Module):
-    """Hierarchical MiT encoder (paper §3.1; architectures.md §1.1–1.2).
+    """Hierarchical MiT encoder (paper §3.1; official ``mix_transformer.py``).
 
     Four stages; stage ``i`` = ``patch_embed{i}`` (overlapped patch merging, stride 4 then 2)
     → ``depths[i]`` :class:`MiTBlock` s (``block{i}``) → LayerNorm ``norm{i}`` (eps 1e-6) →

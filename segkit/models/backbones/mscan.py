@@ -1,8 +1,8 @@
 """MSCAN: the multi-scale convolutional attention encoder of SegNeXt (Guo et al., NeurIPS 2022).
 
 Paper §3.1 (eqs. 1–2, Fig. 2, Tab. 2); exact structure and hyper-parameters from the official
-code as summarised in architectures.md §2.1–2.2. Parameter and buffer names are the official
-SegNeXt checkpoint keys without the ``backbone.`` prefix (architectures.md §5.4), e.g.
+code (``Visual-Attention-Network/SegNeXt: mmseg/models/backbones/mscan.py``). Parameter and buffer
+names are the official SegNeXt checkpoint keys without the ``backbone.`` prefix, e.g.
 ``block1.0.attn.spatial_gating_unit.conv0_1.weight`` and ``block1.0.mlp.dwconv.dwconv.weight``.
 
 Layout: unlike the reference, which flattens every stage to ``(B, N, C)`` tokens and reshapes
@@ -93,7 +93,7 @@ class StemConv(nn.Module):
 class DownsampleConv(nn.Module):
     """Stages 2–4 down-sampling (×2): ``proj`` Conv3×3 s2 p1 (with bias) → ``norm`` BatchNorm.
 
-    ``(B, C_in, H, W)`` → ``(B, C_out, ⌈H/2⌉, ⌈W/2⌉)`` (paper §3.1; architectures.md §2.2).
+    ``(B, C_in, H, W)`` → ``(B, C_out, ⌈H/2⌉, ⌈W/2⌉)`` (paper §3.1; official ``mscan.py``).
     """
 
     def __init__(self, in_chans: int, out_chans: int):
@@ -142,7 +142,7 @@ class MSCA(nn.Module):
 class SpatialAttention(nn.Module):
     """``attn`` of a block: ``proj_1`` Conv1×1 → GELU → MSCA → ``proj_2`` Conv1×1, plus the input (shortcut).
 
-    ``(B, C, H, W)`` → ``(B, C, H, W)`` (architectures.md §2.2).
+    ``(B, C, H, W)`` → ``(B, C, H, W)`` (official ``mscan.py``).
     """
 
     def __init__(self, dim: int):
@@ -185,7 +185,7 @@ class Mlp(nn.Module):
 
 
 class MSCABlock(nn.Module):
-    """MSCAN building block (paper Fig. 2c; architectures.md §2.2)::
+    """MSCAN building block (paper Fig. 2c; official ``mscan.py``)::
 
         x = x + DropPath(layer_scale_1 ⊙ attn(norm1(x)))
         x = x + DropPath(layer_scale_2 ⊙ mlp(norm2(x)))

@@ -1,8 +1,8 @@
 """Plain Vision Transformer (ViT) encoder for dense prediction, timm/AugReg layout.
 
 Paper: Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021; AugReg weights:
-Steiner et al., "How to train your ViT?", 2021 (the ViT backbones of RSSeg, rsseg.md §4.2).
-Sizes: architectures.md §4.3 (ViT-B/16: 768 wide, 12 blocks, 12 heads, MLP 3072; ViT-L/16:
+Steiner et al., "How to train your ViT?", 2021 (the ViT backbones of RSSeg, RSSeg paper §4.2).
+Sizes: ViT paper Table 1 (ViT-B/16: 768 wide, 12 blocks, 12 heads, MLP 3072; ViT-L/16:
 1024, 24, 16, 4096; LayerNorm eps 1e-6, qkv bias, cls token, learned absolute position
 embedding).
 
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ..contract import Features
 from ..layers import DropPath, drop_path_rates, init_trunc_normal
 
-# Plain ViT sizes (architectures.md §4.3; Ti/S from the ViT/DeiT family tables).
+# Plain ViT sizes (ViT paper Table 1; Ti/S from DeiT Table 1).
 VIT_VARIANTS: dict[str, dict] = {
     "vit-ti": dict(embed_dim=192, depth=12, num_heads=3),
     "vit-s": dict(embed_dim=384, depth=12, num_heads=6),
@@ -93,7 +93,7 @@ def resize_pos_embed(pos_embed: torch.Tensor, src_grid: Sequence[int], dst_grid:
     ``pos_embed`` is ``(1, E + Hs·Ws, C)`` whose first ``E = num_extra_tokens`` entries (the
     cls token's) are kept unchanged; the grid part is resized with bicubic interpolation
     (``align_corners=False``, computed in float32, then cast back), as mmseg and the BEiT
-    code do (architectures.md §4.3). Grids may be non-square. Returns ``(1, E + Hd·Wd, C)``.
+    code do (timm ``resize_pos_embed``, mmseg ``VisionTransformer.resize_pos_embed``). Grids may be non-square. Returns ``(1, E + Hd·Wd, C)``.
 
     Raises:
         ValueError: the token count does not match ``src_grid``.
@@ -182,7 +182,7 @@ class Block(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """Plain ViT encoder returning feature maps of chosen blocks (architectures.md §4.3).
+    """Plain ViT encoder returning feature maps of chosen blocks (ViT paper; timm ``vision_transformer.py``).
 
     Args:
         img_size: ``(H, W)`` (or int) the position embedding is made for; its patch grid is

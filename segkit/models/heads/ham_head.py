@@ -1,6 +1,8 @@
 """LightHamHead: the SegNeXt decoder (SegNeXt paper §3.2, Fig. 3c) built on the Hamburger of
 Geng et al., "Is Attention Better Than Matrix Decomposition?" (ICLR 2021), with NMF as the
-matrix decomposition. Structure, names and settings: architectures.md §0.5, §2.1, §2.3, §5.4.
+matrix decomposition. Structure, names and settings: the official
+``Visual-Attention-Network/SegNeXt: mmseg/models/decode_heads/ham_head.py`` and
+``local_configs/segnext/*``; docs/implementation_notes.md (NMF).
 
 Checkpoint keys (prefix ``decode_head.``): ``squeeze.conv.weight``, ``squeeze.gn.*``,
 ``hamburger.ham_in.conv.{weight,bias}``, ``hamburger.ham_out.conv.weight``,
@@ -26,7 +28,7 @@ class NMF2D(nn.Module):
 
     The map ``(B, C, H, W)`` is viewed as ``X`` of shape ``(B·S, D, N)`` with ``D = C/S``,
     ``N = H·W`` (S = 1 in SegNeXt) and approximated as ``X ≈ bases · coefᵀ`` with
-    ``bases (B·S, D, R)``, ``coef (B·S, N, R)``, ``R = md_r``. Algorithm (architectures.md §2.3,
+    ``bases (B·S, D, R)``, ``coef (B·S, N, R)``, ``R = md_r``. Algorithm (official ``ham_head.py``,
     Lee & Seung multiplicative updates)::
 
         coef = softmax(inv_t · Xᵀ bases, over R)
@@ -41,7 +43,7 @@ class NMF2D(nn.Module):
     Choices:
         * ``inv_t = 1``: the reference configs set ``INV_T=100`` (mmseg 1.x ``inv_t=100``) but
           the official ``NMF2D.__init__`` overrides it with 1, so 1 is what the released models
-          were trained with (architectures.md §0.5).
+          were trained with (docs/implementation_notes.md, NMF).
         * Initial bases: in training, fresh ``U[0, 1)`` bases are drawn every forward with
           ``torch.rand`` on the input's device, one set per sample, L2-normalised over D — as
           the reference (``rand_init=True``). The reference also re-draws them at test time,
@@ -171,7 +173,7 @@ class NMF2D(nn.Module):
 class Hamburger(nn.Module):
     """Light Hamburger: ``ham_in`` (1×1 conv with bias) → ReLU → NMF2D → ``ham_out`` (1×1 conv + GN) → ReLU(x + ·).
 
-    ``(B, C, H, W)`` → ``(B, C, H, W)`` with ``C = ham_channels`` (architectures.md §2.3).
+    ``(B, C, H, W)`` → ``(B, C, H, W)`` with ``C = ham_channels`` (official ``ham_head.py``).
     """
 
     def __init__(self, ham_channels: int = 512, num_groups: int = 32, **nmf_kwargs):
@@ -187,7 +189,7 @@ class Hamburger(nn.Module):
 
 
 class LightHamHead(DecodeHead):
-    """SegNeXt decode head (paper §3.2; architectures.md §2.3).
+    """SegNeXt decode head (paper §3.2; official ``ham_head.py``).
 
     Args:
         in_channels: channels of the features it uses, stages 2–4 (e.g. ``[64, 160, 256]``).

@@ -1,6 +1,7 @@
-"""SegFormer's lightweight All-MLP decoder (paper §3.2, eq. 4; architectures.md §1.3).
+"""SegFormer's lightweight All-MLP decoder (paper §3.2, eq. 4; official
+``NVlabs/SegFormer: mmseg/models/decode_heads/segformer_head.py``).
 
-Layer names reproduce the official NVlabs checkpoint keys (architectures.md §5.1, below the
+Layer names reproduce the official NVlabs checkpoint keys (of that file, below the
 ``decode_head.`` prefix): ``linear_c{1-4}.proj``, ``linear_fuse.conv`` / ``linear_fuse.bn``,
 ``linear_pred``. The official checkpoints also hold an unused ``conv_seg``; it is not built here
 (the converter drops it).
@@ -38,7 +39,7 @@ class MLP(nn.Module):
 class SegFormerHead(DecodeHead):
     """All-MLP decoder: unify channels, upsample to 1/4, fuse, classify (paper eq. 4).
 
-    Steps (architectures.md §1.3): ``linear_c{i}`` = Linear(C_i, E) on each stage's tokens;
+    Steps (official ``segformer_head.py``): ``linear_c{i}`` = Linear(C_i, E) on each stage's tokens;
     c2–c4 upsampled bilinearly (align_corners=False) to the size of c1; concatenated in the
     official order **[c4, c3, c2, c1]**; ``linear_fuse`` = 1×1 conv (no bias) + BatchNorm +
     ReLU; ``Dropout2d(dropout)``; ``linear_pred`` = 1×1 conv (bias) to K classes.

@@ -1,7 +1,7 @@
 """Plain-ViT baselines of the RSSeg paper: ViT-Linear and Segmenter's mask transformer.
 
-Source: Segmenter (Strudel et al., ICCV 2021) as summarised in architectures.md §4.1; RSSeg
-uses ViT-Linear as its baseline (rsseg.md Table 4, Tables 11–14) and compares to Segmenter.
+Source: Segmenter (Strudel et al., ICCV 2021; ``rstrudel/segmenter: segm/model/decoder.py``); RSSeg
+uses ViT-Linear as its baseline (RSSeg paper Table 4, Tables 11–14) and compares to Segmenter.
 Module names follow the official Segmenter decoder keys (``head``; ``proj_dec``, ``cls_emb``,
 ``blocks.{i}.*``, ``decoder_norm``, ``mask_norm``); ``proj_patch`` / ``proj_classes`` are
 Linear layers here (official: bare ``(d, d)`` parameters used as ``x @ P``, i.e. our weight
@@ -75,7 +75,7 @@ class SegmenterBlock(nn.Module):
 
 
 class SegmenterMaskHead(DecodeHead):
-    """Segmenter's mask transformer (architectures.md §4.1).
+    """Segmenter's mask transformer (Segmenter §3.2; ``segm/model/decoder.py``).
 
     ``proj_dec`` Linear(C_enc, d) on the patch tokens; ``cls_emb`` (1, K, d) class embeddings
     appended; ``num_layers`` joint self-attention blocks over [patches, classes];

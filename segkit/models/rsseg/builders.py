@@ -124,7 +124,7 @@ def copy_patch_embed_hook(module, state_dict, prefix, local_metadata, strict, mi
     ``src`` (the pretrained ``backbone.vit.patch_embed.proj.*``) but not ``dst``
     (``decode_head.local_embed.proj.*``), ``dst`` is set to a copy of ``src`` — so loading an
     ImageNet encoder gives the local path "the same initialization as the vanilla patch
-    embedding layer" (rsseg.md §3.2.1). Full RSSeg checkpoints carry ``dst`` and are untouched.
+    embedding layer" (RSSeg paper §3.2.1). Full RSSeg checkpoints carry ``dst`` and are untouched.
     """
     for dst, src in getattr(module, "init_copies", {}).items():
         if prefix + dst not in state_dict and prefix + src in state_dict:

@@ -18,7 +18,7 @@ format                     recognised by / what happens
                            ``pos_embed`` resized (bicubic) to the model's grid; a DeiT
                            ``dist_token`` and its position entry dropped
 ``mmseg-vit``              mmseg's ``vit2mmseg`` names (``layers.{i}.ln1``,
-                           ``attn.attn.in_proj_*``, ``ffn.layers.0.0`` …, architectures.md §5.5):
+                           ``attn.attn.in_proj_*``, ``ffn.layers.0.0`` …, ``tools/model_converters/vit2mmseg.py``):
                            renamed back to timm names, then as ``timm-vit``
 ``beit``                   official BEiT (``blocks.{i}.attn.q_bias`` /
                            ``relative_position_bias_table``): ``relative_position_index``
@@ -58,7 +58,7 @@ _CLASSIFIER = re.compile(r"^(?:head|head_dist|pre_logits|lm_head|fc|classifier)(
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 _CSWIN_BLOCK = re.compile(r"^stage([1-4])\.(\d+)\.")
 
-# mmseg → timm/official names inside a block (architectures.md §5.5), tried in order.
+# mmseg → timm/official names inside a block (inverse of mmseg's vit2mmseg.py / beit2mmseg.py), tried in order.
 _MMSEG_BLOCK_RULES = [
     (r"^ln1\.", "norm1."),
     (r"^ln2\.", "norm2."),

@@ -1,4 +1,4 @@
-"""Discriminative cross-attention (DCA) and RSSeg's mask decoder, rsseg.md §3.5, eqs. 12–16.
+"""Discriminative cross-attention (DCA) and RSSeg's mask decoder, RSSeg paper §3.5, eqs. 12–16.
 
 Learnable class queries (one per class) cross-attend to the patch tokens with L2-normalised
 queries and keys and a learnable inverse temperature ``1/s`` (initialised to 10)::
@@ -14,7 +14,7 @@ Two training-only objectives make the match discriminative (no inference cost):
   one-hot label of each patch.
 
 Both are cross-entropies with weight 1 (eq. 16). Masks = patch embeddings · mask embeddings
-(Segmenter, architectures.md §4.1: both L2-normalised, then a LayerNorm over the classes).
+(Segmenter, ``rstrudel/segmenter: segm/model/decoder.py``: both L2-normalised, then a LayerNorm over the classes).
 
 Choices where the paper is silent (switches of :class:`MaskDecoder` / the builders):
 

@@ -32,7 +32,7 @@ from .two_pathway import AttentionFusion, ConvBN, LocalPath, OverlapPatchEmbed, 
 
 
 class RSSegHead(DecodeHead):
-    """Two-pathway local path + SASMs + DCA transformer decoder (rsseg.md §3.2–3.5).
+    """Two-pathway local path + SASMs + DCA transformer decoder (RSSeg paper §3.2–3.5).
 
     Args:
         embed_dim: ViT width C (also the decoder width and the SASM channels).

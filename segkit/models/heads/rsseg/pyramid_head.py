@@ -1,4 +1,4 @@
-"""RSSeg with pyramid ViTs (CSWin): local-patch separation only (rsseg.md §3.2.1, Fig. 4b, eq. 17).
+"""RSSeg with pyramid ViTs (CSWin): local-patch separation only (RSSeg paper §3.2.1, Fig. 4b, eq. 17).
 
 The stage-1 output (1/4) feeds the local path; the stage-2 output and evenly spaced stage-3
 block outputs (Table 3 taps) are up-sampled to 1/4 and merged by attention-guided fusion; the

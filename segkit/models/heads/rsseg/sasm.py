@@ -1,4 +1,4 @@
-"""Spatially adaptive separation module (SASM), rsseg.md §3.4, eqs. 10–11, Fig. 5.
+"""Spatially adaptive separation module (SASM), RSSeg paper §3.4, eqs. 10–11, Fig. 5.
 
 The guide (an LSB output, rich in local discrepancy) is turned into per-position filters that
 up-sample the guided map (smooth but semantically rich transformer features) by 2::

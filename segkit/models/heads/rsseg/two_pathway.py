@@ -1,4 +1,4 @@
-"""RSSeg's decoupled two-pathway network: the local separation path (rsseg.md §3.2.1, §3.3).
+"""RSSeg's decoupled two-pathway network: the local separation path (RSSeg paper §3.2.1, §3.3).
 
 The local path runs beside the transformer at a higher resolution than its tokens (1/8 of the
 image for plain ViTs, 1/4 for pyramid ViTs). It is a cascade of *local separation blocks*
@@ -74,7 +74,7 @@ def make_act(kind: str) -> nn.Module:
 
 
 class LearnableHighPass(nn.Module):
-    """Learnable high-pass filter (LHF), rsseg.md §3.3.1 eq. 5.
+    """Learnable high-pass filter (LHF), RSSeg paper §3.3.1 eq. 5.
 
     A depth-wise ``k × k`` convolution whose effective kernel per channel is
     ``softmax(w over its k² taps) − 1/k²``: every kernel sums to zero (no DC response, i.e. a
@@ -158,7 +158,7 @@ def make_local_op(kind: str, channels: int) -> nn.Module:
 
 
 class LocalSeparationBlock(nn.Module):
-    """Local separation block (LSB), an inverted residual (rsseg.md eq. 4).
+    """Local separation block (LSB), an inverted residual (RSSeg paper eq. 4).
 
     ``x + N(Conv1×1(act(N(OP_local(act(N(Conv1×1(x))))))))`` with hidden width
     ``dim · expand``; see the module docstring for the norm/activation choice.
@@ -185,7 +185,7 @@ class LocalSeparationBlock(nn.Module):
 
 
 class AttentionFusion(nn.Module):
-    """Attention-guided fusion (AF), rsseg.md eqs. 8–9.
+    """Attention-guided fusion (AF), RSSeg paper eqs. 8–9.
 
     ``out = gate · local + global_up`` with a per-channel gate
     ``Sigmoid(BN(Conv1×1(ReLU(BN([GP(local), GP(global_up)])))))``. With ``mode="add"``
@@ -234,7 +234,7 @@ class ConvBN(nn.Sequential):
 
 
 class OverlapPatchEmbed(nn.Module):
-    """Overlapping patch embedding of the plain-ViT local path (rsseg.md §3.2.1).
+    """Overlapping patch embedding of the plain-ViT local path (RSSeg paper §3.2.1).
 
     ``proj`` has the ViT patch embedding's shape — Conv(3 → C, kernel p = 16, bias) — but
     stride ``p/2`` (padding ``p/4``), so it yields a 4× longer sequence (1/8 resolution for an
