@@ -23,6 +23,7 @@ waits and times again (``--attempts``), keeping the least-disturbed attempt.
 Writes ``benchmarks/results/latency.json`` and ``latency.md`` (and the table between the
 ``latency`` markers of ``docs/model_zoo.md`` when ``--out`` is the default).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET_HF_RATIO = 0.8        # segkit SegFormer-B0 ≤ 0.8 × transformers
-MMSEG_SEGNEXT_T_MS = 210.0   # mmseg SegNeXt-T on this machine type (brief); target ≥ 1.2× faster
+TARGET_HF_RATIO = 0.8  # segkit SegFormer-B0 ≤ 0.8 × transformers
+MMSEG_SEGNEXT_T_MS = 210.0  # mmseg SegNeXt-T on this machine type (brief); target ≥ 1.2× faster
 TARGET_SEGNEXT_T_MS = MMSEG_SEGNEXT_T_MS / 1.2
 
 
@@ -50,8 +51,12 @@ def machine() -> dict:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
         fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
         fields = {k.strip(): v.strip() for k, v in fields.items()}
-        info.update(cpu=fields.get("Model name", info["cpu"]), logical_cpus=int(fields.get("CPU(s)", 0)) or None,
-                    threads_per_core=fields.get("Thread(s) per core"), flags_avx512="avx512f" in fields.get("Flags", ""))
+        info.update(
+            cpu=fields.get("Model name", info["cpu"]),
+            logical_cpus=int(fields.get("CPU(s)", 0)) or None,
+            threads_per_core=fields.get("Thread(s) per core"),
+            flags_avx512="avx512f" in fields.get("Flags", ""),
+        )
     except (OSError, subprocess.CalledProcessError, ValueError):
         pass
     return info
@@ -106,8 +111,12 @@ def build_models():
 def compare_outputs(hf, seg, x) -> dict:
     a = hf(pixel_values=x).logits
     b = seg.encode_decode(x)
-    return dict(shape=list(a.shape), max_abs_diff=float((a - b).abs().max()), max_abs_logit=float(a.abs().max()),
-                argmax_agreement=float((a.argmax(1) == b.argmax(1)).float().mean()))
+    return dict(
+        shape=list(a.shape),
+        max_abs_diff=float((a - b).abs().max()),
+        max_abs_logit=float(a.abs().max()),
+        argmax_agreement=float((a.argmax(1) == b.argmax(1)).float().mean()),
+    )
 
 
 @torch.inference_mode()
@@ -118,7 +127,7 @@ def time_round_robin(fns: dict, x: torch.Tensor, warmup: int, runs: int) -> dict
     names = list(fns)
     times = {n: [] for n in names}
     for r in range(runs):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for n in order:
             t = time.perf_counter()
             fns[n](x)
@@ -126,8 +135,13 @@ def time_round_robin(fns: dict, x: torch.Tensor, warmup: int, runs: int) -> dict
     out = {}
     for n, ts in times.items():
         q = statistics.quantiles(ts, n=4)
-        out[n] = dict(median_ms=round(statistics.median(ts), 2), p25_ms=round(q[0], 2), p75_ms=round(q[2], 2),
-                      min_ms=round(min(ts), 2), runs=len(ts))
+        out[n] = dict(
+            median_ms=round(statistics.median(ts), 2),
+            p25_ms=round(q[0], 2),
+            p75_ms=round(q[2], 2),
+            min_ms=round(min(ts), 2),
+            runs=len(ts),
+        )
     return out
 
 
@@ -143,7 +157,8 @@ def markdown(res: dict) -> str:
         f"load average {res['load_before']:.2f} before, {res['load_after']:.2f} after; other processes used "
         f"{'n/a' if res['foreign_cpu_share'] is None else format(res['foreign_cpu_share'], '.0%')} of the CPUs "
         f"during the timing; niceness {res['niceness']}; glibc allocator "
-        f"{'tuned (segkit.runtime.tune_cpu_allocator, as the CLI)' if res.get('allocator') else 'defaults'} ({res['date']}).",
+        f"{'tuned (segkit.runtime.tune_cpu_allocator, as the CLI)' if res.get('allocator') else 'defaults'} "
+        f"({res['date']}).",
         "",
         "| model | what is timed | median ms | p25–p75 ms | min ms |",
         "|---|---|---:|---:|---:|",
@@ -156,16 +171,19 @@ def markdown(res: dict) -> str:
     }
     for key, (name, what) in labels.items():
         r = t[key]
-        lines.append(f"| {name} | {what} | {r['median_ms']:.1f} | {r['p25_ms']:.1f}–{r['p75_ms']:.1f} | "
-                     f"{r['min_ms']:.1f} |")
+        lines.append(
+            f"| {name} | {what} | {r['median_ms']:.1f} | {r['p25_ms']:.1f}–{r['p75_ms']:.1f} | {r['min_ms']:.1f} |"
+        )
     sn = t["segkit_segnext_t_forward"]["median_ms"]
     lines += [
         "",
         f"* segkit / transformers SegFormer-B0 (equal work, 1/4 logits): **{enc / hf:.2f}×** "
         f"(target ≤ {TARGET_HF_RATIO}×: {'met' if enc / hf <= TARGET_HF_RATIO else 'NOT met'}).",
-        f"* SegNeXt-T: **{sn:.1f} ms** = {MMSEG_SEGNEXT_T_MS / sn:.2f}× faster than mmseg's ~{MMSEG_SEGNEXT_T_MS:.0f} ms "
+        f"* SegNeXt-T: **{sn:.1f} ms** = {MMSEG_SEGNEXT_T_MS / sn:.2f}× faster than mmseg's "
+        f"~{MMSEG_SEGNEXT_T_MS:.0f} ms "
         f"(target ≤ {TARGET_SEGNEXT_T_MS:.0f} ms: {'met' if sn <= TARGET_SEGNEXT_T_MS else 'NOT met'}).",
-        f"* Same weights check (transformers vs segkit, 1/4 logits): max |Δ| = {res['equivalence']['max_abs_diff']:.2e} "
+        f"* Same weights check (transformers vs segkit, 1/4 logits): "
+        f"max |Δ| = {res['equivalence']['max_abs_diff']:.2e} "
         f"(max |logit| {res['equivalence']['max_abs_logit']:.2f}), argmax agreement "
         f"{100 * res['equivalence']['argmax_agreement']:.2f} % — transformers uses LayerNorm eps 1e-5 in every "
         f"block, the official code (and segkit) 1e-6 in the block norms.",
@@ -181,13 +199,21 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, nargs=2, default=[512, 512])
     p.add_argument("--max-load", type=float, default=1.0)
     p.add_argument("--wait", type=float, default=900.0, help="max seconds to wait for a quiet machine")
-    p.add_argument("--attempts", type=int, default=3,
-                   help="repeat (waiting again) while other processes used more than --max-foreign of the CPUs")
+    p.add_argument(
+        "--attempts",
+        type=int,
+        default=3,
+        help="repeat (waiting again) while other processes used more than --max-foreign of the CPUs",
+    )
     p.add_argument("--max-foreign", type=float, default=0.1)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    p.add_argument("--malloc", choices=["tuned", "default"], default="tuned",
-                   help="tuned: segkit.runtime.tune_cpu_allocator(), as the segkit CLI does (default); "
-                        "default: glibc's own thresholds. Applies to every model in the run, transformers included.")
+    p.add_argument(
+        "--malloc",
+        choices=["tuned", "default"],
+        default="tuned",
+        help="tuned: segkit.runtime.tune_cpu_allocator(), as the segkit CLI does (default); "
+        "default: glibc's own thresholds. Applies to every model in the run, transformers included.",
+    )
     args = p.parse_args(argv)
     if args.runs < 10:
         p.error("--runs must be >= 10")
@@ -216,11 +242,19 @@ def main(argv=None) -> int:
         busy0, own0, wall0 = busy_cpu_seconds(), sum(os.times()[:2]), time.perf_counter()
         timings = time_round_robin(fns, x, args.warmup, args.runs)
         foreign = foreign_cpu_share(busy0, own0, wall0)
-        run = dict(load_before=round(load_before, 2), load_after=round(os.getloadavg()[0], 2), waited_s=round(waited),
-                   foreign_cpu_share=None if foreign is None else round(foreign, 3), timings=timings)
+        run = dict(
+            load_before=round(load_before, 2),
+            load_after=round(os.getloadavg()[0], 2),
+            waited_s=round(waited),
+            foreign_cpu_share=None if foreign is None else round(foreign, 3),
+            timings=timings,
+        )
         attempts.append(run)
-        print(f"  other processes used {foreign if foreign is not None else float('nan'):.1%} of the CPUs; "
-              f"medians {[t['median_ms'] for t in timings.values()]}", flush=True)
+        print(
+            f"  other processes used {foreign if foreign is not None else float('nan'):.1%} of the CPUs; "
+            f"medians {[t['median_ms'] for t in timings.values()]}",
+            flush=True,
+        )
         if best is None or (foreign or 0) < (best["foreign_cpu_share"] or 0):
             best = run
         if foreign is None or foreign <= args.max_foreign:
@@ -229,16 +263,31 @@ def main(argv=None) -> int:
 
     res = dict(
         command="python benchmarks/latency.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        date=time.strftime("%Y-%m-%d %H:%M:%S"), machine=machine(), torch=torch.__version__,
-        transformers=transformers.__version__, hf_attn_implementation=getattr(hf.config, "_attn_implementation", None),
-        threads=args.threads, size=args.size, allocator=allocator, warmup=args.warmup, runs=args.runs,
-        load_before=best["load_before"], load_after=best["load_after"], waited_s=best["waited_s"],
-        foreign_cpu_share=best["foreign_cpu_share"], niceness=os.nice(0),
-        attempts=[{k: v for k, v in a.items() if k != "timings"} | {"medians_ms": {n: t["median_ms"] for n, t in
-                  a["timings"].items()}} for a in attempts],
-        equivalence=equivalence, timings=timings,
-        ratio_segkit_over_hf=round(timings["segkit_segformer_b0_encode_decode"]["median_ms"]
-                                   / timings["hf_segformer_b0"]["median_ms"], 3),
+        date=time.strftime("%Y-%m-%d %H:%M:%S"),
+        machine=machine(),
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        hf_attn_implementation=getattr(hf.config, "_attn_implementation", None),
+        threads=args.threads,
+        size=args.size,
+        allocator=allocator,
+        warmup=args.warmup,
+        runs=args.runs,
+        load_before=best["load_before"],
+        load_after=best["load_after"],
+        waited_s=best["waited_s"],
+        foreign_cpu_share=best["foreign_cpu_share"],
+        niceness=os.nice(0),
+        attempts=[
+            {k: v for k, v in a.items() if k != "timings"}
+            | {"medians_ms": {n: t["median_ms"] for n, t in a["timings"].items()}}
+            for a in attempts
+        ],
+        equivalence=equivalence,
+        timings=timings,
+        ratio_segkit_over_hf=round(
+            timings["segkit_segformer_b0_encode_decode"]["median_ms"] / timings["hf_segformer_b0"]["median_ms"], 3
+        ),
         targets=dict(segformer_ratio_max=TARGET_HF_RATIO, segnext_t_ms_max=round(TARGET_SEGNEXT_T_MS, 1)),
     )
     out = Path(args.out)

@@ -13,6 +13,7 @@ subprocess each and records the peak resident set size (``VmHWM`` from /proc/sel
 
 Writes ``benchmarks/results/memory.json`` and ``benchmarks/results/memory.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,13 +49,21 @@ print(f'{before:.1f} {hwm():.1f} {time.time() - t:.1f}')
 
 
 def run(name: str, h: int, w: int, method: str, threads: int) -> dict:
-    r = subprocess.run([sys.executable, "-c", CHILD, name, str(h), str(w), method, str(threads)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, name, str(h), str(w), method, str(threads)], capture_output=True, text=True
+    )
     if r.returncode != 0:
         return {"model": name, "size": f"{w}x{h}", "method": method, "error": r.stderr.strip().splitlines()[-1]}
     before, peak, secs = map(float, r.stdout.split())
-    return {"model": name, "size": f"{w}x{h}", "pixels_M": round(h * w / 1e6, 2), "method": method,
-            "rss_after_build_MiB": before, "peak_rss_MiB": peak, "seconds": secs}
+    return {
+        "model": name,
+        "size": f"{w}x{h}",
+        "pixels_M": round(h * w / 1e6, 2),
+        "method": method,
+        "rss_after_build_MiB": before,
+        "peak_rss_MiB": peak,
+        "seconds": secs,
+    }
 
 
 def main() -> None:
@@ -62,8 +71,12 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=["2048x1024", "4096x2048", "8192x8192"], help="WxH")
     ap.add_argument("--models", nargs="+", default=["segnext-t", "segformer-b0"])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--full-buffer-max-mpix", type=float, default=10.0,
-                    help="also run the full-buffer method up to this many megapixels")
+    ap.add_argument(
+        "--full-buffer-max-mpix",
+        type=float,
+        default=10.0,
+        help="also run the full-buffer method up to this many megapixels",
+    )
     args = ap.parse_args()
     rows = []
     for name in args.models:
@@ -75,21 +88,32 @@ def main() -> None:
                 print(rows[-1], flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     import torch
-    meta = {"machine": platform.processor() or platform.machine(), "cpu": _cpu_model(), "torch": torch.__version__,
-            "threads": args.threads, "command": "python benchmarks/memory.py " + " ".join(sys.argv[1:]),
-            "date": time.strftime("%Y-%m-%d")}
+
+    meta = {
+        "machine": platform.processor() or platform.machine(),
+        "cpu": _cpu_model(),
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "command": "python benchmarks/memory.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+    }
     (OUT / "memory.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    lines = ["# Slide-inference peak memory\n", f"Machine: {meta['cpu']}, torch {meta['torch']}, "
-             f"{args.threads} threads, {meta['date']}. Command: `{meta['command']}`.\n",
-             "Window 1024×1024, stride 768, window batch 2, 19 classes, uint8 input image.\n",
-             "| model | image (W×H) | Mpixels | method | RSS after build (MiB) | peak RSS (MiB) | time (s) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Slide-inference peak memory\n",
+        f"Machine: {meta['cpu']}, torch {meta['torch']}, "
+        f"{args.threads} threads, {meta['date']}. Command: `{meta['command']}`.\n",
+        "Window 1024×1024, stride 768, window batch 2, 19 classes, uint8 input image.\n",
+        "| model | image (W×H) | Mpixels | method | RSS after build (MiB) | peak RSS (MiB) | time (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['size']} | | {r['method']} | error: {r['error']} | | |")
         else:
-            lines.append(f"| {r['model']} | {r['size']} | {r['pixels_M']} | {r['method']} | {r['rss_after_build_MiB']:.0f} "
-                         f"| {r['peak_rss_MiB']:.0f} | {r['seconds']:.1f} |")
+            lines.append(
+                f"| {r['model']} | {r['size']} | {r['pixels_M']} | {r['method']} | {r['rss_after_build_MiB']:.0f} "
+                f"| {r['peak_rss_MiB']:.0f} | {r['seconds']:.1f} |"
+            )
     (OUT / "memory.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -20,6 +20,7 @@ The scaling part has a time budget (``--budget-s``): before each measurement its
 is predicted from the model's previous size (latency ∝ pixels, × number of calls); a
 measurement that would overrun the budget is skipped and marked so in the table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,11 +85,21 @@ def measure(name: str, num_classes: int, shape, with_gmacs: bool = False, **kwar
 def run_zoo(args, log) -> list[dict]:
     results = []
     for name in args.models or segkit.list_models():
-        res = measure(name, args.num_classes, args.zoo_shape, with_gmacs=True, device=args.device,
-                      warmup=args.zoo_warmup, runs=args.zoo_runs, threads=args.threads)
+        res = measure(
+            name,
+            args.num_classes,
+            args.zoo_shape,
+            with_gmacs=True,
+            device=args.device,
+            warmup=args.zoo_warmup,
+            runs=args.zoo_runs,
+            threads=args.threads,
+        )
         results.append(res)
-        log(f"zoo {name:<22} {res['latency_ms']['median']:9.1f} ms (min {res['latency_ms']['min']:9.1f})  "
-            f"{res['fps']:7.2f} FPS  ({res['wall_s']:.0f} s)")
+        log(
+            f"zoo {name:<22} {res['latency_ms']['median']:9.1f} ms (min {res['latency_ms']['min']:9.1f})  "
+            f"{res['fps']:7.2f} FPS  ({res['wall_s']:.0f} s)"
+        )
     return results
 
 
@@ -107,11 +118,19 @@ def run_scaling(args, log) -> list[dict]:
                 left = args.budget_s - (time.perf_counter() - start)
                 if predicted > left:
                     log(f"scaling {name} {h}x{w}: skipped (predicted {predicted:.0f} s > {left:.0f} s left)")
-                    results.append({"model": name, "settings": {"shape": [h, w]}, "skipped": True,
-                                    "predicted_s": predicted})
+                    results.append(
+                        {"model": name, "settings": {"shape": [h, w]}, "skipped": True, "predicted_s": predicted}
+                    )
                     continue
-            res = measure(name, args.scaling_classes, (h, w), device=args.device, warmup=args.scaling_warmup,
-                          runs=runs, threads=args.threads)
+            res = measure(
+                name,
+                args.scaling_classes,
+                (h, w),
+                device=args.device,
+                warmup=args.scaling_warmup,
+                runs=runs,
+                threads=args.threads,
+            )
             prev[name] = (h * w, res["latency_ms"]["median"] / 1e3)
             results.append(res)
             log(f"scaling {name:<14} {h}x{w}: {res['latency_ms']['median']:9.1f} ms")
@@ -127,8 +146,11 @@ def plot_scaling(results: list[dict], path: Path, title: str) -> None:
     ax = fig.add_subplot(1, 1, 1)
     models = list(dict.fromkeys(r["model"] for r in results))
     for name in models:
-        pts = [(r["settings"]["shape"][0] * r["settings"]["shape"][1] / 1e6, r["latency_ms"]["median"] / 1e3)
-               for r in results if r["model"] == name and not r.get("skipped")]
+        pts = [
+            (r["settings"]["shape"][0] * r["settings"]["shape"][1] / 1e6, r["latency_ms"]["median"] / 1e3)
+            for r in results
+            if r["model"] == name and not r.get("skipped")
+        ]
         if pts:
             ax.plot(*zip(*pts), marker="o", label=name)
     ticks = sorted({r["settings"]["shape"][0] * r["settings"]["shape"][1] / 1e6 for r in results})
@@ -158,9 +180,11 @@ def _fmt(v, digits=1):
 
 def _run_line(part: dict) -> str:
     lb, la = part["load_before"], part["load_after"]
-    line = (f"`{part['command']}` on {part['started']}, {part['wall_s'] / 60:.1f} min; 1/5/15-min load average "
-            f"before {', '.join(f'{v:.1f}' for v in lb)}, after {', '.join(f'{v:.1f}' for v in la)} "
-            f"(on {part['machine']['logical_cores']} cores)")
+    line = (
+        f"`{part['command']}` on {part['started']}, {part['wall_s'] / 60:.1f} min; 1/5/15-min load average "
+        f"before {', '.join(f'{v:.1f}' for v in lb)}, after {', '.join(f'{v:.1f}' for v in la)} "
+        f"(on {part['machine']['logical_cores']} cores)"
+    )
     return line + (f". **Note:** {part['note']}" if part.get("note") else "")
 
 
@@ -174,7 +198,8 @@ def write_doc(doc_path: Path, zoo: dict | None, scaling: dict | None, png: Path 
         "them); one random input created once; timed call = `Segmentor.predict` (forward + bilinear upsampling "
         "to the input size + softmax + arg-max) under `torch.inference_mode()`; untimed warm-up call(s), then "
         "timed calls; latency = median of the timed calls, FPS = batch / median; batch 1, whole-image inference, "
-        "float32. Each measurement runs in a fresh process (unless a run's note says otherwise), with the glibc allocator "
+        "float32. Each measurement runs in a fresh process (unless a run's note says otherwise), with the glibc "
+        "allocator "
         "thresholds that the `segkit` CLI sets (`segkit/runtime.py`). CPU peak memory = growth of the process' peak "
         "resident set (`VmHWM`) from just before the first call.",
         "",
@@ -207,9 +232,11 @@ def write_doc(doc_path: Path, zoo: dict | None, scaling: dict | None, png: Path 
         ]
         for r in res:
             lat = r["latency_ms"]
-            lines.append(f"| {r['model']} | {r['params'] / 1e6:.1f} | {_fmt(r.get('gmacs'))} | {_fmt(lat['median'])} | "
-                         f"{_fmt(lat['min'])} | {_fmt(lat['max'])} | {_fmt(r['fps'], 2)} | "
-                         f"{_fmt(r['memory'].get('peak_mb'), 0)} |")
+            lines.append(
+                f"| {r['model']} | {r['params'] / 1e6:.1f} | {_fmt(r.get('gmacs'))} | {_fmt(lat['median'])} | "
+                f"{_fmt(lat['min'])} | {_fmt(lat['max'])} | {_fmt(r['fps'], 2)} | "
+                f"{_fmt(r['memory'].get('peak_mb'), 0)} |"
+            )
         lines.append("")
     if scaling:
         res = scaling["results"]
@@ -268,8 +295,16 @@ def _part(command: str, args, run, log) -> dict:
     results = run(args, log)
     machine = machine_info(args.device)
     machine["torch_threads"] = args.threads or machine["torch_threads"]
-    return {"command": command, "started": started, "load_before": load_before, "load_after": os.getloadavg(),
-            "wall_s": time.perf_counter() - t0, "budget_s": args.budget_s, "machine": machine, "results": results}
+    return {
+        "command": command,
+        "started": started,
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
+        "wall_s": time.perf_counter() - t0,
+        "budget_s": args.budget_s,
+        "machine": machine,
+        "results": results,
+    }
 
 
 def main(argv=None) -> int:
@@ -314,16 +349,24 @@ def main(argv=None) -> int:
     scaling = json.loads(scaling_path.read_text()) if scaling_path.is_file() else None
     if scaling:
         done = [r for r in scaling["results"] if not r.get("skipped")]
-        plot_scaling(scaling["results"], png, f"segkit latency vs input size ({dev}, "
-                                              f"{scaling['machine']['torch_threads']} threads, "
-                                              f"{done[0]['num_classes']} classes)")
+        plot_scaling(
+            scaling["results"],
+            png,
+            f"segkit latency vs input size ({dev}, "
+            f"{scaling['machine']['torch_threads']} threads, "
+            f"{done[0]['num_classes']} classes)",
+        )
     if zoo is None and scaling is None:
         log("nothing measured and no earlier results: no report written")
         return 1
     doc = Path(args.doc)
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(write_doc(doc, zoo, scaling, png if scaling else None))
-    log(f"wrote {doc}, {results}/" + (f", {png}" if scaling else "") + f" ({(time.perf_counter() - start) / 60:.1f} min)")
+    log(
+        f"wrote {doc}, {results}/"
+        + (f", {png}" if scaling else "")
+        + f" ({(time.perf_counter() - start) / 60:.1f} min)"
+    )
     return 0
 
 

@@ -8,6 +8,7 @@ that every one validates.
 
     python scripts/make_configs.py          # rewrite segkit/configs/
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -16,6 +16,7 @@ Every sub-command is a thin wrapper: the work is done by the functions it calls.
 0 on success, 1 when the data, a model, a checkpoint or the run fails (one line naming the file
 and the problem, no traceback; ``SEGKIT_DEBUG=1`` shows it), 2 for a usage mistake (bad flags).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,10 +73,9 @@ def _cmd_models(args) -> int:
 def _cmd_flops(args) -> int:
     import torch
 
+    from segkit.models.layers import skip_init
     from segkit.models.zoo import build_model
     from segkit.tools.flops import count_flops
-
-    from segkit.models.layers import skip_init
 
     with torch.device("meta"), skip_init():  # shapes only: no memory, no initialisation
         model = build_model(args.model, num_classes=args.num_classes)
@@ -83,8 +83,10 @@ def _cmd_flops(args) -> int:
     if args.json:
         print(json.dumps(res, indent=2))
     else:
-        print(f"{args.model} @ {args.shape[0]}x{args.shape[1]}: {res['gmacs']:.2f} GFLOPs (GMACs, 1 MAC = 1 FLOP), "
-              f"{res['params'] / 1e6:.2f} M params [{res['mode']} convention]")
+        print(
+            f"{args.model} @ {args.shape[0]}x{args.shape[1]}: {res['gmacs']:.2f} GFLOPs (GMACs, 1 MAC = 1 FLOP), "
+            f"{res['params'] / 1e6:.2f} M params [{res['mode']} convention]"
+        )
     return 0
 
 
@@ -111,8 +113,13 @@ def _protocol_and_spec(args, model):
     protocol = TestProtocol.from_config(cfg) if cfg is not None else TestProtocol.of(model)
     if args.scale is not None:
         protocol = dataclasses.replace(protocol, scale=None if args.scale in ([0], [0, 0]) else tuple(args.scale))
-    protocol = protocol.replace(mode=args.mode, crop_size=args.crop, stride=args.stride,
-                                scales=getattr(args, "scales", None), flip=True if getattr(args, "flip", False) else None)
+    protocol = protocol.replace(
+        mode=args.mode,
+        crop_size=args.crop,
+        stride=args.stride,
+        scales=getattr(args, "scales", None),
+        flip=True if getattr(args, "flip", False) else None,
+    )
     if args.data:
         spec = {"type": args.data_type, "root": args.data, "split": args.split}
     else:
@@ -134,11 +141,21 @@ def _cmd_eval(args) -> int:
     protocol, spec = _protocol_and_spec(args, model)
     dataset = build_dataset(spec, transform=protocol.transform(model.mean, model.std))
     print(f"test protocol: {protocol.describe()}", file=sys.stderr)
-    res = evaluate(model, dataset, **protocol.inference_kwargs(), device=device, out_dir=args.out,
-                   max_images=args.max_images, window_batch=args.window_batch, num_workers=args.workers)
+    res = evaluate(
+        model,
+        dataset,
+        **protocol.inference_kwargs(),
+        device=device,
+        out_dir=args.out,
+        max_images=args.max_images,
+        window_batch=args.window_batch,
+        num_workers=args.workers,
+    )
     print(format_table(res, model.class_names))
-    print(f"aAcc {res['aAcc']:.2f}  mIoU {res['mIoU']:.2f}  mAcc {res['mAcc']:.2f}  mDice {res['mDice']:.2f}  "
-          f"mFscore {res['mFscore']:.2f}")
+    print(
+        f"aAcc {res['aAcc']:.2f}  mIoU {res['mIoU']:.2f}  mAcc {res['mAcc']:.2f}  mDice {res['mDice']:.2f}  "
+        f"mFscore {res['mFscore']:.2f}"
+    )
     return 0
 
 
@@ -152,8 +169,16 @@ def _cmd_predict(args) -> int:
 
     device = _device(args.device)
     model = load_model(args.checkpoint, map_location=device)
-    written = predict_paths(model, args.inputs, args.out, mode=args.mode, crop_size=args.crop, stride=args.stride,
-                            scale=args.scale, device=device)
+    written = predict_paths(
+        model,
+        args.inputs,
+        args.out,
+        mode=args.mode,
+        crop_size=args.crop,
+        stride=args.stride,
+        scale=args.scale,
+        device=device,
+    )
     for p in written:
         print(p)
     return 0
@@ -181,7 +206,11 @@ def _cmd_convert(args) -> int:
     num_classes = args.num_classes
     if num_classes is None:
         state = read_state_dict(args.src)
-        for suffix in ("decode_head.linear_pred.weight", "decode_head.classifier.weight", "decode_head.conv_seg.weight"):
+        for suffix in (
+            "decode_head.linear_pred.weight",
+            "decode_head.classifier.weight",
+            "decode_head.conv_seg.weight",
+        ):
             key = next((k for k in state if k.endswith(suffix)), None)
             if key is not None and not (suffix.endswith("conv_seg.weight") and args.model.startswith("segformer")):
                 num_classes = state[key].shape[0]
@@ -202,9 +231,21 @@ def _cmd_benchmark(args) -> int:
     model = load_for_benchmark(args.model, num_classes=args.num_classes)
     crop = args.crop or ([512, 512] if args.mode == "slide" else None)
     stride = args.stride or ([max(1, c * 3 // 4) for c in crop] if crop else None)
-    res = benchmark(model, args.shape, batch=args.batch, mode=args.mode, crop_size=crop, stride=stride,
-                    device=_device(args.device), amp=args.amp, channels_last=args.channels_last,
-                    compile=args.compile, warmup=args.warmup, runs=args.runs, threads=args.threads)
+    res = benchmark(
+        model,
+        args.shape,
+        batch=args.batch,
+        mode=args.mode,
+        crop_size=crop,
+        stride=stride,
+        device=_device(args.device),
+        amp=args.amp,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        warmup=args.warmup,
+        runs=args.runs,
+        threads=args.threads,
+    )
     print(format_result(res))
     if args.json:
         print(f"wrote {write_json(res, args.json)}")
@@ -222,15 +263,28 @@ def _cmd_robustness(args) -> int:
     dataset = build_dataset(spec)  # images are read raw, corrupted, then go through the test transform
     print(f"test protocol: {protocol.describe()}", file=sys.stderr)
     kw = protocol.inference_kwargs()
-    res = evaluate_robustness(model, dataset, protocol.transform(model.mean, model.std), corruptions=args.corruptions,
-                              severities=args.severities, seed=args.seed, max_images=args.max_images,
-                              mode=kw["mode"], crop_size=kw.get("crop_size"), stride=kw.get("stride"), device=device,
-                              out_dir=args.out, grid_severity=args.grid_severity)
+    res = evaluate_robustness(
+        model,
+        dataset,
+        protocol.transform(model.mean, model.std),
+        corruptions=args.corruptions,
+        severities=args.severities,
+        seed=args.seed,
+        max_images=args.max_images,
+        mode=kw["mode"],
+        crop_size=kw.get("crop_size"),
+        stride=kw.get("stride"),
+        device=device,
+        out_dir=args.out,
+        grid_severity=args.grid_severity,
+    )
     print(res["table"])
     print()
     print(res["summary_table"])
-    print(f"Clean {res['clean']:.2f}  Corr. {res['corr']:.2f}  Rete. {res['retention']:.1f}%  "
-          f"({res['num_images']} images, severities {res['severities']}, seed {res['seed']}, {res['time_s']:.0f} s)")
+    print(
+        f"Clean {res['clean']:.2f}  Corr. {res['corr']:.2f}  Rete. {res['retention']:.1f}%  "
+        f"({res['num_images']} images, severities {res['severities']}, seed {res['seed']}, {res['time_s']:.0f} s)"
+    )
     if args.out:
         print(f"wrote {args.out}/robustness.json, robustness.md, corruptions_grid.png")
     return 0
@@ -241,13 +295,25 @@ def _cmd_export(args) -> int:
     from segkit.tools.export import export_onnx
 
     model = load_model(args.checkpoint)
-    rep = export_onnx(model, args.out, shape=args.shape, dynamic=args.dynamic, opset=args.opset,
-                      check_image=args.check, verify=not args.no_verify, atol=args.atol)
-    print(f"wrote {rep['path']} ({rep['size_mb']:.1f} MB, opset {rep['opset']}, "
-          f"{'dynamic batch/H/W' if rep['dynamic'] else 'dynamic batch, fixed %dx%d' % tuple(rep['shape'])})")
+    rep = export_onnx(
+        model,
+        args.out,
+        shape=args.shape,
+        dynamic=args.dynamic,
+        opset=args.opset,
+        check_image=args.check,
+        verify=not args.no_verify,
+        atol=args.atol,
+    )
+    print(
+        f"wrote {rep['path']} ({rep['size_mb']:.1f} MB, opset {rep['opset']}, "
+        f"{'dynamic batch/H/W' if rep['dynamic'] else 'dynamic batch, fixed %dx%d' % tuple(rep['shape'])})"
+    )
     for c in rep["checks"]:
-        print(f"  check {c.get('image', 'random input')} {tuple(c['input'])}: max |logit diff| {c['max_abs_diff']:.2e} "
-              f"(max |logit| {c['max_abs_logit']:.2f}), argmax agreement {100 * c['argmax_agreement']:.2f}%")
+        print(
+            f"  check {c.get('image', 'random input')} {tuple(c['input'])}: max |logit diff| {c['max_abs_diff']:.2e} "
+            f"(max |logit| {c['max_abs_logit']:.2f}), argmax agreement {100 * c['argmax_agreement']:.2f}%"
+        )
     return 0
 
 
@@ -263,8 +329,10 @@ def _cmd_predict_onnx(args) -> int:
         if getattr(args, flag):
             raise UsageError(f"segkit predict --onnx: --{flag} is not supported (whole-image inference only)")
     if args.mode == "slide" or args.device not in ("cpu", "auto"):
-        raise UsageError("segkit predict --onnx: runs whole-image inference on the CPU with onnxruntime "
-                         "(--mode slide / --device are for PyTorch checkpoints)")
+        raise UsageError(
+            "segkit predict --onnx: runs whole-image inference on the CPU with onnxruntime "
+            "(--mode slide / --device are for PyTorch checkpoints)"
+        )
     for p in predict_paths_onnx(model_path, inputs, args.out, scale=args.scale):
         print(p)
     return 0
@@ -276,27 +344,44 @@ def _hw(s, name: str, help: str, default=None):
 
 
 def _eval_protocol_args(s) -> None:
-    s.add_argument("--data", help="dataset root (default: the data.test / data.val of the checkpoint's training "
-                   "config); may use ${SEGKIT_DATA}")
-    s.add_argument("--data-type", default="split", help="dataset layout: split, folder, ade20k, cityscapes, voc, "
-                   "pascal_context, coco_stuff164k, coco_stuff10k, isaid")
+    s.add_argument(
+        "--data",
+        help="dataset root (default: the data.test / data.val of the checkpoint's training "
+        "config); may use ${SEGKIT_DATA}",
+    )
+    s.add_argument(
+        "--data-type",
+        default="split",
+        help="dataset layout: split, folder, ade20k, cityscapes, voc, "
+        "pascal_context, coco_stuff164k, coco_stuff10k, isaid",
+    )
     s.add_argument("--split", default="test", help="split of --data to evaluate")
-    s.add_argument("--config", help="YAML config (or shipped config name) whose data.test / test protocol to use "
-                   "instead of the checkpoint's")
+    s.add_argument(
+        "--config",
+        help="YAML config (or shipped config name) whose data.test / test protocol to use instead of the checkpoint's",
+    )
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for --config")
     s.add_argument("--mode", choices=["whole", "slide"], help="inference mode (default: the checkpoint's protocol)")
     _hw(s, "--crop", "slide window (default: the protocol's, else the training crop)")
     _hw(s, "--stride", "slide stride (default: the protocol's, else the crop)")
-    s.add_argument("--scale", type=int, nargs="+", metavar="PX",
-                   help="test resize LONG SHORT (keep ratio; default: the protocol's); 0 = no resize")
+    s.add_argument(
+        "--scale",
+        type=int,
+        nargs="+",
+        metavar="PX",
+        help="test resize LONG SHORT (keep ratio; default: the protocol's); 0 = no resize",
+    )
     s.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     s.add_argument("--max-images", type=int, help="evaluate only the first N images")
 
 
 def _add_tool_parsers(sub) -> None:
-    s = sub.add_parser("benchmark", formatter_class=_Formatter,
-                       help="latency / FPS / peak memory under a fixed protocol (segkit/tools/benchmark.py)",
-                       epilog=_examples("segkit benchmark segnext-t --shape 512 512 --runs 20 --json b.json"))
+    s = sub.add_parser(
+        "benchmark",
+        formatter_class=_Formatter,
+        help="latency / FPS / peak memory under a fixed protocol (segkit/tools/benchmark.py)",
+        epilog=_examples("segkit benchmark segnext-t --shape 512 512 --runs 20 --json b.json"),
+    )
     s.add_argument("model", help="zoo name (random weights; speed does not depend on them) or checkpoint")
     _hw(s, "--shape", "network input size", default=[512, 512])
     s.add_argument("--batch", type=int, default=1, help="images per call")
@@ -316,25 +401,40 @@ def _add_tool_parsers(sub) -> None:
 
     from segkit.tools.robustness import CORRUPTIONS  # numpy only at import time
 
-    s = sub.add_parser("robustness", formatter_class=_Formatter,
-                       help="mIoU under the 16 image corruptions (SegFormer / RSSeg tables)",
-                       epilog=_examples("segkit robustness work_dirs/run/final --data ${SEGKIT_DATA}/camvid "
-                                        "--severities 3 --out robust"))
+    s = sub.add_parser(
+        "robustness",
+        formatter_class=_Formatter,
+        help="mIoU under the 16 image corruptions (SegFormer / RSSeg tables)",
+        epilog=_examples(
+            "segkit robustness work_dirs/run/final --data ${SEGKIT_DATA}/camvid --severities 3 --out robust"
+        ),
+    )
     s.add_argument("checkpoint", help="a save_pretrained folder or a training checkpoint .pth")
     _eval_protocol_args(s)
-    s.add_argument("--corruptions", nargs="+", default=list(CORRUPTIONS), choices=list(CORRUPTIONS),
-                   metavar="NAME", help="corruptions to run (default: all 16)")
-    s.add_argument("--severities", type=int, nargs="+", default=[1, 2, 3, 4, 5], choices=[1, 2, 3, 4, 5],
-                   help="severity levels")
+    s.add_argument(
+        "--corruptions",
+        nargs="+",
+        default=list(CORRUPTIONS),
+        choices=list(CORRUPTIONS),
+        metavar="NAME",
+        help="corruptions to run (default: all 16)",
+    )
+    s.add_argument(
+        "--severities", type=int, nargs="+", default=[1, 2, 3, 4, 5], choices=[1, 2, 3, 4, 5], help="severity levels"
+    )
     s.add_argument("--seed", type=int, default=0, help="seed of the random corruptions")
-    s.add_argument("--grid-severity", type=int, default=3, choices=[1, 2, 3, 4, 5],
-                   help="severity shown in corruptions_grid.png")
+    s.add_argument(
+        "--grid-severity", type=int, default=3, choices=[1, 2, 3, 4, 5], help="severity shown in corruptions_grid.png"
+    )
     s.add_argument("--out", help="folder for robustness.json / .md and corruptions_grid.png")
     s.set_defaults(fn=_cmd_robustness)
 
-    s = sub.add_parser("export", formatter_class=_Formatter,
-                       help="export to ONNX (logits at input size + metadata), verified with onnxruntime",
-                       epilog=_examples("segkit export work_dirs/run/final --dynamic --out model.onnx"))
+    s = sub.add_parser(
+        "export",
+        formatter_class=_Formatter,
+        help="export to ONNX (logits at input size + metadata), verified with onnxruntime",
+        epilog=_examples("segkit export work_dirs/run/final --dynamic --out model.onnx"),
+    )
     s.add_argument("checkpoint", help="a save_pretrained folder or a training checkpoint .pth")
     s.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
     _hw(s, "--shape", "example input size (the fixed size unless --dynamic)", default=[512, 512])
@@ -350,43 +450,65 @@ def _add_tool_parsers(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from segkit import __version__
 
-    p = argparse.ArgumentParser(prog="segkit", formatter_class=_Formatter,
-                                description="Semantic segmentation with SegNeXt, SegFormer and RSSeg.",
-                                epilog="Run `segkit COMMAND -h` for a command's options and an example.")
+    p = argparse.ArgumentParser(
+        prog="segkit",
+        formatter_class=_Formatter,
+        description="Semantic segmentation with SegNeXt, SegFormer and RSSeg.",
+        epilog="Run `segkit COMMAND -h` for a command's options and an example.",
+    )
     p.add_argument("--version", action="version", version=f"segkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("models", formatter_class=_Formatter, help="list models with parameter counts",
-                       epilog=_examples("segkit models --filter segnext --num-classes 19"))
+    s = sub.add_parser(
+        "models",
+        formatter_class=_Formatter,
+        help="list models with parameter counts",
+        epilog=_examples("segkit models --filter segnext --num-classes 19"),
+    )
     s.add_argument("--num-classes", type=int, default=150, help="classes of the heads counted")
     s.add_argument("--filter", default="", help="only names containing this text")
     s.set_defaults(fn=_cmd_models)
 
-    s = sub.add_parser("flops", formatter_class=_Formatter,
-                       help="GFLOPs (multiply-adds) and parameters of a model at an input size",
-                       epilog=_examples("segkit flops segformer-b0 --shape 1024 2048"))
+    s = sub.add_parser(
+        "flops",
+        formatter_class=_Formatter,
+        help="GFLOPs (multiply-adds) and parameters of a model at an input size",
+        epilog=_examples("segkit flops segformer-b0 --shape 1024 2048"),
+    )
     s.add_argument("model", help="zoo name (segkit models lists them)")
     _hw(s, "--shape", "input size", default=[512, 512])
     s.add_argument("--num-classes", type=int, default=150, help="classes of the head")
-    s.add_argument("--mode", default="paper", choices=["paper", "torch", "mmcv", "torchprofile"],
-                   help="counting convention (segkit.tools.flops); 'paper' = the one the model's paper used")
+    s.add_argument(
+        "--mode",
+        default="paper",
+        choices=["paper", "torch", "mmcv", "torchprofile"],
+        help="counting convention (segkit.tools.flops); 'paper' = the one the model's paper used",
+    )
     s.add_argument("--json", action="store_true", help="print the full result as JSON")
     s.set_defaults(fn=_cmd_flops)
 
-    s = sub.add_parser("train", formatter_class=_Formatter, help="train from a YAML config",
-                       epilog=_examples("segkit train camvid/segnext-t_15min",
-                                        "segkit train my.yaml --set optim.lr=1e-3 train.max_iters=2000",
-                                        "torchrun --nproc_per_node=2 -m segkit train my.yaml"))
+    s = sub.add_parser(
+        "train",
+        formatter_class=_Formatter,
+        help="train from a YAML config",
+        epilog=_examples(
+            "segkit train camvid/segnext-t_15min",
+            "segkit train my.yaml --set optim.lr=1e-3 train.max_iters=2000",
+            "torchrun --nproc_per_node=2 -m segkit train my.yaml",
+        ),
+    )
     s.add_argument("config", help="YAML file or the name of a shipped config (e.g. camvid/segnext-t_15min)")
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields (dotted keys)")
     s.add_argument("--resume", default=None, help="checkpoint path, or 'auto' for the latest in work_dir")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(fn=_cmd_train)
 
-    s = sub.add_parser("eval", formatter_class=_Formatter,
-                       help="evaluate a checkpoint (mIoU, aAcc, mAcc, mDice, mFscore)",
-                       epilog=_examples("segkit eval work_dirs/run/final --data ${SEGKIT_DATA}/camvid --split test "
-                                        "--out results"))
+    s = sub.add_parser(
+        "eval",
+        formatter_class=_Formatter,
+        help="evaluate a checkpoint (mIoU, aAcc, mAcc, mDice, mFscore)",
+        epilog=_examples("segkit eval work_dirs/run/final --data ${SEGKIT_DATA}/camvid --split test --out results"),
+    )
     s.add_argument("checkpoint", help="a save_pretrained folder or a training checkpoint .pth")
     _eval_protocol_args(s)
     s.add_argument("--scales", type=float, nargs="+", help="multi-scale test ratios, e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
@@ -396,28 +518,48 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=0, help="DataLoader workers reading and resizing images")
     s.set_defaults(fn=_cmd_eval)
 
-    s = sub.add_parser("predict", formatter_class=_Formatter,
-                       help="segment images: index PNG + colour overlay with legend",
-                       epilog=_examples("segkit predict work_dirs/run/final photo.jpg --out pred",
-                                        "segkit predict --onnx model.onnx photos/ --out pred"))
+    s = sub.add_parser(
+        "predict",
+        formatter_class=_Formatter,
+        help="segment images: index PNG + colour overlay with legend",
+        epilog=_examples(
+            "segkit predict work_dirs/run/final photo.jpg --out pred",
+            "segkit predict --onnx model.onnx photos/ --out pred",
+        ),
+    )
     s.add_argument("checkpoint", nargs="?", help="a save_pretrained folder or a training checkpoint .pth")
     s.add_argument("inputs", nargs="?", help="an image file or a folder of images")
-    s.add_argument("--onnx", metavar="MODEL.onnx", help="run an exported ONNX model with onnxruntime (no PyTorch); "
-                   "then give only IMAGE_OR_DIR")
+    s.add_argument(
+        "--onnx",
+        metavar="MODEL.onnx",
+        help="run an exported ONNX model with onnxruntime (no PyTorch); then give only IMAGE_OR_DIR",
+    )
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--mode", choices=["auto", "whole", "slide"],
-                   help="inference mode (default: the checkpoint's protocol); auto = slide for images above 1024² px")
+    s.add_argument(
+        "--mode",
+        choices=["auto", "whole", "slide"],
+        help="inference mode (default: the checkpoint's protocol); auto = slide for images above 1024² px",
+    )
     _hw(s, "--crop", "slide window (default: the protocol's, else the training crop)")
     _hw(s, "--stride", "slide stride (default: the protocol's, else the crop)")
-    s.add_argument("--scale", type=int, nargs="+", metavar="PX",
-                   help="test resize LONG SHORT (keep ratio; default: the protocol's); 0 = no resize")
+    s.add_argument(
+        "--scale",
+        type=int,
+        nargs="+",
+        metavar="PX",
+        help="test resize LONG SHORT (keep ratio; default: the protocol's); 0 = no resize",
+    )
     s.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     s.set_defaults(fn=_cmd_predict)
 
-    s = sub.add_parser("check-data", formatter_class=_Formatter,
-                       help="scan labels: class frequencies and guard-rail errors",
-                       epilog=_examples("segkit check-data ${SEGKIT_DATA}/camvid --split train",
-                                        "segkit check-data --config my.yaml --split val"))
+    s = sub.add_parser(
+        "check-data",
+        formatter_class=_Formatter,
+        help="scan labels: class frequencies and guard-rail errors",
+        epilog=_examples(
+            "segkit check-data ${SEGKIT_DATA}/camvid --split train", "segkit check-data --config my.yaml --split val"
+        ),
+    )
     s.add_argument("root", nargs="?", help="dataset root (or use --config)")
     s.add_argument("--data-type", default="split", help="dataset layout (split, folder, ade20k, cityscapes, ...)")
     s.add_argument("--split", default="train", help="split to scan (with --config: train, val or test)")
@@ -426,9 +568,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-classes", type=int, help="expected class count (default: the dataset's)")
     s.set_defaults(fn=_cmd_check_data)
 
-    s = sub.add_parser("convert", formatter_class=_Formatter,
-                       help="convert an official checkpoint to segkit's safetensors folder",
-                       epilog=_examples("segkit convert segnext_tiny_512x512_ade_160k.pth segnext-t-ade --model segnext-t"))
+    s = sub.add_parser(
+        "convert",
+        formatter_class=_Formatter,
+        help="convert an official checkpoint to segkit's safetensors folder",
+        epilog=_examples("segkit convert segnext_tiny_512x512_ade_160k.pth segnext-t-ade --model segnext-t"),
+    )
     s.add_argument("src", help="official / mmseg / Hugging Face checkpoint file or folder")
     s.add_argument("dst", help="output folder (model.safetensors + config.json)")
     s.add_argument("--model", required=True, help="zoo name of the architecture (segkit models lists them)")

@@ -18,6 +18,7 @@ Example (CamVid, SegNeXt-T)::
     schedule: {max_iters: 160000, warmup_iters: 1500}
     train: {batch_size: 16, eval_interval: 8000}
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,11 +31,10 @@ import yaml
 from segkit.errors import ConfigError
 
 
-
-
 @dataclass
 class DataConfig:
     """Dataset specs handed to :func:`segkit.data.build_dataset` (``type``, ``root``, ``split`` …)."""
+
     train: Optional[dict] = None
     val: Optional[dict] = None
     test: Optional[dict] = None
@@ -42,7 +42,11 @@ class DataConfig:
 
 @dataclass
 class TrainTransformConfig:
-    """Reference train pipeline (official configs' ``train_pipeline``; docs/protocols.md). ``scale`` = (long, short) image scale in pixels."""
+    """Reference train pipeline (official configs' ``train_pipeline``; docs/protocols.md).
+
+    ``scale`` = (long, short) image scale in pixels.
+    """
+
     scale: list = field(default_factory=lambda: [2048, 512])
     ratio_range: list = field(default_factory=lambda: [0.5, 2.0])
     crop_size: list = field(default_factory=lambda: [512, 512])
@@ -53,7 +57,11 @@ class TrainTransformConfig:
 
 @dataclass
 class TestTransformConfig:
-    """Reference test resize (official configs' ``test_pipeline``; docs/protocols.md): keep-ratio to ``scale``, then ``size_divisor``; null scale = no resize."""
+    """Reference test resize (official configs' ``test_pipeline``; docs/protocols.md).
+
+    Keep-ratio to ``scale``, then ``size_divisor``; null scale = no resize.
+    """
+
     scale: Optional[list] = field(default_factory=lambda: [2048, 512])
     keep_ratio: bool = True
     size_divisor: Optional[int] = 32
@@ -73,6 +81,7 @@ class OptimConfig:
     BEiT/timm fine-tuning convention used by the RSSeg configs; the SegFormer/SegNeXt reference
     decays biases, so it is off by default.
     """
+
     name: str = "adamw"
     lr: float = 6e-5
     betas: list = field(default_factory=lambda: [0.9, 0.999])
@@ -90,6 +99,7 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     """Poly schedule with linear warm-up (mmcv 1.x ``PolyLrUpdaterHook`` semantics; docs/protocols.md)."""
+
     max_iters: int = 160000
     warmup_iters: int = 1500
     warmup_ratio: float = 1e-6
@@ -112,6 +122,7 @@ class TrainConfig:
     the images containing c, which the scan does not keep). Classes absent from the training
     labels get weight 0.
     """
+
     batch_size: int = 16
     num_workers: int = 2
     seed: int = 0
@@ -140,6 +151,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     """Test-time protocol (mmseg ``EncoderDecoder`` whole / slide / aug_test; docs/protocols.md)."""
+
     mode: str = "whole"
     crop_size: Optional[list] = None
     stride: Optional[list] = None
@@ -176,20 +188,35 @@ class Config:
         need(len(self.train_transform.crop_size) == 2, "train_transform.crop_size", "must be [h, w]")
         need(len(self.train_transform.scale) == 2, "train_transform.scale", "must be [long, short]")
         need(self.optim.name == "adamw", "optim.name", f"only 'adamw' is supported, got {self.optim.name!r}")
-        need(self.optim.norm_decay_rule in ("type", "reference"), "optim.norm_decay_rule", "must be 'type' or 'reference'")
+        need(
+            self.optim.norm_decay_rule in ("type", "reference"),
+            "optim.norm_decay_rule",
+            "must be 'type' or 'reference'",
+        )
         need(self.schedule.max_iters > 0, "schedule.max_iters", "must be > 0")
         need(0 <= self.schedule.warmup_iters, "schedule.warmup_iters", "must be >= 0")
         need(self.train.batch_size > 0, "train.batch_size", "must be > 0")
         need(self.train.amp in (None, "bf16", "fp16"), "train.amp", "must be null, 'bf16' or 'fp16'")
         need(self.train.loss_avg in ("valid", "all"), "train.loss_avg", "must be 'valid' or 'all'")
         cw = self.train.class_weight
-        need(cw is None or cw == "median_freq" or (isinstance(cw, list) and len(cw) > 0 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in cw)),
-             "train.class_weight", f"must be null, 'median_freq' or a list of non-negative numbers, got {cw!r}")
+        need(
+            cw is None
+            or cw == "median_freq"
+            or (
+                isinstance(cw, list)
+                and len(cw) > 0
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in cw)
+            ),
+            "train.class_weight",
+            f"must be null, 'median_freq' or a list of non-negative numbers, got {cw!r}",
+        )
         need(self.train.class_weight_power >= 0, "train.class_weight_power", "must be >= 0")
         need(self.train.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", "must be 'stop' or 'skip'")
-        need(self.train.device in ("auto", "cpu", "cuda") or self.train.device.startswith("cuda:"), "train.device",
-             "must be auto, cpu or cuda[:N]")
+        need(
+            self.train.device in ("auto", "cpu", "cuda") or self.train.device.startswith("cuda:"),
+            "train.device",
+            "must be auto, cpu or cuda[:N]",
+        )
         need(self.eval.mode in ("whole", "slide"), "eval.mode", "must be 'whole' or 'slide'")
         need(self.eval.mode != "slide" or self.eval.crop_size, "eval.crop_size", "slide mode needs crop_size")
         return self
@@ -206,9 +233,15 @@ def _build(cls, data: Any, path: str):
     kwargs = {}
     for k, v in data.items():
         ftype = fields[k].type
-        sub = {"DataConfig": DataConfig, "TrainTransformConfig": TrainTransformConfig,
-               "TestTransformConfig": TestTransformConfig, "OptimConfig": OptimConfig,
-               "ScheduleConfig": ScheduleConfig, "TrainConfig": TrainConfig, "EvalConfig": EvalConfig}.get(ftype)
+        sub = {
+            "DataConfig": DataConfig,
+            "TrainTransformConfig": TrainTransformConfig,
+            "TestTransformConfig": TestTransformConfig,
+            "OptimConfig": OptimConfig,
+            "ScheduleConfig": ScheduleConfig,
+            "TrainConfig": TrainConfig,
+            "EvalConfig": EvalConfig,
+        }.get(ftype)
         key = f"{path + '.' if path else ''}{k}"
         kwargs[k] = _build(sub, v, key) if sub else _coerce(v, ftype, key)
     return cls(**kwargs)
@@ -218,7 +251,7 @@ def _coerce(value: Any, ftype: str, key: str) -> Any:
     """Check ``value`` against the field annotation; numbers written as strings (YAML 1.1 reads
     ``6e-5`` as a string) are converted. Raises :class:`ConfigError` naming ``key``."""
     optional = ftype.startswith("Optional[")
-    base = ftype[len("Optional["):-1] if optional else ftype
+    base = ftype[len("Optional[") : -1] if optional else ftype
     if value is None:
         if optional:
             return None
@@ -276,7 +309,9 @@ PACKAGED = Path(__file__).resolve().parent / "configs"
 
 
 def resolve_config_path(name: str | Path) -> Path:
-    """A config file path, or the name of a shipped config (``camvid/segnext-t`` → ``segkit/configs/camvid/segnext-t.yaml``).
+    """A config file path, or the name of a shipped config.
+
+    ``camvid/segnext-t`` → ``segkit/configs/camvid/segnext-t.yaml``.
 
     Raises ``FileNotFoundError`` listing where it looked.
     """

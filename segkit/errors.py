@@ -4,6 +4,7 @@ Each is raised with a message that names the file or key at fault and the proble
 ``segkit`` command line prints the message and exits with status 1 (no traceback); usage
 mistakes (bad flags) exit with 2.
 """
+
 from __future__ import annotations
 
 

@@ -13,35 +13,84 @@ betas (0.9, 0.999), weight decay 0.01, 10× lr for the head, poly decay (power 1
 Dataset roots use ``${SEGKIT_DATA}`` (see :func:`segkit.data.resolve_root`): the data sets
 live outside the repository.
 """
+
 from __future__ import annotations
 
 # Dataset protocols of the SegFormer / SegNeXt papers (SegFormer §4.1, SegNeXt §4.1).
 # dataset -> (data specs, train scale, crop, iterations, global batch, test scale, eval protocol)
 PAPER_DATASETS = {
-    "ade20k": dict(data={"train": {"type": "ade20k", "root": "data/ade/ADEChallengeData2016", "split": "training"},
-                         "val": {"type": "ade20k", "root": "data/ade/ADEChallengeData2016", "split": "validation"}},
-                   scale=[2048, 512], crop=[512, 512], iters=160000, batch=16, test_scale=[2048, 512],
-                   eval={"mode": "whole"}),
-    "cityscapes": dict(data={"train": {"type": "cityscapes", "root": "data/cityscapes", "split": "train"},
-                             "val": {"type": "cityscapes", "root": "data/cityscapes", "split": "val"}},
-                       scale=[2048, 1024], crop=[1024, 1024], iters=160000, batch=8, test_scale=[2048, 1024],
-                       eval={"mode": "slide", "crop_size": [1024, 1024], "stride": [768, 768]}),
-    "coco_stuff164k": dict(data={"train": {"type": "coco_stuff164k", "root": "data/coco_stuff164k", "split": "train2017"},
-                                 "val": {"type": "coco_stuff164k", "root": "data/coco_stuff164k", "split": "val2017"}},
-                           scale=[2048, 512], crop=[512, 512], iters=80000, batch=16, test_scale=[2048, 512],
-                           eval={"mode": "whole"}),
-    "voc_aug": dict(data={"train": {"type": "voc", "root": "data/VOCdevkit/VOC2012", "split": "trainaug"},
-                          "val": {"type": "voc", "root": "data/VOCdevkit/VOC2012", "split": "val"}},
-                    scale=[2048, 512], crop=[512, 512], iters=80000, batch=16, test_scale=[2048, 512],
-                    eval={"mode": "whole"}),
-    "pascal_context59": dict(data={"train": {"type": "pascal_context", "root": "data/VOCdevkit/VOC2010", "split": "train"},
-                                   "val": {"type": "pascal_context", "root": "data/VOCdevkit/VOC2010", "split": "val"}},
-                             scale=[520, 520], crop=[480, 480], iters=80000, batch=16, test_scale=[520, 520],
-                             eval={"mode": "slide", "crop_size": [480, 480], "stride": [320, 320]}),
-    "isaid": dict(data={"train": {"type": "isaid", "root": "data/iSAID", "split": "train"},
-                        "val": {"type": "isaid", "root": "data/iSAID", "split": "val"}},
-                  scale=[896, 896], crop=[896, 896], iters=160000, batch=16, test_scale=[896, 896],
-                  eval={"mode": "whole"}),
+    "ade20k": dict(
+        data={
+            "train": {"type": "ade20k", "root": "data/ade/ADEChallengeData2016", "split": "training"},
+            "val": {"type": "ade20k", "root": "data/ade/ADEChallengeData2016", "split": "validation"},
+        },
+        scale=[2048, 512],
+        crop=[512, 512],
+        iters=160000,
+        batch=16,
+        test_scale=[2048, 512],
+        eval={"mode": "whole"},
+    ),
+    "cityscapes": dict(
+        data={
+            "train": {"type": "cityscapes", "root": "data/cityscapes", "split": "train"},
+            "val": {"type": "cityscapes", "root": "data/cityscapes", "split": "val"},
+        },
+        scale=[2048, 1024],
+        crop=[1024, 1024],
+        iters=160000,
+        batch=8,
+        test_scale=[2048, 1024],
+        eval={"mode": "slide", "crop_size": [1024, 1024], "stride": [768, 768]},
+    ),
+    "coco_stuff164k": dict(
+        data={
+            "train": {"type": "coco_stuff164k", "root": "data/coco_stuff164k", "split": "train2017"},
+            "val": {"type": "coco_stuff164k", "root": "data/coco_stuff164k", "split": "val2017"},
+        },
+        scale=[2048, 512],
+        crop=[512, 512],
+        iters=80000,
+        batch=16,
+        test_scale=[2048, 512],
+        eval={"mode": "whole"},
+    ),
+    "voc_aug": dict(
+        data={
+            "train": {"type": "voc", "root": "data/VOCdevkit/VOC2012", "split": "trainaug"},
+            "val": {"type": "voc", "root": "data/VOCdevkit/VOC2012", "split": "val"},
+        },
+        scale=[2048, 512],
+        crop=[512, 512],
+        iters=80000,
+        batch=16,
+        test_scale=[2048, 512],
+        eval={"mode": "whole"},
+    ),
+    "pascal_context59": dict(
+        data={
+            "train": {"type": "pascal_context", "root": "data/VOCdevkit/VOC2010", "split": "train"},
+            "val": {"type": "pascal_context", "root": "data/VOCdevkit/VOC2010", "split": "val"},
+        },
+        scale=[520, 520],
+        crop=[480, 480],
+        iters=80000,
+        batch=16,
+        test_scale=[520, 520],
+        eval={"mode": "slide", "crop_size": [480, 480], "stride": [320, 320]},
+    ),
+    "isaid": dict(
+        data={
+            "train": {"type": "isaid", "root": "data/iSAID", "split": "train"},
+            "val": {"type": "isaid", "root": "data/iSAID", "split": "val"},
+        },
+        scale=[896, 896],
+        crop=[896, 896],
+        iters=160000,
+        batch=16,
+        test_scale=[896, 896],
+        eval={"mode": "whole"},
+    ),
 }
 
 SMALL_DATASETS = {  # the data sets next to the repository (docs/datasets.md)
@@ -60,13 +109,23 @@ def paper_config(model: str, dataset: str, *, eval_interval: int, scale=None, cr
         "model": model,
         "pretrained": None,
         "data": r["data"],
-        "train_transform": {"scale": scale, "ratio_range": [0.5, 2.0], "crop_size": crop, "cat_max_ratio": 0.75,
-                            "flip_prob": 0.5, "photometric": True},
+        "train_transform": {
+            "scale": scale,
+            "ratio_range": [0.5, 2.0],
+            "crop_size": crop,
+            "cat_max_ratio": 0.75,
+            "flip_prob": 0.5,
+            "photometric": True,
+        },
         "test_transform": {"scale": test_scale, "keep_ratio": True, "size_divisor": 32},
         "optim": {"lr": 6.0e-5, "betas": [0.9, 0.999], "weight_decay": 0.01, "head_lr_mult": 10.0},
         "schedule": {"max_iters": r["iters"], "warmup_iters": 1500, "warmup_ratio": 1.0e-6, "power": 1.0},
-        "train": {"batch_size": r["batch"], "num_workers": 4, "eval_interval": eval_interval,
-                  "work_dir": f"work_dirs/{model}_{dataset}"},
+        "train": {
+            "batch_size": r["batch"],
+            "num_workers": 4,
+            "eval_interval": eval_interval,
+            "work_dir": f"work_dirs/{model}_{dataset}",
+        },
         "eval": r["eval"],
     }
 
@@ -83,11 +142,19 @@ def small_config(model: str, dataset: str) -> dict:
     return {
         "model": model,
         "pretrained": None,
-        "data": {"train": {"type": "split", "root": root, "split": "train"},
-                 "val": {"type": "split", "root": root, "split": d["val"]},
-                 "test": {"type": "split", "root": root, "split": "test"}},
-        "train_transform": {"scale": list(d["scale"]), "ratio_range": [0.5, 2.0], "crop_size": list(d["crop"]),
-                            "cat_max_ratio": 0.75, "flip_prob": 0.5, "photometric": True},
+        "data": {
+            "train": {"type": "split", "root": root, "split": "train"},
+            "val": {"type": "split", "root": root, "split": d["val"]},
+            "test": {"type": "split", "root": root, "split": "test"},
+        },
+        "train_transform": {
+            "scale": list(d["scale"]),
+            "ratio_range": [0.5, 2.0],
+            "crop_size": list(d["crop"]),
+            "cat_max_ratio": 0.75,
+            "flip_prob": 0.5,
+            "photometric": True,
+        },
         "test_transform": {"scale": list(d["scale"]), "keep_ratio": True, "size_divisor": 32},
         "optim": {"lr": 6.0e-5, "betas": [0.9, 0.999], "weight_decay": 0.01, "head_lr_mult": 10.0},
         "schedule": {"max_iters": 20000, "warmup_iters": 1500, "warmup_ratio": 1.0e-6, "power": 1.0},
@@ -114,17 +181,34 @@ def camvid_15min_config(model: str = "segnext-t", iters: int = 450, ratio_range=
     return {
         "model": model,
         "pretrained": None,
-        "data": {"train": {"type": "split", "root": root, "split": "train"},
-                 "val": {"type": "split", "root": root, "split": "val"},
-                 "test": {"type": "split", "root": root, "split": "test"}},
-        "train_transform": {"scale": [480, 360], "ratio_range": list(ratio_range), "crop_size": [256, 256],
-                            "cat_max_ratio": 0.75, "flip_prob": 0.5, "photometric": True},
+        "data": {
+            "train": {"type": "split", "root": root, "split": "train"},
+            "val": {"type": "split", "root": root, "split": "val"},
+            "test": {"type": "split", "root": root, "split": "test"},
+        },
+        "train_transform": {
+            "scale": [480, 360],
+            "ratio_range": list(ratio_range),
+            "crop_size": [256, 256],
+            "cat_max_ratio": 0.75,
+            "flip_prob": 0.5,
+            "photometric": True,
+        },
         "test_transform": {"scale": [480, 360], "keep_ratio": True, "size_divisor": 32},
         "optim": {"lr": 2.0e-3, "betas": [0.9, 0.999], "weight_decay": 0.01, "head_lr_mult": 1.0},
         "schedule": {"max_iters": iters, "warmup_iters": 30, "warmup_ratio": 1.0e-3, "power": 1.0},
-        "train": {"batch_size": 8, "num_workers": 0, "preload": True, "threads": 2, "channels_last": True,
-                  "eval_interval": iters, "log_interval": 10, "work_dir": f"work_dirs/{model}_camvid_15min",
-                  "class_weight": "median_freq", "class_weight_power": 0.5},
+        "train": {
+            "batch_size": 8,
+            "num_workers": 0,
+            "preload": True,
+            "threads": 2,
+            "channels_last": True,
+            "eval_interval": iters,
+            "log_interval": 10,
+            "work_dir": f"work_dirs/{model}_camvid_15min",
+            "class_weight": "median_freq",
+            "class_weight_power": 0.5,
+        },
         "eval": {"mode": "whole"},
     }
 

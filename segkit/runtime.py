@@ -16,6 +16,7 @@ fragmentation below it) instead of going back to the OS at once, so RSS can be h
 The ``segkit`` CLI calls :func:`tune_cpu_allocator` at start-up unless the environment sets
 ``SEGKIT_MALLOC_TUNING=0``; library users call it themselves (importing segkit changes nothing).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -23,7 +24,7 @@ import ctypes.util
 import os
 import sys
 
-M_TRIM_THRESHOLD = -1   # mallopt parameter numbers (glibc <malloc.h>)
+M_TRIM_THRESHOLD = -1  # mallopt parameter numbers (glibc <malloc.h>)
 M_MMAP_THRESHOLD = -3
 GiB = 1 << 30
 
@@ -55,7 +56,10 @@ def tune_cpu_allocator(mmap_threshold: int = GiB, trim_threshold: int = GiB) -> 
         return None
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    clamp = lambda v: int(min(max(v, 0), 2**31 - 1))  # mallopt takes a C int
+
+    def clamp(v):  # mallopt takes a C int
+        return int(min(max(v, 0), 2**31 - 1))
+
     if mallopt(M_MMAP_THRESHOLD, clamp(mmap_threshold)) != 1 or mallopt(M_TRIM_THRESHOLD, clamp(trim_threshold)) != 1:
         return None
     _applied = {"mmap_threshold": clamp(mmap_threshold), "trim_threshold": clamp(trim_threshold)}

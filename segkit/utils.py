@@ -1,4 +1,5 @@
 """Small I/O helpers shared across segkit (standard library only: the torch-free ONNX path uses them)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -74,11 +75,12 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def output_stems(files) -> list[str]:
-    """File stems for output names; files sharing a stem (``a.jpg``, ``a.png``) get their suffix appended (``a_jpg``)."""
+    """Stems for output names; files sharing a stem (``a.jpg``, ``a.png``) get their suffix appended (``a_jpg``)."""
     stems = [Path(f).stem for f in files]
     dup = {s for s in stems if stems.count(s) > 1}
-    return [f"{Path(f).stem}_{Path(f).suffix.lstrip('.').lower()}" if Path(f).stem in dup else Path(f).stem
-            for f in files]
+    return [
+        f"{Path(f).stem}_{Path(f).suffix.lstrip('.').lower()}" if Path(f).stem in dup else Path(f).stem for f in files
+    ]
 
 
 def list_images(inputs: str | Path) -> list[Path]:

@@ -8,6 +8,7 @@ reason — except under ``CI=true`` (``.ci/run`` sets it), where a missing data 
 Under ``CI=true`` every skipped test also fails the run unless its name is in
 :data:`SKIP_ALLOWED` with the reason it may skip there.
 """
+
 import json
 import os
 from pathlib import Path
@@ -32,8 +33,10 @@ def require_dataset(name: str) -> Path:
     root = DATA_DIR / name
     if root.is_dir():
         return root
-    msg = (f"data set {name!r} not found at {root}: set SEGKIT_DATA to the folder that holds {name}/ "
-           f"(the data sets are not part of the repository)")
+    msg = (
+        f"data set {name!r} not found at {root}: set SEGKIT_DATA to the folder that holds {name}/ "
+        f"(the data sets are not part of the repository)"
+    )
     if IN_CI:
         pytest.fail(msg)
     pytest.skip(msg)
@@ -85,16 +88,26 @@ SYNTH_CLASSES = ["road", "sky", "car", "tree", "person"]
 SYNTH_PALETTE = [[128, 64, 128], [70, 130, 180], [0, 0, 142], [107, 142, 35], [220, 20, 60]]
 
 
-def make_synthetic_split(root: Path, counts=(("train", 6), ("val", 2), ("test", 2)), size=(360, 480),
-                         seed: int = 0) -> Path:
+def make_synthetic_split(
+    root: Path, counts=(("train", 6), ("val", 2), ("test", 2)), size=(360, 480), seed: int = 0
+) -> Path:
     """A small data set in the split layout that needs no download: street-like scenes of coloured
     rectangles (5 classes, class colour + noise, so a model can learn them), PNG images and labels,
     ``size = (H, W)`` (CamVid's 360×480 by default), ``ignore_index`` 255 on a thin border."""
     rng = np.random.default_rng(seed)
     h, w = size
-    info = {"name": "synthetic", "classes": SYNTH_CLASSES, "palette": SYNTH_PALETTE, "ignore_index": 255,
-            "splits": dict(counts), "layout": {"image": "images/{split}/{stem}.png",
-                                               "label": "labels/{split}/{stem}.png", "list": "splits/{split}.txt"}}
+    info = {
+        "name": "synthetic",
+        "classes": SYNTH_CLASSES,
+        "palette": SYNTH_PALETTE,
+        "ignore_index": 255,
+        "splits": dict(counts),
+        "layout": {
+            "image": "images/{split}/{stem}.png",
+            "label": "labels/{split}/{stem}.png",
+            "list": "splits/{split}.txt",
+        },
+    }
     (root / "splits").mkdir(parents=True)
     for split, n in counts:
         (root / "images" / split).mkdir(parents=True)
@@ -102,10 +115,10 @@ def make_synthetic_split(root: Path, counts=(("train", 6), ("val", 2), ("test", 
         stems = [f"{split}_{i:03d}" for i in range(n)]
         for stem in stems:
             label = np.zeros((h, w), np.uint8)
-            label[: h // 3] = 1                                   # sky on top, road below
-            for cls in (2, 3, 4, 2, 3):                           # a few objects
+            label[: h // 3] = 1  # sky on top, road below
+            for cls in (2, 3, 4, 2, 3):  # a few objects
                 y0, x0 = rng.integers(h // 4, h - 40), rng.integers(0, w - 40)
-                label[y0:y0 + rng.integers(20, h // 3), x0:x0 + rng.integers(20, w // 4)] = cls
+                label[y0 : y0 + rng.integers(20, h // 3), x0 : x0 + rng.integers(20, w // 4)] = cls
             label[:2] = 255
             colours = np.array(SYNTH_PALETTE + [[0, 0, 0]] * 251, np.int16)[label]
             image = np.clip(colours + rng.normal(0, 20, colours.shape), 0, 255).astype(np.uint8)
@@ -140,12 +153,14 @@ def pytest_runtest_logreport(report):
 def pytest_sessionfinish(session, exitstatus):
     if not IN_CI:
         return
-    bad = [(nid, why) for nid, why in _skipped
-           if not any(nid.split("::")[-1].startswith(name) for name in SKIP_ALLOWED)]
+    bad = [
+        (nid, why) for nid, why in _skipped if not any(nid.split("::")[-1].startswith(name) for name in SKIP_ALLOWED)
+    ]
     if bad:
         tr = session.config.pluginmanager.get_plugin("terminalreporter")
-        lines = [f"CI=true: {len(bad)} test(s) skipped without being on the allow-list (tests/conftest.py "
-                 f"SKIP_ALLOWED):"] + [f"  {nid}: {why}" for nid, why in bad]
+        lines = [
+            f"CI=true: {len(bad)} test(s) skipped without being on the allow-list (tests/conftest.py SKIP_ALLOWED):"
+        ] + [f"  {nid}: {why}" for nid, why in bad]
         if tr is not None:
             tr.write_line("\n".join(lines), red=True)
         session.exitstatus = 1

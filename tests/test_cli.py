@@ -1,4 +1,5 @@
 """CLI: models listing and checkpoint conversion to segkit's format."""
+
 import torch
 
 import segkit

@@ -1,4 +1,5 @@
 """Config validation and the reference optimiser / schedule (docs/protocols.md)."""
+
 import math
 
 import pytest
@@ -50,7 +51,7 @@ def test_poly_warmup_matches_mmcv_formula():
     assert poly_warmup_factor(it, **kw) == pytest.approx(poly * (1 - (1 - it / 100) * (1 - 1e-6)))
     assert poly_warmup_factor(500, **kw) == pytest.approx(0.5)
     assert poly_warmup_factor(1000, **kw) == 0.0
-    assert poly_warmup_factor(250, max_iters=1000, warmup_iters=0, power=0.9) == pytest.approx(0.75 ** 0.9)
+    assert poly_warmup_factor(250, max_iters=1000, warmup_iters=0, power=0.9) == pytest.approx(0.75**0.9)
 
 
 def test_param_groups_reference_recipe():
@@ -67,7 +68,9 @@ def test_param_groups_reference_recipe():
     for n in ("backbone.patch_embed1.proj.1.weight", "backbone.block1.0.norm1.bias", "backbone.norm4.weight"):
         assert by_name[n]["weight_decay"] == 0.0
     # reference substring rule: stem BNs decay (no 'norm' in name), head GN decays ('head' matches first)
-    ref = {n: g for g in param_groups(model, lr=6e-5, weight_decay=0.01, norm_decay_rule="reference") for n in g["names"]}
+    ref = {
+        n: g for g in param_groups(model, lr=6e-5, weight_decay=0.01, norm_decay_rule="reference") for n in g["names"]
+    }
     assert ref["backbone.patch_embed1.proj.1.weight"]["weight_decay"] == 0.01
     assert ref["decode_head.squeeze.gn.weight"]["weight_decay"] == 0.01
     assert ref["backbone.block1.0.norm1.weight"]["weight_decay"] == 0.0

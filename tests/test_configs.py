@@ -1,4 +1,5 @@
 """Shipped configs: in sync with scripts/make_configs.py, and every one validates."""
+
 import importlib.util
 from pathlib import Path
 
@@ -24,4 +25,4 @@ def test_configs_on_disk_match_the_generator():
 def test_every_config_validates(rel):
     cfg = load_config(PACKAGED / rel)
     assert cfg.data.train is not None
-    assert load_config(rel[:-len(".yaml")]).to_dict() == cfg.to_dict()  # shipped name resolves
+    assert load_config(rel[: -len(".yaml")]).to_dict() == cfg.to_dict()  # shipped name resolves

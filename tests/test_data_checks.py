@@ -1,4 +1,5 @@
 """segkit.data.checks.check_dataset: statistics and every guard-rail error path, collected in one error."""
+
 import json
 import time
 from pathlib import Path
@@ -9,7 +10,6 @@ from PIL import Image
 
 from segkit.data import DataError, FolderDataset, SegDataset, SplitDataset, check_dataset
 from segkit.data import io as dio
-
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +53,7 @@ def test_all_problems_collected_in_one_error(tmp_path):
     samples = [
         (img(tmp_path / "ok.png"), lbl(tmp_path / "l" / "ok.png", [0, 1, 255])),
         (img(tmp_path / "oor.png"), lbl(tmp_path / "l" / "oor.png", [0, 1, 7, 9])),
-        (img(tmp_path / "col.png"), img(tmp_path / "l" / "col.png")),                 # colour mask
+        (img(tmp_path / "col.png"), img(tmp_path / "l" / "col.png")),  # colour mask
         (img(tmp_path / "mis.png"), lbl(tmp_path / "l" / "mis.png", [0], size=(8, 11))),
         (img(tmp_path / "nolabel.png"), str(tmp_path / "l" / "nolabel.png")),
         (img(tmp_path / "unlabelled.png"), None),
@@ -75,8 +75,13 @@ def test_all_problems_collected_in_one_error(tmp_path):
     assert "junk.png: not a readable image" in msg
     assert "trunc.png" in msg and "truncated" in msg
     kinds = e.value.report.problem_kinds
-    assert kinds == {"out-of-range values": 1, "colour mask": 1, "size mismatch": 1, "missing label": 2,
-                     "unreadable image": 2}
+    assert kinds == {
+        "out-of-range values": 1,
+        "colour mask": 1,
+        "size mismatch": 1,
+        "missing label": 2,
+        "unreadable image": 2,
+    }
     # statistics still cover the readable labels; without raising the report carries the problems
     report = check_dataset(ds, progress=False, raise_on_error=False)
     assert len(report.problems) == 7 and report.out_of_range_pixels == 40 and report.pixel_counts[0] > 0
@@ -93,13 +98,17 @@ def test_num_classes_override_and_listing_limit(tmp_path):
 def test_reduce_zero_label_reports_stored_values(tmp_path):
     samples = [(img(tmp_path / "a.png"), lbl(tmp_path / "l" / "a.png", [0, 1, 3, 4]))]
     ds = SegDataset(samples, ["x", "y"], reduce_zero_label=True)
-    with pytest.raises(DataError, match=r"label values \[2, 3\] \(stored values \[3, 4\] before the label convention\)"):
+    with pytest.raises(
+        DataError, match=r"label values \[2, 3\] \(stored values \[3, 4\] before the label convention\)"
+    ):
         check_dataset(ds, progress=False)
 
 
 def test_conversion_warnings_and_hints(tmp_path):
-    samples = [(img(tmp_path / "g.png", mode="L"), lbl(tmp_path / "l" / "g.png", [0, 255])),
-               (img(tmp_path / "a.png", mode="RGBA"), lbl(tmp_path / "l" / "a.png", [0, 255]))]
+    samples = [
+        (img(tmp_path / "g.png", mode="L"), lbl(tmp_path / "l" / "g.png", [0, 255])),
+        (img(tmp_path / "a.png", mode="RGBA"), lbl(tmp_path / "l" / "a.png", [0, 255])),
+    ]
     report = check_dataset(SegDataset(samples, ["bg", "fg"]), progress=False)
     assert report.conversions == {"grayscale -> RGB": 1, "RGBA -> RGB (alpha dropped)": 1}
     assert any("label_map={255: 1}" in w for w in report.warnings)

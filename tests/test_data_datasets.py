@@ -1,4 +1,5 @@
 """segkit.data.datasets: every layout and label convention on tiny fixtures in the real on-disk layout."""
+
 import json
 from pathlib import Path
 
@@ -8,8 +9,21 @@ import torch
 from PIL import Image
 
 from segkit.data import (
-    ADE20K, COCOStuff10k, COCOStuff164k, Cityscapes, DataError, FolderDataset, ISAID, PascalContext, PascalVOC,
-    SegDataset, SplitDataset, TestTransform, TrainTransform, build_dataset, meta,
+    ADE20K,
+    ISAID,
+    Cityscapes,
+    COCOStuff10k,
+    COCOStuff164k,
+    DataError,
+    FolderDataset,
+    PascalContext,
+    PascalVOC,
+    SegDataset,
+    SplitDataset,
+    TestTransform,
+    TrainTransform,
+    build_dataset,
+    meta,
 )
 from segkit.data.io import index_to_colour
 
@@ -43,10 +57,19 @@ def values(ds, i):
 
 # ------------------------------------------------------------------------------ shared layout
 def make_split_layout(root, stems=("a", "b"), split="train", extra_meta=None):
-    info = {"name": "tiny", "classes": ["x", "y", "z"], "palette": [[1, 2, 3], [4, 5, 6], [7, 8, 9]],
-            "ignore_index": 255, "splits": {split: len(stems)},
-            "layout": {"image": "images/{split}/{stem}.webp", "label": "labels/{split}/{stem}.png",
-                       "list": "splits/{split}.txt"}, **(extra_meta or {})}
+    info = {
+        "name": "tiny",
+        "classes": ["x", "y", "z"],
+        "palette": [[1, 2, 3], [4, 5, 6], [7, 8, 9]],
+        "ignore_index": 255,
+        "splits": {split: len(stems)},
+        "layout": {
+            "image": "images/{split}/{stem}.webp",
+            "label": "labels/{split}/{stem}.png",
+            "list": "splits/{split}.txt",
+        },
+        **(extra_meta or {}),
+    }
     (root / "splits").mkdir(parents=True)
     (root / "splits" / f"{split}.txt").write_text("\n".join(stems) + "\n")
     (root / "meta.json").write_text(json.dumps(info))
@@ -87,7 +110,9 @@ def test_real_camvid_samples(camvid):
     assert batch["image"].shape == (2, 3, 256, 256) and batch["image"].dtype == torch.float32
     assert batch["label"].shape == (2, 256, 256) and batch["label"].dtype == torch.int64
     assert len(batch["image_path"]) == 2
-    val = build_dataset({"type": "split", "root": str(camvid), "split": "val"}, transform=TestTransform(scale=(480, 360)))
+    val = build_dataset(
+        {"type": "split", "root": str(camvid), "split": "val"}, transform=TestTransform(scale=(480, 360))
+    )
     item = val[0]
     assert item["image"].shape == (3, 384, 480) and item["label"].shape == (360, 480)
 
@@ -98,7 +123,7 @@ def test_folder_dataset_matching_meta_and_split(tmp_path):
         write_image(tmp_path / "imgs" / f"{rel}.jpg", seed=i)
         write_label(tmp_path / "masks" / f"{rel}_mask.png", [0, 1])
     write_image(tmp_path / "imgs" / "f.png", seed=9)
-    write_label(tmp_path / "masks" / "flat" / "f_mask.png", [2])      # same stem, other folder
+    write_label(tmp_path / "masks" / "flat" / "f_mask.png", [2])  # same stem, other folder
     (tmp_path / "meta.json").write_text(json.dumps({"classes": ["bg", "fg", "edge"], "palette": [[0, 0, 0]] * 3}))
     ds = FolderDataset(tmp_path / "imgs", tmp_path / "masks", label_suffix="_mask.png")
     assert len(ds) == 6 and ds.classes == ["bg", "fg", "edge"]
@@ -134,7 +159,9 @@ def test_size_mismatch_names_both_files(tmp_path):
     write_image(tmp_path / "i" / "a.png")
     write_label(tmp_path / "l" / "a.png", [0], size=(W, H))
     ds = FolderDataset(tmp_path / "i", tmp_path / "l", classes=2)
-    with pytest.raises(DataError, match=r"i/a\.png and .*l/a\.png: image is 16x12 \(WxH\) but label is 12x16.*transposed"):
+    with pytest.raises(
+        DataError, match=r"i/a\.png and .*l/a\.png: image is 16x12 \(WxH\) but label is 12x16.*transposed"
+    ):
         ds[0]
 
 
@@ -144,9 +171,9 @@ def test_ade20k(tmp_path):
     for split in ("training", "validation"):
         write_image(root / "images" / split / "ADE_x_00000001.jpg")
         write_label(root / "annotations" / split / "ADE_x_00000001.png", [0, 1, 150, 255])
-    ds = ADE20K(tmp_path / "ade", "train")          # parent dir and split alias accepted
+    ds = ADE20K(tmp_path / "ade", "train")  # parent dir and split alias accepted
     assert ds.num_classes == 150 and ds.classes[0] == "wall" and ds.palette[2] == [6, 230, 230]
-    assert values(ds, 0) == {255, 0, 149}            # 0 -> 255, k -> k-1, 255 stays
+    assert values(ds, 0) == {255, 0, 149}  # 0 -> 255, k -> k-1, 255 stays
     assert len(ADE20K(root, "validation")) == 1
     with pytest.raises(DataError, match="unknown split"):
         ADE20K(root, "test")
@@ -159,13 +186,13 @@ def test_cityscapes(tmp_path):
             write_image(tmp_path / "leftImg8bit" / split / city / f"{frame}_leftImg8bit.png")
             write_label(base / f"{frame}_gtFine_labelTrainIds.png", [0, 18, 255])
             write_label(base / f"{frame}_gtFine_labelIds.png", [7, 26, 33, 0, 3])
-            write_image(base / f"{frame}_gtFine_color.png")       # must be ignored by the suffix match
+            write_image(base / f"{frame}_gtFine_color.png")  # must be ignored by the suffix match
     ds = Cityscapes(tmp_path, "train")
     assert len(ds) == 2 and ds.num_classes == 19 and ds.classes[18] == "bicycle"
     assert all(l.endswith("_gtFine_labelTrainIds.png") for _, l in ds.samples)
     assert values(ds, 1) == {0, 18, 255}
     ids = Cityscapes(tmp_path, "val", label_type="labelIds")
-    assert values(ids, 0) == {0, 13, 18, 255}        # 7->0 road, 26->13 car, 33->18 bicycle, others -> 255
+    assert values(ids, 0) == {0, 13, 18, 255}  # 7->0 road, 26->13 car, 33->18 bicycle, others -> 255
 
 
 def test_pascal_voc_and_trainaug(tmp_path):
@@ -182,7 +209,7 @@ def test_pascal_voc_and_trainaug(tmp_path):
     write_label(root / "SegmentationClass" / "2007_000033.png", [20], mode="P", palette=pal)
     for i in ("2008_000001", "2008_000002"):
         write_label(root / "SegmentationClassAug" / f"{i}.png", [0, 1])
-    train = PascalVOC(tmp_path / "VOCdevkit", "train")      # VOCdevkit accepted as root
+    train = PascalVOC(tmp_path / "VOCdevkit", "train")  # VOCdevkit accepted as root
     assert len(train) == 1 and train.num_classes == 21 and values(train, 0) == {0, 15, 255}  # indices, not colours
     aug = PascalVOC(root, "trainaug")
     assert len(aug) == 3
@@ -214,7 +241,7 @@ def test_coco_stuff_164k(tmp_path):
     assert ds.samples[0][1].endswith("_labelTrainIds.png") and values(ds, 0) == {0, 170, 255}
     raw = COCOStuff164k(tmp_path, "val2017", label_type="raw")
     assert raw.samples[0][1].endswith("000000000139.png")
-    assert values(raw, 0) == {11, 24, 170, 255}       # 12->11, 26->24, 181->170, 255 and unused 11 -> 255
+    assert values(raw, 0) == {11, 24, 170, 255}  # 12->11, 26->24, 181->170, 255 and unused 11 -> 255
 
 
 def test_coco_stuff_10k(tmp_path):
@@ -229,7 +256,7 @@ def test_isaid_index_and_colour_masks(tmp_path):
     write_label(tmp_path / "ann_dir" / "train" / "P0000_0_896_0_896_instance_color_RGB.png", [0, 15])
     lbl = np.resize(np.array([0, 1, 9, 15], np.uint8), H * W).reshape(H, W)
     colour = index_to_colour(lbl, meta.ISAID_PALETTE)
-    colour[0, 0] = (1, 2, 3)                              # not in the colour table -> 0 (reference converter)
+    colour[0, 0] = (1, 2, 3)  # not in the colour table -> 0 (reference converter)
     write_image(tmp_path / "img_dir" / "val" / "P0001_0_896_0_896.png")
     (tmp_path / "ann_dir" / "val").mkdir(parents=True)
     Image.fromarray(colour).save(tmp_path / "ann_dir" / "val" / "P0001_0_896_0_896_instance_color_RGB.png")
@@ -244,13 +271,15 @@ def test_isaid_index_and_colour_masks(tmp_path):
 
 
 def test_meta_tables_match_reference_counts():
-    for classes, palette, n in [(meta.ADE20K_CLASSES, meta.ADE20K_PALETTE, 150),
-                                (meta.CITYSCAPES_CLASSES, meta.CITYSCAPES_PALETTE, 19),
-                                (meta.VOC_CLASSES, meta.VOC_PALETTE, 21),
-                                (meta.PASCAL_CONTEXT_59_CLASSES, meta.PASCAL_CONTEXT_59_PALETTE, 59),
-                                (meta.PASCAL_CONTEXT_60_CLASSES, meta.PASCAL_CONTEXT_60_PALETTE, 60),
-                                (meta.COCO_STUFF_CLASSES, meta.COCO_STUFF_PALETTE, 171),
-                                (meta.ISAID_CLASSES, meta.ISAID_PALETTE, 16)]:
+    for classes, palette, n in [
+        (meta.ADE20K_CLASSES, meta.ADE20K_PALETTE, 150),
+        (meta.CITYSCAPES_CLASSES, meta.CITYSCAPES_PALETTE, 19),
+        (meta.VOC_CLASSES, meta.VOC_PALETTE, 21),
+        (meta.PASCAL_CONTEXT_59_CLASSES, meta.PASCAL_CONTEXT_59_PALETTE, 59),
+        (meta.PASCAL_CONTEXT_60_CLASSES, meta.PASCAL_CONTEXT_60_PALETTE, 60),
+        (meta.COCO_STUFF_CLASSES, meta.COCO_STUFF_PALETTE, 171),
+        (meta.ISAID_CLASSES, meta.ISAID_PALETTE, 16),
+    ]:
         assert len(classes) == len(palette) == n and len(set(classes)) == n
         assert all(len(c) == 3 and all(0 <= v <= 255 for v in c) for c in palette)
     assert meta.PASCAL_CONTEXT_60_CLASSES[1:] == meta.PASCAL_CONTEXT_59_CLASSES

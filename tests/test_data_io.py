@@ -1,4 +1,5 @@
 """segkit.data.io: image / label reading, conversions with warnings, errors naming the file."""
+
 import warnings
 
 import numpy as np
@@ -6,7 +7,15 @@ import pytest
 from PIL import Image
 
 from segkit.data import io as dio
-from segkit.data.io import DataError, colour_to_index, convert_colour_masks, index_to_colour, probe_image, read_image, read_label
+from segkit.data.io import (
+    DataError,
+    colour_to_index,
+    convert_colour_masks,
+    index_to_colour,
+    probe_image,
+    read_image,
+    read_label,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
 """Plain ViT, BEiT and CSWin encoders (segkit.models.backbones.vit/beit/cswin) and their checkpoint converter."""
+
 from __future__ import annotations
 
 import math
@@ -9,11 +10,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from segkit.checkpoints import CheckpointError, load_checkpoint
-from segkit.models.rsseg.convert import encoder_state_dict_to_segkit
-from segkit.models.backbones.beit import (BEIT_VARIANTS, BEiT, geometric_spline_weights, relative_position_index,
-                                resize_rel_pos_table)
+from segkit.models.backbones.beit import (
+    BEIT_VARIANTS,
+    BEiT,
+    geometric_spline_weights,
+    relative_position_index,
+    resize_rel_pos_table,
+)
 from segkit.models.backbones.cswin import CSWIN_VARIANTS, CSWin, LePEAttention
 from segkit.models.backbones.vit import VIT_VARIANTS, VisionTransformer, resize_pos_embed
+from segkit.models.rsseg.convert import encoder_state_dict_to_segkit
 
 TINY = dict(embed_dim=64, depth=3, num_heads=2, out_indices=(2,))
 TINY_CSWIN = dict(embed_dim=32, depths=(1, 2, 2, 1), num_heads=(2, 4, 8, 16), split_size=(1, 2, 7, 7))
@@ -66,9 +72,19 @@ def test_out_indices_validation_and_layer_id():
     with pytest.raises(ValueError, match="0-based"):
         BEiT(img_size=32, **{**TINY, "out_indices": (3,)})
     m = VisionTransformer(img_size=32, **TINY)
-    assert [m.layer_id(n) for n in ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.norm1.weight",
-                                    "blocks.2.mlp.fc2.bias", "norm.weight", "backbone.vit.blocks.1.attn.qkv.weight",
-                                    "backbone.local_patch_embed.weight")] == [0, 0, 0, 1, 3, 4, 2, 4]
+    assert [
+        m.layer_id(n)
+        for n in (
+            "cls_token",
+            "pos_embed",
+            "patch_embed.proj.weight",
+            "blocks.0.norm1.weight",
+            "blocks.2.mlp.fc2.bias",
+            "norm.weight",
+            "backbone.vit.blocks.1.attn.qkv.weight",
+            "backbone.local_patch_embed.weight",
+        )
+    ] == [0, 0, 0, 1, 3, 4, 2, 4]
 
 
 def test_pos_embed_resize_keeps_cls_and_constants():
@@ -199,7 +215,7 @@ def test_beit_param_counts():
         beit_l = BEiT(img_size=224, **BEIT_VARIANTS["l"])
     assert n_params(beit_b) == 86_530_984 - 769_000
     # per block: table rows (2·32−1)² + 3 instead of (2·14−1)² + 3, 12 heads, 12 blocks
-    assert n_params(beit_b512) - n_params(beit_b) == 12 * 12 * (63 ** 2 - 27 ** 2)
+    assert n_params(beit_b512) - n_params(beit_b) == 12 * 12 * (63**2 - 27**2)
     assert BEIT_VARIANTS["l"]["init_values"] == 1e-6 and beit_l.num_layers == 24
 
 
@@ -209,7 +225,7 @@ def _cswin_formula(c: int, depths, head: int = 0, seg_norms: bool = True) -> int
     Block of width d: LN (2d) + qkv (3d² + 3d) + LePE depth-wise 3×3 with bias over all d channels
     (10d) + proj (d² + d) + LN (2d) + MLP (4d² + 4d + 4d² + d) = 12d² + 23d.
     """
-    dims = [c * 2 ** i for i in range(4)]
+    dims = [c * 2**i for i in range(4)]
     n = 3 * 49 * c + c + 2 * c  # stem conv + LN
     for s, d in enumerate(dims):
         if s:
@@ -299,14 +315,14 @@ def test_cswin_stripe_attention_matches_naive(mode, sw):
                 c = slice(hh * hd, (hh + 1) * hd)
                 qt, kt, vt = (t[sl][0, c].reshape(hd, -1).T for t in (qp, kp, vp))
                 o = torch.softmax(qt @ kt.T / math.sqrt(hd), dim=-1) @ vt
-                out[0, c, y0:y0 + hs, x0:x0 + ws] = o.T.reshape(hd, hs, ws) + lepe[0, c]
-    ref = out[:, :, pad[2]:pad[2] + hgt, pad[0]:pad[0] + wid]
+                out[0, c, y0 : y0 + hs, x0 : x0 + ws] = o.T.reshape(hd, hs, ws) + lepe[0, c]
+    ref = out[:, :, pad[2] : pad[2] + hgt, pad[0] : pad[0] + wid]
     assert (attn(q, k, v) - ref).abs().max() <= 1e-5
 
 
 # =============================================================================== converters
 class _Wrapper(nn.Module):
-    """Stand-in segmentor of the RSSeg family: the encoder under ``backbone.`` (or ``backbone.vit.`` with ``nested``)."""
+    """Stand-in RSSeg-family segmentor: the encoder under ``backbone.`` (``backbone.vit.`` with ``nested``)."""
 
     def __init__(self, encoder: nn.Module, name: str, nested: bool = False):
         super().__init__()
@@ -324,15 +340,34 @@ def timm_vit_state(c: int, depth: int, grid: int, classes: int = 1000) -> dict:
     """A timm ViT state dict written from the public key list (values random)."""
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    sd = {"cls_token": r(1, 1, c), "pos_embed": r(1, 1 + grid * grid, c), "patch_embed.proj.weight": r(c, 3, 16, 16),
-          "patch_embed.proj.bias": r(c), "norm.weight": r(c), "norm.bias": r(c), "head.weight": r(classes, c),
-          "head.bias": r(classes)}
+    sd = {
+        "cls_token": r(1, 1, c),
+        "pos_embed": r(1, 1 + grid * grid, c),
+        "patch_embed.proj.weight": r(c, 3, 16, 16),
+        "patch_embed.proj.bias": r(c),
+        "norm.weight": r(c),
+        "norm.bias": r(c),
+        "head.weight": r(classes, c),
+        "head.bias": r(classes),
+    }
     for i in range(depth):
         p = f"blocks.{i}."
-        sd.update({p + "norm1.weight": r(c), p + "norm1.bias": r(c), p + "attn.qkv.weight": r(3 * c, c),
-                   p + "attn.qkv.bias": r(3 * c), p + "attn.proj.weight": r(c, c), p + "attn.proj.bias": r(c),
-                   p + "norm2.weight": r(c), p + "norm2.bias": r(c), p + "mlp.fc1.weight": r(4 * c, c),
-                   p + "mlp.fc1.bias": r(4 * c), p + "mlp.fc2.weight": r(c, 4 * c), p + "mlp.fc2.bias": r(c)})
+        sd.update(
+            {
+                p + "norm1.weight": r(c),
+                p + "norm1.bias": r(c),
+                p + "attn.qkv.weight": r(3 * c, c),
+                p + "attn.qkv.bias": r(3 * c),
+                p + "attn.proj.weight": r(c, c),
+                p + "attn.proj.bias": r(c),
+                p + "norm2.weight": r(c),
+                p + "norm2.bias": r(c),
+                p + "mlp.fc1.weight": r(4 * c, c),
+                p + "mlp.fc1.bias": r(4 * c),
+                p + "mlp.fc2.weight": r(c, 4 * c),
+                p + "mlp.fc2.bias": r(c),
+            }
+        )
     return sd
 
 
@@ -341,18 +376,39 @@ def beit_state(c: int, depth: int, heads: int, window: int, shared: bool = False
     g = torch.Generator().manual_seed(1)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
     rows = (2 * window - 1) ** 2 + 3
-    sd = {"cls_token": r(1, 1, c), "patch_embed.proj.weight": r(c, 3, 16, 16), "patch_embed.proj.bias": r(c),
-          "fc_norm.weight": r(c), "fc_norm.bias": r(c), "head.weight": r(1000, c), "head.bias": r(1000)}
+    sd = {
+        "cls_token": r(1, 1, c),
+        "patch_embed.proj.weight": r(c, 3, 16, 16),
+        "patch_embed.proj.bias": r(c),
+        "fc_norm.weight": r(c),
+        "fc_norm.bias": r(c),
+        "head.weight": r(1000, c),
+        "head.bias": r(1000),
+    }
     if shared:
         sd["rel_pos_bias.relative_position_bias_table"] = r(rows, heads)
         sd["rel_pos_bias.relative_position_index"] = relative_position_index(window, window)
     for i in range(depth):
         p = f"blocks.{i}."
-        sd.update({p + "gamma_1": r(c), p + "gamma_2": r(c), p + "norm1.weight": r(c), p + "norm1.bias": r(c),
-                   p + "attn.q_bias": r(c), p + "attn.v_bias": r(c), p + "attn.qkv.weight": r(3 * c, c),
-                   p + "attn.proj.weight": r(c, c), p + "attn.proj.bias": r(c), p + "norm2.weight": r(c),
-                   p + "norm2.bias": r(c), p + "mlp.fc1.weight": r(4 * c, c), p + "mlp.fc1.bias": r(4 * c),
-                   p + "mlp.fc2.weight": r(c, 4 * c), p + "mlp.fc2.bias": r(c)})
+        sd.update(
+            {
+                p + "gamma_1": r(c),
+                p + "gamma_2": r(c),
+                p + "norm1.weight": r(c),
+                p + "norm1.bias": r(c),
+                p + "attn.q_bias": r(c),
+                p + "attn.v_bias": r(c),
+                p + "attn.qkv.weight": r(3 * c, c),
+                p + "attn.proj.weight": r(c, c),
+                p + "attn.proj.bias": r(c),
+                p + "norm2.weight": r(c),
+                p + "norm2.bias": r(c),
+                p + "mlp.fc1.weight": r(4 * c, c),
+                p + "mlp.fc1.bias": r(4 * c),
+                p + "mlp.fc2.weight": r(c, 4 * c),
+                p + "mlp.fc2.bias": r(c),
+            }
+        )
         if not shared:
             sd[p + "attn.relative_position_bias_table"] = r(rows, heads)
             sd[p + "attn.relative_position_index"] = relative_position_index(window, window)
@@ -360,24 +416,45 @@ def beit_state(c: int, depth: int, heads: int, window: int, shared: bool = False
 
 
 def cswin_state(c: int, depths, heads) -> dict:
-    """Official CSWin ImageNet names (``stage1_conv_embed.{0,2}``, ``stage{s}.{i}``, ``merge{s}``, ``norm``, ``head``)."""
+    """Official CSWin ImageNet names: ``stage1_conv_embed.{0,2}``, ``stage{s}.{i}``, ``merge{s}``, ``norm``, ``head``"""
     g = torch.Generator().manual_seed(2)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    sd = {"stage1_conv_embed.0.weight": r(c, 3, 7, 7), "stage1_conv_embed.0.bias": r(c),
-          "stage1_conv_embed.2.weight": r(c), "stage1_conv_embed.2.bias": r(c)}
+    sd = {
+        "stage1_conv_embed.0.weight": r(c, 3, 7, 7),
+        "stage1_conv_embed.0.bias": r(c),
+        "stage1_conv_embed.2.weight": r(c),
+        "stage1_conv_embed.2.bias": r(c),
+    }
     for s in range(4):
-        d = c * 2 ** s
+        d = c * 2**s
         if s:
-            sd.update({f"merge{s}.conv.weight": r(d, d // 2, 3, 3), f"merge{s}.conv.bias": r(d),
-                       f"merge{s}.norm.weight": r(d), f"merge{s}.norm.bias": r(d)})
+            sd.update(
+                {
+                    f"merge{s}.conv.weight": r(d, d // 2, 3, 3),
+                    f"merge{s}.conv.bias": r(d),
+                    f"merge{s}.norm.weight": r(d),
+                    f"merge{s}.norm.bias": r(d),
+                }
+            )
         branches = [(0, d)] if s == 3 else [(0, d // 2), (1, d // 2)]
         for i in range(depths[s]):
             p = f"stage{s + 1}.{i}."
-            sd.update({p + "qkv.weight": r(3 * d, d), p + "qkv.bias": r(3 * d), p + "norm1.weight": r(d),
-                       p + "norm1.bias": r(d), p + "proj.weight": r(d, d), p + "proj.bias": r(d),
-                       p + "mlp.fc1.weight": r(4 * d, d), p + "mlp.fc1.bias": r(4 * d),
-                       p + "mlp.fc2.weight": r(d, 4 * d), p + "mlp.fc2.bias": r(d), p + "norm2.weight": r(d),
-                       p + "norm2.bias": r(d)})
+            sd.update(
+                {
+                    p + "qkv.weight": r(3 * d, d),
+                    p + "qkv.bias": r(3 * d),
+                    p + "norm1.weight": r(d),
+                    p + "norm1.bias": r(d),
+                    p + "proj.weight": r(d, d),
+                    p + "proj.bias": r(d),
+                    p + "mlp.fc1.weight": r(4 * d, d),
+                    p + "mlp.fc1.bias": r(4 * d),
+                    p + "mlp.fc2.weight": r(d, 4 * d),
+                    p + "mlp.fc2.bias": r(d),
+                    p + "norm2.weight": r(d),
+                    p + "norm2.bias": r(d),
+                }
+            )
             for j, bd in branches:
                 sd.update({p + f"attns.{j}.get_v.weight": r(bd, 1, 3, 3), p + f"attns.{j}.get_v.bias": r(bd)})
     sd.update({"norm.weight": r(8 * c), "norm.bias": r(8 * c), "head.weight": r(1000, 8 * c), "head.bias": r(1000)})
@@ -425,10 +502,16 @@ def test_mmseg_vit_names(tmp_path):
     for k, v in sd.items():
         if k.startswith("head."):
             continue
-        k = (k.replace("patch_embed.proj", "patch_embed.projection").replace("blocks.", "layers.")
-             .replace("norm1", "ln1").replace("norm2", "ln2").replace("attn.qkv.", "attn.attn.in_proj_")
-             .replace("attn.proj", "attn.attn.out_proj").replace("mlp.fc1", "ffn.layers.0.0")
-             .replace("mlp.fc2", "ffn.layers.1"))
+        k = (
+            k.replace("patch_embed.proj", "patch_embed.projection")
+            .replace("blocks.", "layers.")
+            .replace("norm1", "ln1")
+            .replace("norm2", "ln2")
+            .replace("attn.qkv.", "attn.attn.in_proj_")
+            .replace("attn.proj", "attn.attn.out_proj")
+            .replace("mlp.fc1", "ffn.layers.0.0")
+            .replace("mlp.fc2", "ffn.layers.1")
+        )
         mm["ln1." + k[5:] if k.startswith("norm.") else k] = v
     mm = {k.replace("in_proj_.", "in_proj_"): v for k, v in mm.items()}
     model = _Wrapper(VisionTransformer(img_size=64, **TINY), "vit-test")
@@ -487,8 +570,9 @@ def test_prefixed_official_checkpoint_and_segkit_passthrough(tmp_path):
     # segkit's own checkpoint of a ViT trained at 64² loads into a 96² model: pos_embed resized
     src = VisionTransformer(img_size=64, **TINY)
     model = _Wrapper(VisionTransformer(img_size=96, **TINY), "vit-test")
-    rep = load_checkpoint(model, _save(tmp_path, {f"backbone.{k}": v for k, v in src.state_dict().items()}, "s.pth"),
-                          verbose=False)
+    rep = load_checkpoint(
+        model, _save(tmp_path, {f"backbone.{k}": v for k, v in src.state_dict().items()}, "s.pth"), verbose=False
+    )
     assert rep.format == "segkit" and model.backbone.pos_embed.shape == (1, 37, 64)
     assert torch.equal(model.backbone.blocks[0].mlp.fc1.weight, src.blocks[0].mlp.fc1.weight)
 

@@ -1,4 +1,5 @@
 """Evaluator on tiny stand-in segmentors and stub datasets (and SegFormer-B0 at small size)."""
+
 import json
 import math
 
@@ -225,8 +226,9 @@ def test_segformer_b0_whole_slide_msflip():
     whole = evaluate(model, ds, progress=False)
     slide = evaluate(model, ds, mode="slide", crop_size=(96, 96), stride=(64, 64), progress=False)
     assert whole["confusion_matrix"] == slide["confusion_matrix"]
-    ms = evaluate(model, ds, mode="slide", crop_size=(32, 32), stride=(24, 24), scales=(0.75, 1.0), flip=True,
-                  progress=False)
+    ms = evaluate(
+        model, ds, mode="slide", crop_size=(32, 32), stride=(24, 24), scales=(0.75, 1.0), flip=True, progress=False
+    )
     assert ms["num_pixels"] == whole["num_pixels"]
 
 
@@ -280,9 +282,17 @@ def write_split_layout(root, labels):
         Image.fromarray(lab, mode="L").save(root / "labels/val" / f"{stem}.png")
         stems.append(stem)
     (root / "splits/val.txt").write_text("\n".join(stems) + "\n")
-    meta = {"name": "tiny", "classes": ["a", "b", "c"], "palette": [[255, 0, 0], [0, 255, 0], [0, 0, 255]],
-            "ignore_index": 255, "layout": {"image": "images/{split}/{stem}.png", "label": "labels/{split}/{stem}.png",
-                                            "list": "splits/{split}.txt"}}
+    meta = {
+        "name": "tiny",
+        "classes": ["a", "b", "c"],
+        "palette": [[255, 0, 0], [0, 255, 0], [0, 0, 255]],
+        "ignore_index": 255,
+        "layout": {
+            "image": "images/{split}/{stem}.png",
+            "label": "labels/{split}/{stem}.png",
+            "list": "splits/{split}.txt",
+        },
+    }
     (root / "meta.json").write_text(json.dumps(meta))
 
 

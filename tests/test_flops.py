@@ -1,4 +1,5 @@
 """FLOP counter (segkit.tools.flops): hand-computable modules, the papers' figures, the CLI."""
+
 from __future__ import annotations
 
 import re
@@ -106,32 +107,6 @@ def test_model_untouched_and_meta_equals_real():
     with torch.device("meta"):
         meta_model = build_model("segnext-t")
     assert count_flops(meta_model, (256, 256)) == real
-
-
-# Paper figures (SegFormer Tab. 1a, SegNeXt Tab. 9), ADE20K heads (150 classes).
-PAPER_ADE = {
-    "segformer-b0": 8.4, "segformer-b1": 15.9, "segformer-b2": 62.4, "segformer-b3": 79.0,
-    "segformer-b4": 95.7, "segformer-b5": 183.3,
-    "segnext-t": 6.6, "segnext-s": 15.9, "segnext-b": 34.9, "segnext-l": 70.0,
-}
-
-
-@pytest.mark.parametrize("name", list(PAPER_ADE))
-def test_paper_gflops_ade20k(name):
-    with torch.device("meta"):
-        model = build_model(name, num_classes=150)
-    shape = (640, 640) if name == "segformer-b5" else (512, 512)
-    res = count_flops(model, shape)
-    assert res["mode"] == ("mmcv" if name.startswith("segformer") else "torchprofile")
-    assert res["gmacs"] == pytest.approx(PAPER_ADE[name], rel=0.05)
-    assert sum(res["breakdown"].values()) == pytest.approx(res["gmacs"])
-
-
-@pytest.mark.parametrize("name,classes,paper", [("segnext-t", 19, 50.5), ("segformer-b0", 150, 125.5)])
-def test_paper_gflops_cityscapes(name, classes, paper):
-    with torch.device("meta"):
-        model = build_model(name, num_classes=classes)
-    assert count_flops(model, (1024, 2048))["gmacs"] == pytest.approx(paper, rel=0.05)
 
 
 def test_segnext_head_nmf_is_counted():

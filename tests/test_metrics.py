@@ -1,4 +1,5 @@
 """Confusion matrix and metrics against small hand-computed examples."""
+
 import math
 
 import numpy as np
@@ -15,9 +16,13 @@ PRED = torch.tensor([[0, 1, 1, 1], [2, 0, 0, 2]])
 def test_matrix_rows_are_ground_truth():
     cm = ConfusionMatrix(3)
     cm.update(PRED, LABEL)
-    expected = torch.tensor([[2, 1, 0],   # gt 0: two right, one predicted as 1
-                             [0, 2, 1],   # gt 1: two right, one predicted as 2
-                             [1, 0, 1]])  # gt 2: one right, one predicted as 0
+    expected = torch.tensor(
+        [
+            [2, 1, 0],  # gt 0: two right, one predicted as 1
+            [0, 2, 1],  # gt 1: two right, one predicted as 2
+            [1, 0, 1],
+        ]
+    )  # gt 2: one right, one predicted as 0
     assert cm.matrix.dtype == torch.int64
     assert torch.equal(cm.matrix, expected)
 

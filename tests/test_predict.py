@@ -1,4 +1,5 @@
 """predict_paths on odd-sized images, and the visualisation helpers it uses."""
+
 import numpy as np
 import pytest
 import torch
@@ -6,11 +7,10 @@ import torch.nn as nn
 from PIL import Image
 
 import segkit
+from segkit.data.protocol import TestProtocol
 from segkit.engine import predict as predict_mod
 from segkit.engine.predict import predict_paths
-from segkit.engine.visualize import (colorize, comparison_figure, legend, overlay, overlay_with_legend,
-                                     present_classes)
-from segkit.data.protocol import TestProtocol
+from segkit.engine.visualize import colorize, comparison_figure, legend, overlay, overlay_with_legend, present_classes
 from segkit.models.contract import DecodeHead, Features
 from segkit.models.segmentor import Segmentor
 
@@ -146,7 +146,10 @@ def test_predict_folder_auto_slide_and_duplicate_stems(tmp_path, monkeypatch):
     Image.fromarray(write_image(src / "b.png", 40, 50, 2)).save(src / "a.jpg")
     (src / "notes.txt").write_text("not an image")
     model = tiny_model()
-    model.train_config = {"train_transform": {"crop_size": [64, 64]}, "test_transform": {"scale": None, "size_divisor": None}}
+    model.train_config = {
+        "train_transform": {"crop_size": [64, 64]},
+        "test_transform": {"scale": None, "size_divisor": None},
+    }
     calls = []
     orig = model.predict
 
@@ -158,8 +161,9 @@ def test_predict_folder_auto_slide_and_duplicate_stems(tmp_path, monkeypatch):
     monkeypatch.setattr(predict_mod, "AUTO_SLIDE_PIXELS", 75 * 101 - 1)  # a.* (75x101) slides, b (40x50) not
     written = predict_paths(model, src, tmp_path / "out", mode="auto", progress=False)
     names = sorted(p.name for p in written)
-    assert names == sorted(["a_jpg_label.png", "a_jpg_overlay.png", "a_png_label.png", "a_png_overlay.png",
-                            "b_label.png", "b_overlay.png"])
+    assert names == sorted(
+        ["a_jpg_label.png", "a_jpg_overlay.png", "a_png_label.png", "a_png_overlay.png", "b_label.png", "b_overlay.png"]
+    )
     modes = {shape: (mode, crop, stride) for shape, mode, crop, stride in calls}
     assert modes[(75, 101)] == ("slide", (64, 64), (64, 64))  # the training crop, stride = crop
     assert modes[(40, 50)] == ("whole", None, None)

@@ -1,5 +1,6 @@
 """Never lose work: SIGKILL at any point + resume == uninterrupted run, SIGTERM saves and exits,
 unsafe pickles are refused without side effects, bad samples name their file through workers."""
+
 import os
 import pickle
 import signal
@@ -27,16 +28,27 @@ def write_cfg(path: Path, root: Path, work_dir: Path, **train_over) -> Path:
         "test_transform": {"scale": [120, 90]},
         "optim": {"lr": 1e-3},
         "schedule": {"max_iters": 6, "warmup_iters": 1},
-        "train": {"batch_size": 2, "num_workers": 0, "eval_interval": 1000, "checkpoint_interval": 2,
-                  "log_interval": 1, "keep_last": 10, "work_dir": str(work_dir), "deterministic": True,
-                  "tensorboard": False, "threads": 1, "check_data": False, **train_over},
+        "train": {
+            "batch_size": 2,
+            "num_workers": 0,
+            "eval_interval": 1000,
+            "checkpoint_interval": 2,
+            "log_interval": 1,
+            "keep_last": 10,
+            "work_dir": str(work_dir),
+            "deterministic": True,
+            "tensorboard": False,
+            "threads": 1,
+            "check_data": False,
+            **train_over,
+        },
     }
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
 # A driver that runs `segkit train` but SIGKILLs itself at a chosen moment.
-DRIVER = textwrap.dedent('''
+DRIVER = textwrap.dedent("""
     import os, signal, sys
     import torch
     import segkit.engine.trainer as trainer
@@ -63,7 +75,7 @@ DRIVER = textwrap.dedent('''
         trainer.torch.save = save
     from segkit.cli import main
     sys.exit(main(["train", sys.argv[3], "--no-progress"] + (["--resume", "auto"] if len(sys.argv) > 4 else [])))
-''')
+""")
 
 
 def run_driver(tmp_path, mode, n, cfg, resume=False):
@@ -111,8 +123,13 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path, synthetic_split_module):
     data = yaml.safe_load(cfg.read_text())
     data["schedule"]["max_iters"] = 100000
     cfg.write_text(yaml.safe_dump(data))
-    proc = subprocess.Popen([sys.executable, "-m", "segkit", "train", str(cfg), "--no-progress"], env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segkit", "train", str(cfg), "--no-progress"],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log = tmp_path / "work" / "train_log.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (log.is_file() and '"iter": 3' in log.read_text()):
@@ -157,7 +174,12 @@ def test_bad_sample_names_its_file_through_workers(tmp_path, synthetic_split_mod
     victim = sorted((root / "images" / "train").iterdir())[1]
     victim.write_bytes(victim.read_bytes()[:200])  # truncated image
     cfg = write_cfg(tmp_path / "cfg.yaml", root, tmp_path / "work", num_workers=2)
-    r = subprocess.run([sys.executable, "-m", "segkit", "train", str(cfg), "--no-progress"], env=ENV,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "segkit", "train", str(cfg), "--no-progress"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode != 0
     assert victim.name in r.stderr

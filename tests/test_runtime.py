@@ -1,4 +1,5 @@
 """segkit.runtime: glibc allocator tuning (run in subprocesses: it changes process-wide state)."""
+
 from __future__ import annotations
 
 import json
@@ -8,7 +9,10 @@ import sys
 
 import pytest
 
-CODE = "import json; from segkit.runtime import tune_cpu_allocator as t, allocator_settings as s; r = t(); print(json.dumps([r, s()]))"
+CODE = (
+    "import json; from segkit.runtime import tune_cpu_allocator as t, allocator_settings as s; "
+    "r = t(); print(json.dumps([r, s()]))"
+)
 
 
 def _run(env_value: str | None) -> list:

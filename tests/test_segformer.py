@@ -4,9 +4,9 @@ Parity reference: Hugging Face ``transformers.SegformerForSemanticSegmentation``
 weights (LayerNorm eps set to the official values), loaded through our converter from its
 on-disk (Hub) key names.
 """
+
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -18,7 +18,9 @@ import segkit
 from segkit.checkpoints import CheckpointError
 from segkit.models.backbones.mit import MixVisionTransformer
 from segkit.models.contract import Features
-from segkit.models.segformer import MIT_VARIANTS, VARIANTS as SEGFORMER_VARIANTS
+from segkit.models.segformer import MIT_VARIANTS
+from segkit.models.segformer import VARIANTS as SEGFORMER_VARIANTS
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -99,16 +101,35 @@ def test_official_key_names_and_layernorm_eps():
     model = segkit.build_model("segformer-b0", num_classes=19)
     keys = set(model.state_dict())
     for s in range(1, 5):
-        assert {f"backbone.patch_embed{s}.proj.weight", f"backbone.patch_embed{s}.norm.bias",
-                f"backbone.norm{s}.weight", f"decode_head.linear_c{s}.proj.weight"} <= keys
+        assert {
+            f"backbone.patch_embed{s}.proj.weight",
+            f"backbone.patch_embed{s}.norm.bias",
+            f"backbone.norm{s}.weight",
+            f"decode_head.linear_c{s}.proj.weight",
+        } <= keys
         block = f"backbone.block{s}.1."
-        expected = {block + n for n in ("norm1.weight", "attn.q.weight", "attn.kv.bias", "attn.proj.weight",
-                                        "norm2.bias", "mlp.fc1.weight", "mlp.dwconv.dwconv.weight", "mlp.fc2.bias")}
+        expected = {
+            block + n
+            for n in (
+                "norm1.weight",
+                "attn.q.weight",
+                "attn.kv.bias",
+                "attn.proj.weight",
+                "norm2.bias",
+                "mlp.fc1.weight",
+                "mlp.dwconv.dwconv.weight",
+                "mlp.fc2.bias",
+            )
+        }
         assert expected <= keys
         assert (block + "attn.sr.weight" in keys) == (s < 4)
         assert (block + "attn.norm.weight" in keys) == (s < 4)
-    assert {"decode_head.linear_fuse.conv.weight", "decode_head.linear_fuse.bn.running_var",
-            "decode_head.linear_pred.weight", "decode_head.linear_pred.bias"} <= keys
+    assert {
+        "decode_head.linear_fuse.conv.weight",
+        "decode_head.linear_fuse.bn.running_var",
+        "decode_head.linear_pred.weight",
+        "decode_head.linear_pred.bias",
+    } <= keys
     assert "decode_head.linear_fuse.conv.bias" not in keys
     assert not any("conv_seg" in k for k in keys)
     # LayerNorm eps of the official code (mix_transformer.py; docs/implementation_notes.md)
@@ -157,15 +178,19 @@ def test_stochastic_depth_and_dropout_only_in_training():
     with torch.no_grad():
         c, d = enc(x).stages[-1], enc(x).stages[-1]
     assert not torch.allclose(c, d)
-    rates = [blk.drop_path.drop_prob for s in range(1, 5) for blk in getattr(enc, f"block{s}")
-             if not isinstance(blk.drop_path, nn.Identity)]
+    rates = [
+        blk.drop_path.drop_prob
+        for s in range(1, 5)
+        for blk in getattr(enc, f"block{s}")
+        if not isinstance(blk.drop_path, nn.Identity)
+    ]
     assert rates == pytest.approx(torch.linspace(0, 0.5, 8)[1:].tolist())
 
 
 def test_head_concat_order_is_c4_first():
     """Zeroing the fuse weights of one E-block must kill exactly the stage fed into it."""
     head = segkit.build_model("segformer-b0", num_classes=4).decode_head.eval()
-    maps = [torch.randn(1, c, 16 // 2 ** i, 16 // 2 ** i) for i, c in enumerate((32, 64, 160, 256))]
+    maps = [torch.randn(1, c, 16 // 2**i, 16 // 2**i) for i, c in enumerate((32, 64, 160, 256))]
     e = head.embed_dim
     with torch.no_grad():
         head.linear_fuse.conv.weight[:, :e] = 0  # first block = c4 in the official order
@@ -182,9 +207,14 @@ def _hf_reference(variant: str, num_labels: int, seed: int = 0):
     transformers.logging.set_verbosity_error()
     cfg = MIT_VARIANTS[variant]
     config = transformers.SegformerConfig(
-        num_labels=num_labels, hidden_sizes=list(cfg["embed_dims"]), depths=list(cfg["depths"]),
-        num_attention_heads=list(cfg["num_heads"]), sr_ratios=list(cfg["sr_ratios"]),
-        mlp_ratios=list(cfg["mlp_ratios"]), decoder_hidden_size=SEGFORMER_VARIANTS[variant]["decoder_dim"])
+        num_labels=num_labels,
+        hidden_sizes=list(cfg["embed_dims"]),
+        depths=list(cfg["depths"]),
+        num_attention_heads=list(cfg["num_heads"]),
+        sr_ratios=list(cfg["sr_ratios"]),
+        mlp_ratios=list(cfg["mlp_ratios"]),
+        decoder_hidden_size=SEGFORMER_VARIANTS[variant]["decoder_dim"],
+    )
     torch.manual_seed(seed)
     hf = transformers.SegformerForSemanticSegmentation(config)
     _randomize(hf, seed)
@@ -193,7 +223,7 @@ def _hf_reference(variant: str, num_labels: int, seed: int = 0):
     # "attention.sequence_reduction.layer_norm".
     for name, module in hf.named_modules():
         if isinstance(module, nn.LayerNorm):
-            official_default = ("patch_embeddings" in name or "sequence_reduction" in name or "attention.self" in name)
+            official_default = "patch_embeddings" in name or "sequence_reduction" in name or "attention.self" in name
             module.eps = 1e-5 if official_default else 1e-6
     return hf.eval()
 
@@ -256,14 +286,18 @@ def test_hf_imagenet_encoder(tmp_path):
     transformers = pytest.importorskip("transformers")
     transformers.logging.set_verbosity_error()
     cfg = MIT_VARIANTS["b0"]
-    config = transformers.SegformerConfig(num_labels=1000, hidden_sizes=list(cfg["embed_dims"]),
-                                          depths=list(cfg["depths"]))
+    config = transformers.SegformerConfig(
+        num_labels=1000, hidden_sizes=list(cfg["embed_dims"]), depths=list(cfg["depths"])
+    )
     torch.manual_seed(0)
     hf = _randomize(transformers.SegformerForImageClassification(config), seed=2).eval()
     for name, module in hf.named_modules():
         if isinstance(module, nn.LayerNorm):
-            module.eps = 1e-5 if ("patch_embeddings" in name or "sequence_reduction" in name
-                                  or "attention.self" in name) else 1e-6
+            module.eps = (
+                1e-5
+                if ("patch_embeddings" in name or "sequence_reduction" in name or "attention.self" in name)
+                else 1e-6
+            )
     hf.save_pretrained(tmp_path / "mit")
     model = segkit.build_model("segformer-b0", num_classes=150)
     report = segkit.load_checkpoint(model, tmp_path / "mit", verbose=False)
@@ -322,7 +356,7 @@ def test_nvlabs_full_checkpoint(tmp_path, b0_source):
 
 
 def test_mit_imagenet_encoder(tmp_path, b0_source):
-    state = {k[len("backbone."):]: v for k, v in b0_source.state_dict().items() if k.startswith("backbone.")}
+    state = {k[len("backbone.") :]: v for k, v in b0_source.state_dict().items() if k.startswith("backbone.")}
     state["head.weight"] = torch.randn(1000, 256)
     state["head.bias"] = torch.randn(1000)
     path = tmp_path / "mit_b0.pth"
@@ -344,7 +378,7 @@ def _to_mmseg(state: dict) -> dict:
     for key, v in state.items():
         if not key.startswith("backbone."):
             continue
-        k = key[len("backbone."):]
+        k = key[len("backbone.") :]
         if m := re.fullmatch(r"patch_embed(\d)\.proj\.(\w+)", k):
             out[f"backbone.layers.{int(m[1]) - 1}.0.projection.{m[2]}"] = v
         elif m := re.fullmatch(r"patch_embed(\d)\.norm\.(\w+)", k):
@@ -376,10 +410,12 @@ def _to_mmseg(state: dict) -> dict:
 
 def test_mmseg_encoder(tmp_path, b0_source):
     state = _to_mmseg(b0_source.state_dict())
-    head = {"decode_head.convs.0.conv.weight": torch.randn(256, 32, 1, 1),
-            "decode_head.fusion_conv.conv.weight": torch.randn(256, 1024, 1, 1),
-            "decode_head.fusion_conv.bn.running_var": torch.rand(256),
-            "decode_head.conv_seg.weight": torch.randn(150, 256, 1, 1)}
+    head = {
+        "decode_head.convs.0.conv.weight": torch.randn(256, 32, 1, 1),
+        "decode_head.fusion_conv.conv.weight": torch.randn(256, 1024, 1, 1),
+        "decode_head.fusion_conv.bn.running_var": torch.rand(256),
+        "decode_head.conv_seg.weight": torch.randn(150, 256, 1, 1),
+    }
     path = tmp_path / "segformer_mit-b0_mmseg.pth"
     torch.save({"meta": {}, "state_dict": {**state, **head}}, path)
     model = segkit.build_model("segformer-b0", num_classes=150)
@@ -447,8 +483,13 @@ def test_arbitrary_pickle_is_refused(tmp_path):
 
 def test_other_architectures_are_refused(tmp_path):
     path = tmp_path / "segnext.pth"
-    torch.save({"backbone.block1.0.layer_scale_1": torch.zeros(32),
-                "backbone.patch_embed1.proj.0.weight": torch.zeros(16, 3, 3, 3)}, path)
+    torch.save(
+        {
+            "backbone.block1.0.layer_scale_1": torch.zeros(32),
+            "backbone.patch_embed1.proj.0.weight": torch.zeros(16, 3, 3, 3),
+        },
+        path,
+    )
     with pytest.raises(CheckpointError, match="SegNeXt"):
         segkit.load_checkpoint(segkit.build_model("segformer-b0", num_classes=150), path, verbose=False)
     path = tmp_path / "half_kv.pth"

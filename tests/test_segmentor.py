@@ -1,4 +1,5 @@
 """Segmentor inference: slide windows, bounded-memory slide prediction, multi-scale + flip, save/load."""
+
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
 """SegNeXt family: MSCAN encoder, LightHamHead / NMF2D, checkpoint conversion."""
+
 from __future__ import annotations
 
 import re
@@ -10,11 +11,11 @@ import torch.nn.functional as F
 
 import segkit
 from segkit.checkpoints import CheckpointError, load_checkpoint
-from segkit.models.segnext import convert
-from segkit.models.heads.ham_head import NMF2D
 from segkit.models.backbones.mscan import MSCAN, FusedMSCABlock
 from segkit.models.contract import Features
 from segkit.models.fuse import fuse_for_inference
+from segkit.models.heads.ham_head import NMF2D
+from segkit.models.segnext import convert
 
 torch.set_num_threads(1)
 KEYS_DIR = Path(__file__).resolve().parent / "data" / "checkpoint-keys"
@@ -96,8 +97,9 @@ def _ref_mscan(enc: MSCAN, x: torch.Tensor) -> list[torch.Tensor]:
     sd = enc.state_dict()
 
     def bn(t, p):
-        return F.batch_norm(t, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"],
-                            sd[p + ".bias"], False, 0.0, 1e-5)
+        return F.batch_norm(
+            t, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"], sd[p + ".bias"], False, 0.0, 1e-5
+        )
 
     def conv(t, p, stride=1, groups=1):
         w = sd[p + ".weight"]
@@ -106,8 +108,10 @@ def _ref_mscan(enc: MSCAN, x: torch.Tensor) -> list[torch.Tensor]:
     outs = []
     for s in range(1, 5):
         if s == 1:
-            x = bn(conv(F.gelu(bn(conv(x, "patch_embed1.proj.0", 2), "patch_embed1.proj.1")),
-                        "patch_embed1.proj.3", 2), "patch_embed1.proj.4")
+            x = bn(
+                conv(F.gelu(bn(conv(x, "patch_embed1.proj.0", 2), "patch_embed1.proj.1")), "patch_embed1.proj.3", 2),
+                "patch_embed1.proj.4",
+            )
         else:
             x = bn(conv(x, f"patch_embed{s}.proj", 2), f"patch_embed{s}.norm")
         b, c, h, w = x.shape
@@ -198,7 +202,7 @@ def test_nmf_per_sample_eval_bases_follow_the_issue_formula():
     torch.testing.assert_close(nmf(x), _ref_nmf(x, per_sample, steps=7), rtol=1e-4, atol=1e-5)
     shared = NMF2D(md_r=4, eval_steps=7, seed=5).eval()
     torch.testing.assert_close(nmf(x[:1]), shared(x[:1]))  # identical at batch 1
-    assert not torch.allclose(nmf(x)[1], shared(x)[1])     # per batch position beyond
+    assert not torch.allclose(nmf(x)[1], shared(x)[1])  # per batch position beyond
 
 
 def test_nmf_channels_last_matches_contiguous_and_runs_on_meta():
@@ -271,10 +275,10 @@ def test_one_step_grad():
         (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()
         outs.append(out.detach())
         grads.append(xi.grad)
-    assert torch.equal(outs[0], outs[1])                     # same forward values
+    assert torch.equal(outs[0], outs[1])  # same forward values
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
-    assert sizes[1] < sizes[0] / 4                           # far smaller autograd graph
-    assert not torch.allclose(grads[0], grads[1])            # a different (approximate) gradient
+    assert sizes[1] < sizes[0] / 4  # far smaller autograd graph
+    assert not torch.allclose(grads[0], grads[1])  # a different (approximate) gradient
     model = segkit.build_model("segnext-t", num_classes=3, one_step_grad=True)
     assert model.decode_head.hamburger.ham.one_step_grad
     model.loss(torch.randn(1, 3, 64, 64), torch.randint(0, 3, (1, 64, 64)))["loss"].backward()
@@ -334,7 +338,7 @@ def test_official_names_pass_through(tmp_path):
 
 @pytest.mark.parametrize("mmseg_names", [False, True])
 def test_imagenet_encoder_only(tmp_path, mmseg_names):
-    src = {k[len("backbone."):]: v for k, v in _listing("mmseg_segnext-t.txt").items() if k.startswith("backbone.")}
+    src = {k[len("backbone.") :]: v for k, v in _listing("mmseg_segnext-t.txt").items() if k.startswith("backbone.")}
     if not mmseg_names:
         src = {_official_name(k): v for k, v in src.items()}
     src["head.weight"] = torch.randn(1000, 256)
@@ -369,8 +373,10 @@ def test_wrong_variant_and_family(tmp_path):
     with pytest.raises(CheckpointError, match="depths"):
         convert(s_model.state_dict(), segkit.build_model("segnext-b", num_classes=150))
     # a SegFormer/MiT-like encoder is refused with a hint
-    mit_like = {"backbone.block1.0.attn.q.weight": torch.zeros(32, 32),
-                "backbone.block1.0.attn.kv.weight": torch.zeros(64, 32)}
+    mit_like = {
+        "backbone.block1.0.attn.q.weight": torch.zeros(32, 32),
+        "backbone.block1.0.attn.kv.weight": torch.zeros(64, 32),
+    }
     with pytest.raises(CheckpointError, match="SegFormer"):
         convert(mit_like, model_t)
     with pytest.raises(CheckpointError, match="no SegNeXt"):
@@ -390,8 +396,9 @@ def test_missing_encoder_key_strict_vs_non_strict(tmp_path):
     report = load_checkpoint(model, path, strict=False, verbose=False)
     assert report.missing == [gone]
     assert torch.equal(model.state_dict()[gone], before)
-    assert torch.equal(model.state_dict()["backbone.block2.1.attn.proj_1.weight"],
-                       src["backbone.block2.1.attn.proj_1.weight"])
+    assert torch.equal(
+        model.state_dict()["backbone.block2.1.attn.proj_1.weight"], src["backbone.block2.1.attn.proj_1.weight"]
+    )
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")

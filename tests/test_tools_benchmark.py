@@ -1,4 +1,5 @@
 """Speed benchmark: the protocol's JSON fields and its refusals (CPU; the CUDA paths cannot run here)."""
+
 import json
 import statistics
 
@@ -44,27 +45,31 @@ def test_result_fields_and_fps(b0):
 
 
 def test_slide_mode_and_bf16(b0):
-    res = benchmark(b0, (64, 96), mode="slide", crop_size=(64, 64), stride=(32, 32), amp="bf16", warmup=0, runs=1,
-                    threads=1)
+    res = benchmark(
+        b0, (64, 96), mode="slide", crop_size=(64, 64), stride=(32, 32), amp="bf16", warmup=0, runs=1, threads=1
+    )
     assert res["settings"]["crop_size"] == [64, 64] and res["settings"]["stride"] == [32, 32]
     assert res["settings"]["amp"] == "bf16" and res["fps"] > 0
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(batch=0), "batch must be >= 1"),
-    (dict(shape=(0, 64)), "must be positive"),
-    (dict(shape=(64, -5)), "must be positive"),
-    (dict(shape=(16, 64)), "need H, W >= 32"),
-    (dict(amp="fp16"), "fp16 is not supported on CPU"),
-    (dict(amp="int8"), "amp must be"),
-    (dict(mode="slide"), "slide mode needs a positive --crop"),
-    (dict(mode="slide", crop_size=(16, 16)), "too small"),
-    (dict(mode="tiles"), "mode must be"),
-    (dict(runs=0), "runs must be >= 1"),
-    (dict(warmup=-1), "warmup must be >= 0"),
-    (dict(threads=0), "threads must be >= 1"),
-    (dict(device="mps"), "device must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(batch=0), "batch must be >= 1"),
+        (dict(shape=(0, 64)), "must be positive"),
+        (dict(shape=(64, -5)), "must be positive"),
+        (dict(shape=(16, 64)), "need H, W >= 32"),
+        (dict(amp="fp16"), "fp16 is not supported on CPU"),
+        (dict(amp="int8"), "amp must be"),
+        (dict(mode="slide"), "slide mode needs a positive --crop"),
+        (dict(mode="slide", crop_size=(16, 16)), "too small"),
+        (dict(mode="tiles"), "mode must be"),
+        (dict(runs=0), "runs must be >= 1"),
+        (dict(warmup=-1), "warmup must be >= 0"),
+        (dict(threads=0), "threads must be >= 1"),
+        (dict(device="mps"), "device must be"),
+    ],
+)
 def test_refusals(b0, kwargs, match):
     shape = kwargs.pop("shape", (64, 64))
     with pytest.raises(BenchmarkError, match=match):
@@ -111,8 +116,28 @@ def test_cli_benchmark_json_and_refusal(tmp_path, capsys):
     from segkit.cli import main
 
     path = tmp_path / "b.json"
-    assert main(["benchmark", "segnext-t", "--shape", "64", "64", "--num-classes", "3", "--warmup", "1", "--runs", "2",
-                 "--threads", "1", "--json", str(path)]) == 0
+    assert (
+        main(
+            [
+                "benchmark",
+                "segnext-t",
+                "--shape",
+                "64",
+                "64",
+                "--num-classes",
+                "3",
+                "--warmup",
+                "1",
+                "--runs",
+                "2",
+                "--threads",
+                "1",
+                "--json",
+                str(path),
+            ]
+        )
+        == 0
+    )
     res = json.loads(path.read_text())
     assert res["model"] == "segnext-t" and res["num_classes"] == 3 and len(res["latency_ms"]["all"]) == 2
     assert "FPS" in capsys.readouterr().out

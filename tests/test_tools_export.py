@@ -1,4 +1,5 @@
 """ONNX export: onnxruntime reproduces PyTorch (SegFormer, SegNeXt, RSSeg), metadata, torch-free prediction."""
+
 import json
 import os
 import subprocess
@@ -47,8 +48,9 @@ def segformer_export(tmp_path_factory, camvid_meta):
     from segkit.cli import main
 
     d = tmp_path_factory.mktemp("onnx")
-    model = segkit.build_model("segformer-b0", num_classes=11, class_names=camvid_meta["classes"],
-                               palette=camvid_meta["palette"])
+    model = segkit.build_model(
+        "segformer-b0", num_classes=11, class_names=camvid_meta["classes"], palette=camvid_meta["palette"]
+    )
     ckpt = model.save_pretrained(d / "ckpt")
     path = d / "segformer.onnx"
     assert main(["export", str(ckpt), "--format", "onnx", "--shape", "64", "64", "--dynamic", "--out", str(path)]) == 0
@@ -57,8 +59,10 @@ def segformer_export(tmp_path_factory, camvid_meta):
 
 def test_segformer_dynamic_parity_and_metadata(segformer_export, camvid_meta):
     model, path = segformer_export
-    xs = [torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
-          for shape in [(2, 3, 64, 64), (1, 3, 96, 64), (1, 3, 40, 75)]]  # batch 2, two other sizes
+    xs = [
+        torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape)))
+        for shape in [(2, 3, 64, 64), (1, 3, 96, 64), (1, 3, 40, 75)]
+    ]  # batch 2, two other sizes
     for x, got in zip(xs, _run(path, *xs)):
         ref = _torch_logits(model, x)
         assert got.shape == ref.shape == (x.shape[0], 11, *x.shape[2:])
@@ -116,8 +120,9 @@ def test_bad_export_requests(tmp_path):
 
 def test_read_metadata_rejects_foreign_onnx(tmp_path):
     path = tmp_path / "plain.onnx"
-    torch.onnx.export(torch.nn.Conv2d(3, 2, 1), (torch.randn(1, 3, 8, 8),), str(path), dynamo=False,
-                      input_names=["image"])
+    torch.onnx.export(
+        torch.nn.Conv2d(3, 2, 1), (torch.randn(1, 3, 8, 8),), str(path), dynamo=False, input_names=["image"]
+    )
     with pytest.raises(ValueError, match="not a segkit ONNX export"):
         read_metadata(path)
 
@@ -137,11 +142,13 @@ def test_predict_onnx_runs_without_torch(segformer_export, tmp_path, camvid_imag
     from segkit.engine.predict import predict_paths
 
     model, path = segformer_export
-    code = ("import sys; sys.modules['torch'] = None\n"
-            "from segkit.cli import main\n"
-            f"rc = main(['predict', '--onnx', {str(path)!r}, {str(camvid_image)!r}, '--out', {str(tmp_path / 'o')!r}])\n"
-            "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n"
-            "raise SystemExit(rc)\n")
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from segkit.cli import main\n"
+        f"rc = main(['predict', '--onnx', {str(path)!r}, {str(camvid_image)!r}, '--out', {str(tmp_path / 'o')!r}])\n"
+        "assert 'torch' not in sys.modules or sys.modules['torch'] is None\n"
+        "raise SystemExit(rc)\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,5 @@
 """Corruption robustness: the 16 corruptions run here, repeat with a seed, and the table is right."""
+
 import json
 import math
 
@@ -87,8 +88,11 @@ def test_bad_requests(image):
 
 
 def test_summarize_means_and_retention():
-    miou = {"motion_blur": {"1": 40.0, "3": 20.0}, "gaussian_noise": {"1": 10.0, "3": 30.0},
-            "fog": {"1": 50.0, "3": 50.0}}
+    miou = {
+        "motion_blur": {"1": 40.0, "3": 20.0},
+        "gaussian_noise": {"1": 10.0, "3": 30.0},
+        "fog": {"1": 50.0, "3": 50.0},
+    }
     res = R.summarize(60.0, miou)
     assert res["corruption_mean"] == {"motion_blur": 30.0, "gaussian_noise": 20.0, "fog": 50.0}
     assert res["group_mean"] == {"Blur": 30.0, "Noise": 20.0, "Weather": 50.0}
@@ -96,8 +100,17 @@ def test_summarize_means_and_retention():
     assert res["retention"] == pytest.approx(100.0 * (100.0 / 3) / 60.0)
     header, _, row = res["table"].splitlines()
     cols = [c.strip() for c in header.strip("|").split("|")]
-    assert cols == ["Clean", "motion_blur", "gaussian_noise", "fog", "Blur mean", "Noise mean", "Weather mean",
-                    "Corr.", "Rete. (%)"]
+    assert cols == [
+        "Clean",
+        "motion_blur",
+        "gaussian_noise",
+        "fog",
+        "Blur mean",
+        "Noise mean",
+        "Weather mean",
+        "Corr.",
+        "Rete. (%)",
+    ]
     assert [c.strip() for c in row.strip("|").split("|")][0] == "60.0"
 
 
@@ -175,10 +188,30 @@ def test_cli_robustness(synthetic_split, tmp_path, capsys):
     from segkit.cli import main
 
     ds = SplitDataset(synthetic_split, "test")
-    ckpt = segkit.build_model("segformer-b0", num_classes=ds.num_classes, class_names=ds.classes,
-                              palette=ds.palette).save_pretrained(tmp_path / "ckpt")
-    rc = main(["robustness", str(ckpt), "--data", str(synthetic_split), "--split", "test", "--corruptions", "contrast",
-               "--severities", "2", "--max-images", "1", "--scale", "64", "48", "--out", str(tmp_path / "out")])
+    ckpt = segkit.build_model(
+        "segformer-b0", num_classes=ds.num_classes, class_names=ds.classes, palette=ds.palette
+    ).save_pretrained(tmp_path / "ckpt")
+    rc = main(
+        [
+            "robustness",
+            str(ckpt),
+            "--data",
+            str(synthetic_split),
+            "--split",
+            "test",
+            "--corruptions",
+            "contrast",
+            "--severities",
+            "2",
+            "--max-images",
+            "1",
+            "--scale",
+            "64",
+            "48",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "| Clean | contrast | Digital mean | Corr. | Rete. (%) |" in out

@@ -1,4 +1,5 @@
 """Trainer: resume fidelity, non-finite loss handling, checkpoint contents, CLI end to end."""
+
 import json
 from pathlib import Path
 
@@ -14,14 +15,25 @@ def tiny_cfg(root: Path, work_dir: Path, **train_over) -> dict:
     return {
         "model": "segformer-b0",
         "model_args": {"decoder_dim": 32},
-        "data": {"train": {"type": "split", "root": str(root), "split": "train"},
-                 "val": {"type": "split", "root": str(root), "split": "val"}},
+        "data": {
+            "train": {"type": "split", "root": str(root), "split": "train"},
+            "val": {"type": "split", "root": str(root), "split": "val"},
+        },
         "train_transform": {"scale": [120, 90], "crop_size": [64, 64]},
         "test_transform": {"scale": [120, 90]},
         "optim": {"lr": 1e-3},
         "schedule": {"max_iters": 4, "warmup_iters": 1},
-        "train": {"batch_size": 2, "num_workers": 0, "eval_interval": 2, "log_interval": 1, "keep_last": 5,
-                  "work_dir": str(work_dir), "deterministic": True, "tensorboard": False, **train_over},
+        "train": {
+            "batch_size": 2,
+            "num_workers": 0,
+            "eval_interval": 2,
+            "log_interval": 1,
+            "keep_last": 5,
+            "work_dir": str(work_dir),
+            "deterministic": True,
+            "tensorboard": False,
+            **train_over,
+        },
     }
 
 
@@ -82,10 +94,13 @@ def test_nonfinite_loss_stops_or_skips(synthetic_split, tmp_path, monkeypatch):
 def test_cli_train_eval_predict(synthetic_split, tmp_path, capsys):
     cfg = tmp_path / "cfg.yaml"
     import yaml
+
     cfg.write_text(yaml.safe_dump(tiny_cfg(synthetic_split, tmp_path / "run")))
     assert cli(["train", str(cfg), "--no-progress", "--set", "schedule.max_iters=2"]) == 0
     final = tmp_path / "run" / "final"
-    assert cli(["eval", str(final), "--data", str(synthetic_split), "--split", "test", "--out", str(tmp_path / "ev")]) == 0
+    assert (
+        cli(["eval", str(final), "--data", str(synthetic_split), "--split", "test", "--out", str(tmp_path / "ev")]) == 0
+    )
     out = capsys.readouterr().out
     assert "mIoU" in out and "person" in out
     assert (tmp_path / "ev" / "metrics.json").is_file()
@@ -125,7 +140,7 @@ def test_median_frequency_weights_by_hand():
 
     # shares 0.1, 0.3, 0.6 -> median 0.3 -> weights 3, 1, 0.5
     assert median_frequency_weights([10, 30, 60]) == pytest.approx([3.0, 1.0, 0.5])
-    assert median_frequency_weights([10, 30, 60], power=0.5) == pytest.approx([3 ** 0.5, 1.0, 0.5 ** 0.5])
+    assert median_frequency_weights([10, 30, 60], power=0.5) == pytest.approx([3**0.5, 1.0, 0.5**0.5])
     with pytest.warns(UserWarning, match=r"classes \[1\] have no training pixels"):
         w = median_frequency_weights([25, 0, 75])  # median over present classes: 0.5
     assert w == pytest.approx([2.0, 0.0, 2 / 3])
@@ -157,8 +172,9 @@ def test_class_weight_config_is_validated_and_used(synthetic_split, tmp_path, ca
 
     with pytest.raises(ConfigError, match="train.class_weight"):
         config_from_dict(tiny_cfg(synthetic_split, tmp_path / "x", class_weight="inverse"))
-    cfg = config_from_dict(tiny_cfg(synthetic_split, tmp_path / "w", class_weight="median_freq",
-                                    class_weight_power=0.5, eval_interval=100))
+    cfg = config_from_dict(
+        tiny_cfg(synthetic_split, tmp_path / "w", class_weight="median_freq", class_weight_power=0.5, eval_interval=100)
+    )
     cfg.schedule.max_iters = 1
     train(cfg, progress=False)
     printed = capsys.readouterr().out

@@ -8,6 +8,7 @@
   them, strictly by default, returning a :class:`LoadReport`.
 * :func:`from_pretrained` restores a model written by ``Segmentor.save_pretrained``.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,6 @@ from pathlib import Path
 import torch
 
 from segkit.errors import CheckpointError
-
-
-
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state", "module")
 
@@ -80,7 +78,7 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
     if not state:
         raise CheckpointError(f"{path}: holds no tensors (keys: {sorted(obj)[:10]})")
     if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -100,8 +98,11 @@ class LoadReport:
 
     def __str__(self) -> str:
         lines = [f"checkpoint {self.source} (format: {self.format}): {len(self.loaded)} tensors loaded"]
-        for title, items in (("missing (left as initialised)", self.missing), ("unexpected (ignored)", self.unexpected),
-                             ("dropped", self.dropped)):
+        for title, items in (
+            ("missing (left as initialised)", self.missing),
+            ("unexpected (ignored)", self.unexpected),
+            ("dropped", self.dropped),
+        ):
             if items:
                 lines.append(f"  {title}: {len(items)}: " + ", ".join(items[:8]) + (" …" if len(items) > 8 else ""))
         for k, a, b in self.mismatched[:8]:
@@ -166,11 +167,15 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path, strict: bool = Tru
             problems.append(f"{len(report.unexpected)} unexpected key(s), e.g. {report.unexpected[:3]}")
         if report.mismatched:
             k, a, b = report.mismatched[0]
-            problems.append(f"{len(report.mismatched)} shape mismatch(es), e.g. {k}: checkpoint {list(a)} vs model "
-                            f"{list(b)} (wrong variant or num_classes?)")
+            problems.append(
+                f"{len(report.mismatched)} shape mismatch(es), e.g. {k}: checkpoint {list(a)} vs model "
+                f"{list(b)} (wrong variant or num_classes?)"
+            )
         if problems:
-            raise CheckpointError(f"{path} does not fit {getattr(model, 'name', type(model).__name__)} "
-                                  f"(format {fmt}): " + "; ".join(problems) + ". Pass strict=False to load what fits.")
+            raise CheckpointError(
+                f"{path} does not fit {getattr(model, 'name', type(model).__name__)} "
+                f"(format {fmt}): " + "; ".join(problems) + ". Pass strict=False to load what fits."
+            )
     result = model.load_state_dict(to_load, strict=False)
     # A model's load hook may fill keys from loaded ones (RSSeg's local patch embedding is
     # initialised from the ViT's): those are loaded, not missing.
@@ -202,15 +207,24 @@ def from_pretrained(directory: str | Path, map_location: str | torch.device = "c
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("format") != "segkit":
         raise CheckpointError(f"{cfg_path}: not a segkit config (format={cfg.get('format')!r})")
-    model = build_model(cfg["model"], cfg["num_classes"], **cfg.get("arch", {}),
-                        class_names=cfg.get("class_names"), palette=cfg.get("palette"),
-                        ignore_index=cfg.get("ignore_index", 255), mean=cfg.get("mean"), std=cfg.get("std"),
-                        loss_avg=cfg.get("loss_avg", "valid"))
+    model = build_model(
+        cfg["model"],
+        cfg["num_classes"],
+        **cfg.get("arch", {}),
+        class_names=cfg.get("class_names"),
+        palette=cfg.get("palette"),
+        ignore_index=cfg.get("ignore_index", 255),
+        mean=cfg.get("mean"),
+        std=cfg.get("std"),
+        loss_avg=cfg.get("loss_avg", "valid"),
+    )
     state = read_state_dict(directory / "model.safetensors")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"{directory}: weights do not match config {cfg['model']}: missing "
-                              f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}")
+        raise CheckpointError(
+            f"{directory}: weights do not match config {cfg['model']}: missing "
+            f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}"
+        )
     model.train_config = cfg.get("train_config")
     return model.to(map_location).eval()
 
@@ -235,16 +249,27 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
     try:
         ck = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused — needs arbitrary unpickling (weights_only=True); "
-                              f"{str(e).splitlines()[0] if str(e) else ''}") from e
+        raise CheckpointError(
+            f"{path}: refused — needs arbitrary unpickling (weights_only=True); "
+            f"{str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
     if not (isinstance(ck, dict) and ck.get("segkit_checkpoint") and "meta" in ck):
-        raise CheckpointError(f"{path}: not a segkit training checkpoint (no model name inside). For an official "
-                              f"checkpoint run `segkit convert {path} OUT_DIR --model NAME` first.")
+        raise CheckpointError(
+            f"{path}: not a segkit training checkpoint (no model name inside). For an official "
+            f"checkpoint run `segkit convert {path} OUT_DIR --model NAME` first."
+        )
     meta = ck["meta"]
-    model = build_model(meta["model"], meta["num_classes"], **meta.get("arch", {}),
-                        class_names=meta.get("class_names"), palette=meta.get("palette"),
-                        ignore_index=meta.get("ignore_index", 255), mean=meta.get("mean"), std=meta.get("std"),
-                        loss_avg=meta.get("loss_avg", "valid"))
+    model = build_model(
+        meta["model"],
+        meta["num_classes"],
+        **meta.get("arch", {}),
+        class_names=meta.get("class_names"),
+        palette=meta.get("palette"),
+        ignore_index=meta.get("ignore_index", 255),
+        mean=meta.get("mean"),
+        std=meta.get("std"),
+        loss_avg=meta.get("loss_avg", "valid"),
+    )
     model.load_state_dict(ck["model"])
     model.train_config = ck.get("config")
     return model.to(map_location).eval()

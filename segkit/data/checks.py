@@ -17,6 +17,7 @@ Images are checked from the header plus an end-of-file integrity test (PNG ``IEN
 ``EOI``, WebP RIFF size); ``decode_images=True`` decodes every image fully. Files are read by a
 thread pool (Pillow and OpenCV decoders release the GIL).
 """
+
 from __future__ import annotations
 
 import os
@@ -36,19 +37,20 @@ __all__ = ["check_dataset", "DatasetReport"]
 @dataclass
 class DatasetReport:
     """Result of :func:`check_dataset`. Pixel statistics are in train ids (after the label convention)."""
+
     name: str
     num_samples: int
     num_classes: int
     ignore_index: int
     class_names: list[str]
-    pixel_counts: np.ndarray          # (num_classes,) int64 labelled pixels per class
-    image_counts: np.ndarray          # (num_classes,) int64 number of labels containing the class
+    pixel_counts: np.ndarray  # (num_classes,) int64 labelled pixels per class
+    image_counts: np.ndarray  # (num_classes,) int64 number of labels containing the class
     ignore_pixels: int
     out_of_range_pixels: int
-    image_sizes: dict                 # {(W, H): count}
-    conversions: dict                 # {"grayscale -> RGB": count, ...}
+    image_sizes: dict  # {(W, H): count}
+    conversions: dict  # {"grayscale -> RGB": count, ...}
     problems: list[str] = field(default_factory=list)
-    problem_kinds: dict = field(default_factory=dict)   # {kind: count}
+    problem_kinds: dict = field(default_factory=dict)  # {kind: count}
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -81,17 +83,21 @@ class DatasetReport:
         sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sorted(self.image_sizes.items(), key=lambda t: -t[1])[:5])
         if len(self.image_sizes) > 5:
             sizes += f", ... ({len(self.image_sizes)} sizes)"
-        lines = [f"{self.name}: {self.num_samples} samples, {self.num_classes} classes, {total:,} pixels "
-                 f"({ign:.2f}% ignore={self.ignore_index}), checked in {self.seconds:.1f} s",
-                 f"image sizes (WxH): {sizes or '-'}"]
+        lines = [
+            f"{self.name}: {self.num_samples} samples, {self.num_classes} classes, {total:,} pixels "
+            f"({ign:.2f}% ignore={self.ignore_index}), checked in {self.seconds:.1f} s",
+            f"image sizes (WxH): {sizes or '-'}",
+        ]
         if self.conversions:
             lines.append("converted to RGB when read: " + ", ".join(f"{k} ({n})" for k, n in self.conversions.items()))
         width = max([len(n) for n in self.class_names] + [5])
         lines.append(f"{'id':>4}  {'class':<{width}}  {'pixels':>14}  {'%':>7}  {'labels':>7}")
         freq = self.frequencies
         for i, name in enumerate(self.class_names):
-            lines.append(f"{i:>4}  {name:<{width}}  {int(self.pixel_counts[i]):>14,}  {100 * freq[i]:>6.2f}%  "
-                         f"{int(self.image_counts[i]):>7}")
+            lines.append(
+                f"{i:>4}  {name:<{width}}  {int(self.pixel_counts[i]):>14,}  {100 * freq[i]:>6.2f}%  "
+                f"{int(self.image_counts[i]):>7}"
+            )
         for w in self.warnings:
             lines.append(f"warning: {w}")
         if self.problems:
@@ -103,22 +109,31 @@ class DatasetReport:
         return self.table()
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "num_samples": self.num_samples, "num_classes": self.num_classes,
-                "ignore_index": self.ignore_index, "class_names": list(self.class_names),
-                "pixel_counts": self.pixel_counts.tolist(), "image_counts": self.image_counts.tolist(),
-                "ignore_pixels": self.ignore_pixels, "out_of_range_pixels": self.out_of_range_pixels,
-                "image_sizes": {f"{w}x{h}": n for (w, h), n in self.image_sizes.items()},
-                "conversions": dict(self.conversions), "problems": list(self.problems),
-                "problem_kinds": dict(self.problem_kinds),
-                "warnings": list(self.warnings), "seconds": self.seconds}
+        return {
+            "name": self.name,
+            "num_samples": self.num_samples,
+            "num_classes": self.num_classes,
+            "ignore_index": self.ignore_index,
+            "class_names": list(self.class_names),
+            "pixel_counts": self.pixel_counts.tolist(),
+            "image_counts": self.image_counts.tolist(),
+            "ignore_pixels": self.ignore_pixels,
+            "out_of_range_pixels": self.out_of_range_pixels,
+            "image_sizes": {f"{w}x{h}": n for (w, h), n in self.image_sizes.items()},
+            "conversions": dict(self.conversions),
+            "problems": list(self.problems),
+            "problem_kinds": dict(self.problem_kinds),
+            "warnings": list(self.warnings),
+            "seconds": self.seconds,
+        }
 
 
 @dataclass
 class _SampleResult:
-    raw_counts: np.ndarray | None = None     # (256,) counts of stored label values
-    size: tuple[int, int] | None = None       # (W, H) of the image
+    raw_counts: np.ndarray | None = None  # (256,) counts of stored label values
+    size: tuple[int, int] | None = None  # (W, H) of the image
     conversion: str | None = None
-    problems: list = field(default_factory=list)   # [(kind, message)]
+    problems: list = field(default_factory=list)  # [(kind, message)]
 
 
 def _kind_of(message: str, default: str) -> str:
@@ -148,14 +163,22 @@ def _scan_sample(dataset: SegDataset, i: int, decode_images: bool) -> _SampleRes
         return res
     res.raw_counts = np.bincount(raw.ravel(), minlength=256)
     if info is not None and raw.shape != (info.height, info.width):
-        res.problems.append(("size mismatch", size_mismatch_message(image_path, label_path,
-                                                                    (info.height, info.width), raw.shape)))
+        res.problems.append(
+            ("size mismatch", size_mismatch_message(image_path, label_path, (info.height, info.width), raw.shape))
+        )
     return res
 
 
-def check_dataset(dataset: SegDataset, num_classes: int | None = None, progress: bool = True, *,
-                  decode_images: bool = False, max_listed: int = 30, workers: int | None = None,
-                  raise_on_error: bool = True) -> DatasetReport:
+def check_dataset(
+    dataset: SegDataset,
+    num_classes: int | None = None,
+    progress: bool = True,
+    *,
+    decode_images: bool = False,
+    max_listed: int = 30,
+    workers: int | None = None,
+    raise_on_error: bool = True,
+) -> DatasetReport:
     """Scan every sample of ``dataset`` and return a :class:`DatasetReport`.
 
     Args:
@@ -190,13 +213,14 @@ def check_dataset(dataset: SegDataset, num_classes: int | None = None, progress:
     bar = None
     if progress:
         from tqdm.auto import tqdm
+
         bar = tqdm(total=n, desc=f"checking {dataset.name}", unit="file", leave=False)
     try:
         with ThreadPoolExecutor(max_workers=workers) as ex:
             futures = [ex.submit(_scan_sample, dataset, i, decode_images) for i in range(n)]
             try:
                 for i in range(n):
-                    res, futures[i] = futures[i].result(), None   # drop finished futures (large datasets)
+                    res, futures[i] = futures[i].result(), None  # drop finished futures (large datasets)
                     if bar is not None:
                         bar.update(1)
                     problems += res.problems
@@ -214,13 +238,20 @@ def check_dataset(dataset: SegDataset, num_classes: int | None = None, progress:
                     bad = bad[bad != ignore]
                     if len(bad):
                         raw_bad = [int(v) for v in np.flatnonzero(res.raw_counts) if np.isin(lut[v], bad)]
-                        conv = ("" if dataset.label_lut is None
-                                else f" (stored values {raw_bad} before the label convention)")
-                        problems.append(("out-of-range values",
-                                         f"{dataset.samples[i][1]}: label values {bad.tolist()}{conv} outside "
-                                         f"[0, {k}) and not the ignore value {ignore}; "
-                                         f"{int(per_train[bad].sum())} pixels"))
-            except BaseException:   # e.g. Ctrl-C: do not wait for the queued files
+                        conv = (
+                            ""
+                            if dataset.label_lut is None
+                            else f" (stored values {raw_bad} before the label convention)"
+                        )
+                        problems.append(
+                            (
+                                "out-of-range values",
+                                f"{dataset.samples[i][1]}: label values {bad.tolist()}{conv} outside "
+                                f"[0, {k}) and not the ignore value {ignore}; "
+                                f"{int(per_train[bad].sum())} pixels",
+                            )
+                        )
+            except BaseException:  # e.g. Ctrl-C: do not wait for the queued files
                 for f in futures:
                     if f is not None:
                         f.cancel()
@@ -234,28 +265,44 @@ def check_dataset(dataset: SegDataset, num_classes: int | None = None, progress:
     names = list(dataset.classes[:k]) + [f"class_{i}" for i in range(len(dataset.classes), k)]
     warn: list[str] = []
     if conversions:
-        warn.append(f"{sum(conversions.values())} image(s) are not 8-bit RGB and will be converted when read: "
-                    + ", ".join(f"{c} ({m})" for c, m in conversions.items()))
+        warn.append(
+            f"{sum(conversions.values())} image(s) are not 8-bit RGB and will be converted when read: "
+            + ", ".join(f"{c} ({m})" for c, m in conversions.items())
+        )
     raw_values = np.flatnonzero(raw_present)
     if n and set(raw_values.tolist()) == {0, 255} and ignore == 255 and dataset.label_lut is None:
-        warn.append("labels contain only 0 and 255; 255 is the ignore value. If 255 marks the foreground of "
-                    "binary masks, pass label_map={255: 1} (and 2 classes).")
+        warn.append(
+            "labels contain only 0 and 255; 255 is the ignore value. If 255 marks the foreground of "
+            "binary masks, pass label_map={255: 1} (and 2 classes)."
+        )
     bad_ids = [int(v) for v in np.flatnonzero(train_counts) if not valid[v] and v != ignore]
     if bad_ids and bad_ids == [k] and not dataset.reduce_zero_label and train_counts[0] == 0:
-        warn.append(f"the labels use 1..{k} and never 0: they look 1-based; reduce_zero_label=True maps k -> k-1 "
-                    "(and 0 -> ignore).")
+        warn.append(
+            f"the labels use 1..{k} and never 0: they look 1-based; reduce_zero_label=True maps k -> k-1 "
+            "(and 0 -> ignore)."
+        )
     missing = [i for i in range(k) if pixel_counts[i] == 0]
     if missing and len(missing) < k:
         shown = ", ".join(f"{i} {names[i]}" for i in missing[:20]) + (" ..." if len(missing) > 20 else "")
         warn.append(f"{len(missing)} class(es) never occur: {shown}")
 
-    report = DatasetReport(name=dataset.name, num_samples=n, num_classes=k, ignore_index=ignore, class_names=names,
-                           pixel_counts=pixel_counts, image_counts=image_counts[:k].copy(),
-                           ignore_pixels=int(train_counts[ignore]), out_of_range_pixels=out_of_range,
-                           image_sizes=dict(sizes),
-                           conversions=dict(conversions), problems=[m for _, m in problems],
-                           problem_kinds=dict(Counter(kind for kind, _ in problems)), warnings=warn,
-                           seconds=time.perf_counter() - t0)
+    report = DatasetReport(
+        name=dataset.name,
+        num_samples=n,
+        num_classes=k,
+        ignore_index=ignore,
+        class_names=names,
+        pixel_counts=pixel_counts,
+        image_counts=image_counts[:k].copy(),
+        ignore_pixels=int(train_counts[ignore]),
+        out_of_range_pixels=out_of_range,
+        image_sizes=dict(sizes),
+        conversions=dict(conversions),
+        problems=[m for _, m in problems],
+        problem_kinds=dict(Counter(kind for kind, _ in problems)),
+        warnings=warn,
+        seconds=time.perf_counter() - t0,
+    )
     if problems and raise_on_error:
         kinds = ", ".join(f"{kind}: {c}" for kind, c in report.problem_kinds.items())
         listed = "\n".join(f"  - {m}" for _, m in problems[:max_listed])

@@ -21,6 +21,7 @@ reference (mmseg) data preparation (``tools/convert_datasets/*``; docs/datasets.
 Construction scans directories or reads split lists but does not open any file; use
 :func:`segkit.data.checks.check_dataset` to validate every file before a long training run.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -38,8 +39,19 @@ from segkit.data import meta
 from segkit.data.io import IMAGE_SUFFIXES, DataError, read_image, read_label
 
 __all__ = [
-    "SegDataset", "SplitDataset", "FolderDataset", "ADE20K", "Cityscapes", "PascalVOC", "PascalContext",
-    "COCOStuff164k", "COCOStuff10k", "ISAID", "DATASETS", "build_dataset", "make_label_lut",
+    "SegDataset",
+    "SplitDataset",
+    "FolderDataset",
+    "ADE20K",
+    "Cityscapes",
+    "PascalVOC",
+    "PascalContext",
+    "COCOStuff164k",
+    "COCOStuff10k",
+    "ISAID",
+    "DATASETS",
+    "build_dataset",
+    "make_label_lut",
 ]
 
 Sample = tuple[str, "str | None"]
@@ -84,10 +96,20 @@ class SegDataset:
     ``"label"`` become tensors.
     """
 
-    def __init__(self, samples: Iterable[Sample], classes: Sequence[str], palette: Sequence[Sequence[int]] | None = None,
-                 *, ignore_index: int = 255, reduce_zero_label: bool = False, label_map: Mapping[int, int] | None = None,
-                 transform: Callable | None = None, name: str = "custom",
-                 label_colours: Sequence[Sequence[int]] | None = None, unknown_colour: str | int = "error"):
+    def __init__(
+        self,
+        samples: Iterable[Sample],
+        classes: Sequence[str],
+        palette: Sequence[Sequence[int]] | None = None,
+        *,
+        ignore_index: int = 255,
+        reduce_zero_label: bool = False,
+        label_map: Mapping[int, int] | None = None,
+        transform: Callable | None = None,
+        name: str = "custom",
+        label_colours: Sequence[Sequence[int]] | None = None,
+        unknown_colour: str | int = "error",
+    ):
         self.samples: list[Sample] = [(str(i), None if l is None else str(l)) for i, l in samples]
         self.classes = [str(c) for c in classes]
         if not self.classes:
@@ -123,9 +145,14 @@ class SegDataset:
 
     def label_spec(self) -> dict:
         """Class names, palette and label convention as a JSON-able dict (e.g. for a model config)."""
-        return {"name": self.name, "classes": list(self.classes), "palette": [list(c) for c in self.palette],
-                "ignore_index": self.ignore_index, "reduce_zero_label": self.reduce_zero_label,
-                "label_map": dict(self.label_map) if self.label_map else None}
+        return {
+            "name": self.name,
+            "classes": list(self.classes),
+            "palette": [list(c) for c in self.palette],
+            "ignore_index": self.ignore_index,
+            "reduce_zero_label": self.reduce_zero_label,
+            "label_map": dict(self.label_map) if self.label_map else None,
+        }
 
     def read_raw_label(self, i: int) -> np.ndarray:
         """The label file of sample ``i`` as stored (``uint8 (H, W)``), before the label convention.
@@ -197,11 +224,15 @@ class SegDataset:
 
 
 def size_mismatch_message(image_path, label_path, image_hw, label_hw) -> str:
-    msg = (f"{image_path} and {label_path}: image is {image_hw[1]}x{image_hw[0]} (WxH) but label is "
-           f"{label_hw[1]}x{label_hw[0]}; they must have the same size")
+    msg = (
+        f"{image_path} and {label_path}: image is {image_hw[1]}x{image_hw[0]} (WxH) but label is "
+        f"{label_hw[1]}x{label_hw[0]}; they must have the same size"
+    )
     if tuple(image_hw) == tuple(label_hw)[::-1]:
-        msg += (" (the sizes are transposed: the image probably carries an EXIF orientation tag, which is applied "
-                "when reading it, while the label was drawn on the unrotated pixels)")
+        msg += (
+            " (the sizes are transposed: the image probably carries an EXIF orientation tag, which is applied "
+            "when reading it, while the label was drawn on the unrotated pixels)"
+        )
     return msg
 
 
@@ -223,8 +254,10 @@ def _scan(directory: Path, suffix: str | Sequence[str], exclude: Sequence[str] =
             key = fn[: len(fn) - cut]
             key = key if rel_dir == "." else f"{Path(rel_dir).as_posix()}/{key}"
             if key in out:
-                raise DataError(f"{directory}: two files map to the same sample '{key}': {out[key]} and "
-                                f"{os.path.join(dirpath, fn)}; keep one or pass an explicit suffix")
+                raise DataError(
+                    f"{directory}: two files map to the same sample '{key}': {out[key]} and "
+                    f"{os.path.join(dirpath, fn)}; keep one or pass an explicit suffix"
+                )
             out[key] = os.path.join(dirpath, fn)
     return out
 
@@ -235,8 +268,9 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def _pair(images: dict[str, str], labels: dict[str, str], where: str, allow_missing: bool = False,
-          by_stem: bool = False) -> list[Sample]:
+def _pair(
+    images: dict[str, str], labels: dict[str, str], where: str, allow_missing: bool = False, by_stem: bool = False
+) -> list[Sample]:
     """Match images with labels by key (optionally falling back to the bare file stem)."""
     stem_map: dict[str, str] = {}
     if by_stem:
@@ -296,9 +330,14 @@ def missing_root_message(root: str | os.PathLike) -> str:
     where = f"{resolved}" if str(resolved) == str(root) else f"{resolved} (from {root!s})"
     hint = ""
     if "SEGKIT_DATA" in str(root):
-        state = f"SEGKIT_DATA={os.environ['SEGKIT_DATA']}" if os.environ.get("SEGKIT_DATA") else \
-            f"SEGKIT_DATA is not set, so the default {DEFAULT_DATA_DIR} relative to {Path.cwd()} was used"
-        hint = f" ({state}); the data sets are not part of the repository: set SEGKIT_DATA to the folder that holds them"
+        state = (
+            f"SEGKIT_DATA={os.environ['SEGKIT_DATA']}"
+            if os.environ.get("SEGKIT_DATA")
+            else f"SEGKIT_DATA is not set, so the default {DEFAULT_DATA_DIR} relative to {Path.cwd()} was used"
+        )
+        hint = (
+            f" ({state}); the data sets are not part of the repository: set SEGKIT_DATA to the folder that holds them"
+        )
     return f"dataset root {where} does not exist{hint}"
 
 
@@ -329,20 +368,35 @@ class SplitDataset(SegDataset):
         for key in ("classes",):
             if key not in info:
                 raise DataError(f"{meta_path}: missing key {key!r}")
-        layout = {"image": "images/{split}/{stem}.jpg", "label": "labels/{split}/{stem}.png",
-                  "list": "splits/{split}.txt", **info.get("layout", {})}
+        layout = {
+            "image": "images/{split}/{stem}.jpg",
+            "label": "labels/{split}/{stem}.png",
+            "list": "splits/{split}.txt",
+            **info.get("layout", {}),
+        }
         list_path = root / layout["list"].format(split=split)
         if not list_path.is_file():
             available = sorted(info.get("splits", {})) or sorted(p.stem for p in (root / "splits").glob("*.txt"))
             raise DataError(f"{list_path}: split {split!r} not found in {root}; available splits: {available}")
         stems = _read_list(list_path)
-        samples = [(str(root / layout["image"].format(split=split, stem=s)),
-                    str(root / layout["label"].format(split=split, stem=s))) for s in stems]
+        samples = [
+            (
+                str(root / layout["image"].format(split=split, stem=s)),
+                str(root / layout["label"].format(split=split, stem=s)),
+            )
+            for s in stems
+        ]
         label_map = info.get("label_map")
-        super().__init__(samples, info["classes"], info.get("palette"), ignore_index=info.get("ignore_index", 255),
-                         reduce_zero_label=info.get("reduce_zero_label", False),
-                         label_map={int(k): v for k, v in label_map.items()} if label_map else None,
-                         transform=transform, name=f"{info.get('name', root.name)}/{split}")
+        super().__init__(
+            samples,
+            info["classes"],
+            info.get("palette"),
+            ignore_index=info.get("ignore_index", 255),
+            reduce_zero_label=info.get("reduce_zero_label", False),
+            label_map={int(k): v for k, v in label_map.items()} if label_map else None,
+            transform=transform,
+            name=f"{info.get('name', root.name)}/{split}",
+        )
         self.root, self.split = str(root), split
 
 
@@ -379,13 +433,26 @@ class FolderDataset(SegDataset):
         DataError: missing folders, no images, images without labels, ambiguous names.
     """
 
-    def __init__(self, images_dir: str | os.PathLike, labels_dir: str | os.PathLike | None = None, *,
-                 classes: Sequence[str] | int | None = None, palette: Sequence[Sequence[int]] | None = None,
-                 meta: str | os.PathLike | None = None, ignore_index: int | None = None,
-                 reduce_zero_label: bool | None = None, label_map: Mapping[int, int] | None = None,
-                 image_suffix: str | Sequence[str] | None = None, label_suffix: str = ".png",
-                 split: str | None = None, val_fraction: float = 0.2, seed: int = 0,
-                 allow_missing_labels: bool = False, transform: Callable | None = None, name: str | None = None):
+    def __init__(
+        self,
+        images_dir: str | os.PathLike,
+        labels_dir: str | os.PathLike | None = None,
+        *,
+        classes: Sequence[str] | int | None = None,
+        palette: Sequence[Sequence[int]] | None = None,
+        meta: str | os.PathLike | None = None,
+        ignore_index: int | None = None,
+        reduce_zero_label: bool | None = None,
+        label_map: Mapping[int, int] | None = None,
+        image_suffix: str | Sequence[str] | None = None,
+        label_suffix: str = ".png",
+        split: str | None = None,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        allow_missing_labels: bool = False,
+        transform: Callable | None = None,
+        name: str | None = None,
+    ):
         images_dir = _require_dir(Path(images_dir), "images")
         suffixes = image_suffix or IMAGE_SUFFIXES
         images = _scan(images_dir, suffixes)
@@ -406,8 +473,9 @@ class FolderDataset(SegDataset):
             except (OSError, json.JSONDecodeError) as e:
                 raise DataError(f"{meta_path}: cannot read meta.json ({e})") from None
         ignore_index = int(ignore_index if ignore_index is not None else info.get("ignore_index", 255))
-        reduce_zero_label = bool(reduce_zero_label if reduce_zero_label is not None
-                                 else info.get("reduce_zero_label", False))
+        reduce_zero_label = bool(
+            reduce_zero_label if reduce_zero_label is not None else info.get("reduce_zero_label", False)
+        )
         if label_map is None and info.get("label_map"):
             label_map = {int(k): int(v) for k, v in info["label_map"].items()}
         if isinstance(classes, int):
@@ -429,9 +497,16 @@ class FolderDataset(SegDataset):
             n_val = max(1, round(len(samples) * val_fraction)) if len(samples) > 1 else 0
             chosen = sorted(order[:n_val] if split == "val" else order[n_val:])
             samples = [samples[i] for i in chosen]
-        super().__init__(samples, classes, palette, ignore_index=ignore_index, reduce_zero_label=reduce_zero_label,
-                         label_map=label_map, transform=transform,
-                         name=name or info.get("name") or f"{images_dir.name}" + (f"/{split}" if split else ""))
+        super().__init__(
+            samples,
+            classes,
+            palette,
+            ignore_index=ignore_index,
+            reduce_zero_label=reduce_zero_label,
+            label_map=label_map,
+            transform=transform,
+            name=name or info.get("name") or f"{images_dir.name}" + (f"/{split}" if split else ""),
+        )
         self.split = split
 
 
@@ -456,9 +531,12 @@ def _discover_classes(samples: list[Sample], ignore_index: int, lut: np.ndarray 
     if len(ids) == 0:
         raise DataError(f"{where}: cannot discover classes: the labels contain only the ignore value {ignore_index}")
     n = int(ids.max()) + 1
-    warnings.warn(f"{where}: no class names given and no meta.json found; found label values {ids.tolist()}, "
-                  f"using {n} classes named class_0..class_{n - 1}. Pass classes=[...] or write a meta.json.",
-                  UserWarning, stacklevel=3)
+    warnings.warn(
+        f"{where}: no class names given and no meta.json found; found label values {ids.tolist()}, "
+        f"using {n} classes named class_0..class_{n - 1}. Pass classes=[...] or write a meta.json.",
+        UserWarning,
+        stacklevel=3,
+    )
     return [f"class_{i}" for i in range(n)]
 
 
@@ -480,8 +558,14 @@ class ADE20K(SegDataset):
         split = _split_alias(split, {"train": "training", "val": "validation"}, ("training", "validation"), "ADE20K")
         images = _scan(_require_dir(root / "images" / split, "ADE20K images"), ".jpg")
         labels = _scan(_require_dir(root / "annotations" / split, "ADE20K annotations"), ".png")
-        super().__init__(_pair(images, labels, f"ADE20K {root}/{split}"), meta.ADE20K_CLASSES, meta.ADE20K_PALETTE,
-                         reduce_zero_label=True, transform=transform, name=f"ade20k/{split}")
+        super().__init__(
+            _pair(images, labels, f"ADE20K {root}/{split}"),
+            meta.ADE20K_CLASSES,
+            meta.ADE20K_PALETTE,
+            reduce_zero_label=True,
+            transform=transform,
+            name=f"ade20k/{split}",
+        )
 
 
 class Cityscapes(SegDataset):
@@ -493,8 +577,13 @@ class Cityscapes(SegDataset):
     docs/datasets.md "Cityscapes labelId → trainId").
     """
 
-    def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None,
-                 label_type: str = "trainIds"):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        transform: Callable | None = None,
+        label_type: str = "trainIds",
+    ):
         root = Path(root)
         split = _split_alias(split, {"training": "train", "validation": "val"}, ("train", "val", "test"), "Cityscapes")
         if label_type not in ("trainIds", "labelIds"):
@@ -505,8 +594,14 @@ class Cityscapes(SegDataset):
         label_map = None
         if label_type == "labelIds":
             label_map = {i: meta.CITYSCAPES_LABELID_TO_TRAINID.get(i, 255) for i in range(256)}
-        super().__init__(_pair(images, labels, f"Cityscapes {root}/{split}"), meta.CITYSCAPES_CLASSES,
-                         meta.CITYSCAPES_PALETTE, label_map=label_map, transform=transform, name=f"cityscapes/{split}")
+        super().__init__(
+            _pair(images, labels, f"Cityscapes {root}/{split}"),
+            meta.CITYSCAPES_CLASSES,
+            meta.CITYSCAPES_PALETTE,
+            label_map=label_map,
+            transform=transform,
+            name=f"cityscapes/{split}",
+        )
 
 
 class PascalVOC(SegDataset):
@@ -521,17 +616,23 @@ class PascalVOC(SegDataset):
     def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None):
         root = _descend(_descend(Path(root), "VOCdevkit"), "VOC2012")
         lists = root / "ImageSets" / "Segmentation"
-        parts = {"trainaug": [("train", "SegmentationClass"), ("aug", "SegmentationClassAug")],
-                 "aug": [("aug", "SegmentationClassAug")]}.get(split, [(split, "SegmentationClass")])
+        parts = {
+            "trainaug": [("train", "SegmentationClass"), ("aug", "SegmentationClassAug")],
+            "aug": [("aug", "SegmentationClassAug")],
+        }.get(split, [(split, "SegmentationClass")])
         samples: list[Sample] = []
         for list_name, ann_dir in parts:
             list_path = lists / f"{list_name}.txt"
             if not list_path.is_file():
-                hint = (" (create it and SegmentationClassAug from SBD with the reference voc_aug.py)"
-                        if list_name == "aug" else "")
+                hint = (
+                    " (create it and SegmentationClassAug from SBD with the reference voc_aug.py)"
+                    if list_name == "aug"
+                    else ""
+                )
                 raise DataError(f"{list_path}: Pascal VOC split list not found{hint}")
-            samples += [(str(root / "JPEGImages" / f"{i}.jpg"), str(root / ann_dir / f"{i}.png"))
-                        for i in _read_list(list_path)]
+            samples += [
+                (str(root / "JPEGImages" / f"{i}.jpg"), str(root / ann_dir / f"{i}.png")) for i in _read_list(list_path)
+            ]
         super().__init__(samples, meta.VOC_CLASSES, meta.VOC_PALETTE, transform=transform, name=f"voc2012/{split}")
 
 
@@ -544,18 +645,29 @@ class PascalContext(SegDataset):
     ``num_classes=60`` keeps background as class 0.
     """
 
-    def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None,
-                 num_classes: int = 59):
+    def __init__(
+        self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None, num_classes: int = 59
+    ):
         if num_classes not in (59, 60):
             raise ValueError(f"Pascal Context has 59 or 60 classes, got {num_classes}")
         root = _descend(_descend(Path(root), "VOCdevkit"), "VOC2010")
         ids = _read_list(root / "ImageSets" / "SegmentationContext" / f"{split}.txt")
-        samples = [(str(root / "JPEGImages" / f"{i}.jpg"), str(root / "SegmentationClassContext" / f"{i}.png"))
-                   for i in ids]
-        classes, palette = ((meta.PASCAL_CONTEXT_59_CLASSES, meta.PASCAL_CONTEXT_59_PALETTE) if num_classes == 59
-                            else (meta.PASCAL_CONTEXT_60_CLASSES, meta.PASCAL_CONTEXT_60_PALETTE))
-        super().__init__(samples, classes, palette, reduce_zero_label=num_classes == 59, transform=transform,
-                         name=f"pascal_context{num_classes}/{split}")
+        samples = [
+            (str(root / "JPEGImages" / f"{i}.jpg"), str(root / "SegmentationClassContext" / f"{i}.png")) for i in ids
+        ]
+        classes, palette = (
+            (meta.PASCAL_CONTEXT_59_CLASSES, meta.PASCAL_CONTEXT_59_PALETTE)
+            if num_classes == 59
+            else (meta.PASCAL_CONTEXT_60_CLASSES, meta.PASCAL_CONTEXT_60_PALETTE)
+        )
+        super().__init__(
+            samples,
+            classes,
+            palette,
+            reduce_zero_label=num_classes == 59,
+            transform=transform,
+            name=f"pascal_context{num_classes}/{split}",
+        )
 
 
 class COCOStuff164k(SegDataset):
@@ -569,8 +681,13 @@ class COCOStuff164k(SegDataset):
     Split aliases: train, val.
     """
 
-    def __init__(self, root: str | os.PathLike, split: str = "train2017", transform: Callable | None = None,
-                 label_type: str = "trainIds"):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train2017",
+        transform: Callable | None = None,
+        label_type: str = "trainIds",
+    ):
         root = Path(root)
         split = _split_alias(split, {"train": "train2017", "val": "val2017"}, (), "COCO-Stuff 164k")
         images = _scan(_require_dir(root / "images" / split, "COCO-Stuff images"), ".jpg")
@@ -582,9 +699,14 @@ class COCOStuff164k(SegDataset):
             label_map = {**{i: 255 for i in meta.COCO_STUFF_UNUSED_IDS}, **meta.COCO_STUFF164K_ID_TO_TRAINID}
         else:
             raise ValueError(f"label_type must be 'trainIds' or 'raw', got {label_type!r}")
-        super().__init__(_pair(images, labels, f"COCO-Stuff 164k {root}/{split}"), meta.COCO_STUFF_CLASSES,
-                         meta.COCO_STUFF_PALETTE, label_map=label_map, transform=transform,
-                         name=f"coco_stuff164k/{split}")
+        super().__init__(
+            _pair(images, labels, f"COCO-Stuff 164k {root}/{split}"),
+            meta.COCO_STUFF_CLASSES,
+            meta.COCO_STUFF_PALETTE,
+            label_map=label_map,
+            transform=transform,
+            name=f"coco_stuff164k/{split}",
+        )
 
 
 class COCOStuff10k(SegDataset):
@@ -598,9 +720,14 @@ class COCOStuff10k(SegDataset):
         split = _split_alias(split, {"train": "train2014", "test": "test2014", "val": "test2014"}, (), "COCO-Stuff 10k")
         images = _scan(_require_dir(root / "images" / split, "COCO-Stuff 10k images"), ".jpg")
         labels = _scan(_require_dir(root / "annotations" / split, "COCO-Stuff 10k annotations"), "_labelTrainIds.png")
-        super().__init__(_pair(images, labels, f"COCO-Stuff 10k {root}/{split}"), meta.COCO_STUFF_CLASSES,
-                         meta.COCO_STUFF_PALETTE, reduce_zero_label=True, transform=transform,
-                         name=f"coco_stuff10k/{split}")
+        super().__init__(
+            _pair(images, labels, f"COCO-Stuff 10k {root}/{split}"),
+            meta.COCO_STUFF_CLASSES,
+            meta.COCO_STUFF_PALETTE,
+            reduce_zero_label=True,
+            transform=transform,
+            name=f"coco_stuff10k/{split}",
+        )
 
 
 class ISAID(SegDataset):
@@ -613,22 +740,42 @@ class ISAID(SegDataset):
     the reference converter does; pass ``"error"`` to refuse them).
     """
 
-    def __init__(self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None,
-                 unknown_colour: str | int = 0):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str = "train",
+        transform: Callable | None = None,
+        unknown_colour: str | int = 0,
+    ):
         root = Path(root)
         split = _split_alias(split, {"training": "train", "validation": "val"}, ("train", "val", "test"), "iSAID")
-        images = _scan(_require_dir(root / "img_dir" / split, "iSAID img_dir"), ".png", exclude=("_instance_color_RGB.png",))
+        images = _scan(
+            _require_dir(root / "img_dir" / split, "iSAID img_dir"), ".png", exclude=("_instance_color_RGB.png",)
+        )
         labels = _scan(_require_dir(root / "ann_dir" / split, "iSAID ann_dir"), "_instance_color_RGB.png")
-        super().__init__(_pair(images, labels, f"iSAID {root}/{split}"), meta.ISAID_CLASSES, meta.ISAID_PALETTE,
-                         transform=transform, name=f"isaid/{split}", label_colours=meta.ISAID_COLOURS,
-                         unknown_colour=unknown_colour)
+        super().__init__(
+            _pair(images, labels, f"iSAID {root}/{split}"),
+            meta.ISAID_CLASSES,
+            meta.ISAID_PALETTE,
+            transform=transform,
+            name=f"isaid/{split}",
+            label_colours=meta.ISAID_COLOURS,
+            unknown_colour=unknown_colour,
+        )
 
 
 # ------------------------------------------------------------------------------- factory
 DATASETS: dict[str, type[SegDataset]] = {
-    "split": SplitDataset, "folder": FolderDataset, "ade20k": ADE20K, "cityscapes": Cityscapes,
-    "voc": PascalVOC, "pascal_voc": PascalVOC, "pascal_context": PascalContext, "coco_stuff164k": COCOStuff164k,
-    "coco_stuff10k": COCOStuff10k, "isaid": ISAID,
+    "split": SplitDataset,
+    "folder": FolderDataset,
+    "ade20k": ADE20K,
+    "cityscapes": Cityscapes,
+    "voc": PascalVOC,
+    "pascal_voc": PascalVOC,
+    "pascal_context": PascalContext,
+    "coco_stuff164k": COCOStuff164k,
+    "coco_stuff10k": COCOStuff10k,
+    "isaid": ISAID,
 }
 
 
@@ -654,8 +801,14 @@ def build_dataset(cfg: Mapping, transform: Callable | None = None) -> SegDataset
     unknown = sorted(k for k in cfg if k not in allowed)
     if unknown:
         raise ValueError(f"dataset type {kind!r}: unknown key(s) {unknown}; allowed: {allowed}")
-    missing = [p for p, v in params.items() if p not in ("self", "transform") and v.default is inspect.Parameter.empty
-               and v.kind is not inspect.Parameter.VAR_KEYWORD and p not in cfg]
+    missing = [
+        p
+        for p, v in params.items()
+        if p not in ("self", "transform")
+        and v.default is inspect.Parameter.empty
+        and v.kind is not inspect.Parameter.VAR_KEYWORD
+        and p not in cfg
+    ]
     if missing:
         raise ValueError(f"dataset type {kind!r}: missing key(s) {missing}")
     for key in ("root", "images_dir", "labels_dir"):

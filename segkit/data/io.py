@@ -19,6 +19,7 @@ is never decoded silently: OpenCV would fill the missing part with grey, so file
 end-of-file check (PNG ``IEND``, JPEG ``EOI``, WebP RIFF size) always go through Pillow, which
 raises on truncation.
 """
+
 from __future__ import annotations
 
 import io
@@ -36,8 +37,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from segkit.errors import DataError
 
 __all__ = [
-    "DataError", "IMAGE_SUFFIXES", "read_image", "read_label", "probe_image", "ImageInfo",
-    "colour_to_index", "index_to_colour", "convert_colour_masks",
+    "DataError",
+    "IMAGE_SUFFIXES",
+    "read_image",
+    "read_label",
+    "probe_image",
+    "ImageInfo",
+    "colour_to_index",
+    "index_to_colour",
+    "convert_colour_masks",
 ]
 
 from segkit.utils import IMAGE_SUFFIXES  # noqa: E402 (one list for datasets, predict and ONNX predict)
@@ -50,8 +58,6 @@ _GRAY_16BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 # print one line per image); the last one says that further ones are suppressed.
 WARNING_LIMIT = 10
 _warn_counts: Counter = Counter()
-
-
 
 
 def _warn(kind: str, message: str) -> None:
@@ -184,8 +190,9 @@ def _to_rgb(img: Image.Image, path) -> np.ndarray:
     raise DataError(f"{path}: unsupported image mode {mode!r} (expected 8-bit RGB, grayscale, RGBA, palette or 16-bit)")
 
 
-def read_label(path: str | os.PathLike, colours: Sequence[Sequence[int]] | None = None,
-               unknown_colour: str | int = "error") -> np.ndarray:
+def read_label(
+    path: str | os.PathLike, colours: Sequence[Sequence[int]] | None = None, unknown_colour: str | int = "error"
+) -> np.ndarray:
     """Read a single-channel class-index label map as ``uint8 (H, W)``.
 
     Accepted: 8-bit grayscale (L), palette PNG (P: the indices are returned), 1-bit, and 16-bit
@@ -216,8 +223,10 @@ def read_label(path: str | os.PathLike, colours: Sequence[Sequence[int]] | None 
     if mode in _GRAY_16BIT_MODES:
         arr = np.asarray(img)
         if arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise DataError(f"{path}: 16-bit label with values up to {int(arr.max())}; class indices must be 0..255 "
-                            "(255 = ignore) to be stored as an 8-bit label")
+            raise DataError(
+                f"{path}: 16-bit label with values up to {int(arr.max())}; class indices must be 0..255 "
+                "(255 = ignore) to be stored as an 8-bit label"
+            )
         return arr.astype(np.uint8)
     if mode in ("LA", "La", "PA"):
         _warn("label-alpha", f"{path}: label with an alpha channel (mode {mode}); alpha ignored")
@@ -237,10 +246,12 @@ def _colour_mask_message(path, rgb: np.ndarray, mode: str) -> str:
     codes, counts = np.unique(_rgb_codes(rgb), return_counts=True)
     top = codes[np.argsort(-counts)[:5]]
     examples = ", ".join(str(_code_to_rgb(c)) for c in top)
-    return (f"{path}: label is a 3-channel colour mask (mode {mode}, {len(codes)} distinct colours, e.g. {examples}). "
-            "Labels must be single-channel class-index images (pixel value = class id, 255 = ignore). Convert colour "
-            "masks with the dataset palette: segkit.data.io.convert_colour_masks(src_dir, dst_dir, palette) for a "
-            "folder, or segkit.data.io.colour_to_index(mask, palette) for one array.")
+    return (
+        f"{path}: label is a 3-channel colour mask (mode {mode}, {len(codes)} distinct colours, e.g. {examples}). "
+        "Labels must be single-channel class-index images (pixel value = class id, 255 = ignore). Convert colour "
+        "masks with the dataset palette: segkit.data.io.convert_colour_masks(src_dir, dst_dir, palette) for a "
+        "folder, or segkit.data.io.colour_to_index(mask, palette) for one array."
+    )
 
 
 def _rgb_codes(rgb: np.ndarray) -> np.ndarray:
@@ -253,8 +264,12 @@ def _code_to_rgb(code: int) -> tuple[int, int, int]:
     return (code >> 16) & 255, (code >> 8) & 255, code & 255
 
 
-def colour_to_index(mask: np.ndarray, palette: Sequence[Sequence[int]], unknown: str | int = "error",
-                    path: str | os.PathLike | None = None) -> np.ndarray:
+def colour_to_index(
+    mask: np.ndarray,
+    palette: Sequence[Sequence[int]],
+    unknown: str | int = "error",
+    path: str | os.PathLike | None = None,
+) -> np.ndarray:
     """Convert an RGB colour mask ``uint8 (H, W, 3)`` to class indices ``uint8 (H, W)``.
 
     Pixel colour ``palette[k]`` -> ``k``. ``unknown`` decides what happens to colours not in the
@@ -298,8 +313,13 @@ def index_to_colour(label: np.ndarray, palette: Sequence[Sequence[int]], ignore_
     return lut[np.asarray(label, dtype=np.uint8)]
 
 
-def convert_colour_masks(src_dir: str | os.PathLike, dst_dir: str | os.PathLike, palette: Sequence[Sequence[int]],
-                         unknown: str | int = "error", suffix: str = ".png") -> int:
+def convert_colour_masks(
+    src_dir: str | os.PathLike,
+    dst_dir: str | os.PathLike,
+    palette: Sequence[Sequence[int]],
+    unknown: str | int = "error",
+    suffix: str = ".png",
+) -> int:
     """Convert every colour mask ``src_dir/**/*{suffix}`` into an 8-bit index PNG under ``dst_dir``.
 
     Relative paths are kept. Returns the number of files written. Unknown colours: see
@@ -322,6 +342,7 @@ def convert_colour_masks(src_dir: str | os.PathLike, dst_dir: str | os.PathLike,
 class ImageInfo:
     """Header facts of an image file: size after EXIF orientation, mode, and the conversion
     :func:`read_image` would apply (None for plain 8-bit RGB)."""
+
     height: int
     width: int
     mode: str

@@ -10,6 +10,7 @@ inference: the ADE20K test pipeline of the official SegFormer / SegNeXt configs)
 
 Torch-free (NumPy / OpenCV only), so the ONNX path uses it unchanged.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,10 +78,17 @@ class TestProtocol:
         t = dict(config.get("test_transform") or {})
         e = dict(config.get("eval") or {})
         train = dict(config.get("train_transform") or {})
-        return cls(scale=t.get("scale", DEFAULT_TEST_SCALE), keep_ratio=t.get("keep_ratio", True),
-                   size_divisor=t.get("size_divisor", DEFAULT_SIZE_DIVISOR), mode=e.get("mode", "whole"),
-                   crop_size=e.get("crop_size"), stride=e.get("stride"), scales=e.get("scales", (1.0,)),
-                   flip=e.get("flip", False), train_crop=train.get("crop_size"))
+        return cls(
+            scale=t.get("scale", DEFAULT_TEST_SCALE),
+            keep_ratio=t.get("keep_ratio", True),
+            size_divisor=t.get("size_divisor", DEFAULT_SIZE_DIVISOR),
+            mode=e.get("mode", "whole"),
+            crop_size=e.get("crop_size"),
+            stride=e.get("stride"),
+            scales=e.get("scales", (1.0,)),
+            flip=e.get("flip", False),
+            train_crop=train.get("crop_size"),
+        )
 
     @classmethod
     def of(cls, model) -> "TestProtocol":
@@ -104,8 +112,9 @@ class TestProtocol:
 
     def transform(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> TestTransform:
         """The :class:`~segkit.data.transforms.TestTransform` of this protocol with the model's ``mean``/``std``."""
-        return TestTransform(scale=self.scale, keep_ratio=self.keep_ratio, size_divisor=self.size_divisor,
-                             mean=mean, std=std)
+        return TestTransform(
+            scale=self.scale, keep_ratio=self.keep_ratio, size_divisor=self.size_divisor, mean=mean, std=std
+        )
 
     def inference_kwargs(self) -> dict:
         """Keyword arguments of ``Segmentor.inference`` / ``predict`` for this protocol."""

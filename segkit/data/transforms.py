@@ -35,6 +35,7 @@ Speed: one resize per image and per label, the crop taken before flip and photom
 everything in uint8 until the final LUT normalisation, which writes straight into the padded
 ``(3, H, W)`` float32 output.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,16 @@ from segkit.data.meta import IMAGENET_MEAN, IMAGENET_STD
 MIN_SIDE = 32
 
 __all__ = [
-    "MIN_SIDE", "TrainTransform", "TestTransform", "rescale_size", "random_scale", "random_crop_box", "cat_max_ratio_crop_box",
-    "photometric_distortion", "normalize_to_tensor", "normalize_to_array",
+    "MIN_SIDE",
+    "TrainTransform",
+    "TestTransform",
+    "rescale_size",
+    "random_scale",
+    "random_crop_box",
+    "cat_max_ratio_crop_box",
+    "photometric_distortion",
+    "normalize_to_tensor",
+    "normalize_to_array",
 ]
 
 
@@ -66,7 +75,10 @@ def rescale_size(height: int, width: int, scale: Sequence[int]) -> tuple[int, in
 
 
 def random_scale(scale: Sequence[int], ratio_range: Sequence[float]) -> tuple[int, int]:
-    """``(int(scale[0]·r), int(scale[1]·r))``, ``r ~ U[lo, hi)`` from ``np.random`` (reference ``random_sample_ratio``)."""
+    """``(int(scale[0]·r), int(scale[1]·r))``, ``r ~ U[lo, hi)`` from ``np.random``.
+
+    Reference: mmseg ``Resize.random_sample_ratio``.
+    """
     lo, hi = ratio_range
     r = np.random.random_sample() * (hi - lo) + lo
     return int(scale[0] * r), int(scale[1] * r)
@@ -80,8 +92,13 @@ def random_crop_box(height: int, width: int, crop_size: Sequence[int]) -> tuple[
     return y1, min(y1 + crop_size[0], height), x1, min(x1 + crop_size[1], width)
 
 
-def cat_max_ratio_crop_box(label: np.ndarray, crop_size: Sequence[int], cat_max_ratio: float = 0.75,
-                           ignore_index: int = 255, max_checks: int = 10) -> tuple[int, int, int, int]:
+def cat_max_ratio_crop_box(
+    label: np.ndarray,
+    crop_size: Sequence[int],
+    cat_max_ratio: float = 0.75,
+    ignore_index: int = 255,
+    max_checks: int = 10,
+) -> tuple[int, int, int, int]:
     """Reference RandomCrop box selection with the ``cat_max_ratio`` constraint (see module doc).
 
     A box passes when its label has more than one non-``ignore_index`` value and the most
@@ -109,8 +126,13 @@ def _convert_lut(alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
     return np.clip(np.arange(256, dtype=np.float32) * alpha + beta, 0, 255).astype(np.uint8)
 
 
-def photometric_distortion(img: np.ndarray, brightness_delta: int = 32, contrast_range: Sequence[float] = (0.5, 1.5),
-                           saturation_range: Sequence[float] = (0.5, 1.5), hue_delta: int = 18) -> np.ndarray:
+def photometric_distortion(
+    img: np.ndarray,
+    brightness_delta: int = 32,
+    contrast_range: Sequence[float] = (0.5, 1.5),
+    saturation_range: Sequence[float] = (0.5, 1.5),
+    hue_delta: int = 18,
+) -> np.ndarray:
     """Reference PhotoMetricDistortion on a ``uint8 (H, W, 3)`` RGB image -> new uint8 image.
 
     Random draws (global ``np.random``), in the reference order: brightness, mode, [contrast],
@@ -137,7 +159,9 @@ def photometric_distortion(img: np.ndarray, brightness_delta: int = 32, contrast
 
 def _normalize_lut(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     v = np.arange(256, dtype=np.float64)
-    return ((v[None, :] - np.asarray(mean, np.float64)[:, None]) / np.asarray(std, np.float64)[:, None]).astype(np.float32)
+    return ((v[None, :] - np.asarray(mean, np.float64)[:, None]) / np.asarray(std, np.float64)[:, None]).astype(
+        np.float32
+    )
 
 
 def normalize_to_array(img: np.ndarray, lut: np.ndarray, out_size: Sequence[int] | None = None) -> np.ndarray:
@@ -189,10 +213,18 @@ class TrainTransform:
         ValueError: missing label, or image and label of different sizes.
     """
 
-    def __init__(self, scale: Sequence[int] | None = (2048, 512), ratio_range: Sequence[float] | None = (0.5, 2.0),
-                 crop_size: Sequence[int] | int = (512, 512), cat_max_ratio: float = 0.75, flip_prob: float = 0.5,
-                 photometric: bool = True, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                 ignore_index: int = 255):
+    def __init__(
+        self,
+        scale: Sequence[int] | None = (2048, 512),
+        ratio_range: Sequence[float] | None = (0.5, 2.0),
+        crop_size: Sequence[int] | int = (512, 512),
+        cat_max_ratio: float = 0.75,
+        flip_prob: float = 0.5,
+        photometric: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        ignore_index: int = 255,
+    ):
         self.scale = None if scale is None else _pair(scale, "scale")
         self.ratio_range = None if ratio_range is None else (float(ratio_range[0]), float(ratio_range[1]))
         if self.ratio_range is not None and not 0 < self.ratio_range[0] <= self.ratio_range[1]:
@@ -206,9 +238,18 @@ class TrainTransform:
         self._lut = _normalize_lut(self.mean, self.std)
 
     def to_dict(self) -> dict:
-        return {"type": "train", "scale": self.scale, "ratio_range": self.ratio_range, "crop_size": self.crop_size,
-                "cat_max_ratio": self.cat_max_ratio, "flip_prob": self.flip_prob, "photometric": self.photometric,
-                "mean": self.mean, "std": self.std, "ignore_index": self.ignore_index}
+        return {
+            "type": "train",
+            "scale": self.scale,
+            "ratio_range": self.ratio_range,
+            "crop_size": self.crop_size,
+            "cat_max_ratio": self.cat_max_ratio,
+            "flip_prob": self.flip_prob,
+            "photometric": self.photometric,
+            "mean": self.mean,
+            "std": self.std,
+            "ignore_index": self.ignore_index,
+        }
 
     def __repr__(self) -> str:
         return "TrainTransform(" + ", ".join(f"{k}={v}" for k, v in self.to_dict().items() if k != "type") + ")"
@@ -259,9 +300,15 @@ class TestTransform:
 
     __test__ = False  # not a pytest test class despite its name
 
-    def __init__(self, scale: Sequence[int] | None = (2048, 512), keep_ratio: bool = True,
-                 size_divisor: int | None = 32, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, min_side: int = MIN_SIDE):
+    def __init__(
+        self,
+        scale: Sequence[int] | None = (2048, 512),
+        keep_ratio: bool = True,
+        size_divisor: int | None = 32,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        min_side: int = MIN_SIDE,
+    ):
         self.scale = None if scale is None else _pair(scale, "scale")
         self.keep_ratio = bool(keep_ratio)
         self.min_side = int(min_side)
@@ -270,8 +317,15 @@ class TestTransform:
         self._lut = _normalize_lut(self.mean, self.std)
 
     def to_dict(self) -> dict:
-        return {"type": "test", "scale": self.scale, "keep_ratio": self.keep_ratio, "size_divisor": self.size_divisor,
-                "mean": self.mean, "std": self.std, "min_side": self.min_side}
+        return {
+            "type": "test",
+            "scale": self.scale,
+            "keep_ratio": self.keep_ratio,
+            "size_divisor": self.size_divisor,
+            "mean": self.mean,
+            "std": self.std,
+            "min_side": self.min_side,
+        }
 
     def __repr__(self) -> str:
         return "TestTransform(" + ", ".join(f"{k}={v}" for k, v in self.to_dict().items() if k != "type") + ")"

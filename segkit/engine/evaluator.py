@@ -1,11 +1,12 @@
 """Dataset evaluation: run a model over a segmentation dataset and compute mIoU & co.
 
-Protocol (the official ``mmseg/apis/test.py`` + ``EncoderDecoder``; docs/protocols.md): each image goes through the dataset's test transform
-(resize + normalise), :meth:`Segmentor.inference` (whole / slide / multi-scale + flip), the
-class probabilities are resized to the *original* label size and arg-maxed, and the pixels are
+Protocol (the official ``mmseg/apis/test.py`` + ``EncoderDecoder``; docs/protocols.md): each
+image goes through the dataset's test transform (resize + normalise), :meth:`Segmentor.predict`
+(whole / slide / multi-scale + flip), the labels come back at the *original* label size, and the pixels are
 added to one dataset-wide :class:`~segkit.engine.metrics.ConfusionMatrix`. Nothing but that
 ``K × K`` matrix is accumulated, so memory does not grow with the dataset.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,11 +59,23 @@ def _first(batch):
     return batch[0]
 
 
-def evaluate(model, dataset, *, mode: str = "whole", crop_size: Sequence[int] | None = None,
-             stride: Sequence[int] | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
-             device: str | torch.device = "cpu", progress: bool = True, out_dir: str | Path | None = None,
-             max_images: int | None = None, window_batch: int = 4, num_workers: int = 0,
-             class_names: Sequence[str] | None = None) -> dict:
+def evaluate(
+    model,
+    dataset,
+    *,
+    mode: str = "whole",
+    crop_size: Sequence[int] | None = None,
+    stride: Sequence[int] | None = None,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    out_dir: str | Path | None = None,
+    max_images: int | None = None,
+    window_batch: int = 4,
+    num_workers: int = 0,
+    class_names: Sequence[str] | None = None,
+) -> dict:
     """Evaluate ``model`` on ``dataset`` and return the metrics.
 
     Args:
@@ -104,8 +117,9 @@ def evaluate(model, dataset, *, mode: str = "whole", crop_size: Sequence[int] | 
     num_classes = int(model.num_classes)
     ds_classes = getattr(dataset, "num_classes", None)
     if ds_classes is not None and int(ds_classes) != num_classes:
-        raise ValueError(f"dataset {getattr(dataset, 'name', '')!r} has {ds_classes} classes but the model "
-                         f"predicts {num_classes}")
+        raise ValueError(
+            f"dataset {getattr(dataset, 'name', '')!r} has {ds_classes} classes but the model predicts {num_classes}"
+        )
     ignore_index = int(getattr(dataset, "ignore_index", getattr(model, "ignore_index", 255)))
     if class_names is None:
         class_names = getattr(dataset, "classes", None) or getattr(model, "class_names", None)
@@ -115,8 +129,13 @@ def evaluate(model, dataset, *, mode: str = "whole", crop_size: Sequence[int] | 
     rank, world = _dist_info()
     n_total = len(dataset) if max_images is None else min(len(dataset), int(max_images))
     indices = list(range(n_total))[rank::world]
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=1, shuffle=False,
-                                         num_workers=num_workers, collate_fn=_first)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, indices),
+        batch_size=1,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_first,
+    )
     cm = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
 
     was_training = model.training
@@ -131,8 +150,16 @@ def evaluate(model, dataset, *, mode: str = "whole", crop_size: Sequence[int] | 
             for j, item in enumerate(bar):
                 i = indices[j]
                 image, label = _prepare(model, item, i, device)
-                probs = runner.inference(image, mode=mode, crop_size=crop_size, stride=stride, scales=scales,
-                                        flip=flip, out_size=label.shape[-2:], window_batch=window_batch)
+                probs = runner.inference(
+                    image,
+                    mode=mode,
+                    crop_size=crop_size,
+                    stride=stride,
+                    scales=scales,
+                    flip=flip,
+                    out_size=label.shape[-2:],
+                    window_batch=window_batch,
+                )
                 try:
                     cm.update(probs.argmax(dim=1)[0], label)
                 except ValueError as e:
@@ -160,10 +187,16 @@ def evaluate(model, dataset, *, mode: str = "whole", crop_size: Sequence[int] | 
     result["num_images"] = num_images
     result["time_s"] = elapsed
     result["sec_per_image"] = elapsed / max(len(indices), 1)
-    result["settings"] = {"mode": mode, "crop_size": list(crop_size) if crop_size is not None else None,
-                          "stride": list(stride) if stride is not None else None, "scales": list(scales),
-                          "flip": bool(flip), "max_images": max_images, "world_size": world,
-                          "dataset": getattr(dataset, "name", None)}
+    result["settings"] = {
+        "mode": mode,
+        "crop_size": list(crop_size) if crop_size is not None else None,
+        "stride": list(stride) if stride is not None else None,
+        "scales": list(scales),
+        "flip": bool(flip),
+        "max_images": max_images,
+        "world_size": world,
+        "dataset": getattr(dataset, "name", None),
+    }
     if class_names is not None:
         result["class_names"] = list(class_names)
 
@@ -177,6 +210,7 @@ def evaluate(model, dataset, *, mode: str = "whole", crop_size: Sequence[int] | 
         safe = json_safe(result)  # one top-level key per line, values compact (K×K matrix on one line)
         text = "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in safe.items()) + "\n}\n"
         atomic_write_bytes(out_dir / "metrics.json", text.encode())
-        plot_confusion_matrix(cm.matrix, class_names, out_dir / "confusion_matrix.png",
-                              title=f"mIoU {result['mIoU']:.2f}")
+        plot_confusion_matrix(
+            cm.matrix, class_names, out_dir / "confusion_matrix.png", title=f"mIoU {result['mIoU']:.2f}"
+        )
     return result

@@ -1,8 +1,9 @@
 """Streaming confusion matrix and the segmentation metrics derived from it.
 
-The metric is dataset-wide (mmseg ``mean_iou`` / ``IoUMetric``; docs/protocols.md): intersections and unions are summed over
-all pixels of all images *before* dividing, so a per-class IoU is not an average of per-image
-IoUs. Only the ``K × K`` confusion matrix is kept in memory, never the logits or predictions.
+The metric is dataset-wide (mmseg ``mean_iou`` / ``IoUMetric``; docs/protocols.md):
+intersections and unions are summed over all pixels of all images *before* dividing, so a
+per-class IoU is not an average of per-image IoUs. Only the ``K × K`` confusion matrix is kept
+in memory, never the logits or predictions.
 
 Conventions (our choices, stated here once):
 
@@ -21,6 +22,7 @@ Conventions (our choices, stated here once):
 * **F-score** uses ``beta = 1`` by default: ``(1 + b²)·tp / ((1 + b²)·tp + b²·fn + fp)``, the
   same as ``(1 + b²)·P·R / (b²·P + R)``. With ``beta = 1`` it equals Dice.
 """
+
 from __future__ import annotations
 
 import math
@@ -151,8 +153,9 @@ def metrics_from_matrix(matrix: torch.Tensor, beta: float = 1.0, absent: str = "
         present = gt > 0
         precision = torch.where(present & (pr == 0), torch.zeros_like(precision), precision)
         nan = torch.full_like(iou, math.nan)
-        iou, recall, dice, precision, fscore = (torch.where(present, v, nan)
-                                                for v in (iou, recall, dice, precision, fscore))
+        iou, recall, dice, precision, fscore = (
+            torch.where(present, v, nan) for v in (iou, recall, dice, precision, fscore)
+        )
     per_class = {"IoU": iou, "Acc": recall, "Dice": dice, "Fscore": fscore, "Precision": precision, "Recall": recall}
     total = float(gt.sum())
     out: dict = {"aAcc": 100.0 * float(tp.sum()) / total if total > 0 else math.nan}
@@ -198,7 +201,11 @@ def format_table(result: dict, class_names: Sequence[str] | None = None, digits:
     widths = [max(len(header[j]), *(len(r[j]) for r in rows)) for j in range(len(header))]
 
     def line(cells):
-        return "| " + " | ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths))) + " |"
+        return (
+            "| "
+            + " | ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(cells, widths)))
+            + " |"
+        )
 
     sep = "|" + "|".join(("-" * (w + 2)) if j == 0 else ("-" * (w + 1) + ":") for j, w in enumerate(widths)) + "|"
     text = [line(header), sep, *(line(r) for r in rows)]

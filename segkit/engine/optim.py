@@ -4,6 +4,7 @@ Source: the SegFormer and SegNeXt official configs (``local_configs/*``; docs/pr
 betas (0.9, 0.999), weight decay 0.01; decode head lr × 10; no weight decay on norms;
 poly decay (power 1.0, min_lr 0) with a linear warm-up of 1500 iterations from ratio 1e-6.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,9 +24,17 @@ def _norm_param_names(model: nn.Module) -> set[str]:
     return names
 
 
-def param_groups(model: nn.Module, *, lr: float, weight_decay: float, head_lr_mult: float = 10.0,
-                 norm_decay_rule: str = "type", custom_lr_mult: dict | None = None,
-                 layer_decay: float | None = None, no_decay_1d: bool = False) -> list[dict]:
+def param_groups(
+    model: nn.Module,
+    *,
+    lr: float,
+    weight_decay: float,
+    head_lr_mult: float = 10.0,
+    norm_decay_rule: str = "type",
+    custom_lr_mult: dict | None = None,
+    layer_decay: float | None = None,
+    no_decay_1d: bool = False,
+) -> list[dict]:
     """Split ``model``'s trainable parameters into AdamW groups.
 
     Rules (first that applies):
@@ -56,10 +65,11 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float, head_lr_mu
         if mult is None:
             mult = head_lr_mult if name.startswith("decode_head.") else 1.0
         if layer_id is not None and name.startswith("backbone."):
-            mult *= layer_decay ** (num_layers + 1 - layer_id(name[len("backbone."):]))
+            mult *= layer_decay ** (num_layers + 1 - layer_id(name[len("backbone.") :]))
         if norm_decay_rule == "type":
-            no_decay = name in norm_names or any(k in name for k in ("pos_block", "pos_embed", "cls_token",
-                                                                     "relative_position_bias_table"))
+            no_decay = name in norm_names or any(
+                k in name for k in ("pos_block", "pos_embed", "cls_token", "relative_position_bias_table")
+            )
             decay_mult = 0.0 if no_decay else 1.0
         else:  # mmcv substring rule: keys pos_block, head, norm; longest first, alphabetical tie-break
             decay_mult = 1.0
@@ -70,8 +80,10 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float, head_lr_mu
         if no_decay_1d and p.ndim <= 1:
             decay_mult = 0.0
         key = (round(mult, 12), decay_mult)
-        g = groups.setdefault(key, {"params": [], "names": [], "lr": lr * mult, "lr_mult": mult,
-                                    "weight_decay": weight_decay * decay_mult})
+        g = groups.setdefault(
+            key,
+            {"params": [], "names": [], "lr": lr * mult, "lr_mult": mult, "weight_decay": weight_decay * decay_mult},
+        )
         g["params"].append(p)
         g["names"].append(name)
     return list(groups.values())
@@ -79,19 +91,34 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float, head_lr_mu
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     """AdamW over :func:`param_groups` from an :class:`segkit.config.OptimConfig`."""
-    groups = param_groups(model, lr=cfg.lr, weight_decay=cfg.weight_decay, head_lr_mult=cfg.head_lr_mult,
-                          norm_decay_rule=cfg.norm_decay_rule, custom_lr_mult=cfg.custom_lr_mult,
-                          layer_decay=cfg.layer_decay, no_decay_1d=cfg.no_decay_1d)
+    groups = param_groups(
+        model,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        head_lr_mult=cfg.head_lr_mult,
+        norm_decay_rule=cfg.norm_decay_rule,
+        custom_lr_mult=cfg.custom_lr_mult,
+        layer_decay=cfg.layer_decay,
+        no_decay_1d=cfg.no_decay_1d,
+    )
     for g in groups:
         g.pop("names")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
-def poly_warmup_factor(it: int, *, max_iters: int, warmup_iters: int = 1500, warmup_ratio: float = 1e-6,
-                       power: float = 1.0, min_lr_ratio: float = 0.0) -> float:
+def poly_warmup_factor(
+    it: int,
+    *,
+    max_iters: int,
+    warmup_iters: int = 1500,
+    warmup_ratio: float = 1e-6,
+    power: float = 1.0,
+    min_lr_ratio: float = 0.0,
+) -> float:
     """Learning-rate factor at iteration ``it`` (0-based) relative to the base lr.
 
-    mmcv 1.x ``PolyLrUpdaterHook`` semantics (docs/protocols.md): ``poly = (1 - min_ratio)(1 - it/max_iters)^power + min_ratio``;
+    mmcv 1.x ``PolyLrUpdaterHook`` semantics (docs/protocols.md):
+    ``poly = (1 - min_ratio)(1 - it/max_iters)^power + min_ratio``;
     during warm-up (``it < warmup_iters``) the factor is ``poly · (1 - (1 - it/warmup_iters)(1 - warmup_ratio))``.
     """
     progress = min(it, max_iters) / max_iters
@@ -104,8 +131,17 @@ def poly_warmup_factor(it: int, *, max_iters: int, warmup_iters: int = 1500, war
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg, base_lr: float) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR applying :func:`poly_warmup_factor` to every group (min_lr taken relative to ``base_lr``)."""
     min_ratio = cfg.min_lr / base_lr if base_lr > 0 else 0.0
-    fn = lambda it: poly_warmup_factor(it, max_iters=cfg.max_iters, warmup_iters=cfg.warmup_iters,  # noqa: E731
-                                       warmup_ratio=cfg.warmup_ratio, power=cfg.power, min_lr_ratio=min_ratio)
+
+    def fn(it: int) -> float:
+        return poly_warmup_factor(
+            it,
+            max_iters=cfg.max_iters,
+            warmup_iters=cfg.warmup_iters,
+            warmup_ratio=cfg.warmup_ratio,
+            power=cfg.power,
+            min_lr_ratio=min_ratio,
+        )
+
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)
 
 

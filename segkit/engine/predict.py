@@ -12,6 +12,7 @@ go to ``out_dir``:
 * ``<stem>_overlay.png``: the image blended with the colour mask (alpha 0.5) and, to its
   right, a legend of the classes present.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,10 +30,17 @@ from segkit.utils import IMAGE_SUFFIXES, list_images, output_stems  # noqa: F401
 AUTO_SLIDE_PIXELS = 1024 * 1024
 
 
-def resolve_protocol(model, protocol: TestProtocol | None = None, *, mode: str | None = None,
-                     crop_size: Sequence[int] | None = None, stride: Sequence[int] | None = None,
-                     scale: Sequence[int] | None = None, scales: Sequence[float] | None = None,
-                     flip: bool | None = None) -> TestProtocol:
+def resolve_protocol(
+    model,
+    protocol: TestProtocol | None = None,
+    *,
+    mode: str | None = None,
+    crop_size: Sequence[int] | None = None,
+    stride: Sequence[int] | None = None,
+    scale: Sequence[int] | None = None,
+    scales: Sequence[float] | None = None,
+    flip: bool | None = None,
+) -> TestProtocol:
     """``protocol`` (default: the model's own, :meth:`TestProtocol.of`) with the given overrides.
 
     ``mode="auto"`` is kept out of the protocol (the caller decides per image); ``scale=0`` or
@@ -43,12 +51,14 @@ def resolve_protocol(model, protocol: TestProtocol | None = None, *, mode: str |
     p = protocol if protocol is not None else TestProtocol.of(model)
     if scale is not None and (scale == 0 or list(scale) in ([0], [0, 0])):
         p, scale = dataclasses.replace(p, scale=None), None
-    return p.replace(mode=None if mode == "auto" else mode, crop_size=crop_size, stride=stride, scale=scale,
-                     scales=scales, flip=flip)
+    return p.replace(
+        mode=None if mode == "auto" else mode, crop_size=crop_size, stride=stride, scale=scale, scales=scales, flip=flip
+    )
 
 
-def predict_image(runner, image: np.ndarray, protocol: TestProtocol, *, auto: bool = False, device="cpu",
-                  window_batch: int = 4) -> np.ndarray:
+def predict_image(
+    runner, image: np.ndarray, protocol: TestProtocol, *, auto: bool = False, device="cpu", window_batch: int = 4
+) -> np.ndarray:
     """Label map ``uint8 (H, W)`` (int64 above 256 classes) of one ``uint8 (H, W, 3)`` RGB image.
 
     ``runner``: an eval-mode model (fused or not); ``protocol``: the test resize and inference
@@ -66,12 +76,23 @@ def predict_image(runner, image: np.ndarray, protocol: TestProtocol, *, auto: bo
     return label.to(torch.uint8 if runner.num_classes <= 256 else torch.int64).cpu().numpy()
 
 
-def predict_paths(model, inputs: str | Path, out_dir: str | Path, *, protocol: TestProtocol | None = None,
-                  mode: str | None = None, crop_size: Sequence[int] | None = None,
-                  stride: Sequence[int] | None = None, scale: Sequence[int] | None = None,
-                  scales: Sequence[float] | None = None, flip: bool | None = None,
-                  device: str | torch.device = "cpu", progress: bool = True, alpha: float = 0.5,
-                  window_batch: int = 4) -> list[Path]:
+def predict_paths(
+    model,
+    inputs: str | Path,
+    out_dir: str | Path,
+    *,
+    protocol: TestProtocol | None = None,
+    mode: str | None = None,
+    crop_size: Sequence[int] | None = None,
+    stride: Sequence[int] | None = None,
+    scale: Sequence[int] | None = None,
+    scales: Sequence[float] | None = None,
+    flip: bool | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    alpha: float = 0.5,
+    window_batch: int = 4,
+) -> list[Path]:
     """Segment an image file or every image in a folder; write label and overlay PNGs.
 
     Args:
@@ -107,8 +128,9 @@ def predict_paths(model, inputs: str | Path, out_dir: str | Path, *, protocol: T
         raise ValueError(f"mode must be 'auto', 'whole' or 'slide', got {mode!r}")
     if model.num_classes > 256:
         raise ValueError(f"{model.num_classes} classes do not fit an 8-bit label PNG (max 256)")
-    proto = resolve_protocol(model, protocol, mode=mode, crop_size=crop_size, stride=stride, scale=scale,
-                             scales=scales, flip=flip)
+    proto = resolve_protocol(
+        model, protocol, mode=mode, crop_size=crop_size, stride=stride, scale=scale, scales=scales, flip=flip
+    )
     files = list_images(inputs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -123,8 +145,9 @@ def predict_paths(model, inputs: str | Path, out_dir: str | Path, *, protocol: T
         with torch.inference_mode():
             for path, stem in zip(tqdm(files, desc="predict", disable=not progress), output_stems(files)):
                 image = read_image(path)
-                label = predict_image(runner, image, proto, auto=mode == "auto", device=device,
-                                      window_batch=window_batch)
+                label = predict_image(
+                    runner, image, proto, auto=mode == "auto", device=device, window_batch=window_batch
+                )
                 label_path = out_dir / f"{stem}_label.png"
                 overlay_path = out_dir / f"{stem}_overlay.png"
                 atomic_write_bytes(label_path, png_bytes(label_png(label, palette)))

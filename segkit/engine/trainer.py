@@ -14,6 +14,7 @@ Distributed: launched by ``torchrun`` (``WORLD_SIZE`` > 1) it uses DistributedDa
 ``batch_size / world_size`` consecutive samples of every global batch (an error if it does not
 divide); only rank 0 writes files.
 """
+
 from __future__ import annotations
 
 import json
@@ -79,8 +80,9 @@ class TrainBatchSampler:
     ``[r·b, (r+1)·b)`` of each (``b = global_batch / world_size``).
     """
 
-    def __init__(self, num_samples: int, global_batch: int, seed: int, start_iter: int = 0,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, num_samples: int, global_batch: int, seed: int, start_iter: int = 0, rank: int = 0, world_size: int = 1
+    ):
         if global_batch % world_size:
             raise ValueError(f"train.batch_size={global_batch} is not divisible by the {world_size} ranks")
         if num_samples < global_batch:
@@ -95,8 +97,8 @@ class TrainBatchSampler:
             epoch, pos = divmod(it, self.iters_per_epoch)
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
             for b in range(pos, self.iters_per_epoch):
-                chunk = order[b * self.batch:(b + 1) * self.batch]
-                mine = chunk[self.rank * self.per_rank:(self.rank + 1) * self.per_rank]
+                chunk = order[b * self.batch : (b + 1) * self.batch]
+                mine = chunk[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
                 yield [(epoch, i) for i in mine]
                 it += 1
 
@@ -187,9 +189,16 @@ def build_train_data(cfg: Config, mean=None, std=None, train_ds=None):
 
     mean, std = tuple(mean or IMAGENET_MEAN), tuple(std or IMAGENET_STD)
     t = cfg.train_transform
-    train_tf = TrainTransform(scale=tuple(t.scale), ratio_range=tuple(t.ratio_range), crop_size=tuple(t.crop_size),
-                              cat_max_ratio=t.cat_max_ratio, flip_prob=t.flip_prob, photometric=t.photometric,
-                              mean=mean, std=std)
+    train_tf = TrainTransform(
+        scale=tuple(t.scale),
+        ratio_range=tuple(t.ratio_range),
+        crop_size=tuple(t.crop_size),
+        cat_max_ratio=t.cat_max_ratio,
+        flip_prob=t.flip_prob,
+        photometric=t.photometric,
+        mean=mean,
+        std=std,
+    )
     if cfg.data.train is None:
         raise ValueError("config has no data.train dataset")
     if train_ds is None:
@@ -206,8 +215,13 @@ def build_test_transform(cfg: Config, mean=None, std=None):
     from segkit.data.meta import IMAGENET_MEAN, IMAGENET_STD
 
     t = cfg.test_transform
-    return TestTransform(scale=tuple(t.scale) if t.scale else None, keep_ratio=t.keep_ratio, size_divisor=t.size_divisor,
-                         mean=tuple(mean or IMAGENET_MEAN), std=tuple(std or IMAGENET_STD))
+    return TestTransform(
+        scale=tuple(t.scale) if t.scale else None,
+        keep_ratio=t.keep_ratio,
+        size_divisor=t.size_divisor,
+        mean=tuple(mean or IMAGENET_MEAN),
+        std=tuple(std or IMAGENET_STD),
+    )
 
 
 def median_frequency_weights(pixel_counts, power: float = 1.0) -> list[float]:
@@ -223,8 +237,11 @@ def median_frequency_weights(pixel_counts, power: float = 1.0) -> list[float]:
     if not present.any():
         raise ValueError("median_freq class weights: the training labels contain no labelled pixel")
     if not present.all():
-        warnings.warn(f"median_freq class weights: classes {np.flatnonzero(~present).tolist()} have no training "
-                      f"pixels; their weight is 0", stacklevel=2)
+        warnings.warn(
+            f"median_freq class weights: classes {np.flatnonzero(~present).tolist()} have no training "
+            f"pixels; their weight is 0",
+            stacklevel=2,
+        )
     freq = counts / counts.sum()
     median = float(np.median(freq[present]))
     weights = np.zeros_like(freq)
@@ -283,6 +300,7 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
     if is_main:
         work_dir.mkdir(parents=True, exist_ok=True)
         import yaml
+
         (work_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     # ---------------- data (transforms normalise with the model's own mean/std)
@@ -299,8 +317,11 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
         if is_main and tc.check_data:
             print(report)
     if tc.class_weight is not None:
-        weights = (median_frequency_weights(report.pixel_counts, tc.class_weight_power)
-                   if tc.class_weight == "median_freq" else [float(v) for v in tc.class_weight])
+        weights = (
+            median_frequency_weights(report.pixel_counts, tc.class_weight_power)
+            if tc.class_weight == "median_freq"
+            else [float(v) for v in tc.class_weight]
+        )
         model.set_class_weight(weights)
         if is_main:
             print("class weights: " + ", ".join(f"{n} {w:.3g}" for n, w in zip(model.class_names, weights)))
@@ -312,8 +333,10 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
     if tc.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if world > 1 and tc.sync_bn and device.type != "cuda":
-        raise ValueError("train.sync_bn=true needs CUDA (torch's SyncBatchNorm does not run on CPU); on CPU each "
-                         "rank normalises over its own share of the batch — set train.sync_bn=false")
+        raise ValueError(
+            "train.sync_bn=true needs CUDA (torch's SyncBatchNorm does not run on CPU); on CPU each "
+            "rank normalises over its own share of the batch — set train.sync_bn=false"
+        )
     if world > 1 and tc.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
@@ -341,14 +364,20 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
     train_module = _LossModule(model)
     if world > 1:
         train_module = nn.parallel.DistributedDataParallel(
-            train_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
+            train_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
+        )
     sampler = TrainBatchSampler(len(train_ds), tc.batch_size, tc.seed, start_iter, rank, world)
-    loader = torch.utils.data.DataLoader(SeededSamples(train_ds, tc.seed), batch_sampler=sampler,
-                                         num_workers=tc.num_workers, pin_memory=device.type == "cuda",
-                                         persistent_workers=tc.num_workers > 0, worker_init_fn=_worker_init,
-                                         # own generator: creating the iterator must not consume the global
-                                         # torch RNG, whose state the checkpoint restores (exact resume)
-                                         generator=torch.Generator().manual_seed(tc.seed))
+    loader = torch.utils.data.DataLoader(
+        SeededSamples(train_ds, tc.seed),
+        batch_sampler=sampler,
+        num_workers=tc.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=tc.num_workers > 0,
+        worker_init_fn=_worker_init,
+        # own generator: creating the iterator must not consume the global
+        # torch RNG, whose state the checkpoint restores (exact resume)
+        generator=torch.Generator().manual_seed(tc.seed),
+    )
     writer = _tensorboard(work_dir) if (is_main and tc.tensorboard) else None
     log_f = open(work_dir / "train_log.jsonl", "a") if is_main else None
     last_good = _latest_checkpoint(work_dir) if is_main else None
@@ -358,25 +387,33 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
     def _on_signal(signum, frame):
         stop["signal"] = signum
 
-    old_handlers = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)} \
-        if _in_main_thread() else {}
+    old_handlers = (
+        {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if _in_main_thread() else {}
+    )
 
     def checkpoint(it: int, best: bool = False) -> Path | None:
         nonlocal last_good
         if not is_main:
             return None
         payload = {
-            "segkit_checkpoint": 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "iteration": it, "best_metric": best_miou, "skipped_steps": skipped, "rng": rng_state(),
-            "config": cfg.to_dict(), "meta": model.config(),
+            "segkit_checkpoint": 1,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "iteration": it,
+            "best_metric": best_miou,
+            "skipped_steps": skipped,
+            "rng": rng_state(),
+            "config": cfg.to_dict(),
+            "meta": model.config(),
         }
         path = work_dir / ("best.pth" if best else f"iter_{it}.pth")
         save_checkpoint(path, payload)
         if not best:
             last_good = path
             old = sorted(work_dir.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
-            for p in old[:-tc.keep_last]:
+            for p in old[: -tc.keep_last]:
                 p.unlink(missing_ok=True)
         return path
 
@@ -385,8 +422,18 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
         if val_ds is None:
             return None
         ec = cfg.eval
-        res = evaluate(model, val_ds, mode=ec.mode, crop_size=ec.crop_size, stride=ec.stride, scales=ec.scales,
-                       flip=ec.flip, device=device, progress=False, max_images=tc.eval_max_images)
+        res = evaluate(
+            model,
+            val_ds,
+            mode=ec.mode,
+            crop_size=ec.crop_size,
+            stride=ec.stride,
+            scales=ec.scales,
+            flip=ec.flip,
+            device=device,
+            progress=False,
+            max_images=tc.eval_max_images,
+        )
         model.train()
         miou = float(res["mIoU"])
         if is_main:
@@ -406,8 +453,14 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
 
     model.train()
     data_iter = iter(loader)
-    bar = tqdm(total=cfg.schedule.max_iters, initial=start_iter, disable=not (progress and is_main),
-               desc=f"train {cfg.model}", dynamic_ncols=True, smoothing=0.05)
+    bar = tqdm(
+        total=cfg.schedule.max_iters,
+        initial=start_iter,
+        disable=not (progress and is_main),
+        desc=f"train {cfg.model}",
+        dynamic_ncols=True,
+        smoothing=0.05,
+    )
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.amp)
     it = start_iter
     try:
@@ -431,7 +484,8 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
                     raise NonFiniteLossError(
                         f"non-finite loss ({float(loss.detach()):.4g}) at iteration {it + 1}; last good checkpoint: "
                         f"{last_good or 'none written yet'}. Lower optim.lr, enable optim.grad_clip, or set "
-                        f"train.on_nonfinite=skip to skip such steps.")
+                        f"train.on_nonfinite=skip to skip such steps."
+                    )
                 skipped += 1
                 it += 1
                 scheduler.step()
@@ -484,8 +538,11 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
             model.save_pretrained(work_dir / "final")
             _plot_curves(work_dir)
         summary.update(final_mIoU=final_miou)
-    summary.update(best_mIoU=best_miou if best_miou >= 0 else None, work_dir=str(work_dir),
-                   wall_time_s=round(time.time() - t_start, 1))
+    summary.update(
+        best_mIoU=best_miou if best_miou >= 0 else None,
+        work_dir=str(work_dir),
+        wall_time_s=round(time.time() - t_start, 1),
+    )
     if is_main:
         log_f.write(json.dumps({"type": "summary", **summary}) + "\n")
         log_f.close()
@@ -544,6 +601,7 @@ def _worker_init(worker_id: int) -> None:
 
 def _in_main_thread() -> bool:
     import threading
+
     return threading.current_thread() is threading.main_thread()
 
 
@@ -566,7 +624,12 @@ def _find_resume(work_dir: Path, resume) -> Path | None:
 def _tensorboard(work_dir: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard not installed: scalars still go to train_log.jsonl
+    except ImportError:  # an optional extra: scalars still go to train_log.jsonl
+        print(
+            'tensorboard is not installed: no TensorBoard events (pip install "segkit[tensorboard]", or set '
+            "train.tensorboard: false); losses and metrics still go to train_log.jsonl",
+            flush=True,
+        )
         return None
     return SummaryWriter(str(work_dir / "tb"))
 
@@ -582,6 +645,7 @@ def _log_overlays(writer, model, dataset, n: int, it: int, device) -> None:
         label = item["label"]
         pred = model.predict(item["image"][None].to(device), out_size=label.shape[-2:])[0].cpu().numpy()
         from segkit.data import read_image
+
         image = read_image(item["image_path"])
         if image.shape[:2] != pred.shape:
             continue
@@ -592,6 +656,7 @@ def _log_overlays(writer, model, dataset, n: int, it: int, device) -> None:
 def _plot_curves(work_dir: Path) -> None:
     """``curves.png``: training loss and validation mIoU against iteration (matplotlib, Agg)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

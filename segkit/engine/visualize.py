@@ -5,6 +5,7 @@ integer arrays or tensors ``(H, W)`` of class indices with ``ignore_index`` (def
 unlabelled pixels. Drawing uses Pillow; the confusion-matrix plot uses matplotlib's Agg canvas
 directly (no pyplot, no global backend switch), so it works headless and in worker processes.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -80,8 +81,10 @@ def colorize(label, palette: Sequence[Sequence[int]], ignore_index: int = 255) -
     ignore = label == ignore_index
     bad = ~ignore & ((label < 0) | (label >= len(pal)))
     if bad.any():
-        raise ValueError(f"label values {np.unique(label[bad])[:10].tolist()} have no colour "
-                         f"(palette of {len(pal)}, ignore_index={ignore_index})")
+        raise ValueError(
+            f"label values {np.unique(label[bad])[:10].tolist()} have no colour "
+            f"(palette of {len(pal)}, ignore_index={ignore_index})"
+        )
     out = pal[np.where(ignore, 0, label)]
     out[ignore] = IGNORE_COLOUR
     return out
@@ -126,9 +129,16 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def legend(class_ids: Sequence[int], class_names: Sequence[str], palette: Sequence[Sequence[int]], *,
-           row_height: int = 20, font_size: int = 13, min_height: int = 0,
-           background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+def legend(
+    class_ids: Sequence[int],
+    class_names: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    *,
+    row_height: int = 20,
+    font_size: int = 13,
+    min_height: int = 0,
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> np.ndarray:
     """Legend image ``uint8 (H, W, 3)``: one row per class id, a colour swatch then ``"id name"``.
 
     ``H = max(len(class_ids) · row_height + padding, min_height)``; ``W`` fits the longest name.
@@ -159,7 +169,9 @@ def legend(class_ids: Sequence[int], class_names: Sequence[str], palette: Sequen
     return np.asarray(img, dtype=np.uint8).copy()
 
 
-def hstack(panels: Sequence[np.ndarray], gap: int = 4, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+def hstack(
+    panels: Sequence[np.ndarray], gap: int = 4, background: tuple[int, int, int] = (255, 255, 255)
+) -> np.ndarray:
     """Place uint8 ``(H_i, W_i, 3)`` panels side by side, top-aligned, ``gap`` pixels apart."""
     height = max(p.shape[0] for p in panels)
     width = sum(p.shape[1] for p in panels) + gap * (len(panels) - 1)
@@ -167,13 +179,20 @@ def hstack(panels: Sequence[np.ndarray], gap: int = 4, background: tuple[int, in
     out[:] = background
     x = 0
     for p in panels:
-        out[:p.shape[0], x:x + p.shape[1]] = p
+        out[: p.shape[0], x : x + p.shape[1]] = p
         x += p.shape[1] + gap
     return out
 
 
-def overlay_with_legend(image, label, palette: Sequence[Sequence[int]], class_names: Sequence[str], *,
-                        alpha: float = 0.5, ignore_index: int = 255) -> np.ndarray:
+def overlay_with_legend(
+    image,
+    label,
+    palette: Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    *,
+    alpha: float = 0.5,
+    ignore_index: int = 255,
+) -> np.ndarray:
     """Overlay of ``label`` on ``image`` with the legend of the classes present to its right.
 
     Returns uint8 ``(max(H, H_legend), W + gap + W_legend, 3)``; the image sits at the top-left,
@@ -184,8 +203,16 @@ def overlay_with_legend(image, label, palette: Sequence[Sequence[int]], class_na
     return hstack([ov, legend(ids, class_names, palette, min_height=ov.shape[0])])
 
 
-def comparison_figure(image, pred, palette: Sequence[Sequence[int]], class_names: Sequence[str], label=None, *,
-                      alpha: float = 0.5, ignore_index: int = 255) -> np.ndarray:
+def comparison_figure(
+    image,
+    pred,
+    palette: Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    label=None,
+    *,
+    alpha: float = 0.5,
+    ignore_index: int = 255,
+) -> np.ndarray:
     """Panel ``image | ground truth (if given) | prediction overlay | legend``, uint8 ``(H', W', 3)``.
 
     The legend lists the classes present in the prediction or the ground truth.
@@ -202,9 +229,16 @@ def comparison_figure(image, pred, palette: Sequence[Sequence[int]], class_names
     return hstack(panels)
 
 
-def plot_confusion_matrix(matrix, class_names: Sequence[str] | None, path: str | Path, *,
-                          normalize: bool = True, title: str | None = None, annotate: bool | None = None,
-                          dpi: int = 100) -> Path:
+def plot_confusion_matrix(
+    matrix,
+    class_names: Sequence[str] | None,
+    path: str | Path,
+    *,
+    normalize: bool = True,
+    title: str | None = None,
+    annotate: bool | None = None,
+    dpi: int = 100,
+) -> Path:
     """Save a confusion-matrix heat map as PNG at ``path`` and return the path.
 
     Args:
@@ -248,8 +282,15 @@ def plot_confusion_matrix(matrix, class_names: Sequence[str] | None, path: str |
             for p in range(k):
                 v = m[g, p]
                 txt = f"{v:.2f}" if normalize else f"{int(v)}"
-                ax.text(p, g, txt, ha="center", va="center", fontsize=6,
-                        color="white" if vmax > 0 and v > 0.5 * vmax else "black")
+                ax.text(
+                    p,
+                    g,
+                    txt,
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if vmax > 0 and v > 0.5 * vmax else "black",
+                )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,7 @@ A toy pair (also in ``tests/test_families.py``)::
         def forward(self, features):
             return self.cls(features.stages[-1])
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

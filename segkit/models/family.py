@@ -9,7 +9,8 @@ A *family* (SegFormer, SegNeXt, RSSeg, or one of yours) is a :class:`Family`:
 * ``flops_convention``: the FLOP counter its paper used (``"mmcv"``, ``"torchprofile"`` or
   ``"torch"``; :mod:`segkit.tools.flops`);
 * ``paper_rows``: the parameter / GFLOP figures its paper reports, as :class:`PaperRow` specs
-  (used by the tests, ``benchmarks/flops_table.py`` and ``docs/model_zoo.md``);
+  (used by the tests, ``benchmarks/flops_table.py`` and ``docs/model_zoo.md``), and
+  ``paper_tolerance``, the relative error the tests accept on them;
 * ``configs``: a function returning the shipped training configs of the family
   (``{"dataset/name.yaml": config dict}``, written by ``scripts/make_configs.py``).
 
@@ -22,6 +23,7 @@ Architecture switches are stored once: each builder takes its switches as one da
 ``dataclasses.asdict`` of it to the ``Segmentor`` as ``arch``, which ``save_pretrained`` writes
 to ``config.json`` and ``from_pretrained`` feeds back to the same builder.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,14 +62,17 @@ class Family:
     convert: Optional[Callable[..., tuple]] = None
     flops_convention: str = "torch"
     paper_rows: tuple[PaperRow, ...] = ()
+    paper_tolerance: float = 0.05
     configs: Optional[Callable[[], dict[str, dict]]] = None
     citation: str = ""
     notes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.flops_convention not in ("torch", "mmcv", "torchprofile"):
-            raise ValueError(f"family {self.name}: flops_convention must be torch, mmcv or torchprofile, "
-                             f"got {self.flops_convention!r}")
+            raise ValueError(
+                f"family {self.name}: flops_convention must be torch, mmcv or torchprofile, "
+                f"got {self.flops_convention!r}"
+            )
 
 
 def split_kwargs(arch_cls, kwargs: dict, builder: str) -> tuple[Any, dict]:

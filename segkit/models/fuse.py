@@ -8,6 +8,7 @@ model is untouched, so training, checkpoints and ``save_pretrained`` keep the of
 :meth:`Segmentor.fused <segkit.models.segmentor.Segmentor.fused>` is the entry point that
 segkit's inference paths (evaluation, prediction, benchmark, robustness, export) use.
 """
+
 from __future__ import annotations
 
 import copy

@@ -3,6 +3,7 @@
 Everything here is generic (stochastic depth, weight initialisation, conv + norm + act);
 the paper-specific components live in their own modules (``mit.py``, ``mscan.py``, ...).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,9 +12,19 @@ import math
 import torch
 import torch.nn as nn
 
-
-_INIT_FUNCTIONS = ("normal_", "trunc_normal_", "uniform_", "kaiming_normal_", "kaiming_uniform_", "xavier_normal_",
-                   "xavier_uniform_", "constant_", "ones_", "zeros_", "orthogonal_")
+_INIT_FUNCTIONS = (
+    "normal_",
+    "trunc_normal_",
+    "uniform_",
+    "kaiming_normal_",
+    "kaiming_uniform_",
+    "xavier_normal_",
+    "xavier_uniform_",
+    "constant_",
+    "ones_",
+    "zeros_",
+    "orthogonal_",
+)
 
 
 @contextlib.contextmanager
@@ -118,9 +129,17 @@ class ConvModule(nn.Sequential):
     mmcv. Input ``(B, C_in, H, W)`` → output ``(B, C_out, H', W')``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, *,
-                 norm: str | None = None, num_groups: int = 32, act: bool = True,
-                 bias: bool | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        *,
+        norm: str | None = None,
+        num_groups: int = 32,
+        act: bool = True,
+        bias: bool | None = None,
+    ):
         super().__init__()
         if bias is None:
             bias = norm is None

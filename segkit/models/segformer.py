@@ -38,6 +38,7 @@ A Hugging Face ``SegformerForImageClassification`` checkpoint (``classifier.*`` 
 is handled like the ImageNet ``mit_b*`` files. Keys that no rule places are kept under their
 original names so that :func:`segkit.checkpoints.load_checkpoint` reports them as unexpected.
 """
+
 from __future__ import annotations
 
 import re
@@ -98,8 +99,9 @@ def build_segformer(variant: str, num_classes: int = 150, **kwargs) -> Segmentor
     arch.decoder_dim = arch.decoder_dim or v["decoder_dim"]
     encoder = MixVisionTransformer(**v["encoder"], drop_path_rate=arch.drop_path_rate)
     head = SegFormerHead(encoder.out_channels, arch.decoder_dim, num_classes, dropout=arch.dropout)
-    return Segmentor(encoder, head, num_classes, name=f"segformer-{variant}", family="segformer",
-                     arch=arch_dict(arch), **meta)
+    return Segmentor(
+        encoder, head, num_classes, name=f"segformer-{variant}", family="segformer", arch=arch_dict(arch), **meta
+    )
 
 
 MODELS = {f"segformer-{v}": partial(build_segformer, v) for v in VARIANTS}
@@ -110,15 +112,33 @@ _CITY = (1024, 2048)
 # (params M, GFLOPs ADE20K 512² (B5: 640²), GFLOPs Cityscapes 2048×1024): SegFormer Tab. 1a and
 # Tab. 2 (the Cityscapes figures are those of the 150-class ADE20K model run at 2048×1024:
 # they match it within 0.1 %, with 19 classes they would be 0.8–3.4 % lower).
-_PAPER = {"b0": (3.8, 8.4, 125.5), "b1": (13.7, 15.9, 243.7), "b2": (27.5, 62.4, 717.1),
-          "b3": (47.3, 79.0, 962.9), "b4": (64.1, 95.7, 1240.6), "b5": (84.7, 183.3, 1460.4)}
+_PAPER = {
+    "b0": (3.8, 8.4, 125.5),
+    "b1": (13.7, 15.9, 243.7),
+    "b2": (27.5, 62.4, 717.1),
+    "b3": (47.3, 79.0, 962.9),
+    "b4": (64.1, 95.7, 1240.6),
+    "b5": (84.7, 183.3, 1460.4),
+}
 PAPER_ROWS: tuple[PaperRow, ...] = tuple(
-    row for v, (params, ade, city) in _PAPER.items() for row in (
-        PaperRow(f"SegFormer-{v.upper()} (ADE20K)", f"segformer-{v}", {}, 150,
-                 (640, 640) if v == "b5" else (512, 512), params, ade, "SegFormer Tab. 1a"),
-        PaperRow(f"SegFormer-{v.upper()} (Cityscapes)", f"segformer-{v}", {}, 150, _CITY, params, city,
-                 "SegFormer Tab. 1a"),
-    ))
+    row
+    for v, (params, ade, city) in _PAPER.items()
+    for row in (
+        PaperRow(
+            f"SegFormer-{v.upper()} (ADE20K)",
+            f"segformer-{v}",
+            {},
+            150,
+            (640, 640) if v == "b5" else (512, 512),
+            params,
+            ade,
+            "SegFormer Tab. 1a",
+        ),
+        PaperRow(
+            f"SegFormer-{v.upper()} (Cityscapes)", f"segformer-{v}", {}, 150, _CITY, params, city, "SegFormer Tab. 1a"
+        ),
+    )
+)
 
 
 # ---------------------------------------------------------------------------- 4. configs
@@ -134,7 +154,8 @@ def configs() -> dict[str, dict]:
                 kw = dict(scale=[2048, 640], crop=[640, 640], test_scale=[2048, 640])
             # official configs: evaluation every 4k iterations on Cityscapes, 16k elsewhere
             out[f"{dataset}/{model}.yaml"] = paper_config(
-                model, dataset, eval_interval=4000 if dataset == "cityscapes" else 16000, **kw)
+                model, dataset, eval_interval=4000 if dataset == "cityscapes" else 16000, **kw
+            )
     for dataset in ("camvid", "ccp"):
         for model in ("segformer-b0", "segformer-b1"):
             out[f"{dataset}/{model}.yaml"] = small_config(model, dataset)
@@ -160,7 +181,10 @@ _HF_BLOCK_RULES = [  # inside a block, after ``backbone.block{s}.{j}.``; Hub and
 ]
 
 _HF_HEAD_RULES = [
-    (r"^decode_head\.(?:linear_c|linear_projections)\.(\d)\.proj\.", lambda m: f"decode_head.linear_c{int(m[1]) + 1}.proj."),
+    (
+        r"^decode_head\.(?:linear_c|linear_projections)\.(\d)\.proj\.",
+        lambda m: f"decode_head.linear_c{int(m[1]) + 1}.proj.",
+    ),
     (r"^decode_head\.linear_fuse\.weight$", "decode_head.linear_fuse.conv.weight"),
     (r"^decode_head\.batch_norm\.", "decode_head.linear_fuse.bn."),
     (r"^decode_head\.classifier\.", "decode_head.linear_pred."),
@@ -180,45 +204,50 @@ def _rename_hf(key: str) -> str | None:
     m = re.match(r"^encoder\.patch_embeddings\.(\d)\.|^stages\.(\d)\.patch_embeddings\.", key)
     if m:
         stage = int(m[1] or m[2]) + 1
-        rest = key[m.end():].replace("layer_norm.", "norm.", 1)
+        rest = key[m.end() :].replace("layer_norm.", "norm.", 1)
         return f"backbone.patch_embed{stage}.{rest}"
     m = re.match(r"^encoder\.block\.(\d)\.(\d+)\.|^stages\.(\d)\.blocks\.(\d+)\.", key)
     if m:
         stage, j = (m[1], m[2]) if m[1] is not None else (m[3], m[4])
-        rest = _apply_rules(key[m.end():], _HF_BLOCK_RULES)
+        rest = _apply_rules(key[m.end() :], _HF_BLOCK_RULES)
         return None if rest is None else f"backbone.block{int(stage) + 1}.{j}.{rest}"
     m = re.match(r"^encoder\.layer_norm\.(\d)\.|^stages\.(\d)\.layer_norm\.", key)
     if m:
-        return f"backbone.norm{int(m[1] or m[2]) + 1}.{key[m.end():]}"
+        return f"backbone.norm{int(m[1] or m[2]) + 1}.{key[m.end() :]}"
     return _apply_rules(key, _HF_HEAD_RULES)
 
 
 def _rename_mmseg(key: str) -> str | None:
-    """One mmseg-1.x MiT key (``backbone.`` prefix removed) → segkit name (inverse of ``tools/model_converters/mit2mmseg.py``).
+    """One mmseg-1.x MiT key (``backbone.`` prefix removed) → segkit name.
+
+    The inverse of mmseg's ``tools/model_converters/mit2mmseg.py`` name map.
 
     ``in_proj`` / FFN keys come back under intermediate names (``attn.in_proj.*``,
     ``mlp.fc1`` with a 4-D weight) and are fixed by :func:`_convert_mmseg`.
     """
     m = re.match(r"^layers\.(\d)\.0\.projection\.", key)
     if m:
-        return f"backbone.patch_embed{int(m[1]) + 1}.proj.{key[m.end():]}"
+        return f"backbone.patch_embed{int(m[1]) + 1}.proj.{key[m.end() :]}"
     m = re.match(r"^layers\.(\d)\.0\.norm\.", key)
     if m:
-        return f"backbone.patch_embed{int(m[1]) + 1}.norm.{key[m.end():]}"
+        return f"backbone.patch_embed{int(m[1]) + 1}.norm.{key[m.end() :]}"
     m = re.match(r"^layers\.(\d)\.2\.", key)
     if m:
-        return f"backbone.norm{int(m[1]) + 1}.{key[m.end():]}"
+        return f"backbone.norm{int(m[1]) + 1}.{key[m.end() :]}"
     m = re.match(r"^layers\.(\d)\.1\.(\d+)\.", key)
     if not m:
         return None
-    rest = _apply_rules(key[m.end():], [
-        (r"^(norm1|norm2|attn\.sr|attn\.norm)\.", r"\1."),
-        (r"^attn\.attn\.in_proj_(weight|bias)$", r"attn.in_proj.\1"),
-        (r"^attn\.attn\.out_proj\.", "attn.proj."),
-        (r"^ffn\.layers\.0\.", "mlp.fc1."),
-        (r"^ffn\.layers\.1\.", "mlp.dwconv.dwconv."),
-        (r"^ffn\.layers\.4\.", "mlp.fc2."),
-    ])
+    rest = _apply_rules(
+        key[m.end() :],
+        [
+            (r"^(norm1|norm2|attn\.sr|attn\.norm)\.", r"\1."),
+            (r"^attn\.attn\.in_proj_(weight|bias)$", r"attn.in_proj.\1"),
+            (r"^attn\.attn\.out_proj\.", "attn.proj."),
+            (r"^ffn\.layers\.0\.", "mlp.fc1."),
+            (r"^ffn\.layers\.1\.", "mlp.dwconv.dwconv."),
+            (r"^ffn\.layers\.4\.", "mlp.fc2."),
+        ],
+    )
     return None if rest is None else f"backbone.block{int(m[1]) + 1}.{m[2]}.{rest}"
 
 
@@ -227,7 +256,7 @@ def _convert_hf(state: dict, dropped: list, notes: list) -> tuple[dict, str]:
     v5 = any(re.match(r"^(segformer\.)?stages\.\d", k) or "linear_projections" in k for k in state)
     out, k_parts, v_parts = {}, {}, {}
     for key, value in state.items():
-        short = key[len("segformer."):] if key.startswith("segformer.") else key
+        short = key[len("segformer.") :] if key.startswith("segformer.") else key
         if re.match(r"^classifier\.", short):  # SegformerForImageClassification ImageNet head
             dropped.append(key)
             continue
@@ -243,13 +272,17 @@ def _convert_hf(state: dict, dropped: list, notes: list) -> tuple[dict, str]:
     for name in sorted(set(k_parts) | set(v_parts)):
         if name not in k_parts or name not in v_parts:
             have = (k_parts.get(name) or v_parts.get(name))[0]
-            raise CheckpointError(f"key/value projections must come in pairs: {have!r} has no "
-                                  f"{'value' if name in k_parts else 'key'} counterpart")
+            raise CheckpointError(
+                f"key/value projections must come in pairs: {have!r} has no "
+                f"{'value' if name in k_parts else 'key'} counterpart"
+            )
         out[name] = torch.cat([k_parts[name][1], v_parts[name][1]], dim=0)  # official kv = [K; V] rows
     if dropped:
         notes.append("Hugging Face image-classification head (classifier.*) dropped: encoder-only checkpoint")
-    notes.append("transformers' SegFormer uses LayerNorm eps 1e-5 in the block and stage-end norms where the "
-                 "official code (and segkit) use 1e-6; logits differ very slightly from transformers' own")
+    notes.append(
+        "transformers' SegFormer uses LayerNorm eps 1e-5 in the block and stage-end norms where the "
+        "official code (and segkit) use 1e-6; logits differ very slightly from transformers' own"
+    )
     return out, "hf-segformer-v5" if v5 else "hf-segformer"
 
 
@@ -263,7 +296,7 @@ def _convert_mmseg(state: dict, dropped: list, notes: list) -> dict:
         if key.startswith(("head.", "backbone.head.")):  # ImageNet classifier of a pre-training file
             dropped.append(key)
             continue
-        short = key[len("backbone."):] if key.startswith("backbone.") else key
+        short = key[len("backbone.") :] if key.startswith("backbone.") else key
         new = _rename_mmseg(short)
         if new is None:
             out[key] = value
@@ -280,11 +313,15 @@ def _convert_mmseg(state: dict, dropped: list, notes: list) -> dict:
             out[new] = value
     if head:
         dropped.extend(head)
-        notes.append("mmseg SegformerHead weights dropped: mmseg's head (1×1 Conv+BN+ReLU per stage, "
-                     "concat [c1..c4], 256 channels for all variants) is a different architecture from the "
-                     "official All-MLP decoder; only the encoder was converted, decode_head stays initialised")
-    notes.append("mmseg MiT uses LayerNorm eps 1e-6 in the patch-embedding and reduction norms where the "
-                 "official code (and segkit) use 1e-5; outputs differ very slightly")
+        notes.append(
+            "mmseg SegformerHead weights dropped: mmseg's head (1×1 Conv+BN+ReLU per stage, "
+            "concat [c1..c4], 256 channels for all variants) is a different architecture from the "
+            "official All-MLP decoder; only the encoder was converted, decode_head stays initialised"
+        )
+    notes.append(
+        "mmseg MiT uses LayerNorm eps 1e-6 in the patch-embedding and reduction norms where the "
+        "official code (and segkit) use 1e-5; outputs differ very slightly"
+    )
     return out
 
 
@@ -304,8 +341,9 @@ def _stage_layout(state: dict) -> tuple[dict[int, int], dict[int, int]]:
 
 def _variant_name(widths: dict, depths: dict) -> str | None:
     for name, cfg in MIT_VARIANTS.items():
-        if all(widths.get(s, cfg["embed_dims"][s - 1]) == cfg["embed_dims"][s - 1] for s in range(1, 5)) and \
-                all(depths.get(s, cfg["depths"][s - 1]) == cfg["depths"][s - 1] for s in range(1, 5)):
+        if all(widths.get(s, cfg["embed_dims"][s - 1]) == cfg["embed_dims"][s - 1] for s in range(1, 5)) and all(
+            depths.get(s, cfg["depths"][s - 1]) == cfg["depths"][s - 1] for s in range(1, 5)
+        ):
             return name.upper()
     return None
 
@@ -321,11 +359,15 @@ def _check_variant(state: dict, model) -> None:
     name = getattr(model, "name", type(model).__name__)
     for s in range(1, 5):
         if s in widths and widths[s] != enc.out_channels[s - 1]:
-            raise CheckpointError(f"checkpoint has width {widths[s]} in stage {s}{like}, model {name} has "
-                                  f"{enc.out_channels[s - 1]}: wrong SegFormer variant")
+            raise CheckpointError(
+                f"checkpoint has width {widths[s]} in stage {s}{like}, model {name} has "
+                f"{enc.out_channels[s - 1]}: wrong SegFormer variant"
+            )
         if s in depths and depths[s] != enc.depths[s - 1]:
-            raise CheckpointError(f"checkpoint has {depths[s]} blocks in stage {s}{like}, model {name} has "
-                                  f"{enc.depths[s - 1]}: wrong SegFormer variant")
+            raise CheckpointError(
+                f"checkpoint has {depths[s]} blocks in stage {s}{like}, model {name} has "
+                f"{enc.depths[s - 1]}: wrong SegFormer variant"
+            )
 
 
 _FOREIGN = {  # key fragment → what the checkpoint is
@@ -362,8 +404,19 @@ def convert(state: dict[str, torch.Tensor], model) -> tuple[dict[str, torch.Tens
     keys = list(state)
     if any(k.startswith(("backbone.layers.", "layers.")) for k in keys):
         out, fmt = _convert_mmseg(state, dropped, notes), "mmseg-segformer"
-    elif any(k.startswith(("segformer.", "encoder.patch_embeddings.", "stages.", "decode_head.linear_c.",
-                           "decode_head.linear_projections.", "decode_head.batch_norm.")) for k in keys):
+    elif any(
+        k.startswith(
+            (
+                "segformer.",
+                "encoder.patch_embeddings.",
+                "stages.",
+                "decode_head.linear_c.",
+                "decode_head.linear_projections.",
+                "decode_head.batch_norm.",
+            )
+        )
+        for k in keys
+    ):
         out, fmt = _convert_hf(state, dropped, notes)
     elif any(k.startswith("backbone.") for k in keys):
         out = {}
@@ -391,23 +444,35 @@ def convert(state: dict[str, torch.Tensor], model) -> tuple[dict[str, torch.Tens
     pred = out.get("decode_head.linear_pred.weight")
     num_classes = getattr(model, "num_classes", None)
     if pred is not None and num_classes is not None and pred.shape[0] != num_classes:
-        notes.append(f"checkpoint classifier has {pred.shape[0]} classes, model has {num_classes}: "
-                     f"load with strict=False to keep everything but decode_head.linear_pred")
+        notes.append(
+            f"checkpoint classifier has {pred.shape[0]} classes, model has {num_classes}: "
+            f"load with strict=False to keep everything but decode_head.linear_pred"
+        )
     return out, fmt, dropped, notes
 
 
 FAMILY = Family(
     name="segformer",
-    paper="SegFormer: Simple and Efficient Design for Semantic Segmentation with Transformers (Xie et al., NeurIPS 2021)",
+    paper="SegFormer: Simple and Efficient Design for Semantic Segmentation with Transformers "
+    "(Xie et al., NeurIPS 2021)",
     models=MODELS,
     convert=convert,
     flops_convention="mmcv",
     paper_rows=PAPER_ROWS,
     configs=configs,
     citation="@inproceedings{xie2021segformer, title={SegFormer: Simple and Efficient Design for Semantic "
-             "Segmentation with Transformers}, author={Xie, Enze and Wang, Wenhai and Yu, Zhiding and Anandkumar, "
-             "Anima and Alvarez, Jose M and Luo, Ping}, booktitle={NeurIPS}, year={2021}}",
+    "Segmentation with Transformers}, author={Xie, Enze and Wang, Wenhai and Yu, Zhiding and Anandkumar, "
+    "Anima and Alvarez, Jose M and Luo, Ping}, booktitle={NeurIPS}, year={2021}}",
 )
 
-__all__ = ["FAMILY", "VARIANTS", "MIT_VARIANTS", "SegFormerArch", "build_segformer", "MODELS", "PAPER_ROWS",
-           "configs", "convert"]
+__all__ = [
+    "FAMILY",
+    "VARIANTS",
+    "MIT_VARIANTS",
+    "SegFormerArch",
+    "build_segformer",
+    "MODELS",
+    "PAPER_ROWS",
+    "configs",
+    "convert",
+]

@@ -10,6 +10,7 @@ head's ``loss``). Inference modes follow the reference test protocol (mmseg
 overlaps) and *multi-scale + flip* (softmax probabilities averaged over scales and horizontal
 flips).
 """
+
 from __future__ import annotations
 
 import json
@@ -33,7 +34,9 @@ def resize(x: torch.Tensor, size: Sequence[int], align_corners: bool = False) ->
     return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
 
 
-def slide_windows(height: int, width: int, crop: Sequence[int], stride: Sequence[int]) -> list[tuple[int, int, int, int]]:
+def slide_windows(
+    height: int, width: int, crop: Sequence[int], stride: Sequence[int]
+) -> list[tuple[int, int, int, int]]:
     """Window boxes ``(y1, y2, x1, x2)`` of the reference slide inference (mmseg ``slide_inference``).
 
     ``grids = max(H - crop + stride - 1, 0) // stride + 1`` per axis; the last window is
@@ -82,14 +85,28 @@ class Segmentor(nn.Module):
     ``(B, K, H, W)`` at input resolution.
     """
 
-    def __init__(self, backbone: nn.Module, decode_head: nn.Module, num_classes: int, *,
-                 name: str = "custom", family: str | None = None, arch: dict | None = None,
-                 class_names: Sequence[str] | None = None, palette: Sequence[Sequence[int]] | None = None,
-                 ignore_index: int = 255, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD, loss_avg: str = "valid", align_corners: bool = False):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        decode_head: nn.Module,
+        num_classes: int,
+        *,
+        name: str = "custom",
+        family: str | None = None,
+        arch: dict | None = None,
+        class_names: Sequence[str] | None = None,
+        palette: Sequence[Sequence[int]] | None = None,
+        ignore_index: int = 255,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        loss_avg: str = "valid",
+        align_corners: bool = False,
+    ):
         super().__init__()
         if not isinstance(decode_head, DecodeHead):
-            raise TypeError(f"decode_head must be a segkit.models.contract.DecodeHead, got {type(decode_head).__name__}")
+            raise TypeError(
+                f"decode_head must be a segkit.models.contract.DecodeHead, got {type(decode_head).__name__}"
+            )
         if loss_avg not in ("valid", "all"):
             raise ValueError(f"loss_avg must be 'valid' or 'all', got {loss_avg!r}")
         if class_names is not None and len(class_names) != num_classes:
@@ -121,8 +138,10 @@ class Segmentor(nn.Module):
         """The encoder's :class:`~segkit.models.contract.Features` for normalised ``(B, 3, H, W)`` images."""
         features = self.backbone(images)
         if not isinstance(features, Features):
-            raise TypeError(f"the encoder {type(self.backbone).__name__} returned {type(features).__name__}; "
-                            f"an encoder must return segkit.models.contract.Features")
+            raise TypeError(
+                f"the encoder {type(self.backbone).__name__} returned {type(features).__name__}; "
+                f"an encoder must return segkit.models.contract.Features"
+            )
         return features
 
     def encode_decode(self, images: torch.Tensor) -> torch.Tensor:
@@ -155,7 +174,7 @@ class Segmentor(nn.Module):
         return losses
 
     def head_seg_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """:meth:`seg_loss` of head-resolution ``logits (B, K, h, w)`` after bilinear resizing to ``labels (B, H, W)``."""
+        """:meth:`seg_loss` of head-resolution ``logits (B, K, h, w)``, bilinearly resized to ``labels (B, H, W)``."""
         return self.seg_loss(resize(logits, labels.shape[-2:], self.align_corners), labels)
 
     def set_class_weight(self, weights: Sequence[float] | None) -> None:
@@ -170,7 +189,9 @@ class Segmentor(nn.Module):
             return
         w = torch.as_tensor([float(v) for v in weights], dtype=torch.float32)
         if w.numel() != self.num_classes or bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
-            raise ValueError(f"class weights must be {self.num_classes} finite non-negative numbers, got {list(weights)}")
+            raise ValueError(
+                f"class weights must be {self.num_classes} finite non-negative numbers, got {list(weights)}"
+            )
         param = next(self.parameters(), None)
         self.class_weight = w if param is None else w.to(param.device)
 
@@ -179,8 +200,9 @@ class Segmentor(nn.Module):
         weight = self.class_weight
         if self.loss_avg == "valid":
             return F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=self.ignore_index)
-        per_pixel = F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=self.ignore_index,
-                                    reduction="none")
+        per_pixel = F.cross_entropy(
+            logits.float(), labels, weight=weight, ignore_index=self.ignore_index, reduction="none"
+        )
         return per_pixel.sum() / per_pixel.numel()
 
     # ---------------------------------------------------------------- inference
@@ -191,10 +213,19 @@ class Segmentor(nn.Module):
         return (images_uint8.float() - mean) / std
 
     @torch.no_grad()
-    def inference(self, images: torch.Tensor, *, mode: str = "whole", crop_size: Sequence[int] | None = None,
-                  stride: Sequence[int] | None = None, scales: Sequence[float] = (1.0,), flip: bool = False,
-                  out_size: Sequence[int] | None = None, window_batch: int = 4,
-                  accumulate_on_cpu: bool = False) -> torch.Tensor:
+    def inference(
+        self,
+        images: torch.Tensor,
+        *,
+        mode: str = "whole",
+        crop_size: Sequence[int] | None = None,
+        stride: Sequence[int] | None = None,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+        out_size: Sequence[int] | None = None,
+        window_batch: int = 4,
+        accumulate_on_cpu: bool = False,
+    ) -> torch.Tensor:
         """Class probabilities ``(B, K, H_out, W_out)`` (softmax, float32) for normalised images.
 
         Args:
@@ -223,7 +254,7 @@ class Segmentor(nn.Module):
             else:
                 h, w = images.shape[-2:]
                 scaled = resize(images, (int(h * scale + 0.5), int(w * scale + 0.5)), self.align_corners)
-            for flipped in ((False, True) if flip else (False,)):
+            for flipped in (False, True) if flip else (False,):
                 x = scaled.flip(-1) if flipped else scaled
                 if mode == "whole":
                     logits = self(x)
@@ -236,8 +267,14 @@ class Segmentor(nn.Module):
                 n += 1
         return total.div_(n)
 
-    def slide_logits(self, images: torch.Tensor, crop_size: Sequence[int], stride: Sequence[int],
-                     window_batch: int = 4, accumulate_on_cpu: bool = False) -> torch.Tensor:
+    def slide_logits(
+        self,
+        images: torch.Tensor,
+        crop_size: Sequence[int],
+        stride: Sequence[int],
+        window_batch: int = 4,
+        accumulate_on_cpu: bool = False,
+    ) -> torch.Tensor:
         """Sliding-window logits ``(B, K, H, W)``: overlapping windows, logits averaged per pixel.
 
         Windows are run ``window_batch`` at a time (all images of the batch together), and
@@ -252,17 +289,23 @@ class Segmentor(nn.Module):
         count = torch.zeros((1, 1, h, w), dtype=torch.float32, device=acc_device)
         boxes = slide_windows(h, w, crop_size, stride)
         for start in range(0, len(boxes), window_batch):
-            chunk = boxes[start:start + window_batch]
+            chunk = boxes[start : start + window_batch]
             crops = torch.cat([images[:, :, y1:y2, x1:x2] for (y1, y2, x1, x2) in chunk], dim=0)
             out = self(crops).float().to(acc_device)
             for i, (y1, y2, x1, x2) in enumerate(chunk):
-                logits_sum[:, :, y1:y2, x1:x2] += out[i * b:(i + 1) * b]
+                logits_sum[:, :, y1:y2, x1:x2] += out[i * b : (i + 1) * b]
                 count[:, :, y1:y2, x1:x2] += 1
         return (logits_sum / count).to(images.device)
 
     @torch.no_grad()
-    def slide_predict(self, images: torch.Tensor, crop_size: Sequence[int], stride: Sequence[int] | None = None,
-                      window_batch: int = 4, accumulate_on_cpu: bool = False) -> torch.Tensor:
+    def slide_predict(
+        self,
+        images: torch.Tensor,
+        crop_size: Sequence[int],
+        stride: Sequence[int] | None = None,
+        window_batch: int = 4,
+        accumulate_on_cpu: bool = False,
+    ) -> torch.Tensor:
         """Label map ``(B, H, W)`` (uint8 when K ≤ 256, else int64) by slide inference with bounded memory.
 
         Same windows and per-pixel logit averaging as :meth:`slide_logits`, but logits are kept
@@ -295,14 +338,14 @@ class Segmentor(nn.Module):
                 cnt = torch.cat([cnt, cnt.new_zeros((1, 1, grow, w))], dim=2)
             chunk_boxes = rows[y1]
             for start in range(0, len(chunk_boxes), window_batch):
-                chunk = chunk_boxes[start:start + window_batch]
+                chunk = chunk_boxes[start : start + window_batch]
                 crops = torch.cat([images[:, :, a:c, x1:x2] for (a, c, x1, x2) in chunk], dim=0)
                 if crops.dtype == torch.uint8:
                     crops = self.normalize(crops)
                 logits = self(crops).float().to(dev)
                 for i, (a, c, x1, x2) in enumerate(chunk):
-                    acc[:, :, a - lo:c - lo, x1:x2] += logits[i * b:(i + 1) * b]
-                    cnt[:, :, a - lo:c - lo, x1:x2] += 1
+                    acc[:, :, a - lo : c - lo, x1:x2] += logits[i * b : (i + 1) * b]
+                    cnt[:, :, a - lo : c - lo, x1:x2] += 1
             done = row_starts[r + 1] if r + 1 < len(row_starts) else h  # rows above the next window row are final
             if done > lo:
                 n = done - lo
@@ -320,12 +363,17 @@ class Segmentor(nn.Module):
         """
         kw = dict(inference_kwargs)
         out_size = kw.get("out_size")
-        if (kw.get("mode") == "slide" and tuple(kw.get("scales", (1.0,))) == (1.0,) and not kw.get("flip")
-                and (out_size is None or tuple(out_size) == tuple(images.shape[-2:]))):
+        if (
+            kw.get("mode") == "slide"
+            and tuple(kw.get("scales", (1.0,))) == (1.0,)
+            and not kw.get("flip")
+            and (out_size is None or tuple(out_size) == tuple(images.shape[-2:]))
+        ):
             if kw.get("crop_size") is None:
                 raise ValueError("slide inference needs crop_size=(h, w)")
-            return self.slide_predict(images, kw["crop_size"], kw.get("stride"), kw.get("window_batch", 4),
-                                      kw.get("accumulate_on_cpu", False)).long()
+            return self.slide_predict(
+                images, kw["crop_size"], kw.get("stride"), kw.get("window_batch", 4), kw.get("accumulate_on_cpu", False)
+            ).long()
         return self.inference(images, **kw).argmax(dim=1)
 
     def fused(self) -> "Segmentor":
@@ -374,13 +422,15 @@ class Segmentor(nn.Module):
         from segkit.utils import atomic_write_bytes
 
         if self.is_fused:
-            raise RuntimeError("refusing to save a fused model (Segmentor.fused()): its weights are folded; "
-                               "save the original model")
+            raise RuntimeError(
+                "refusing to save a fused model (Segmentor.fused()): its weights are folded; save the original model"
+            )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        atomic_write_bytes(directory / "model.safetensors",
-                           save(state, metadata={"format": "pt", "segkit_model": self.name}))
+        atomic_write_bytes(
+            directory / "model.safetensors", save(state, metadata={"format": "pt", "segkit_model": self.name})
+        )
         atomic_write_bytes(directory / "config.json", json.dumps(self.config(), indent=2).encode())
         return directory
 

@@ -38,6 +38,7 @@ loaded the stage depths and widths read from the keys are compared with the mode
 checkpoint of another variant (e.g. SegNeXt-B into SegNeXt-T) or of another family (SegFormer)
 raises :class:`~segkit.errors.CheckpointError` with both configurations in the message.
 """
+
 from __future__ import annotations
 
 import re
@@ -56,14 +57,30 @@ from .segmentor import Segmentor
 
 # ---------------------------------------------------------------------------- 1. variants
 VARIANTS: dict[str, dict] = {
-    "t": dict(encoder=dict(embed_dims=(32, 64, 160, 256), depths=(3, 3, 5, 2), mlp_ratios=(8, 8, 4, 4)),
-              drop_path_rate=0.1, ham_channels=256, md_r=16),
-    "s": dict(encoder=dict(embed_dims=(64, 128, 320, 512), depths=(2, 2, 4, 2), mlp_ratios=(8, 8, 4, 4)),
-              drop_path_rate=0.1, ham_channels=256, md_r=16),
-    "b": dict(encoder=dict(embed_dims=(64, 128, 320, 512), depths=(3, 3, 12, 3), mlp_ratios=(8, 8, 4, 4)),
-              drop_path_rate=0.1, ham_channels=512, md_r=64),
-    "l": dict(encoder=dict(embed_dims=(64, 128, 320, 512), depths=(3, 5, 27, 3), mlp_ratios=(8, 8, 4, 4)),
-              drop_path_rate=0.3, ham_channels=1024, md_r=64),
+    "t": dict(
+        encoder=dict(embed_dims=(32, 64, 160, 256), depths=(3, 3, 5, 2), mlp_ratios=(8, 8, 4, 4)),
+        drop_path_rate=0.1,
+        ham_channels=256,
+        md_r=16,
+    ),
+    "s": dict(
+        encoder=dict(embed_dims=(64, 128, 320, 512), depths=(2, 2, 4, 2), mlp_ratios=(8, 8, 4, 4)),
+        drop_path_rate=0.1,
+        ham_channels=256,
+        md_r=16,
+    ),
+    "b": dict(
+        encoder=dict(embed_dims=(64, 128, 320, 512), depths=(3, 3, 12, 3), mlp_ratios=(8, 8, 4, 4)),
+        drop_path_rate=0.1,
+        ham_channels=512,
+        md_r=64,
+    ),
+    "l": dict(
+        encoder=dict(embed_dims=(64, 128, 320, 512), depths=(3, 5, 27, 3), mlp_ratios=(8, 8, 4, 4)),
+        drop_path_rate=0.3,
+        ham_channels=1024,
+        md_r=64,
+    ),
 }
 # The MSCAN encoders alone (the ImageNet ``mscan_*`` models), a view of VARIANTS.
 MSCAN_VARIANTS: dict[str, dict] = {k: v["encoder"] for k, v in VARIANTS.items()}
@@ -111,12 +128,21 @@ def build_segnext(variant: str, num_classes: int = 150, **kwargs) -> Segmentor:
     arch.ham_channels = arch.ham_channels or v["ham_channels"]
     arch.md_r = arch.md_r or v["md_r"]
     encoder = MSCAN(**v["encoder"], drop_path_rate=arch.drop_path_rate)
-    head = LightHamHead(encoder.out_channels[1:], ham_channels=arch.ham_channels, channels=arch.ham_channels,
-                        num_classes=num_classes, md_r=arch.md_r, train_steps=arch.train_steps,
-                        eval_steps=arch.eval_steps, dropout=arch.dropout, one_step_grad=arch.one_step_grad,
-                        seed=arch.nmf_seed)
-    return Segmentor(encoder, head, num_classes, name=f"segnext-{variant}", family="segnext", arch=arch_dict(arch),
-                     **meta)
+    head = LightHamHead(
+        encoder.out_channels[1:],
+        ham_channels=arch.ham_channels,
+        channels=arch.ham_channels,
+        num_classes=num_classes,
+        md_r=arch.md_r,
+        train_steps=arch.train_steps,
+        eval_steps=arch.eval_steps,
+        dropout=arch.dropout,
+        one_step_grad=arch.one_step_grad,
+        seed=arch.nmf_seed,
+    )
+    return Segmentor(
+        encoder, head, num_classes, name=f"segnext-{variant}", family="segnext", arch=arch_dict(arch), **meta
+    )
 
 
 MODELS = {f"segnext-{v}": partial(build_segnext, v) for v in VARIANTS}
@@ -126,11 +152,15 @@ MODELS = {f"segnext-{v}": partial(build_segnext, v) for v in VARIANTS}
 # (params M, GFLOPs ADE20K 512², GFLOPs Cityscapes 2048×1024 with the 19-class head): SegNeXt Tab. 9.
 _PAPER = {"t": (4.3, 6.6, 50.5), "s": (13.9, 15.9, 124.6), "b": (27.6, 34.9, 275.7), "l": (48.9, 70.0, 577.5)}
 PAPER_ROWS: tuple[PaperRow, ...] = tuple(
-    row for v, (params, ade, city) in _PAPER.items() for row in (
+    row
+    for v, (params, ade, city) in _PAPER.items()
+    for row in (
         PaperRow(f"SegNeXt-{v.upper()} (ADE20K)", f"segnext-{v}", {}, 150, (512, 512), params, ade, "SegNeXt Tab. 9"),
-        PaperRow(f"SegNeXt-{v.upper()} (Cityscapes)", f"segnext-{v}", {}, 19, (1024, 2048), None, city,
-                 "SegNeXt Tab. 9"),
-    ))
+        PaperRow(
+            f"SegNeXt-{v.upper()} (Cityscapes)", f"segnext-{v}", {}, 19, (1024, 2048), None, city, "SegNeXt Tab. 9"
+        ),
+    )
+)
 
 
 # ---------------------------------------------------------------------------- 4. configs
@@ -138,8 +168,11 @@ def configs() -> dict[str, dict]:
     """The shipped configs of the family: ``{"dataset/model.yaml": config dict}``."""
     from segkit.recipes import PAPER_DATASETS, camvid_15min_config, paper_config, small_config
 
-    out = {f"{dataset}/{model}.yaml": paper_config(model, dataset, eval_interval=8000)  # official: every 8k
-           for dataset in PAPER_DATASETS for model in MODELS}
+    out = {
+        f"{dataset}/{model}.yaml": paper_config(model, dataset, eval_interval=8000)  # official: every 8k
+        for dataset in PAPER_DATASETS
+        for model in MODELS
+    }
     out["camvid/segnext-t_15min.yaml"] = camvid_15min_config()
     for dataset in ("camvid", "ccp"):
         for model in ("segnext-t", "segnext-s"):
@@ -173,8 +206,11 @@ def _encoder_shape(enc: dict[str, torch.Tensor]) -> tuple[dict[int, int], dict[i
             s, j = int(m[1]), int(m[2])
             depths[s] = max(depths.get(s, 0), j + 1)
     for s in range(1, 5):
-        for k in (f"patch_embed{s}.proj.3.weight" if s == 1 else f"patch_embed{s}.proj.weight",
-                  f"norm{s}.weight", f"block{s}.0.norm1.weight"):
+        for k in (
+            f"patch_embed{s}.proj.3.weight" if s == 1 else f"patch_embed{s}.proj.weight",
+            f"norm{s}.weight",
+            f"block{s}.0.norm1.weight",
+        ):
             if k in enc and enc[k].ndim >= 1:
                 widths[s] = int(enc[k].shape[0])
                 break
@@ -188,8 +224,11 @@ def _check_variant(enc: dict[str, torch.Tensor], head: dict[str, torch.Tensor], 
     if m_depths is None or m_widths is None:
         return
     depths, widths = _encoder_shape(enc)
-    bad = [s for s in range(1, 5)
-           if (s in depths and depths[s] != m_depths[s - 1]) or (s in widths and widths[s] != m_widths[s - 1])]
+    bad = [
+        s
+        for s in range(1, 5)
+        if (s in depths and depths[s] != m_depths[s - 1]) or (s in widths and widths[s] != m_widths[s - 1])
+    ]
     if bad:
         c_depths = [depths.get(s, "?") for s in range(1, 5)]
         c_widths = [widths.get(s, "?") for s in range(1, 5)]
@@ -197,13 +236,15 @@ def _check_variant(enc: dict[str, torch.Tensor], head: dict[str, torch.Tensor], 
             f"checkpoint encoder has stage depths {c_depths} and widths {c_widths} "
             f"({_variant_name(c_depths, c_widths)}), but model {getattr(model, 'name', '')!r} has depths "
             f"{list(m_depths)} and widths {list(m_widths)} ({_variant_name(m_depths, m_widths)}); "
-            f"build the matching model (stage(s) {bad} differ)")
+            f"build the matching model (stage(s) {bad} differ)"
+        )
     squeeze = head.get("decode_head.squeeze.conv.weight")
     own = getattr(getattr(getattr(model, "decode_head", None), "squeeze", None), "conv", None)
     if squeeze is not None and own is not None and squeeze.shape[0] != own.weight.shape[0]:
         raise CheckpointError(
             f"checkpoint head has ham_channels={squeeze.shape[0]} but the model's head has "
-            f"{own.weight.shape[0]} (wrong variant or ham_channels)")
+            f"{own.weight.shape[0]} (wrong variant or ham_channels)"
+        )
 
 
 def convert(state: dict[str, torch.Tensor], model) -> tuple[dict[str, torch.Tensor], str, list[str], list[str]]:
@@ -224,9 +265,9 @@ def convert(state: dict[str, torch.Tensor], model) -> tuple[dict[str, torch.Tens
         CheckpointError: the checkpoint is not a SegNeXt/MSCAN one (e.g. SegFormer), is of
             another variant than the model, or holds a key twice under two namings.
     """
-    enc: dict[str, torch.Tensor] = {}      # encoder keys without prefix, official names
-    head: dict[str, torch.Tensor] = {}     # decode_head.* keys
-    other: dict[str, torch.Tensor] = {}    # unplaced, kept under original names
+    enc: dict[str, torch.Tensor] = {}  # encoder keys without prefix, official names
+    head: dict[str, torch.Tensor] = {}  # decode_head.* keys
+    other: dict[str, torch.Tensor] = {}  # unplaced, kept under original names
     dropped: list[str] = []
     notes: list[str] = []
     classifier: list[str] = []
@@ -244,7 +285,7 @@ def convert(state: dict[str, torch.Tensor], model) -> tuple[dict[str, torch.Tens
         if key.startswith("auxiliary_head."):
             dropped.append(key)
             continue
-        name = key[len("backbone."):] if key.startswith("backbone.") else key
+        name = key[len("backbone.") :] if key.startswith("backbone.") else key
         if not _MSCAN_KEY.match(name) or (not key.startswith("backbone.") and prefixed):
             if not prefixed and _CLASSIFIER_KEY.match(key):
                 classifier.append(key)
@@ -255,18 +296,26 @@ def convert(state: dict[str, torch.Tensor], model) -> tuple[dict[str, torch.Tens
         new = _MMSEG_DWCONV.sub(r"\1.dwconv.\2", name)
         n_renamed += new != name
         if new in enc:
-            raise CheckpointError(f"key {key!r} maps to {'backbone.' + new!r}, which the checkpoint already "
-                                  f"holds under another name (mixed official / mmseg 1.x names)")
+            raise CheckpointError(
+                f"key {key!r} maps to {'backbone.' + new!r}, which the checkpoint already "
+                f"holds under another name (mixed official / mmseg 1.x names)"
+            )
         enc[new] = value
 
     if enc and not any(".spatial_gating_unit." in k for k in enc):
-        hint = (" It looks like a SegFormer/MiT checkpoint; build a segformer-* model for it."
-                if any(re.search(r"\.attn\.(q|kv|sr)\.", k) for k in enc) else "")
-        raise CheckpointError(f"not a SegNeXt/MSCAN checkpoint: its encoder keys have no "
-                              f"'spatial_gating_unit' (MSCA) weights, e.g. {sorted(enc)[:3]}.{hint}")
+        hint = (
+            " It looks like a SegFormer/MiT checkpoint; build a segformer-* model for it."
+            if any(re.search(r"\.attn\.(q|kv|sr)\.", k) for k in enc)
+            else ""
+        )
+        raise CheckpointError(
+            f"not a SegNeXt/MSCAN checkpoint: its encoder keys have no "
+            f"'spatial_gating_unit' (MSCA) weights, e.g. {sorted(enc)[:3]}.{hint}"
+        )
     if not enc and not head:
-        hint = (" It looks like a SegFormer checkpoint." if any("linear_c" in k or "segformer" in k for k in state)
-                else "")
+        hint = (
+            " It looks like a SegFormer checkpoint." if any("linear_c" in k or "segformer" in k for k in state) else ""
+        )
         raise CheckpointError(f"no SegNeXt/MSCAN keys found (first keys: {sorted(state)[:4]}).{hint}")
     _check_variant(enc, head, model)
 
@@ -299,9 +348,18 @@ FAMILY = Family(
     paper_rows=PAPER_ROWS,
     configs=configs,
     citation="@inproceedings{guo2022segnext, title={SegNeXt: Rethinking Convolutional Attention Design for "
-             "Semantic Segmentation}, author={Guo, Meng-Hao and Lu, Cheng-Ze and Hou, Qibin and Liu, Zhengning and "
-             "Cheng, Ming-Ming and Hu, Shi-Min}, booktitle={NeurIPS}, year={2022}}",
+    "Semantic Segmentation}, author={Guo, Meng-Hao and Lu, Cheng-Ze and Hou, Qibin and Liu, Zhengning and "
+    "Cheng, Ming-Ming and Hu, Shi-Min}, booktitle={NeurIPS}, year={2022}}",
 )
 
-__all__ = ["FAMILY", "VARIANTS", "MSCAN_VARIANTS", "SegNeXtArch", "build_segnext", "MODELS", "PAPER_ROWS",
-           "configs", "convert"]
+__all__ = [
+    "FAMILY",
+    "VARIANTS",
+    "MSCAN_VARIANTS",
+    "SegNeXtArch",
+    "build_segnext",
+    "MODELS",
+    "PAPER_ROWS",
+    "configs",
+    "convert",
+]

@@ -14,6 +14,7 @@ An unknown keyword is a ``TypeError`` naming it. No registries: the families are
 :class:`~segkit.models.family.Family` and one entry in the tuple below — or, from user code,
 :func:`add_family`.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -78,5 +79,4 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["FAMILIES", "MODELS", "add_family", "family_of", "list_models", "build_model", "count_parameters",
-           "suggest"]
+__all__ = ["FAMILIES", "MODELS", "add_family", "family_of", "list_models", "build_model", "count_parameters", "suggest"]

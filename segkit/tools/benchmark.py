@@ -41,6 +41,7 @@ Protocol (:func:`benchmark`), written once so every number in our tables means t
 CUDA code paths (synchronisation, peak memory, device checks) are written to the PyTorch API
 but could not be exercised on the CPU-only development machine.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,7 +58,6 @@ import torch
 from segkit.data.transforms import MIN_SIDE
 from segkit.errors import UsageError
 from segkit.models.fuse import for_inference
-
 
 
 class BenchmarkError(UsageError):
@@ -101,9 +101,13 @@ def machine_info(device: str | torch.device = "cpu") -> dict:
     if device.type == "cuda" and torch.cuda.is_available():
         idx = device.index if device.index is not None else torch.cuda.current_device()
         props = torch.cuda.get_device_properties(idx)
-        info.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2 ** 30, 2),
-                    gpu_capability=f"{props.major}.{props.minor}", cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version())
+        info.update(
+            gpu=props.name,
+            gpu_memory_gb=round(props.total_memory / 2**30, 2),
+            gpu_capability=f"{props.major}.{props.minor}",
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
     return info
 
 
@@ -145,15 +149,27 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise BenchmarkError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise BenchmarkError("--device cuda requested but CUDA is not available here "
-                                 f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); use --device cpu")
+            raise BenchmarkError(
+                "--device cuda requested but CUDA is not available here "
+                f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); use --device cpu"
+            )
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise BenchmarkError(f"{device}: only {torch.cuda.device_count()} CUDA device(s) visible")
     return dev
 
 
-def check_request(shape: Sequence[int], batch: int, mode: str, crop_size, stride, device: torch.device,
-                  amp: str | None, warmup: int, runs: int, threads: int | None) -> None:
+def check_request(
+    shape: Sequence[int],
+    batch: int,
+    mode: str,
+    crop_size,
+    stride,
+    device: torch.device,
+    amp: str | None,
+    warmup: int,
+    runs: int,
+    threads: int | None,
+) -> None:
     """Refuse impossible or meaningless settings with a message naming the setting (``BenchmarkError``)."""
     if len(shape) != 2:
         raise BenchmarkError(f"shape must be (H, W), got {tuple(shape)}")
@@ -161,8 +177,10 @@ def check_request(shape: Sequence[int], batch: int, mode: str, crop_size, stride
     if h <= 0 or w <= 0:
         raise BenchmarkError(f"input size must be positive, got H={h}, W={w}")
     if min(h, w) < MIN_SIDE:
-        raise BenchmarkError(f"input {h}x{w} is too small: SegFormer, SegNeXt and RSSeg downsample 32x and need "
-                             f"H, W >= {MIN_SIDE} (any size from 32 up works in whole mode; no multiple of 32 needed)")
+        raise BenchmarkError(
+            f"input {h}x{w} is too small: SegFormer, SegNeXt and RSSeg downsample 32x and need "
+            f"H, W >= {MIN_SIDE} (any size from 32 up works in whole mode; no multiple of 32 needed)"
+        )
     if int(batch) < 1:
         raise BenchmarkError(f"batch must be >= 1, got {batch}")
     if mode not in ("whole", "slide"):
@@ -176,8 +194,10 @@ def check_request(shape: Sequence[int], batch: int, mode: str, crop_size, stride
     if amp not in (None, "bf16", "fp16"):
         raise BenchmarkError(f"amp must be 'bf16' or 'fp16' (or off), got {amp!r}")
     if amp == "fp16" and device.type == "cpu":
-        raise BenchmarkError("--amp fp16 is not supported on CPU (no fast float16 CPU kernels); "
-                             "use --amp bf16 on CPU or run on --device cuda")
+        raise BenchmarkError(
+            "--amp fp16 is not supported on CPU (no fast float16 CPU kernels); "
+            "use --amp bf16 on CPU or run on --device cuda"
+        )
     if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise BenchmarkError("--amp bf16: this GPU does not support bfloat16; use --amp fp16")
     if int(warmup) < 0:
@@ -189,11 +209,24 @@ def check_request(shape: Sequence[int], batch: int, mode: str, crop_size, stride
 
 
 # ----------------------------------------------------------------------------- the benchmark
-def benchmark(model, shape: Sequence[int] = (512, 512), *, batch: int = 1, mode: str = "whole",
-              crop_size: Sequence[int] | None = None, stride: Sequence[int] | None = None,
-              device: str | torch.device = "cpu", amp: str | None = None, channels_last: bool = False,
-              compile: bool = False, warmup: int = 5, runs: int = 20, threads: int | None = None,
-              window_batch: int = 1, seed: int = 0) -> dict:
+def benchmark(
+    model,
+    shape: Sequence[int] = (512, 512),
+    *,
+    batch: int = 1,
+    mode: str = "whole",
+    crop_size: Sequence[int] | None = None,
+    stride: Sequence[int] | None = None,
+    device: str | torch.device = "cpu",
+    amp: str | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
+    warmup: int = 5,
+    runs: int = 20,
+    threads: int | None = None,
+    window_batch: int = 1,
+    seed: int = 0,
+) -> dict:
     """Time ``model`` on a ``(batch, 3, H, W)`` input under the protocol of the module doc.
 
     Args:
@@ -239,7 +272,7 @@ def benchmark(model, shape: Sequence[int] = (512, 512), *, batch: int = 1, mode:
         if compile:
             runner.compile()
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-        autocast = (torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext())
+        autocast = torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
         kwargs = dict(mode=mode, crop_size=crop_size, stride=stride, window_batch=int(window_batch))
 
         def sync():
@@ -257,8 +290,10 @@ def benchmark(model, shape: Sequence[int] = (512, 512), *, batch: int = 1, mode:
             try:
                 out = call()  # first call doubles as the shape check
             except (RuntimeError, ValueError) as e:
-                raise BenchmarkError(f"{getattr(model, 'name', type(model).__name__)} cannot run on a "
-                                     f"{batch}x3x{h}x{w} input in {mode} mode: {e}") from e
+                raise BenchmarkError(
+                    f"{getattr(model, 'name', type(model).__name__)} cannot run on a "
+                    f"{batch}x3x{h}x{w} input in {mode} mode: {e}"
+                ) from e
             if tuple(out.shape) != (int(batch), h, w):
                 raise BenchmarkError(f"model returned a prediction of shape {tuple(out.shape)} for input {h}x{w}")
             del out
@@ -276,30 +311,49 @@ def benchmark(model, shape: Sequence[int] = (512, 512), *, batch: int = 1, mode:
                 sync()
                 times.append((time.perf_counter() - t0) * 1e3)
         if dev.type == "cuda":
-            memory = {"peak_mb": torch.cuda.max_memory_allocated(dev) / 2 ** 20,
-                      "peak_reserved_mb": torch.cuda.max_memory_reserved(dev) / 2 ** 20,
-                      "before_runs_mb": base_alloc / 2 ** 20,
-                      "method": "torch.cuda.max_memory_allocated over the timed runs (weights included)"}
+            memory = {
+                "peak_mb": torch.cuda.max_memory_allocated(dev) / 2**20,
+                "peak_reserved_mb": torch.cuda.max_memory_reserved(dev) / 2**20,
+                "before_runs_mb": base_alloc / 2**20,
+                "method": "torch.cuda.max_memory_allocated over the timed runs (weights included)",
+            }
         else:
             hwm = _proc_kb("VmHWM")
-            memory = {"peak_mb": (hwm - rss_before) / 1024 if hwm is not None and rss_before is not None else None,
-                      "peak_rss_mb": hwm / 1024 if hwm is not None else None,
-                      "rss_before_mb": rss_before / 1024 if rss_before is not None else None,
-                      "peak_reset": peak_reset,
-                      "method": "/proc/self/status VmHWM (reset by clear_refs=5) minus VmRSS, before the first call"}
+            memory = {
+                "peak_mb": (hwm - rss_before) / 1024 if hwm is not None and rss_before is not None else None,
+                "peak_rss_mb": hwm / 1024 if hwm is not None else None,
+                "rss_before_mb": rss_before / 1024 if rss_before is not None else None,
+                "peak_reset": peak_reset,
+                "method": "/proc/self/status VmHWM (reset by clear_refs=5) minus VmRSS, before the first call",
+            }
         median = statistics.median(times)
         result = {
             "model": getattr(model, "name", type(model).__name__),
             "num_classes": getattr(model, "num_classes", None),
             "params": sum(p.numel() for p in model.parameters()),
-            "settings": {"shape": [h, w], "batch": int(batch), "mode": mode,
-                         "crop_size": list(crop_size) if crop_size else None,
-                         "stride": list(stride) if stride and mode == "slide" else None,
-                         "device": str(dev), "amp": amp, "channels_last": bool(channels_last),
-                         "compile": bool(compile), "warmup": int(warmup), "runs": int(runs),
-                         "threads": torch.get_num_threads(), "timed": "Segmentor.predict under inference_mode"},
-            "latency_ms": {"median": median, "mean": statistics.fmean(times), "min": min(times), "max": max(times),
-                           "std": statistics.pstdev(times), "all": times},
+            "settings": {
+                "shape": [h, w],
+                "batch": int(batch),
+                "mode": mode,
+                "crop_size": list(crop_size) if crop_size else None,
+                "stride": list(stride) if stride and mode == "slide" else None,
+                "device": str(dev),
+                "amp": amp,
+                "channels_last": bool(channels_last),
+                "compile": bool(compile),
+                "warmup": int(warmup),
+                "runs": int(runs),
+                "threads": torch.get_num_threads(),
+                "timed": "Segmentor.predict under inference_mode",
+            },
+            "latency_ms": {
+                "median": median,
+                "mean": statistics.fmean(times),
+                "min": min(times),
+                "max": max(times),
+                "std": statistics.pstdev(times),
+                "all": times,
+            },
             "fps": int(batch) / (median / 1e3),
             "memory": memory,
             "machine": machine_info(dev),
@@ -312,7 +366,7 @@ def benchmark(model, shape: Sequence[int] = (512, 512), *, batch: int = 1, mode:
 
 
 def load_for_benchmark(model_or_ckpt: str, num_classes: int = 150, **build_kwargs):
-    """A zoo name (``segnext-t``) → randomly initialised model with ``num_classes``; else a checkpoint path → ``load_model``.
+    """A zoo name (``segnext-t``) → a randomly initialised model; else a checkpoint path → ``load_model``.
 
     Speed does not depend on the weights, only on the architecture and class count.
     Raises :class:`BenchmarkError` naming the argument (and the nearest zoo names) when it is neither.
@@ -325,18 +379,22 @@ def load_for_benchmark(model_or_ckpt: str, num_classes: int = 150, **build_kwarg
         from segkit import load_model
 
         return load_model(model_or_ckpt)
-    raise BenchmarkError(f"{model_or_ckpt!r} is neither a zoo model{suggest(model_or_ckpt, MODELS)} nor an existing "
-                         f"checkpoint file/folder; `segkit models` lists the zoo")
+    raise BenchmarkError(
+        f"{model_or_ckpt!r} is neither a zoo model{suggest(model_or_ckpt, MODELS)} nor an existing "
+        f"checkpoint file/folder; `segkit models` lists the zoo"
+    )
 
 
 def format_result(res: dict) -> str:
     """One human-readable line per result."""
     s, lat, mem = res["settings"], res["latency_ms"], res["memory"]
     peak = mem.get("peak_mb")
-    return (f"{res['model']} {s['batch']}x{s['shape'][0]}x{s['shape'][1]} {s['mode']} on {s['device']} "
-            f"(amp={s['amp']}, threads={s['threads']}): median {lat['median']:.1f} ms "
-            f"[min {lat['min']:.1f}, max {lat['max']:.1f}], {res['fps']:.2f} FPS, "
-            f"peak memory {'n/a' if peak is None else f'{peak:.0f} MB'}")
+    return (
+        f"{res['model']} {s['batch']}x{s['shape'][0]}x{s['shape'][1]} {s['mode']} on {s['device']} "
+        f"(amp={s['amp']}, threads={s['threads']}): median {lat['median']:.1f} ms "
+        f"[min {lat['min']:.1f}, max {lat['max']:.1f}], {res['fps']:.2f} FPS, "
+        f"peak memory {'n/a' if peak is None else f'{peak:.0f} MB'}"
+    )
 
 
 def write_json(res: dict, path: str | Path) -> Path:

@@ -37,6 +37,7 @@ Exporter choice (torch 2.13, onnx 1.23, onnxruntime 1.31, checked on this machin
   ``atol``) or a runtime error deletes the file and raises :class:`ExportError` naming the
   trace warnings' source lines (where the graph froze a size).
 """
+
 from __future__ import annotations
 
 import json
@@ -69,8 +70,12 @@ class LogitsAtInputSize(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         logits = self.model.encode_decode(image)
-        return F.interpolate(logits, size=image.shape[-2:], mode="bilinear",
-                             align_corners=bool(getattr(self.model, "align_corners", False)))
+        return F.interpolate(
+            logits,
+            size=image.shape[-2:],
+            mode="bilinear",
+            align_corners=bool(getattr(self.model, "align_corners", False)),
+        )
 
 
 def _ort_session(path: Path):
@@ -124,9 +129,17 @@ def prepare_check_image(model, image: np.ndarray, shape: Sequence[int] | None) -
     return TestTransform(scale=None, size_divisor=None, mean=model.mean, std=model.std)(image)["image"][None]
 
 
-def export_onnx(model, out: str | Path, *, shape: Sequence[int] = (512, 512), dynamic: bool = False,
-                opset: int = 17, check_image: str | Path | None = None, verify: bool = True,
-                atol: float = 1e-3) -> dict:
+def export_onnx(
+    model,
+    out: str | Path,
+    *,
+    shape: Sequence[int] = (512, 512),
+    dynamic: bool = False,
+    opset: int = 17,
+    check_image: str | Path | None = None,
+    verify: bool = True,
+    atol: float = 1e-3,
+) -> dict:
     """Export ``model`` to ``out`` (ONNX) and verify it with onnxruntime.
 
     Args:
@@ -156,8 +169,10 @@ def export_onnx(model, out: str | Path, *, shape: Sequence[int] = (512, 512), dy
     if min(h, w) < MIN_SIDE:
         raise ValueError(f"export shape {h}x{w}: H and W must be >= {MIN_SIDE}")
     if not MIN_OPSET <= int(opset) <= MAX_OPSET:
-        raise ValueError(f"opset {opset} not supported: use {MIN_OPSET}..{MAX_OPSET} (>= 17 for LayerNormalization; "
-                         f"the TorchScript exporter writes at most {MAX_OPSET})")
+        raise ValueError(
+            f"opset {opset} not supported: use {MIN_OPSET}..{MAX_OPSET} (>= 17 for LayerNormalization; "
+            f"the TorchScript exporter writes at most {MAX_OPSET})"
+        )
     if check_image is not None and not Path(check_image).is_file():
         raise FileNotFoundError(f"--check image {check_image} does not exist")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -172,14 +187,29 @@ def export_onnx(model, out: str | Path, *, shape: Sequence[int] = (512, 512), dy
         with warnings.catch_warnings(record=True) as caught, torch.no_grad():
             warnings.simplefilter("always")
             try:
-                torch.onnx.export(wrapper, (example,), str(out), dynamo=False, opset_version=int(opset),
-                                  input_names=["image"], output_names=["logits"],
-                                  dynamic_axes={"image": axes, "logits": axes}, do_constant_folding=True)
+                torch.onnx.export(
+                    wrapper,
+                    (example,),
+                    str(out),
+                    dynamo=False,
+                    opset_version=int(opset),
+                    input_names=["image"],
+                    output_names=["logits"],
+                    dynamic_axes={"image": axes, "logits": axes},
+                    do_constant_folding=True,
+                )
             except Exception as e:
-                raise ExportError(f"torch.onnx.export failed for {getattr(model, 'name', type(model).__name__)}: "
-                                  f"{type(e).__name__}: {e}") from e
-        trace_warnings = sorted({f"{Path(c.filename).name}:{c.lineno}: {str(c.message).splitlines()[0][:90]}"
-                                 for c in caught if issubclass(c.category, torch.jit.TracerWarning)})
+                raise ExportError(
+                    f"torch.onnx.export failed for {getattr(model, 'name', type(model).__name__)}: "
+                    f"{type(e).__name__}: {e}"
+                ) from e
+        trace_warnings = sorted(
+            {
+                f"{Path(c.filename).name}:{c.lineno}: {str(c.message).splitlines()[0][:90]}"
+                for c in caught
+                if issubclass(c.category, torch.jit.TracerWarning)
+            }
+        )
         proto = onnx.load(str(out), load_external_data=False)
         for key, value in metadata(model, dynamic=dynamic, shape=(h, w), opset=opset).items():
             entry = proto.metadata_props.add()
@@ -190,9 +220,16 @@ def export_onnx(model, out: str | Path, *, shape: Sequence[int] = (512, 512), dy
         except Exception as e:
             raise ExportError(f"{out}: the ONNX checker rejects the exported graph: {e}") from e
 
-        report = {"path": str(out), "size_mb": out.stat().st_size / 2 ** 20, "opset": int(opset),
-                  "dynamic": bool(dynamic), "shape": [h, w], "model": getattr(model, "name", None),
-                  "checks": [], "trace_warnings": trace_warnings}
+        report = {
+            "path": str(out),
+            "size_mb": out.stat().st_size / 2**20,
+            "opset": int(opset),
+            "dynamic": bool(dynamic),
+            "shape": [h, w],
+            "model": getattr(model, "name", None),
+            "checks": [],
+            "trace_warnings": trace_warnings,
+        }
         inputs = []
         if verify:
             gen = torch.Generator().manual_seed(1)
@@ -227,23 +264,33 @@ def _compare(model, sess, x: torch.Tensor, atol: float, trace_warnings: list[str
     try:
         got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     except Exception as e:
-        raise ExportError(f"onnxruntime fails on input {tuple(x.shape)}: {str(e).splitlines()[0][:300]}"
-                          + _hint(trace_warnings)) from None
+        raise ExportError(
+            f"onnxruntime fails on input {tuple(x.shape)}: {str(e).splitlines()[0][:300]}" + _hint(trace_warnings)
+        ) from None
     if got.shape != ref.shape:
-        raise ExportError(f"on input {tuple(x.shape)} onnxruntime returns {got.shape}, PyTorch {ref.shape}"
-                          + _hint(trace_warnings))
+        raise ExportError(
+            f"on input {tuple(x.shape)} onnxruntime returns {got.shape}, PyTorch {ref.shape}" + _hint(trace_warnings)
+        )
     diff = float(np.abs(got - ref).max())
     if not math.isfinite(diff) or diff > atol:
-        raise ExportError(f"on input {tuple(x.shape)} onnxruntime and PyTorch logits differ by max |Δ| = {diff:.3g} "
-                          f"(> {atol:g})" + _hint(trace_warnings))
+        raise ExportError(
+            f"on input {tuple(x.shape)} onnxruntime and PyTorch logits differ by max |Δ| = {diff:.3g} "
+            f"(> {atol:g})" + _hint(trace_warnings)
+        )
     agree = float((got.argmax(1) == ref.argmax(1)).mean())
-    return {"input": list(x.shape), "max_abs_diff": diff, "max_abs_logit": float(np.abs(ref).max()),
-            "argmax_agreement": agree}
+    return {
+        "input": list(x.shape),
+        "max_abs_diff": diff,
+        "max_abs_logit": float(np.abs(ref).max()),
+        "argmax_agreement": agree,
+    }
 
 
 def _hint(trace_warnings: list[str]) -> str:
-    msg = ("; the traced graph does not generalise to this input. If it is another size, export at a fixed size "
-           "(without --dynamic) and feed images of exactly that size")
+    msg = (
+        "; the traced graph does not generalise to this input. If it is another size, export at a fixed size "
+        "(without --dynamic) and feed images of exactly that size"
+    )
     if trace_warnings:
         msg += ". Python-level size logic frozen by the tracer at: " + "; ".join(trace_warnings[:6])
     return msg

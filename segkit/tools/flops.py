@@ -73,6 +73,7 @@ logits to the input size (the reference ``forward_dummy`` does the same). The mo
 eval mode for the count (NMF runs its 7 eval steps, dropout is off) and restored afterwards;
 its parameters are not modified.
 """
+
 from __future__ import annotations
 
 import math
@@ -90,26 +91,62 @@ MODES = ("paper", "torch", "mmcv", "torchprofile")
 # Ops are matched on the name of their overload packet (``aten.mul.Tensor`` → ``mul``). A
 # dispatch mode on top of the stack sees ops as called from Python (``linear``,
 # ``layer_norm`` …); older PyTorch versions show their decompositions, also listed.
-_CONV = {"conv1d", "conv2d", "conv3d", "convolution", "_convolution", "conv_transpose1d", "conv_transpose2d",
-         "conv_transpose3d", "cudnn_convolution", "mkldnn_convolution", "_slow_conv2d_forward"}
+_CONV = {
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "convolution",
+    "_convolution",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+    "cudnn_convolution",
+    "mkldnn_convolution",
+    "_slow_conv2d_forward",
+}
 _LINEAR = {"linear", "addmm", "mm", "_addmm_activation"}
 _MATMUL = {"bmm", "baddbmm", "matmul", "einsum"}
-_SDPA = {"scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
-         "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-         "_scaled_dot_product_cudnn_attention"}
+_SDPA = {
+    "scaled_dot_product_attention",
+    "_scaled_dot_product_flash_attention_for_cpu",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+}
 _MUL = {"mul", "mul_", "addcmul", "addcmul_"}
 # norm op → index of its weight argument (affine iff not None)
-_NORM = {"layer_norm": 2, "native_layer_norm": 2, "group_norm": 2, "native_group_norm": 1, "batch_norm": 1,
-         "native_batch_norm": 1, "_native_batch_norm_legit_no_training": 1, "_native_batch_norm_legit": 1,
-         "instance_norm": 1}
+_NORM = {
+    "layer_norm": 2,
+    "native_layer_norm": 2,
+    "group_norm": 2,
+    "native_group_norm": 1,
+    "batch_norm": 1,
+    "native_batch_norm": 1,
+    "_native_batch_norm_legit_no_training": 1,
+    "_native_batch_norm_legit": 1,
+    "instance_norm": 1,
+}
 _UPSAMPLE_BILINEAR = {"upsample_bilinear2d", "_upsample_bilinear2d_aa"}
-_AVG = {"avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
-        "adaptive_avg_pool3d", "_adaptive_avg_pool2d", "mean"}
+_AVG = {
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "_adaptive_avg_pool2d",
+    "mean",
+}
 _LEAKY = {"leaky_relu", "leaky_relu_"}
 # FlopCounterMode's attention entries (CUDA kernels); we count attention ourselves.
-_FC_ATTENTION = {"_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention",
-                 "_scaled_dot_product_cudnn_attention", "_flash_attention_forward", "_efficient_attention_forward",
-                 "flex_attention"}
+_FC_ATTENTION = {
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "_flash_attention_forward",
+    "_efficient_attention_forward",
+    "flex_attention",
+}
 
 
 def _numel(x) -> int:
@@ -136,9 +173,9 @@ class _OpRecorder(TorchDispatchMode):
     def __init__(self, fc: FlopCounterMode):
         super().__init__()
         self.fc = fc
-        self.torch = defaultdict(int)         # category → MACs, "torch" convention
+        self.torch = defaultdict(int)  # category → MACs, "torch" convention
         self.torchprofile = defaultdict(int)  # category → MACs, "torchprofile" convention
-        self.attention = 0                    # SDPA MACs (mmcv mode adds these)
+        self.attention = 0  # SDPA MACs (mmcv mode adds these)
 
     def _fc_total(self) -> int:
         counts = self.fc.flop_counts.get("Global", {})  # op packet → FLOPs (empty before the first counted op)
@@ -225,12 +262,37 @@ _MMCV_HOOKS: list[tuple[tuple[type, ...], callable]] = [
     ((nn.Conv1d, nn.Conv2d, nn.Conv3d), _mmcv_conv),
     ((nn.ConvTranspose2d,), _mmcv_deconv),
     ((nn.Linear,), _mmcv_linear),
-    ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
-      nn.InstanceNorm3d, nn.LayerNorm), _mmcv_norm),
+    (
+        (
+            nn.BatchNorm1d,
+            nn.BatchNorm2d,
+            nn.BatchNorm3d,
+            nn.GroupNorm,
+            nn.InstanceNorm1d,
+            nn.InstanceNorm2d,
+            nn.InstanceNorm3d,
+            nn.LayerNorm,
+        ),
+        _mmcv_norm,
+    ),
     ((nn.ReLU, nn.PReLU, nn.ELU, nn.LeakyReLU, nn.ReLU6), _mmcv_act),
-    ((nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveMaxPool1d,
-      nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-      nn.AdaptiveAvgPool3d), _mmcv_pool),
+    (
+        (
+            nn.MaxPool1d,
+            nn.MaxPool2d,
+            nn.MaxPool3d,
+            nn.AvgPool1d,
+            nn.AvgPool2d,
+            nn.AvgPool3d,
+            nn.AdaptiveMaxPool1d,
+            nn.AdaptiveMaxPool2d,
+            nn.AdaptiveMaxPool3d,
+            nn.AdaptiveAvgPool1d,
+            nn.AdaptiveAvgPool2d,
+            nn.AdaptiveAvgPool3d,
+        ),
+        _mmcv_pool,
+    ),
     ((nn.Upsample,), _mmcv_upsample),
 ]
 
@@ -257,8 +319,9 @@ def paper_mode(model: nn.Module) -> str:
     return family.flops_convention if family is not None else "torch"
 
 
-def count_flops(model: nn.Module, shape: Sequence[int] = (512, 512), batch: int = 1, mode: str = "paper",
-                in_chans: int = 3) -> dict:
+def count_flops(
+    model: nn.Module, shape: Sequence[int] = (512, 512), batch: int = 1, mode: str = "paper", in_chans: int = 3
+) -> dict:
     """GMACs (= the papers' GFLOPs) and parameter count of ``model`` on a ``(batch, in_chans, H, W)`` input.
 
     Args:
@@ -301,9 +364,11 @@ def count_flops(model: nn.Module, shape: Sequence[int] = (512, 512), batch: int 
         for m in model.modules():
             rule = _mmcv_rule(m)
             if rule is not None:
+
                 def hook(mod, inp, out, rule=rule):
                     cat, n = rule(mod, inp, out)
                     mmcv[cat] += n
+
                 handles.append(m.register_forward_hook(hook))
 
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -313,9 +378,13 @@ def count_flops(model: nn.Module, shape: Sequence[int] = (512, 512), batch: int 
     try:
         with torch.inference_mode(), FakeTensorMode(allow_non_fake_inputs=True):
             # Shape-only stand-ins for the weights: the real ones (possibly on ``meta``) are not touched.
-            state = {name: torch.empty(t.shape, dtype=t.dtype, device=device)
-                     for name, t in [*model.named_parameters(remove_duplicate=False),
-                                     *model.named_buffers(remove_duplicate=False)]}
+            state = {
+                name: torch.empty(t.shape, dtype=t.dtype, device=device)
+                for name, t in [
+                    *model.named_parameters(remove_duplicate=False),
+                    *model.named_buffers(remove_duplicate=False),
+                ]
+            }
             x = torch.empty(batch, in_chans, *shape, device=device, dtype=dtype)
             fc = FlopCounterMode(display=False)
             with fc:
@@ -337,5 +406,11 @@ def count_flops(model: nn.Module, shape: Sequence[int] = (512, 512), batch: int 
         if rec.attention:
             counts["attention"] = rec.attention
     breakdown = {k: v / 1e9 for k, v in sorted(counts.items()) if v}
-    return dict(gmacs=sum(counts.values()) / 1e9, params=int(params), mode=resolved, shape=shape, batch=int(batch),
-                breakdown=breakdown)
+    return dict(
+        gmacs=sum(counts.values()) / 1e9,
+        params=int(params),
+        mode=resolved,
+        shape=shape,
+        batch=int(batch),
+        breakdown=breakdown,
+    )

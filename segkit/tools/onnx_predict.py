@@ -23,6 +23,7 @@ Pipeline per image — the one of ``segkit predict``, with the same code for ste
 5. ``<stem>_label.png`` (palette PNG of class indices) and ``<stem>_overlay.png`` (overlay +
    legend) are written, as by ``segkit predict``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -66,12 +67,22 @@ def _session(path, ort, threads: int | None = None, providers: Sequence[str] | N
 
 def _decode_meta(raw: dict, path) -> dict:
     if raw.get("segkit_format") != FORMAT:
-        raise ValueError(f"{path}: not a segkit ONNX export (metadata 'segkit_format' is "
-                         f"{raw.get('segkit_format')!r}, expected {FORMAT!r}); export it with `segkit export`")
+        raise ValueError(
+            f"{path}: not a segkit ONNX export (metadata 'segkit_format' is "
+            f"{raw.get('segkit_format')!r}, expected {FORMAT!r}); export it with `segkit export`"
+        )
     meta = dict(raw)
     try:
-        for key in ("class_names", "palette", "mean", "std", "export_shape", "num_classes", "dynamic_hw",
-                    "ignore_index"):
+        for key in (
+            "class_names",
+            "palette",
+            "mean",
+            "std",
+            "export_shape",
+            "num_classes",
+            "dynamic_hw",
+            "ignore_index",
+        ):
             meta[key] = json.loads(raw[key])
         meta["test_protocol"] = json.loads(raw["test_protocol"]) if "test_protocol" in raw else None
     except (KeyError, json.JSONDecodeError) as e:
@@ -144,8 +155,9 @@ class OnnxSegmenter:
         self.num_classes = int(self.meta["num_classes"])
         self.mean = tuple(float(v) for v in self.meta["mean"])
         self.std = tuple(float(v) for v in self.meta["std"])
-        self.protocol = TestProtocol(**self.meta["test_protocol"]) if self.meta.get("test_protocol") \
-            else TestProtocol(scale=None)
+        self.protocol = (
+            TestProtocol(**self.meta["test_protocol"]) if self.meta.get("test_protocol") else TestProtocol(scale=None)
+        )
         self.dynamic = bool(self.meta["dynamic_hw"])
         self.export_shape = tuple(int(v) for v in self.meta["export_shape"])
         self.input_name = self.session.get_inputs()[0].name
@@ -182,9 +194,15 @@ class OnnxSegmenter:
         return resize_argmax(out, image.shape[0], image.shape[1])
 
 
-def predict_paths_onnx(model_path: str | Path, inputs: str | Path, out_dir: str | Path, *,
-                       scale: Sequence[int] | None = None, threads: int | None = None,
-                       alpha: float = 0.5) -> list[Path]:
+def predict_paths_onnx(
+    model_path: str | Path,
+    inputs: str | Path,
+    out_dir: str | Path,
+    *,
+    scale: Sequence[int] | None = None,
+    threads: int | None = None,
+    alpha: float = 0.5,
+) -> list[Path]:
     """Segment an image or a folder of images with an exported model; write label + overlay PNGs.
 
     Output names as ``segkit predict``: ``<stem>_label.png``, ``<stem>_overlay.png`` (files

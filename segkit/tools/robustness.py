@@ -49,6 +49,7 @@ namespace, nothing global is patched):
 ``motion_blur`` in 1.1.2 is pure NumPy (no Wand/ImageMagick). If a corruption still fails at
 run time it raises :class:`CorruptionError` naming it — nothing is silently dropped.
 """
+
 from __future__ import annotations
 
 import io
@@ -61,6 +62,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+
 from segkit.data.transforms import MIN_SIDE  # imagecorruptions also refuses sides below 32 px
 from segkit.utils import json_safe  # NaN -> null for JSON (shared with metrics.json)
 
@@ -96,11 +98,11 @@ def _plasma_fractal(mapsize: int = 256, wibbledecay: float = 3) -> np.ndarray:
 
     while stepsize >= 2:
         half = stepsize // 2
-        corner = maparray[0:mapsize:stepsize, 0:mapsize:stepsize]           # squares
+        corner = maparray[0:mapsize:stepsize, 0:mapsize:stepsize]  # squares
         acc = corner + np.roll(corner, shift=-1, axis=0)
         acc += np.roll(acc, shift=-1, axis=1)
         maparray[half:mapsize:stepsize, half:mapsize:stepsize] = wibbledmean(acc)
-        dr = maparray[half:mapsize:stepsize, half:mapsize:stepsize]          # diamonds
+        dr = maparray[half:mapsize:stepsize, half:mapsize:stepsize]  # diamonds
         ul = maparray[0:mapsize:stepsize, 0:mapsize:stepsize]
         lt = (dr + np.roll(dr, 1, axis=0)) + (ul + np.roll(ul, -1, axis=1))  # same summation order as the original
         maparray[0:mapsize:stepsize, half:mapsize:stepsize] = wibbledmean(lt)
@@ -132,7 +134,7 @@ def _glass_blur(x, severity: int = 1) -> np.ndarray:
     dst = (hh * w + ww).ravel()
     packed = ((x[..., 0].astype(np.int64) << 16) | (x[..., 1].astype(np.int64) << 8) | x[..., 2]).ravel().tolist()
     for _ in range(iterations):
-        d = np.random.randint(-delta, delta, size=(dst.size, 2))            # columns: dx, dy
+        d = np.random.randint(-delta, delta, size=(dst.size, 2))  # columns: dx, dy
         src = dst + d[:, 1] * w + d[:, 0]
         for a, b in zip(dst.tolist(), src.tolist()):
             packed[a] = packed[b]
@@ -158,14 +160,16 @@ def corruption_functions() -> dict[str, Callable]:
         except ImportError:
             shim = types.ModuleType("pkg_resources")
             shim.resource_filename = lambda module, name: os.path.join(
-                os.path.dirname(sys.modules[module].__file__), name)
+                os.path.dirname(sys.modules[module].__file__), name
+            )
             sys.modules["pkg_resources"] = shim
     try:
         import imagecorruptions
         from imagecorruptions import corruptions as ic
     except ImportError as e:
-        raise CorruptionError(f"the imagecorruptions package cannot be imported ({e}); "
-                              f"install it with `pip install imagecorruptions`") from e
+        raise CorruptionError(
+            f"the imagecorruptions package cannot be imported ({e}); install it with `pip install imagecorruptions`"
+        ) from e
     finally:
         if shim is not None and sys.modules.get("pkg_resources") is shim:
             del sys.modules["pkg_resources"]
@@ -175,21 +179,23 @@ def corruption_functions() -> dict[str, Callable]:
     from skimage.filters import gaussian as sk_gaussian
     from skimage.util import random_noise
 
-    ORIGINALS.update(gaussian=ic.gaussian, plasma_fractal=ic.plasma_fractal, impulse_noise=ic.impulse_noise,
-                     glass_blur=ic.glass_blur)
-    if "multichannel" not in inspect.signature(sk_gaussian).parameters:          # fix 2
+    ORIGINALS.update(
+        gaussian=ic.gaussian, plasma_fractal=ic.plasma_fractal, impulse_noise=ic.impulse_noise, glass_blur=ic.glass_blur
+    )
+    if "multichannel" not in inspect.signature(sk_gaussian).parameters:  # fix 2
+
         def gaussian(image, *args, multichannel=None, **kwargs):
             if multichannel and "channel_axis" not in kwargs:
                 kwargs["channel_axis"] = -1
             return sk_gaussian(image, *args, **kwargs)
 
         ic.gaussian = gaussian
-    if not hasattr(np, "float_"):                                                # fix 3
+    if not hasattr(np, "float_"):  # fix 3
         ic.plasma_fractal = _plasma_fractal
 
-    def impulse_noise(x, severity=1):                                            # fix 4
+    def impulse_noise(x, severity=1):  # fix 4
         amount = [0.03, 0.06, 0.09, 0.17, 0.27][severity - 1]
-        rng = np.random.default_rng(np.random.randint(0, 2 ** 31 - 1))
+        rng = np.random.default_rng(np.random.randint(0, 2**31 - 1))
         out = random_noise(np.asarray(x) / 255.0, mode="s&p", amount=amount, rng=rng)
         return np.clip(out, 0, 1) * 255
 
@@ -238,13 +244,17 @@ def corrupt(image: np.ndarray, corruption: str, severity: int, seed: int = 0, im
         np.random.seed(corruption_seed(seed, image_index, corruption, int(severity)))
         out = fn(Image.fromarray(image), int(severity))
     except Exception as e:
-        raise CorruptionError(f"corruption {corruption!r} (severity {severity}) failed on a "
-                              f"{image.shape[1]}x{image.shape[0]} image: {type(e).__name__}: {e}") from e
+        raise CorruptionError(
+            f"corruption {corruption!r} (severity {severity}) failed on a "
+            f"{image.shape[1]}x{image.shape[0]} image: {type(e).__name__}: {e}"
+        ) from e
     finally:
         np.random.set_state(saved)
     out = np.asarray(out)
     if out.shape != image.shape:
-        raise CorruptionError(f"corruption {corruption!r} returned shape {out.shape} for an image of shape {image.shape}")
+        raise CorruptionError(
+            f"corruption {corruption!r} returned shape {out.shape} for an image of shape {image.shape}"
+        )
     return np.uint8(np.clip(out, 0, 255))
 
 
@@ -279,11 +289,24 @@ class CorruptedDataset:
 
 
 # ----------------------------------------------------------------------------- the evaluation
-def evaluate_robustness(model, dataset, transform, *, corruptions: Sequence[str] = CORRUPTIONS,
-                        severities: Sequence[int] = SEVERITIES, seed: int = 0, max_images: int | None = None,
-                        mode: str = "whole", crop_size: Sequence[int] | None = None,
-                        stride: Sequence[int] | None = None, device="cpu", progress: bool = True,
-                        out_dir: str | Path | None = None, grid_severity: int = 3, window_batch: int = 4) -> dict:
+def evaluate_robustness(
+    model,
+    dataset,
+    transform,
+    *,
+    corruptions: Sequence[str] = CORRUPTIONS,
+    severities: Sequence[int] = SEVERITIES,
+    seed: int = 0,
+    max_images: int | None = None,
+    mode: str = "whole",
+    crop_size: Sequence[int] | None = None,
+    stride: Sequence[int] | None = None,
+    device="cpu",
+    progress: bool = True,
+    out_dir: str | Path | None = None,
+    grid_severity: int = 3,
+    window_batch: int = 4,
+) -> dict:
     """mIoU of ``model`` on clean and corrupted versions of ``dataset``.
 
     Args:
@@ -322,8 +345,15 @@ def evaluate_robustness(model, dataset, transform, *, corruptions: Sequence[str]
         raise ValueError("no images to evaluate (empty dataset or max_images < 1)")
     corruption_functions()  # fail now, not after the clean pass
 
-    kw = dict(mode=mode, crop_size=crop_size, stride=stride, device=device, progress=False, max_images=max_images,
-              window_batch=window_batch)
+    kw = dict(
+        mode=mode,
+        crop_size=crop_size,
+        stride=stride,
+        device=device,
+        progress=False,
+        max_images=max_images,
+        window_batch=window_batch,
+    )
     n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
     runs = [(None, 0)] + [(c, s) for c in corruptions for s in severities]
     start = time.perf_counter()
@@ -342,18 +372,30 @@ def evaluate_robustness(model, dataset, transform, *, corruptions: Sequence[str]
     elapsed = time.perf_counter() - start
 
     result = summarize(clean, miou)
-    result.update(num_images=n, seed=int(seed), severities=severities, time_s=elapsed,
-                  settings={"mode": mode, "crop_size": list(crop_size) if crop_size else None,
-                            "stride": list(stride) if stride else None, "transform": repr(transform),
-                            "model": getattr(model, "name", None), "dataset": getattr(dataset, "name", None)})
+    result.update(
+        num_images=n,
+        seed=int(seed),
+        severities=severities,
+        time_s=elapsed,
+        settings={
+            "mode": mode,
+            "crop_size": list(crop_size) if crop_size else None,
+            "stride": list(stride) if stride else None,
+            "transform": repr(transform),
+            "model": getattr(model, "name", None),
+            "dataset": getattr(dataset, "name", None),
+        },
+    )
     if out_dir is not None:
         from segkit.utils import atomic_write_bytes
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out_dir / "robustness.json", (json.dumps(json_safe(result), indent=1) + "\n").encode())
-        md = (f"mIoU (%) per corruption, mean over severities {severities}; {n} images, seed {seed}.\n\n"
-              f"{result['table']}\n\nGroup means (RSSeg Table 15 layout):\n\n{result['summary_table']}\n")
+        md = (
+            f"mIoU (%) per corruption, mean over severities {severities}; {n} images, seed {seed}.\n\n"
+            f"{result['table']}\n\nGroup means (RSSeg Table 15 layout):\n\n{result['summary_table']}\n"
+        )
         atomic_write_bytes(out_dir / "robustness.md", md.encode())
         image, _ = dataset.load(0)
         save_corruption_grid(image, out_dir / "corruptions_grid.png", severity=grid_severity, seed=seed)
@@ -369,12 +411,21 @@ def summarize(clean: float, miou: dict[str, dict[str, float]]) -> dict:
     """Table numbers from per-(corruption, severity) mIoU: per-corruption and group means, Corr., Rete."""
     corruptions = [c for c in CORRUPTIONS if c in miou]
     per = {c: _mean(miou[c].values()) for c in corruptions}
-    groups = {g: _mean(per[c] for c in names if c in per) for g, names in CORRUPTION_GROUPS.items()
-              if any(c in per for c in names)}
+    groups = {
+        g: _mean(per[c] for c in names if c in per)
+        for g, names in CORRUPTION_GROUPS.items()
+        if any(c in per for c in names)
+    }
     corr = _mean(per.values())
     retention = 100.0 * corr / clean if clean and not math.isnan(clean) else math.nan
-    out = {"clean": clean, "miou": miou, "corruption_mean": per, "group_mean": groups, "corr": corr,
-           "retention": retention}
+    out = {
+        "clean": clean,
+        "miou": miou,
+        "corruption_mean": per,
+        "group_mean": groups,
+        "corr": corr,
+        "retention": retention,
+    }
     out["table"] = format_robustness_table(out)
     out["summary_table"] = format_summary_table(out)
     return out
@@ -389,12 +440,18 @@ def format_summary_table(result: dict, digits: int = 1) -> str:
     short = {"Blur": "Blur", "Noise": "Noise", "Digital": "Digit.", "Weather": "Weath."}
     cols = [("Clean", result["clean"]), ("Corr.", result["corr"]), ("Rete. (%)", result["retention"])]
     cols += [(short[g], v) for g, v in result["group_mean"].items()]
-    return "\n".join(["| " + " | ".join(c for c, _ in cols) + " |", "|" + "|".join("---:" for _ in cols) + "|",
-                      "| " + " | ".join(_f(v, digits) for _, v in cols) + " |"])
+    return "\n".join(
+        [
+            "| " + " | ".join(c for c, _ in cols) + " |",
+            "|" + "|".join("---:" for _ in cols) + "|",
+            "| " + " | ".join(_f(v, digits) for _, v in cols) + " |",
+        ]
+    )
 
 
 def format_robustness_table(result: dict, digits: int = 1) -> str:
     """SegFormer Table 5 layout, one row: Clean | the corruptions by group | group means | Corr. | Rete. (%)."""
+
     def f(v):
         return _f(v, digits)
 
@@ -410,10 +467,15 @@ def format_robustness_table(result: dict, digits: int = 1) -> str:
     return "\n".join([head, sep, row])
 
 
-
-
-def save_corruption_grid(image: np.ndarray, path: str | Path, *, severity: int = 3, seed: int = 0,
-                         corruptions: Sequence[str] = CORRUPTIONS, max_side: int = 320) -> Path:
+def save_corruption_grid(
+    image: np.ndarray,
+    path: str | Path,
+    *,
+    severity: int = 3,
+    seed: int = 0,
+    corruptions: Sequence[str] = CORRUPTIONS,
+    max_side: int = 320,
+) -> Path:
     """PNG grid of ``image`` and its corruptions at ``severity``, labelled.
 
     Corruptions are applied at the image's full size (as evaluated, ``image_index`` 0), then
@@ -432,8 +494,10 @@ def save_corruption_grid(image: np.ndarray, path: str | Path, *, severity: int =
     def tile(a):
         return a if f == 1.0 else np.asarray(Image.fromarray(a).resize(size, Image.BILINEAR))
 
-    rows = [[("clean", tile(image))]] + [[(c, tile(corrupt(image, c, severity, seed, 0))) for c in names
-                                          if c in corruptions] for names in CORRUPTION_GROUPS.values()]
+    rows = [[("clean", tile(image))]] + [
+        [(c, tile(corrupt(image, c, severity, seed, 0))) for c in names if c in corruptions]
+        for names in CORRUPTION_GROUPS.values()
+    ]
     rows = [r for r in rows if r]
     columns = max(len(r) for r in rows)
     w, h = size

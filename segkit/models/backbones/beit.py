@@ -1,7 +1,8 @@
 """BEiT encoder (plain ViT with per-layer relative position bias and layer scale) for dense prediction.
 
 Paper: Bao et al., "BEiT: BERT Pre-Training of Image Transformers", ICLR 2022 (backbone of
-RSSeg-BEiT, RSSeg paper §4.2). Structure and sizes: the official BEiT segmentation backbone (``microsoft/unilm: beit/semantic_segmentation/backbone/beit.py``) and the official
+RSSeg-BEiT, RSSeg paper §4.2). Structure and sizes: the official BEiT segmentation backbone
+(``microsoft/unilm: beit/semantic_segmentation/backbone/beit.py``) and the official
 semantic-segmentation backbone (``microsoft/unilm:beit/semantic_segmentation/backbone/beit.py``):
 
 * no absolute position embedding; a cls token;
@@ -20,6 +21,7 @@ attn.proj, norm2, mlp.fc1, mlp.fc2, gamma_1, gamma_2}``, final ``norm``).
 Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention` with the
 relative position bias as a float ``attn_mask``.
 """
+
 from __future__ import annotations
 
 import math
@@ -94,7 +96,7 @@ def _geometric_spline_weights(src_len: int, dst_len: int) -> torch.Tensor:
     left, right, q = 1.01, 1.5, 1.01
     while right - left > 1e-6:
         q = (left + right) / 2.0
-        if (1.0 - q ** n) / (1.0 - q) > target:
+        if (1.0 - q**n) / (1.0 - q) > target:
             right = q
         else:
             left = q
@@ -137,8 +139,9 @@ def _spline_matrix(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return a[:, None] * eye[j] + b[:, None] * eye[j + 1] + c[:, None] * S[j] + d[:, None] * S[j + 1]
 
 
-def resize_rel_pos_table(table: torch.Tensor, src_window: Sequence[int], dst_window: Sequence[int],
-                         mode: str = "geometric") -> torch.Tensor:
+def resize_rel_pos_table(
+    table: torch.Tensor, src_window: Sequence[int], dst_window: Sequence[int], mode: str = "geometric"
+) -> torch.Tensor:
     """Resize a BEiT relative position bias table ``(L_src, heads)`` to another window.
 
     The ``(2Wh−1) × (2Ww−1)`` offset grid is resized to the new window's; the 3 cls rows are
@@ -154,8 +157,10 @@ def resize_rel_pos_table(table: torch.Tensor, src_window: Sequence[int], dst_win
     sh, sw = 2 * int(src_window[0]) - 1, 2 * int(src_window[1]) - 1
     dh, dw = 2 * int(dst_window[0]) - 1, 2 * int(dst_window[1]) - 1
     if table.ndim != 2 or table.shape[0] != sh * sw + NUM_EXTRA_REL:
-        raise ValueError(f"relative position table of shape {tuple(table.shape)} does not fit a "
-                         f"{src_window[0]}x{src_window[1]} window ({sh * sw + NUM_EXTRA_REL} rows expected)")
+        raise ValueError(
+            f"relative position table of shape {tuple(table.shape)} does not fit a "
+            f"{src_window[0]}x{src_window[1]} window ({sh * sw + NUM_EXTRA_REL} rows expected)"
+        )
     if (sh, sw) == (dh, dw):
         return table
     heads = table.shape[1]
@@ -204,8 +209,7 @@ class BEiTAttention(nn.Module):
         if (h, w) == self.window_size:
             table, index = self.relative_position_bias_table, self.relative_position_index
         else:
-            table = resize_rel_pos_table(self.relative_position_bias_table, self.window_size, (h, w),
-                                         self.table_resize)
+            table = resize_rel_pos_table(self.relative_position_bias_table, self.window_size, (h, w), self.table_resize)
             index = relative_position_index(h, w, device=table.device)
         n = h * w + 1
         return table[index.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
@@ -223,9 +227,17 @@ class BEiTAttention(nn.Module):
 class BEiTBlock(nn.Module):
     """``x + DropPath(γ1 · Attn(LN(x)))``, ``x + DropPath(γ2 · MLP(LN(x)))`` (no γ when ``init_values`` is None)."""
 
-    def __init__(self, dim: int, num_heads: int, window_size: tuple[int, int], mlp_ratio: float = 4.0,
-                 drop_path: float = 0.0, init_values: float | None = 0.1, norm_eps: float = 1e-6,
-                 table_resize: str = "bicubic"):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: tuple[int, int],
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        init_values: float | None = 0.1,
+        norm_eps: float = 1e-6,
+        table_resize: str = "bicubic",
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = BEiTAttention(dim, num_heads, window_size, table_resize)
@@ -279,10 +291,22 @@ class BEiT(nn.Module):
     block ``i`` (1-based) divided by ``sqrt(2·i)``.
     """
 
-    def __init__(self, img_size: int | Sequence[int] = (512, 512), patch_size: int = 16, embed_dim: int = 768,
-                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, drop_path_rate: float = 0.1,
-                 init_values: float | None = 0.1, out_indices: Sequence[int] = (11,), norm_eps: float = 1e-6,
-                 final_norm: bool = True, in_chans: int = 3, table_resize: str = "bicubic"):
+    def __init__(
+        self,
+        img_size: int | Sequence[int] = (512, 512),
+        patch_size: int = 16,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.1,
+        init_values: float | None = 0.1,
+        out_indices: Sequence[int] = (11,),
+        norm_eps: float = 1e-6,
+        final_norm: bool = True,
+        in_chans: int = 3,
+        table_resize: str = "bicubic",
+    ):
         super().__init__()
         if table_resize not in ("bicubic", "geometric"):
             raise ValueError(f"table_resize must be 'bicubic' or 'geometric', got {table_resize!r}")
@@ -302,7 +326,8 @@ class BEiT(nn.Module):
         dpr = drop_path_rates(drop_path_rate, [depth])
         self.blocks = nn.ModuleList(
             BEiTBlock(embed_dim, num_heads, self.window_size, mlp_ratio, dpr[i], init_values, norm_eps, table_resize)
-            for i in range(depth))
+            for i in range(depth)
+        )
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if final_norm else nn.Identity()
         self.init_weights()
 
@@ -334,5 +359,11 @@ class BEiT(nn.Module):
         return Features(stages=outs)
 
 
-__all__ = ["BEIT_VARIANTS", "BEiT", "relative_position_index", "resize_rel_pos_table", "geometric_spline_weights",
-           "num_relative_distance"]
+__all__ = [
+    "BEIT_VARIANTS",
+    "BEiT",
+    "relative_position_index",
+    "resize_rel_pos_table",
+    "geometric_spline_weights",
+    "num_relative_distance",
+]

@@ -2,7 +2,8 @@
 
 Paper: Dong et al., "CSWin Transformer: A General Vision Transformer Backbone with
 Cross-Shaped Windows", CVPR 2022; RSSeg uses CSWin-T/S as pyramid backbones (RSSeg paper §3.2.1,
-Table 3, Table 9). Structure: the official code (``microsoft/CSWin-Transformer: models/cswin.py``) and its segmentation backbone
+Table 3, Table 9). Structure: the official code (``microsoft/CSWin-Transformer: models/cswin.py``)
+and its segmentation backbone
 (``microsoft/CSWin-Transformer:segmentation/backbone/cswin_transformer.py``):
 
 * stem ``stage1_conv_embed``: Conv 7×7 stride 4 padding 2 (index 0) → tokens (index 1, no
@@ -22,6 +23,7 @@ Key names are the official ones, so ImageNet checkpoints load as they are (their
 Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention` on windows
 folded into the batch dimension (scale ``head_dim^-0.5``); the LePE term is added after.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -36,12 +38,11 @@ from ..layers import DropPath, drop_path_rates, init_trunc_normal
 # microsoft/CSWin-Transformer: models/cswin.py (ImageNet models) and segmentation/configs/cswin/*.py
 # (drop_path = the segmentation value).
 CSWIN_VARIANTS: dict[str, dict] = {
-    "t": dict(embed_dim=64, depths=(1, 2, 21, 1), num_heads=(2, 4, 8, 16), split_size=(1, 2, 7, 7),
-              drop_path_rate=0.3),
-    "s": dict(embed_dim=64, depths=(2, 4, 32, 2), num_heads=(2, 4, 8, 16), split_size=(1, 2, 7, 7),
-              drop_path_rate=0.4),
-    "b": dict(embed_dim=96, depths=(2, 4, 32, 2), num_heads=(4, 8, 16, 32), split_size=(1, 2, 7, 7),
-              drop_path_rate=0.6),
+    "t": dict(embed_dim=64, depths=(1, 2, 21, 1), num_heads=(2, 4, 8, 16), split_size=(1, 2, 7, 7), drop_path_rate=0.3),
+    "s": dict(embed_dim=64, depths=(2, 4, 32, 2), num_heads=(2, 4, 8, 16), split_size=(1, 2, 7, 7), drop_path_rate=0.4),
+    "b": dict(
+        embed_dim=96, depths=(2, 4, 32, 2), num_heads=(4, 8, 16, 32), split_size=(1, 2, 7, 7), drop_path_rate=0.6
+    ),
 }
 
 
@@ -102,7 +103,7 @@ class LePEAttention(nn.Module):
         x = F.scaled_dot_product_attention(heads(q), heads(k), heads(v)) + heads(lepe)
         x = x.transpose(-1, -2).reshape(b, nh, nw, c, hs, ws).permute(0, 3, 1, 4, 2, 5).reshape(b, c, hp, wp)
         if ph or pw:
-            x = x[:, :, pad[2]:pad[2] + h, pad[0]:pad[0] + w]
+            x = x[:, :, pad[2] : pad[2] + h, pad[0] : pad[0] + w]
         return x
 
 
@@ -113,8 +114,15 @@ class CSWinBlock(nn.Module):
     ``[C/2:]``) or, with ``last_stage``, one full-attention branch on all channels.
     """
 
-    def __init__(self, dim: int, num_heads: int, split_size: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
-                 last_stage: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        split_size: int,
+        mlp_ratio: float = 4.0,
+        drop_path: float = 0.0,
+        last_stage: bool = False,
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim, bias=True)
@@ -123,8 +131,12 @@ class CSWinBlock(nn.Module):
         else:
             if dim % 2 or num_heads % 2:
                 raise ValueError(f"a two-branch CSWin block needs an even width and head count, got {dim}, {num_heads}")
-            self.attns = nn.ModuleList([LePEAttention(dim // 2, num_heads // 2, "col", split_size),
-                                        LePEAttention(dim // 2, num_heads // 2, "row", split_size)])
+            self.attns = nn.ModuleList(
+                [
+                    LePEAttention(dim // 2, num_heads // 2, "col", split_size),
+                    LePEAttention(dim // 2, num_heads // 2, "row", split_size),
+                ]
+            )
         self.proj = nn.Linear(dim, dim)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim)
@@ -141,8 +153,13 @@ class CSWinBlock(nn.Module):
             y = self.attns[0](q, k, v)
         else:
             half = c // 2
-            y = torch.cat([self.attns[0](q[:, :half], k[:, :half], v[:, :half]),
-                           self.attns[1](q[:, half:], k[:, half:], v[:, half:])], dim=1)
+            y = torch.cat(
+                [
+                    self.attns[0](q[:, :half], k[:, :half], v[:, :half]),
+                    self.attns[1](q[:, half:], k[:, half:], v[:, half:]),
+                ],
+                dim=1,
+            )
         x = x + self.drop_path(self.proj(y.flatten(2).transpose(1, 2)))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
@@ -203,16 +220,25 @@ class CSWin(nn.Module):
     convolutions keep PyTorch's default init.
     """
 
-    def __init__(self, embed_dim: int = 64, depths: Sequence[int] = (1, 2, 21, 1),
-                 num_heads: Sequence[int] = (2, 4, 8, 16), split_size: Sequence[int] = (1, 2, 7, 7),
-                 mlp_ratio: float = 4.0, drop_path_rate: float = 0.3, out_indices: Sequence[int] = (0, 1, 2, 3),
-                 tap_blocks: Sequence[int] = (), tap_base: int = 1, in_chans: int = 3):
+    def __init__(
+        self,
+        embed_dim: int = 64,
+        depths: Sequence[int] = (1, 2, 21, 1),
+        num_heads: Sequence[int] = (2, 4, 8, 16),
+        split_size: Sequence[int] = (1, 2, 7, 7),
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.3,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+        tap_blocks: Sequence[int] = (),
+        tap_base: int = 1,
+        in_chans: int = 3,
+    ):
         super().__init__()
         for key, value in dict(depths=depths, num_heads=num_heads, split_size=split_size).items():
             if len(value) != 4:
                 raise ValueError(f"{key} must have 4 entries (one per stage), got {list(value)}")
         self.depths = [int(d) for d in depths]
-        self.out_channels = [int(embed_dim) * 2 ** i for i in range(4)]
+        self.out_channels = [int(embed_dim) * 2**i for i in range(4)]
         self.out_indices = tuple(int(i) for i in out_indices)
         if not self.out_indices or any(i not in (0, 1, 2, 3) for i in self.out_indices):
             raise ValueError(f"out_indices must be stage indices in 0..3, got {list(out_indices)}")
@@ -221,24 +247,32 @@ class CSWin(nn.Module):
             raise ValueError(f"tap_base must be 0 or 1, got {tap_base}")
         taps = [int(t) - tap_base for t in tap_blocks]  # 0-based internally
         if any(t < 0 or t >= self.num_blocks for t in taps) or len(set(taps)) != len(taps):
-            raise ValueError(f"tap_blocks {list(tap_blocks)} must be distinct {tap_base}-based block indices in "
-                             f"[{tap_base}, {self.num_blocks - 1 + tap_base}] (depths {self.depths})")
+            raise ValueError(
+                f"tap_blocks {list(tap_blocks)} must be distinct {tap_base}-based block indices in "
+                f"[{tap_base}, {self.num_blocks - 1 + tap_base}] (depths {self.depths})"
+            )
         self.tap_blocks = tuple(int(t) for t in tap_blocks)
         self._taps0 = taps
         stage_of = [s for s in range(4) for _ in range(self.depths[s])]
         self.tap_channels = [self.out_channels[stage_of[t]] for t in taps]
 
-        self.stage1_conv_embed = nn.Sequential(nn.Conv2d(in_chans, embed_dim, 7, stride=4, padding=2), _ToTokens(),
-                                               nn.LayerNorm(embed_dim))
+        self.stage1_conv_embed = nn.Sequential(
+            nn.Conv2d(in_chans, embed_dim, 7, stride=4, padding=2), _ToTokens(), nn.LayerNorm(embed_dim)
+        )
         dpr = drop_path_rates(drop_path_rate, self.depths)
         start = 0
         for s in range(4):
             dim = self.out_channels[s]
             if s > 0:
                 setattr(self, f"merge{s}", MergeBlock(self.out_channels[s - 1], dim))
-            setattr(self, f"stage{s + 1}", nn.ModuleList(
-                CSWinBlock(dim, int(num_heads[s]), int(split_size[s]), mlp_ratio, dpr[start + i], last_stage=s == 3)
-                for i in range(self.depths[s])))
+            setattr(
+                self,
+                f"stage{s + 1}",
+                nn.ModuleList(
+                    CSWinBlock(dim, int(num_heads[s]), int(split_size[s]), mlp_ratio, dpr[start + i], last_stage=s == 3)
+                    for i in range(self.depths[s])
+                ),
+            )
             setattr(self, f"norm{s + 1}", nn.LayerNorm(dim))
             start += self.depths[s]
         self.init_weights()

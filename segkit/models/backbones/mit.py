@@ -14,6 +14,7 @@ without the ``backbone.`` prefix that :class:`~segkit.models.segmentor.Segmentor
 
 so official checkpoints load without renaming.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -85,8 +86,15 @@ class EfficientSelfAttention(nn.Module):
     Input ``(B, N, C)`` tokens plus the spatial size ``(H, W)`` with ``H·W = N`` → ``(B, N, C)``.
     """
 
-    def __init__(self, dim: int, num_heads: int, sr_ratio: int = 1, qkv_bias: bool = True,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        sr_ratio: int = 1,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -109,7 +117,8 @@ class EfficientSelfAttention(nn.Module):
             if h < self.sr_ratio or w < self.sr_ratio:
                 raise ValueError(
                     f"feature map {h}x{w} is smaller than the sequence-reduction kernel {self.sr_ratio}: "
-                    f"use a larger input (at least 29x29 pixels with the reference sr_ratios, as in the official code)")
+                    f"use a larger input (at least 29x29 pixels with the reference sr_ratios, as in the official code)"
+                )
             x = self.norm(map_to_tokens(self.sr(tokens_to_map(x, h, w))))
         k, v = self.kv(x).reshape(b, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
@@ -154,8 +163,17 @@ class MiTBlock(nn.Module):
     Both LayerNorms use eps 1e-6 (official ``mix_transformer.py``). ``(B, N, C)`` + ``(H, W)`` → ``(B, N, C)``.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, sr_ratio: int, qkv_bias: bool = True,
-                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        sr_ratio: int,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=BLOCK_NORM_EPS)
         self.attn = EfficientSelfAttention(dim, num_heads, sr_ratio, qkv_bias, attn_drop, drop)
@@ -189,7 +207,9 @@ class MixVisionTransformer(nn.Module):
         out_channels: ``list[int]`` channels of the four outputs (= ``embed_dims``).
 
     Input: ``(B, in_chans, H, W)`` float, ``H, W`` ≥ 29 (not necessarily multiples of 32;
-    smaller images make the stage-1 map smaller than the 8×8 reduction conv: ``ValueError``). Output: list of 4 tensors ``(B, C_i, H_i, W_i)`` with ``H_1 = ceil(H / 4)`` and
+    smaller images make the stage-1 map smaller than the 8×8 reduction conv: ``ValueError``).
+    Output: :class:`~segkit.models.contract.Features` whose ``stages`` are 4 tensors
+    ``(B, C_i, H_i, W_i)`` with ``H_1 = ceil(H / 4)`` and
     ``H_{i+1} = ceil(H_i / 2)`` (strides 4, 8, 16, 32 for multiples of 32), in channels-last
     memory format (views of the stage's tokens; call ``.contiguous()`` for NCHW memory).
 
@@ -197,12 +217,23 @@ class MixVisionTransformer(nn.Module):
     (Linear trunc-normal 0.02, LayerNorm 1/0, conv normal(0, sqrt(2 / fan_out))).
     """
 
-    def __init__(self, embed_dims: Sequence[int], num_heads: Sequence[int], mlp_ratios: Sequence[float],
-                 depths: Sequence[int], sr_ratios: Sequence[int], qkv_bias: bool = True, drop_rate: float = 0.0,
-                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.1, in_chans: int = 3):
+    def __init__(
+        self,
+        embed_dims: Sequence[int],
+        num_heads: Sequence[int],
+        mlp_ratios: Sequence[float],
+        depths: Sequence[int],
+        sr_ratios: Sequence[int],
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        in_chans: int = 3,
+    ):
         super().__init__()
-        settings = dict(embed_dims=embed_dims, num_heads=num_heads, mlp_ratios=mlp_ratios, depths=depths,
-                        sr_ratios=sr_ratios)
+        settings = dict(
+            embed_dims=embed_dims, num_heads=num_heads, mlp_ratios=mlp_ratios, depths=depths, sr_ratios=sr_ratios
+        )
         for key, value in settings.items():
             if len(value) != 4:
                 raise ValueError(f"{key} must have 4 entries (one per stage), got {list(value)}")
@@ -216,10 +247,23 @@ class MixVisionTransformer(nn.Module):
         for i in range(4):
             k, s = patch[i]
             setattr(self, f"patch_embed{i + 1}", OverlapPatchEmbed(prev, self.embed_dims[i], k, s))
-            setattr(self, f"block{i + 1}", nn.ModuleList(
-                MiTBlock(self.embed_dims[i], num_heads[i], mlp_ratios[i], sr_ratios[i], qkv_bias,
-                         drop_rate, attn_drop_rate, dpr[start + j])
-                for j in range(self.depths[i])))
+            setattr(
+                self,
+                f"block{i + 1}",
+                nn.ModuleList(
+                    MiTBlock(
+                        self.embed_dims[i],
+                        num_heads[i],
+                        mlp_ratios[i],
+                        sr_ratios[i],
+                        qkv_bias,
+                        drop_rate,
+                        attn_drop_rate,
+                        dpr[start + j],
+                    )
+                    for j in range(self.depths[i])
+                ),
+            )
             setattr(self, f"norm{i + 1}", nn.LayerNorm(self.embed_dims[i], eps=BLOCK_NORM_EPS))
             start += self.depths[i]
             prev = self.embed_dims[i]

@@ -15,11 +15,13 @@ several times faster in that layout there, and the rest of the network (head inc
 follows the layout of its input. Other devices keep the caller's layout.
 
 Inference speed: :meth:`Segmentor.fused <segkit.models.segmentor.Segmentor.fused>` (used by
-segkit's inference entry points, :mod:`segkit.models.fuse`) returns an eval-only copy in which every BatchNorm and the blocks' layer scales are folded into the
+segkit's inference entry points, :mod:`segkit.models.fuse`) returns an eval-only copy in which
+every BatchNorm and the blocks' layer scales are folded into the
 neighbouring convolutions (:func:`fuse_conv_bn`, :class:`FusedMSCABlock`): the same function
 with fewer passes over the feature maps. The modules themselves have one forward path each
 (the reference math, in training and eval); the fused copy is tested against it.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 from ..contract import Features
 from ..layers import DropPath, drop_path_rates, init_weights_reference
 
+
 def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Eval-mode BatchNorm as a per-channel affine map ``y = a·x + b``: returns ``(a, b)``, each ``[C]``."""
     a = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
@@ -39,8 +42,18 @@ def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
     """A new ``nn.Conv2d`` with ``conv``'s geometry and the given weight and bias (detached copies)."""
-    out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-                    conv.groups, bias=True, device=weight.device, dtype=weight.dtype)
+    out = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+        device=weight.device,
+        dtype=weight.dtype,
+    )
     with torch.no_grad():
         out.weight.copy_(weight)
         out.bias.copy_(bias)
@@ -194,8 +207,14 @@ class MSCABlock(nn.Module):
     per-channel parameters of shape ``[C]`` initialised to 1e-2. ``(B, C, H, W)`` → same shape.
     """
 
-    def __init__(self, dim: int, mlp_ratio: float = 4.0, drop: float = 0.0, drop_path: float = 0.0,
-                 layer_scale_init: float = 1e-2):
+    def __init__(
+        self,
+        dim: int,
+        mlp_ratio: float = 4.0,
+        drop: float = 0.0,
+        drop_path: float = 0.0,
+        layer_scale_init: float = 1e-2,
+    ):
         super().__init__()
         self.norm1 = nn.BatchNorm2d(dim)
         self.attn = SpatialAttention(dim)
@@ -242,8 +261,9 @@ class FusedMSCABlock(nn.Module):
             a1, b1 = bn_affine(block.norm1)
             self.proj_1 = fuse_bn_conv1x1(a1, b1, attn.proj_1)
             self.activation, self.spatial_gating_unit = attn.activation, attn.spatial_gating_unit
-            self.proj_2 = _conv_like(attn.proj_2, attn.proj_2.weight * ls1.view(-1, 1, 1, 1),
-                                     (attn.proj_2.bias + b1) * ls1)
+            self.proj_2 = _conv_like(
+                attn.proj_2, attn.proj_2.weight * ls1.view(-1, 1, 1, 1), (attn.proj_2.bias + b1) * ls1
+            )
             self.register_buffer("shortcut_scale", (1 + ls1 * a1).view(-1, 1, 1).clone())
             self.fc1 = fuse_bn_conv1x1(*bn_affine(block.norm2), mlp.fc1)
             self.dwconv, self.act, self.drop = mlp.dwconv, mlp.act, mlp.drop
@@ -252,7 +272,9 @@ class FusedMSCABlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            raise RuntimeError("FusedMSCABlock is for inference only: train the unfused model (Segmentor, not .fused())")
+            raise RuntimeError(
+                "FusedMSCABlock is for inference only: train the unfused model (Segmentor, not .fused())"
+            )
         y = self.proj_2(self.spatial_gating_unit(self.activation(self.proj_1(x))))
         x = torch.addcmul(y, x, self.shortcut_scale)
         y = self.fc2(self.drop(self.act(self.dwconv(self.fc1(x)))))
@@ -281,14 +303,23 @@ class MSCAN(nn.Module):
     Weights are initialised as the reference scratch init (:func:`init_weights_reference`).
     """
 
-    def __init__(self, embed_dims: Sequence[int] = (32, 64, 160, 256), depths: Sequence[int] = (3, 3, 5, 2),
-                 mlp_ratios: Sequence[float] = (8, 8, 4, 4), drop_rate: float = 0.0, drop_path_rate: float = 0.1,
-                 in_chans: int = 3, cpu_channels_last: bool = True):
+    def __init__(
+        self,
+        embed_dims: Sequence[int] = (32, 64, 160, 256),
+        depths: Sequence[int] = (3, 3, 5, 2),
+        mlp_ratios: Sequence[float] = (8, 8, 4, 4),
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        in_chans: int = 3,
+        cpu_channels_last: bool = True,
+    ):
         super().__init__()
         self.cpu_channels_last = bool(cpu_channels_last)
         if not (len(embed_dims) == len(depths) == len(mlp_ratios) == 4):
-            raise ValueError(f"embed_dims, depths and mlp_ratios need 4 entries each, got "
-                             f"{list(embed_dims)}, {list(depths)}, {list(mlp_ratios)}")
+            raise ValueError(
+                f"embed_dims, depths and mlp_ratios need 4 entries each, got "
+                f"{list(embed_dims)}, {list(depths)}, {list(mlp_ratios)}"
+            )
         self.embed_dims = tuple(int(d) for d in embed_dims)
         self.depths = tuple(int(d) for d in depths)
         self.mlp_ratios = tuple(mlp_ratios)
@@ -300,7 +331,8 @@ class MSCAN(nn.Module):
             dim = self.embed_dims[i]
             embed = StemConv(in_chans, dim) if i == 0 else DownsampleConv(self.embed_dims[i - 1], dim)
             blocks = nn.ModuleList(
-                MSCABlock(dim, self.mlp_ratios[i], drop_rate, dpr[cur + j]) for j in range(self.depths[i]))
+                MSCABlock(dim, self.mlp_ratios[i], drop_rate, dpr[cur + j]) for j in range(self.depths[i])
+            )
             cur += self.depths[i]
             setattr(self, f"patch_embed{i + 1}", embed)
             setattr(self, f"block{i + 1}", blocks)
@@ -322,8 +354,9 @@ class MSCAN(nn.Module):
             # LayerNorm over channels on the NHWC view. For channels_last input the view is
             # contiguous (no copy) and permuting back gives a channels_last NCHW tensor again;
             # otherwise the output is made contiguous like the input (as the reference does).
-            x = F.layer_norm(x.permute(0, 2, 3, 1), norm.normalized_shape, norm.weight, norm.bias,
-                             norm.eps).permute(0, 3, 1, 2)
+            x = F.layer_norm(x.permute(0, 2, 3, 1), norm.normalized_shape, norm.weight, norm.bias, norm.eps).permute(
+                0, 3, 1, 2
+            )
             if not channels_last:
                 x = x.contiguous()
             outs.append(x)

@@ -6,6 +6,7 @@ attribute (``backbone.vit.*`` / ``backbone.cswin.*`` in the state dict), so ever
 under ``backbone.`` is an ImageNet-pretrained weight: encoder-only checkpoints load strictly and
 layer-wise lr decay applies to exactly the encoder.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,8 +32,10 @@ class PlainEncoder(nn.Module):
     def __init__(self, vit: nn.Module, num_taps: int):
         super().__init__()
         if len(vit.out_indices) != num_taps + 1 or vit.out_indices[-1] != vit.num_layers - 1:
-            raise ValueError(f"encoder out_indices {list(vit.out_indices)} must be the {num_taps} taps followed by "
-                             f"the last block {vit.num_layers - 1}")
+            raise ValueError(
+                f"encoder out_indices {list(vit.out_indices)} must be the {num_taps} taps followed by "
+                f"the last block {vit.num_layers - 1}"
+            )
         self.vit = vit
         self.num_taps = int(num_taps)
         self.out_channels = [vit.embed_dim]

@@ -17,6 +17,7 @@ renaming (the ImageNet classifier ``head.*`` is the only thing dropped;
 Blocks are pre-norm: ``x + DropPath(Attn(LN(x)))`` then ``x + DropPath(MLP(LN(x)))``; attention
 runs through :func:`torch.nn.functional.scaled_dot_product_attention` (scale ``head_dim^-0.5``).
 """
+
 from __future__ import annotations
 
 import re
@@ -86,14 +87,16 @@ def layer_id_bert(name: str, num_layers: int) -> int:
     return num_layers + 1
 
 
-def resize_pos_embed(pos_embed: torch.Tensor, src_grid: Sequence[int], dst_grid: Sequence[int],
-                     num_extra_tokens: int = 1) -> torch.Tensor:
+def resize_pos_embed(
+    pos_embed: torch.Tensor, src_grid: Sequence[int], dst_grid: Sequence[int], num_extra_tokens: int = 1
+) -> torch.Tensor:
     """Resize an absolute position embedding to another patch grid.
 
     ``pos_embed`` is ``(1, E + Hs·Ws, C)`` whose first ``E = num_extra_tokens`` entries (the
     cls token's) are kept unchanged; the grid part is resized with bicubic interpolation
     (``align_corners=False``, computed in float32, then cast back), as mmseg and the BEiT
-    code do (timm ``resize_pos_embed``, mmseg ``VisionTransformer.resize_pos_embed``). Grids may be non-square. Returns ``(1, E + Hd·Wd, C)``.
+    code do (timm ``resize_pos_embed``, mmseg ``VisionTransformer.resize_pos_embed``). Grids may
+    be non-square. Returns ``(1, E + Hd·Wd, C)``.
 
     Raises:
         ValueError: the token count does not match ``src_grid``.
@@ -101,8 +104,10 @@ def resize_pos_embed(pos_embed: torch.Tensor, src_grid: Sequence[int], dst_grid:
     hs, ws = (int(v) for v in src_grid)
     hd, wd = (int(v) for v in dst_grid)
     if pos_embed.ndim != 3 or pos_embed.shape[1] != num_extra_tokens + hs * ws:
-        raise ValueError(f"pos_embed of shape {tuple(pos_embed.shape)} does not hold {num_extra_tokens} extra "
-                         f"token(s) + a {hs}x{ws} grid")
+        raise ValueError(
+            f"pos_embed of shape {tuple(pos_embed.shape)} does not hold {num_extra_tokens} extra "
+            f"token(s) + a {hs}x{ws} grid"
+        )
     if (hs, ws) == (hd, wd):
         return pos_embed
     extra, grid = pos_embed[:, :num_extra_tokens], pos_embed[:, num_extra_tokens:]
@@ -167,8 +172,15 @@ class Attention(nn.Module):
 class Block(nn.Module):
     """Pre-norm ViT block (LayerNorm eps ``norm_eps``): ``(B, N, C)`` → ``(B, N, C)``."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop_path: float = 0.0, norm_eps: float = 1e-6):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias)
@@ -215,10 +227,21 @@ class VisionTransformer(nn.Module):
     1/0 (mmseg ViT; pretrained weights replace all of it).
     """
 
-    def __init__(self, img_size: int | Sequence[int] = (512, 512), patch_size: int = 16, in_chans: int = 3,
-                 embed_dim: int = 768, depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, drop_path_rate: float = 0.1, out_indices: Sequence[int] = (11,),
-                 norm_eps: float = 1e-6, final_norm: bool = True):
+    def __init__(
+        self,
+        img_size: int | Sequence[int] = (512, 512),
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path_rate: float = 0.1,
+        out_indices: Sequence[int] = (11,),
+        norm_eps: float = 1e-6,
+        final_norm: bool = True,
+    ):
         super().__init__()
         self.img_size = to_2tuple(img_size, "img_size")
         self.patch_size = int(patch_size)
@@ -235,7 +258,8 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid_size[0] * self.grid_size[1], embed_dim))
         dpr = drop_path_rates(drop_path_rate, [depth])
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i], norm_eps) for i in range(depth))
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dpr[i], norm_eps) for i in range(depth)
+        )
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps) if final_norm else nn.Identity()
         self.init_weights()
 
@@ -268,5 +292,12 @@ class VisionTransformer(nn.Module):
         return Features(stages=outs)
 
 
-__all__ = ["VIT_VARIANTS", "VisionTransformer", "resize_pos_embed", "layer_id_bert", "pad_to_multiple",
-           "check_out_indices", "to_2tuple"]
+__all__ = [
+    "VIT_VARIANTS",
+    "VisionTransformer",
+    "resize_pos_embed",
+    "layer_id_bert",
+    "pad_to_multiple",
+    "check_out_indices",
+    "to_2tuple",
+]

@@ -9,10 +9,10 @@ Checkpoint keys (prefix ``decode_head.``): ``squeeze.conv.weight``, ``squeeze.gn
 ``hamburger.ham_out.gn.*``, ``align.conv.weight``, ``align.gn.*``, ``conv_seg.*``.
 NMF has no parameters and no buffers.
 """
+
 from __future__ import annotations
 
 import contextlib
-
 from typing import Sequence
 
 import torch
@@ -79,9 +79,19 @@ class NMF2D(nn.Module):
     instead of the random initial bases (for tests / analysis). Returns ``(B, C, H, W)``.
     """
 
-    def __init__(self, md_r: int = 16, train_steps: int = 6, eval_steps: int = 7, inv_t: float = 1.0,
-                 one_step_grad: bool = False, seed: int = 0, md_s: int = 1, eps: float = 1e-6,
-                 channels: int | None = None, per_sample_eval_bases: bool = False):
+    def __init__(
+        self,
+        md_r: int = 16,
+        train_steps: int = 6,
+        eval_steps: int = 7,
+        inv_t: float = 1.0,
+        one_step_grad: bool = False,
+        seed: int = 0,
+        md_s: int = 1,
+        eps: float = 1e-6,
+        channels: int | None = None,
+        per_sample_eval_bases: bool = False,
+    ):
         super().__init__()
         self.per_sample_eval_bases = bool(per_sample_eval_bases)
         self.S = int(md_s)
@@ -97,8 +107,10 @@ class NMF2D(nn.Module):
             self.eval_bases(channels // self.S)
 
     def extra_repr(self) -> str:
-        return (f"S={self.S}, R={self.R}, train_steps={self.train_steps}, eval_steps={self.eval_steps}, "
-                f"inv_t={self.inv_t}, one_step_grad={self.one_step_grad}, seed={self.seed}")
+        return (
+            f"S={self.S}, R={self.R}, train_steps={self.train_steps}, eval_steps={self.eval_steps}, "
+            f"inv_t={self.inv_t}, one_step_grad={self.one_step_grad}, seed={self.seed}"
+        )
 
     def eval_bases(self, dim: int) -> torch.Tensor:
         """The deterministic eval-mode bases ``(S, dim, R)`` float32 on the CPU (cached per seed)."""
@@ -121,16 +133,16 @@ class NMF2D(nn.Module):
         return self.eval_bases(dim).to(device).repeat(batch, 1, 1)
 
     def _coef_update(self, x: torch.Tensor, bases: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-        numerator = torch.bmm(x.transpose(1, 2), bases)                    # (BS, N, R)
-        denominator = coef.bmm(bases.transpose(1, 2).bmm(bases))           # (BS, N, R)
+        numerator = torch.bmm(x.transpose(1, 2), bases)  # (BS, N, R)
+        denominator = coef.bmm(bases.transpose(1, 2).bmm(bases))  # (BS, N, R)
         return coef * numerator / (denominator + self.eps)
 
     def _iterate(self, x: torch.Tensor, bases: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         coef = torch.softmax(self.inv_t * torch.bmm(x.transpose(1, 2), bases), dim=-1)
         for _ in range(steps):
             coef = self._coef_update(x, bases, coef)
-            numerator = torch.bmm(x, coef)                                 # (BS, D, R)
-            denominator = bases.bmm(coef.transpose(1, 2).bmm(coef))        # (BS, D, R)
+            numerator = torch.bmm(x, coef)  # (BS, D, R)
+            denominator = bases.bmm(coef.transpose(1, 2).bmm(coef))  # (BS, D, R)
             bases = bases * numerator / (denominator + self.eps)
         return bases, coef
 
@@ -147,8 +159,11 @@ class NMF2D(nn.Module):
         channels_last = self.S == 1 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         # NMF runs in fp32 even under autocast (the reference disables it as well); devices
         # without autocast support (e.g. "meta", used for FLOP counting) need no guard.
-        no_autocast = (torch.autocast(device_type=x.device.type, enabled=False)
-                       if torch.amp.is_autocast_available(x.device.type) else contextlib.nullcontext())
+        no_autocast = (
+            torch.autocast(device_type=x.device.type, enabled=False)
+            if torch.amp.is_autocast_available(x.device.type)
+            else contextlib.nullcontext()
+        )
         with no_autocast:
             x = x.float().reshape(b * self.S, d, h * w)
             if bases is None:
@@ -201,7 +216,8 @@ class LightHamHead(DecodeHead):
         in_index: which backbone outputs to use (``(1, 2, 3)``: strides 8, 16, 32).
 
     Forward: :class:`~segkit.models.contract.Features` whose ``stages`` are the backbone's
-    feature maps ``(B, C_i, H_i, W_i)`` (all 4); the ``in_index`` ones are resized (bilinear, align_corners=False) to the first selected map's
+    feature maps ``(B, C_i, H_i, W_i)`` (all 4); the ``in_index`` ones are resized (bilinear,
+    align_corners=False) to the first selected map's
     size (stride 8), concatenated in order, then ``squeeze`` (1×1 conv + GN + ReLU) →
     Hamburger → ``align`` (1×1 conv + GN + ReLU) → Dropout2d → ``conv_seg`` (1×1).
     Returns logits ``(B, K, H_2, W_2)`` (output stride 8).
@@ -210,10 +226,22 @@ class LightHamHead(DecodeHead):
     (fan_out, ReLU gain), bias 0; GroupNorm 1/0; ``conv_seg`` normal(0, 0.01), bias 0.
     """
 
-    def __init__(self, in_channels: Sequence[int], ham_channels: int, channels: int, num_classes: int,
-                 md_r: int = 16, train_steps: int = 6, eval_steps: int = 7, inv_t: float = 1.0,
-                 dropout: float = 0.1, num_groups: int = 32, one_step_grad: bool = False, seed: int = 0,
-                 in_index: Sequence[int] = (1, 2, 3)):
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        ham_channels: int,
+        channels: int,
+        num_classes: int,
+        md_r: int = 16,
+        train_steps: int = 6,
+        eval_steps: int = 7,
+        inv_t: float = 1.0,
+        dropout: float = 0.1,
+        num_groups: int = 32,
+        one_step_grad: bool = False,
+        seed: int = 0,
+        in_index: Sequence[int] = (1, 2, 3),
+    ):
         super().__init__()
         self.in_channels = [int(c) for c in in_channels]
         self.in_index = tuple(int(i) for i in in_index)
@@ -221,8 +249,16 @@ class LightHamHead(DecodeHead):
             raise ValueError(f"in_channels {self.in_channels} and in_index {self.in_index} differ in length")
         self.num_classes = int(num_classes)
         self.squeeze = ConvModule(sum(self.in_channels), ham_channels, 1, norm="gn", num_groups=num_groups)
-        self.hamburger = Hamburger(ham_channels, num_groups, md_r=md_r, train_steps=train_steps,
-                                   eval_steps=eval_steps, inv_t=inv_t, one_step_grad=one_step_grad, seed=seed)
+        self.hamburger = Hamburger(
+            ham_channels,
+            num_groups,
+            md_r=md_r,
+            train_steps=train_steps,
+            eval_steps=eval_steps,
+            inv_t=inv_t,
+            one_step_grad=one_step_grad,
+            seed=seed,
+        )
         self.align = ConvModule(ham_channels, channels, 1, norm="gn", num_groups=num_groups)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
@@ -247,11 +283,15 @@ class LightHamHead(DecodeHead):
         feats = [stages[i] for i in self.in_index]
         for f, c in zip(feats, self.in_channels):
             if f.ndim != 4 or f.shape[1] != c:
-                raise ValueError(f"LightHamHead expected features with channels {self.in_channels}, "
-                                 f"got shapes {[tuple(f.shape) for f in feats]}")
+                raise ValueError(
+                    f"LightHamHead expected features with channels {self.in_channels}, "
+                    f"got shapes {[tuple(f.shape) for f in feats]}"
+                )
         size = feats[0].shape[-2:]
-        feats = [feats[0]] + [f if f.shape[-2:] == size else
-                              F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in feats[1:]]
+        feats = [feats[0]] + [
+            f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+            for f in feats[1:]
+        ]
         x = self.squeeze(torch.cat(feats, dim=1))
         x = self.align(self.hamburger(x))
         return self.conv_seg(self.dropout(x))

@@ -6,6 +6,7 @@ Layer names reproduce the official NVlabs checkpoint keys (of that file, below t
 ``linear_pred``. The official checkpoints also hold an unused ``conv_seg``; it is not built here
 (the converter drops it).
 """
+
 from __future__ import annotations
 
 from typing import Sequence

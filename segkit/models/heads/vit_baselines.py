@@ -7,10 +7,10 @@ Module names follow the official Segmenter decoder keys (``head``; ``proj_dec``,
 Linear layers here (official: bare ``(d, d)`` parameters used as ``x @ P``, i.e. our weight
 is their parameter transposed — as in mmseg's port).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -89,9 +89,17 @@ class SegmenterMaskHead(DecodeHead):
     ``proj_patch`` / ``proj_classes`` normal with std ``d^-0.5`` (official ``scale · randn``).
     """
 
-    def __init__(self, in_dim: int, num_classes: int, dim: int | None = None, num_layers: int = 2,
-                 num_heads: int | None = None, mlp_ratio: float = 4.0, dropout: float = 0.1,
-                 drop_path_rate: float = 0.0):
+    def __init__(
+        self,
+        in_dim: int,
+        num_classes: int,
+        dim: int | None = None,
+        num_layers: int = 2,
+        num_heads: int | None = None,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.1,
+        drop_path_rate: float = 0.0,
+    ):
         super().__init__()
         dim = dim or in_dim
         num_heads = num_heads or max(dim // 64, 1)
@@ -99,8 +107,9 @@ class SegmenterMaskHead(DecodeHead):
         self.proj_dec = nn.Linear(in_dim, dim)
         self.cls_emb = nn.Parameter(torch.zeros(1, num_classes, dim))
         dpr = drop_path_rates(drop_path_rate, [num_layers])
-        self.blocks = nn.ModuleList(SegmenterBlock(dim, num_heads, mlp_ratio, dropout, dpr[i])
-                                    for i in range(num_layers))
+        self.blocks = nn.ModuleList(
+            SegmenterBlock(dim, num_heads, mlp_ratio, dropout, dpr[i]) for i in range(num_layers)
+        )
         self.decoder_norm = nn.LayerNorm(dim)
         self.proj_patch = nn.Linear(dim, dim, bias=False)
         self.proj_classes = nn.Linear(dim, dim, bias=False)
@@ -122,7 +131,7 @@ class SegmenterMaskHead(DecodeHead):
         for blk in self.blocks:
             x = blk(x)
         x = self.decoder_norm(x)
-        patches = F.normalize(self.proj_patch(x[:, :-self.num_classes]), dim=-1)
-        classes = F.normalize(self.proj_classes(x[:, -self.num_classes:]), dim=-1)
+        patches = F.normalize(self.proj_patch(x[:, : -self.num_classes]), dim=-1)
+        classes = F.normalize(self.proj_classes(x[:, -self.num_classes :]), dim=-1)
         masks = self.mask_norm(patches @ classes.transpose(1, 2))
         return masks.transpose(1, 2).reshape(b, self.num_classes, h, w)

@@ -21,6 +21,7 @@ convention: ``rstrudel/segmenter: segm/data/utils.py``, ``microsoft/unilm: beit/
 Ablations (RSSeg Tables 4–8) are keyword presets: ``build_model("rsseg-vit-b", 150,
 **PLAIN_ABLATIONS["1-sasm"])``; :data:`PYRAMID_ABLATIONS` for CSWin.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -116,8 +117,9 @@ def _check_variant(variant: str, table: dict, what: str) -> None:
         raise ValueError(f"unknown {what} variant {variant!r}; choose from {sorted(table)}")
 
 
-def copy_patch_embed_hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                          error_msgs) -> None:
+def copy_patch_embed_hook(
+    module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+) -> None:
     """``load_state_dict`` pre-hook: initialise the local path's overlapping patch embedding like the ViT's.
 
     For each ``dst → src`` of ``module.init_copies``, when a state dict being loaded holds
@@ -205,26 +207,68 @@ def build_rsseg_plain(variant: str, num_classes: int = 150, **kwargs) -> Segment
     if a.taps is None:
         a.taps = d["taps"] if a.depth is None else default_plain_taps(a.depth)
     a.taps = tuple(int(t) for t in a.taps)
-    a.lsb_dim, a.expand, a.sasm_groups = a.lsb_dim or d["lsb_dim"], a.expand or d["expand"], a.sasm_groups or d["sasm_groups"]
-    vit, a.drop_path_rate = _plain_encoder(variant, img_size=a.img_size,
-                                           out_indices=(*a.taps, (a.depth or _depth_of(variant)) - 1),
-                                           drop_path_rate=a.drop_path_rate, embed_dim=a.embed_dim, depth=a.depth,
-                                           num_heads=a.num_heads)
+    a.lsb_dim, a.expand, a.sasm_groups = (
+        a.lsb_dim or d["lsb_dim"],
+        a.expand or d["expand"],
+        a.sasm_groups or d["sasm_groups"],
+    )
+    vit, a.drop_path_rate = _plain_encoder(
+        variant,
+        img_size=a.img_size,
+        out_indices=(*a.taps, (a.depth or _depth_of(variant)) - 1),
+        drop_path_rate=a.drop_path_rate,
+        embed_dim=a.embed_dim,
+        depth=a.depth,
+        num_heads=a.num_heads,
+    )
     a.img_size = _size(a.img_size)
-    decoder = dict(num_layers=a.decoder_layers, num_heads=a.decoder_heads, mlp_ratio=a.decoder_mlp_ratio,
-                   dropout=a.decoder_dropout, dca=a.dca, l2_norm=a.l2_norm, q2r_weight=a.q2r_weight,
-                   p2r_weight=a.p2r_weight, init_inv_scale=a.init_inv_scale, label_downsample=a.label_downsample,
-                   mask_absent=a.mask_absent, ignore_index=meta.get("ignore_index", 255))
-    head = RSSegHead(vit.embed_dim, num_classes, len(a.taps), patch_size=vit.patch_size, lsb_dim=a.lsb_dim,
-                     expand=a.expand, sasm_groups=a.sasm_groups, num_sasm=a.num_sasm, two_pathway=a.two_pathway,
-                     local_op=a.local_op, lsb_norm=a.lsb_norm, lsb_act=a.lsb_act, fusion=a.fusion,
-                     af_norm=a.af_norm, filter_norm=a.filter_norm, decoder=decoder, patch_proj=a.patch_proj)
-    model = Segmentor(PlainEncoder(vit, len(a.taps)), head, num_classes, name=f"rsseg-{variant}", family="rsseg",
-                      arch=arch_dict(a), **_plain_meta(meta))
+    decoder = dict(
+        num_layers=a.decoder_layers,
+        num_heads=a.decoder_heads,
+        mlp_ratio=a.decoder_mlp_ratio,
+        dropout=a.decoder_dropout,
+        dca=a.dca,
+        l2_norm=a.l2_norm,
+        q2r_weight=a.q2r_weight,
+        p2r_weight=a.p2r_weight,
+        init_inv_scale=a.init_inv_scale,
+        label_downsample=a.label_downsample,
+        mask_absent=a.mask_absent,
+        ignore_index=meta.get("ignore_index", 255),
+    )
+    head = RSSegHead(
+        vit.embed_dim,
+        num_classes,
+        len(a.taps),
+        patch_size=vit.patch_size,
+        lsb_dim=a.lsb_dim,
+        expand=a.expand,
+        sasm_groups=a.sasm_groups,
+        num_sasm=a.num_sasm,
+        two_pathway=a.two_pathway,
+        local_op=a.local_op,
+        lsb_norm=a.lsb_norm,
+        lsb_act=a.lsb_act,
+        fusion=a.fusion,
+        af_norm=a.af_norm,
+        filter_norm=a.filter_norm,
+        decoder=decoder,
+        patch_proj=a.patch_proj,
+    )
+    model = Segmentor(
+        PlainEncoder(vit, len(a.taps)),
+        head,
+        num_classes,
+        name=f"rsseg-{variant}",
+        family="rsseg",
+        arch=arch_dict(a),
+        **_plain_meta(meta),
+    )
     model.encoder_prefix = "backbone.vit."
     if a.two_pathway:
-        model.init_copies = {f"decode_head.local_embed.proj.{p}": f"backbone.vit.patch_embed.proj.{p}"
-                             for p in ("weight", "bias")}
+        model.init_copies = {
+            f"decode_head.local_embed.proj.{p}": f"backbone.vit.patch_embed.proj.{p}" for p in ("weight", "bias")
+        }
         with torch.no_grad():  # same initialisation as the ViT patch embedding (also from scratch)
             head.local_embed.proj.weight.copy_(vit.patch_embed.proj.weight)
             head.local_embed.proj.bias.copy_(vit.patch_embed.proj.bias)
@@ -259,13 +303,25 @@ def build_linear(variant: str, num_classes: int = 150, **kwargs) -> Segmentor:
     _check_variant(variant, PLAIN_VARIANTS, "ViT-Linear")
     family, size = variant.split("-")
     a, meta = split_kwargs(LinearArch, kwargs, f"{family}-linear-{size}")
-    vit, a.drop_path_rate = _plain_encoder(variant, img_size=a.img_size,
-                                           out_indices=((a.depth or _depth_of(variant)) - 1,),
-                                           drop_path_rate=a.drop_path_rate, embed_dim=a.embed_dim, depth=a.depth,
-                                           num_heads=a.num_heads)
+    vit, a.drop_path_rate = _plain_encoder(
+        variant,
+        img_size=a.img_size,
+        out_indices=((a.depth or _depth_of(variant)) - 1,),
+        drop_path_rate=a.drop_path_rate,
+        embed_dim=a.embed_dim,
+        depth=a.depth,
+        num_heads=a.num_heads,
+    )
     a.img_size = _size(a.img_size)
-    model = Segmentor(vit, LinearHead(vit.embed_dim, num_classes), num_classes, name=f"{family}-linear-{size}",
-                      family="rsseg", arch=arch_dict(a), **_plain_meta(meta))
+    model = Segmentor(
+        vit,
+        LinearHead(vit.embed_dim, num_classes),
+        num_classes,
+        name=f"{family}-linear-{size}",
+        family="rsseg",
+        arch=arch_dict(a),
+        **_plain_meta(meta),
+    )
     model.encoder_prefix = "backbone."
     return model
 
@@ -276,14 +332,20 @@ def build_segmenter(variant: str, num_classes: int = 150, **kwargs) -> Segmentor
 
     _check_variant(variant, PLAIN_VARIANTS, "Segmenter")
     a, meta = split_kwargs(SegmenterArch, kwargs, f"segmenter-{variant}")
-    vit, a.drop_path_rate = _plain_encoder(variant, img_size=a.img_size,
-                                           out_indices=((a.depth or _depth_of(variant)) - 1,),
-                                           drop_path_rate=a.drop_path_rate, embed_dim=a.embed_dim, depth=a.depth,
-                                           num_heads=a.num_heads)
+    vit, a.drop_path_rate = _plain_encoder(
+        variant,
+        img_size=a.img_size,
+        out_indices=((a.depth or _depth_of(variant)) - 1,),
+        drop_path_rate=a.drop_path_rate,
+        embed_dim=a.embed_dim,
+        depth=a.depth,
+        num_heads=a.num_heads,
+    )
     a.img_size = _size(a.img_size)
     head = SegmenterMaskHead(vit.embed_dim, num_classes, num_layers=a.decoder_layers, dropout=a.decoder_dropout)
-    model = Segmentor(vit, head, num_classes, name=f"segmenter-{variant}", family="rsseg", arch=arch_dict(a),
-                      **_plain_meta(meta))
+    model = Segmentor(
+        vit, head, num_classes, name=f"segmenter-{variant}", family="rsseg", arch=arch_dict(a), **_plain_meta(meta)
+    )
     model.encoder_prefix = "backbone."
     return model
 
@@ -343,13 +405,28 @@ def build_rsseg_pyramid(variant: str, num_classes: int = 19, **kwargs) -> Segmen
     a.taps = tuple(int(t) for t in taps) if a.local_path else ()
     cswin = CSWin(**enc, tap_blocks=a.taps, tap_base=0)
     a.dim, a.expand = a.dim or d["dim"], a.expand or d["expand"]
-    head = PyramidHead(cswin.out_channels, cswin.tap_channels, num_classes, dim=a.dim, expand=a.expand,
-                       local_path=a.local_path, local_op=a.local_op, lsb_norm=a.lsb_norm, lsb_act=a.lsb_act,
-                       fusion=a.fusion, af_norm=a.af_norm, fusion_head=a.fusion_head, head_dim=a.head_dim,
-                       dropout=a.dropout, boundary_weight=a.boundary_weight, boundary_loss=a.boundary_loss,
-                       ignore_index=meta.get("ignore_index", 255))
-    model = Segmentor(PyramidEncoder(cswin), head, num_classes, name=f"rsseg-{variant}", family="rsseg",
-                      arch=arch_dict(a), **meta)
+    head = PyramidHead(
+        cswin.out_channels,
+        cswin.tap_channels,
+        num_classes,
+        dim=a.dim,
+        expand=a.expand,
+        local_path=a.local_path,
+        local_op=a.local_op,
+        lsb_norm=a.lsb_norm,
+        lsb_act=a.lsb_act,
+        fusion=a.fusion,
+        af_norm=a.af_norm,
+        fusion_head=a.fusion_head,
+        head_dim=a.head_dim,
+        dropout=a.dropout,
+        boundary_weight=a.boundary_weight,
+        boundary_loss=a.boundary_loss,
+        ignore_index=meta.get("ignore_index", 255),
+    )
+    model = Segmentor(
+        PyramidEncoder(cswin), head, num_classes, name=f"rsseg-{variant}", family="rsseg", arch=arch_dict(a), **meta
+    )
     model.encoder_prefix = "backbone.cswin."
     return model
 
@@ -362,7 +439,21 @@ RSSEG_MODELS: dict[str, Callable[..., Segmentor]] = {
     **{f"segmenter-vit-{s}": partial(build_segmenter, f"vit-{s}") for s in ("ti", "b", "l")},
 }
 
-__all__ = ["RSSEG_MODELS", "PLAIN_VARIANTS", "PYRAMID_VARIANTS", "PLAIN_ABLATIONS", "PYRAMID_ABLATIONS",
-           "RSSegPlainArch", "RSSegPyramidArch", "LinearArch", "SegmenterArch",
-           "build_rsseg_plain", "build_rsseg_pyramid", "build_linear", "build_segmenter", "default_plain_taps",
-           "pyramid_taps", "copy_patch_embed_hook"]
+__all__ = [
+    "RSSEG_MODELS",
+    "PLAIN_VARIANTS",
+    "PYRAMID_VARIANTS",
+    "PLAIN_ABLATIONS",
+    "PYRAMID_ABLATIONS",
+    "RSSegPlainArch",
+    "RSSegPyramidArch",
+    "LinearArch",
+    "SegmenterArch",
+    "build_rsseg_plain",
+    "build_rsseg_pyramid",
+    "build_linear",
+    "build_segmenter",
+    "default_plain_taps",
+    "pyramid_taps",
+    "copy_patch_embed_hook",
+]

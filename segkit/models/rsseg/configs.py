@@ -10,6 +10,7 @@ and the queries": ``head_lr_mult`` 10 with ``decode_head.decoder.*`` back at 1×
 path's patch embedding is initialised from the ViT's, so it also stays at 1×). CSWin on
 Cityscapes follows SegFormer's recipe (crop 1024, 160k, batch 8, lr 6e-5, slide 1024/768).
 """
+
 from __future__ import annotations
 
 from segkit.recipes import PAPER_DATASETS, paper_config, small_config
@@ -20,15 +21,25 @@ PLAIN = ["rsseg-vit-b", "rsseg-vit-l", "rsseg-beit-b", "rsseg-beit-l"]
 BASELINES = ["vit-linear-b", "vit-linear-l", "beit-linear-b", "beit-linear-l", "segmenter-vit-b", "segmenter-vit-l"]
 DATA = {
     "ade20k": dict(data=PAPER_DATASETS["ade20k"]["data"], scale=[2048, 512], crop=512, crop_large=640, iters=80000),
-    "cityscapes": dict(data=PAPER_DATASETS["cityscapes"]["data"], scale=[2048, 1024], crop=768, crop_large=768,
-                       iters=80000),
-    "pascal_context59": dict(data=PAPER_DATASETS["pascal_context59"]["data"], scale=[520, 520], crop=480,
-                             crop_large=480, iters=30000),
-    "coco_stuff10k": dict(data={"train": {"type": "coco_stuff10k", "root": "data/coco_stuff10k", "split": "train"},
-                                "val": {"type": "coco_stuff10k", "root": "data/coco_stuff10k", "split": "test"}},
-                          scale=[2048, 512], crop=512, crop_large=512, iters=30000),
-    "coco_stuff164k": dict(data=PAPER_DATASETS["coco_stuff164k"]["data"], scale=[2048, 640], crop=640,
-                           crop_large=640, iters=80000),
+    "cityscapes": dict(
+        data=PAPER_DATASETS["cityscapes"]["data"], scale=[2048, 1024], crop=768, crop_large=768, iters=80000
+    ),
+    "pascal_context59": dict(
+        data=PAPER_DATASETS["pascal_context59"]["data"], scale=[520, 520], crop=480, crop_large=480, iters=30000
+    ),
+    "coco_stuff10k": dict(
+        data={
+            "train": {"type": "coco_stuff10k", "root": "data/coco_stuff10k", "split": "train"},
+            "val": {"type": "coco_stuff10k", "root": "data/coco_stuff10k", "split": "test"},
+        },
+        scale=[2048, 512],
+        crop=512,
+        crop_large=512,
+        iters=30000,
+    ),
+    "coco_stuff164k": dict(
+        data=PAPER_DATASETS["coco_stuff164k"]["data"], scale=[2048, 640], crop=640, crop_large=640, iters=80000
+    ),
 }
 LR_MULT = {"decode_head.decoder.": 1.0, "decode_head.local_embed.proj.": 1.0}
 
@@ -64,13 +75,23 @@ def plain_config(model: str, dataset: str, model_args: dict | None = None, tag: 
         "model_args": {"img_size": crop, **(model_args or {})},
         "pretrained": None,
         "data": r["data"],
-        "train_transform": {"scale": scale, "ratio_range": [0.5, 2.0], "crop_size": [crop, crop],
-                            "cat_max_ratio": 0.75, "flip_prob": 0.5, "photometric": True},
+        "train_transform": {
+            "scale": scale,
+            "ratio_range": [0.5, 2.0],
+            "crop_size": [crop, crop],
+            "cat_max_ratio": 0.75,
+            "flip_prob": 0.5,
+            "photometric": True,
+        },
         "test_transform": {"scale": list(scale), "keep_ratio": True, "size_divisor": None},
         "optim": optim,
         "schedule": {"max_iters": r["iters"], "warmup_iters": warmup, "warmup_ratio": 1.0e-6, "power": 1.0},
-        "train": {"batch_size": 16, "num_workers": 4, "eval_interval": 8000 if r["iters"] > 40000 else 4000,
-                  "work_dir": f"work_dirs/{name}_{dataset}"},
+        "train": {
+            "batch_size": 16,
+            "num_workers": 4,
+            "eval_interval": 8000 if r["iters"] > 40000 else 4000,
+            "work_dir": f"work_dirs/{name}_{dataset}",
+        },
         "eval": {"mode": "slide", "crop_size": [crop, crop], "stride": [stride, stride]},
     }
 

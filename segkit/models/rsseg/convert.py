@@ -45,6 +45,7 @@ Before anything is returned the converted encoder keys are checked against the m
 encoder: another depth or width raises :class:`~segkit.checkpoints.CheckpointError` naming the
 key and both shapes.
 """
+
 from __future__ import annotations
 
 import math
@@ -79,7 +80,7 @@ _FOREIGN = {  # key fragment → what the checkpoint is
 
 # ---------------------------------------------------------------------------- detection
 def detect_family(state: dict) -> str | None:
-    """Family of an un-prefixed encoder state dict: ``vit``, ``mmseg-vit``, ``beit``, ``mmseg-beit``, ``cswin`` or None."""
+    """Encoder kind of an un-prefixed state dict: ``vit``, ``mmseg-vit``, ``beit``, ``mmseg-beit``, ``cswin``, None."""
     keys = set(state)
     if "stage1_conv_embed.0.weight" in keys:
         return "cswin"
@@ -103,7 +104,7 @@ def _find_prefix(state: dict) -> str | None:
     candidates = {key[: -len(anchor)] for key in state for anchor in _ANCHORS if key.endswith("." + anchor)}
     best, best_n = None, 0
     for p in candidates:
-        sub = {k[len(p):]: None for k in state if k.startswith(p)}
+        sub = {k[len(p) :]: None for k in state if k.startswith(p)}
         if detect_family(sub) is not None and len(sub) > best_n:
             best, best_n = p, len(sub)
     return best
@@ -119,8 +120,10 @@ def _square_side(n: int, what: str) -> int:
 
 def _identity_norm(encoder_state: dict, name: str) -> dict:
     w = encoder_state[f"{name}.weight"]
-    return {f"{name}.weight": torch.ones(w.shape, dtype=torch.float32),
-            f"{name}.bias": torch.zeros(w.shape, dtype=torch.float32)}
+    return {
+        f"{name}.weight": torch.ones(w.shape, dtype=torch.float32),
+        f"{name}.bias": torch.zeros(w.shape, dtype=torch.float32),
+    }
 
 
 def _rename_mmseg(state: dict) -> dict:
@@ -128,15 +131,15 @@ def _rename_mmseg(state: dict) -> dict:
     for key, value in state.items():
         new = key
         if key.startswith("patch_embed.projection."):
-            new = "patch_embed.proj." + key[len("patch_embed.projection."):]
+            new = "patch_embed.proj." + key[len("patch_embed.projection.") :]
         elif re.match(r"^(ln1|ln)\.", key):
             new = "norm." + key.split(".", 1)[1]
         elif key.startswith("fc_ln."):
-            new = "fc_norm." + key[len("fc_ln."):]
+            new = "fc_norm." + key[len("fc_ln.") :]
         else:
             m = re.match(r"^layers\.(\d+)\.", key)
             if m:
-                rest = key[m.end():]
+                rest = key[m.end() :]
                 for pattern, repl in _MMSEG_BLOCK_RULES:
                     rest, n = re.subn(pattern, repl, rest, count=1)
                     if n:
@@ -243,8 +246,10 @@ def _map_beit(state: dict, encoder, dropped: list, notes: list) -> dict:
             out[key] = resize_rel_pos_table(table, src, window, mode="geometric")
             resized = src
         if resized is not None:
-            notes.append(f"relative position bias tables resized from a {resized[0]}x{resized[1]} to a "
-                         f"{window[0]}x{window[1]} window (geometric-sequence spline, BEiT reference)")
+            notes.append(
+                f"relative position bias tables resized from a {resized[0]}x{resized[1]} to a "
+                f"{window[0]}x{window[1]} window (geometric-sequence spline, BEiT reference)"
+            )
     _final_norm(out, encoder, dropped, notes)
     return out
 
@@ -263,8 +268,10 @@ def _map_cswin(state: dict, encoder, dropped: list, notes: list) -> dict:
     for s in added:
         out.update(_identity_norm(enc_state, f"norm{s}"))
     if added:
-        notes.append(f"segmentation output norms {', '.join(f'norm{s}' for s in added)} are not in the checkpoint: "
-                     f"set to identity (weight 1, bias 0) as the official segmentation backbone initialises them")
+        notes.append(
+            f"segmentation output norms {', '.join(f'norm{s}' for s in added)} are not in the checkpoint: "
+            f"set to identity (weight 1, bias 0) as the official segmentation backbone initialises them"
+        )
     return out
 
 
@@ -283,8 +290,9 @@ def _check_encoder(mapped: dict, encoder, family: str) -> None:
     expected = {"vit": VisionTransformer, "beit": BEiT, "cswin": CSWin}[family]
     known = (VisionTransformer, BEiT, CSWin)
     if isinstance(encoder, known) and not isinstance(encoder, expected):
-        raise CheckpointError(f"checkpoint holds a {family.upper()} encoder, the model's encoder is "
-                              f"{type(encoder).__name__}")
+        raise CheckpointError(
+            f"checkpoint holds a {family.upper()} encoder, the model's encoder is {type(encoder).__name__}"
+        )
     own = encoder.state_dict()
     if family == "cswin":
         depths = {}
@@ -296,14 +304,16 @@ def _check_encoder(mapped: dict, encoder, family: str) -> None:
         if model_depths is not None:
             ck = [depths.get(s, 0) for s in range(1, 5)]
             if ck != list(model_depths):
-                raise CheckpointError(f"checkpoint has stage depths {ck}, model encoder has {list(model_depths)}: "
-                                      f"wrong CSWin variant")
+                raise CheckpointError(
+                    f"checkpoint has stage depths {ck}, model encoder has {list(model_depths)}: wrong CSWin variant"
+                )
     else:
         depth = 1 + max((int(m[1]) for k in mapped if (m := _BLOCK.match(k))), default=-1)
         layers = getattr(encoder, "num_layers", None)
         if layers is not None and depth != layers:
-            raise CheckpointError(f"checkpoint has {depth} transformer blocks, model encoder has {layers}: "
-                                  f"wrong {family.upper()} variant")
+            raise CheckpointError(
+                f"checkpoint has {depth} transformer blocks, model encoder has {layers}: wrong {family.upper()} variant"
+            )
     first = [k for k in ("patch_embed.proj.weight", "stage1_conv_embed.0.weight") if k in mapped]
     for key in first + [k for k in mapped if k not in first]:  # the width-revealing key first
         value = mapped[key]
@@ -311,13 +321,16 @@ def _check_encoder(mapped: dict, encoder, family: str) -> None:
             hint = ""
             if key in ("patch_embed.proj.weight", "stage1_conv_embed.0.weight"):
                 hint = f" (checkpoint width {value.shape[0]}, model {own[key].shape[0]}: wrong variant)"
-            raise CheckpointError(f"checkpoint key {key!r} has shape {list(value.shape)}, the model's encoder "
-                                  f"expects {list(own[key].shape)}{hint}")
+            raise CheckpointError(
+                f"checkpoint key {key!r} has shape {list(value.shape)}, the model's encoder "
+                f"expects {list(own[key].shape)}{hint}"
+            )
 
 
 # ---------------------------------------------------------------------------- public API
-def encoder_state_dict_to_segkit(state: dict[str, torch.Tensor], prefix: str, encoder=None
-                                 ) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
+def encoder_state_dict_to_segkit(
+    state: dict[str, torch.Tensor], prefix: str, encoder=None
+) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
     """Map a public encoder-only state dict (no prefix) onto segkit names under ``prefix``.
 
     Args:
@@ -338,11 +351,12 @@ def encoder_state_dict_to_segkit(state: dict[str, torch.Tensor], prefix: str, en
     """
     family = detect_family(state)
     if family is None:
-        raise CheckpointError(f"not a ViT / BEiT / CSWin encoder checkpoint: no recognised key names "
-                              f"(first keys: {list(state)[:5]})")
+        raise CheckpointError(
+            f"not a ViT / BEiT / CSWin encoder checkpoint: no recognised key names (first keys: {list(state)[:5]})"
+        )
     if family.startswith("mmseg-"):
         state = _rename_mmseg(state)
-        family = family[len("mmseg-"):]
+        family = family[len("mmseg-") :]
     dropped: list[str] = []
     notes: list[str] = []
     mapped = _MAPPERS[family](dict(state), encoder, dropped, notes)
@@ -356,8 +370,9 @@ def _encoder_of(model, prefix: str):
     try:
         return model.get_submodule(prefix.rstrip("."))
     except AttributeError as e:
-        raise CheckpointError(f"model {getattr(model, 'name', type(model).__name__)} has no encoder at "
-                              f"encoder_prefix {prefix!r}") from e
+        raise CheckpointError(
+            f"model {getattr(model, 'name', type(model).__name__)} has no encoder at encoder_prefix {prefix!r}"
+        ) from e
 
 
 def _resize_in_place(state: dict, prefix: str, encoder, notes: list) -> None:
@@ -376,7 +391,7 @@ def _resize_in_place(state: dict, prefix: str, encoder, notes: list) -> None:
     from segkit.models.backbones.beit import NUM_EXTRA_REL, resize_rel_pos_table
 
     for key in [k for k in state if k.startswith(prefix) and k.endswith("relative_position_bias_table")]:
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         if name in own and state[key].shape != own[name].shape:
             side = _square_side(state[key].shape[0] - NUM_EXTRA_REL, key)
             state[key] = resize_rel_pos_table(state[key], ((side + 1) // 2,) * 2, window, mode="geometric")
@@ -424,7 +439,7 @@ def convert(state: dict[str, torch.Tensor], model) -> tuple[dict[str, torch.Tens
     # 3. a public encoder under some prefix (official UPerNet ``backbone.``, Segmenter ``encoder.``).
     src = _find_prefix(state)
     if src is not None:
-        sub = {k[len(src):]: v for k, v in state.items() if k.startswith(src)}
+        sub = {k[len(src) :]: v for k, v in state.items() if k.startswith(src)}
         family = detect_family(sub)
         if family is not None:
             if family in ("beit", "mmseg-beit"):  # BEiT's UPerNet neck lives in the backbone
@@ -444,7 +459,11 @@ def convert(state: dict[str, torch.Tensor], model) -> tuple[dict[str, torch.Tens
                     foreign.append(k)
             dropped += foreign
             if foreign:
-                notes.append(f"{len(foreign)} key(s) outside the encoder that this model lacks were dropped "
-                             f"(e.g. {foreign[:3]}; another decoder architecture)")
+                notes.append(
+                    f"{len(foreign)} key(s) outside the encoder that this model lacks were dropped "
+                    f"(e.g. {foreign[:3]}; another decoder architecture)"
+                )
             return out, f"{family}-in-{src}", dropped, notes
-    raise CheckpointError(f"not a ViT / BEiT / CSWin checkpoint: no recognised key names (first keys: {list(state)[:5]})")
+    raise CheckpointError(
+        f"not a ViT / BEiT / CSWin checkpoint: no recognised key names (first keys: {list(state)[:5]})"
+    )

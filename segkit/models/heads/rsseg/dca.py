@@ -38,6 +38,7 @@ Choices where the paper is silent (switches of :class:`MaskDecoder` / the builde
   attention, and the losses use the raw queries/keys and the mean key of each region with
   the same ``1/sqrt(d)`` scale.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,8 +54,14 @@ _NEG = -1.0e4  # finite "minus infinity" for masked logits (keeps fully-masked r
 
 
 # ------------------------------------------------------------------------------ label helpers
-def region_weights(labels: torch.Tensor, grid: tuple[int, int], stride: tuple[int, int], num_classes: int,
-                   ignore_index: int = 255, mode: str = "area") -> torch.Tensor:
+def region_weights(
+    labels: torch.Tensor,
+    grid: tuple[int, int],
+    stride: tuple[int, int],
+    num_classes: int,
+    ignore_index: int = 255,
+    mode: str = "area",
+) -> torch.Tensor:
     """Down-sampled one-hot label ``(B, K, h·w)`` float32 for a token grid.
 
     Args:
@@ -76,7 +83,7 @@ def region_weights(labels: torch.Tensor, grid: tuple[int, int], stride: tuple[in
     h, w = grid
     sy, sx = stride
     if mode == "nearest":
-        lab = labels[:, sy // 2::sy, sx // 2::sx][:, :h, :w]
+        lab = labels[:, sy // 2 :: sy, sx // 2 :: sx][:, :h, :w]
         lab = F.pad(lab, (0, w - lab.shape[2], 0, h - lab.shape[1]), value=ignore_index)
         valid = (lab != ignore_index) & (lab >= 0) & (lab < num_classes)
         onehot = F.one_hot(torch.where(valid, lab, 0), num_classes).permute(0, 3, 1, 2).float()
@@ -85,7 +92,7 @@ def region_weights(labels: torch.Tensor, grid: tuple[int, int], stride: tuple[in
     ys = torch.arange(hh, device=dev) // sy
     xs = torch.arange(ww, device=dev) // sx
     inside = (ys[:, None] < h) & (xs[None, :] < w)
-    cell = (ys[:, None] * w + xs[None, :])                                  # (H, W)
+    cell = ys[:, None] * w + xs[None, :]  # (H, W)
     valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes) & inside
     idx = (torch.arange(b, device=dev).view(b, 1, 1) * num_classes + labels) * (h * w) + cell
     counts = torch.bincount(idx[valid], minlength=b * num_classes * h * w).float()
@@ -105,8 +112,13 @@ def region_embeddings(keys: torch.Tensor, weights: torch.Tensor, normalize: bool
     return re / weights.sum(-1).clamp_min(1e-6)[:, None, :, None].to(keys.dtype)
 
 
-def query_to_region_loss(queries: torch.Tensor, regions: torch.Tensor, present: torch.Tensor,
-                         scale: torch.Tensor | float, mask_absent: bool = True) -> torch.Tensor:
+def query_to_region_loss(
+    queries: torch.Tensor,
+    regions: torch.Tensor,
+    present: torch.Tensor,
+    scale: torch.Tensor | float,
+    mask_absent: bool = True,
+) -> torch.Tensor:
     """Query-to-region matching loss (eq. 14): CE of ``Softmax(q · REᵀ · scale)`` against the identity.
 
     Args:
@@ -122,15 +134,20 @@ def query_to_region_loss(queries: torch.Tensor, regions: torch.Tensor, present: 
     logits = torch.einsum("bhqd,bhkd->bhqk", queries.float(), regions.float()) * _per_head(scale, logits_dim=4)
     if mask_absent:
         logits = logits.masked_fill(~present[:, None, None, :], _NEG)
-    ce = -logits.log_softmax(dim=-1).diagonal(dim1=-2, dim2=-1)          # (B, heads, K)
+    ce = -logits.log_softmax(dim=-1).diagonal(dim1=-2, dim2=-1)  # (B, heads, K)
     rows = present[:, None, :].expand_as(ce)
     if not rows.any():
         return logits.sum() * 0.0
     return ce[rows].mean()
 
 
-def patch_to_region_loss(keys: torch.Tensor, regions: torch.Tensor, weights: torch.Tensor,
-                         scale: torch.Tensor | float, mask_absent: bool = True) -> torch.Tensor:
+def patch_to_region_loss(
+    keys: torch.Tensor,
+    regions: torch.Tensor,
+    weights: torch.Tensor,
+    scale: torch.Tensor | float,
+    mask_absent: bool = True,
+) -> torch.Tensor:
     """Patch-to-region matching loss (eq. 15): CE of ``Softmax(k · REᵀ · scale)`` against the patch's label.
 
     Args:
@@ -143,15 +160,15 @@ def patch_to_region_loss(keys: torch.Tensor, regions: torch.Tensor, weights: tor
     Returns the mean over (image, head, valid patch); 0 when no patch is valid.
     """
     logits = torch.einsum("bhnd,bhkd->bhnk", keys.float(), regions.float()) * _per_head(scale, logits_dim=4)
-    present = weights.sum(-1) > 0                                          # (B, K)
+    present = weights.sum(-1) > 0  # (B, K)
     if mask_absent:
         logits = logits.masked_fill(~present[:, None, None, :], _NEG)
-    mass = weights.sum(1)                                                  # (B, N)
+    mass = weights.sum(1)  # (B, N)
     valid = mass > 0
     if not valid.any():
         return logits.sum() * 0.0
-    target = (weights / mass.clamp_min(1e-12)[:, None]).transpose(1, 2)   # (B, N, K)
-    ce = -torch.einsum("bnk,bhnk->bhn", target.float(), logits.log_softmax(dim=-1))   # (B, heads, N)
+    target = (weights / mass.clamp_min(1e-12)[:, None]).transpose(1, 2)  # (B, N, K)
+    ce = -torch.einsum("bnk,bhnk->bhn", target.float(), logits.log_softmax(dim=-1))  # (B, heads, N)
     return ce[valid[:, None, :].expand_as(ce)].mean()
 
 
@@ -175,8 +192,15 @@ class CrossAttention(nn.Module):
     under DCA) for the auxiliary losses.
     """
 
-    def __init__(self, dim: int, num_heads: int, l2_norm: bool = True, init_inv_scale: float = 10.0,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        l2_norm: bool = True,
+        init_inv_scale: float = 10.0,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"decoder width {dim} is not divisible by {num_heads} heads")
@@ -203,8 +227,9 @@ class CrossAttention(nn.Module):
         drop = self.attn_drop if self.training else 0.0
         if self.l2_norm:
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-            out = F.scaled_dot_product_attention(q * self.inv_scale.view(1, h, 1, 1).to(q.dtype), k, v,
-                                                 dropout_p=drop, scale=1.0)
+            out = F.scaled_dot_product_attention(
+                q * self.inv_scale.view(1, h, 1, 1).to(q.dtype), k, v, dropout_p=drop, scale=1.0
+            )
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, nq, c)))
@@ -232,8 +257,16 @@ class DCALayer(nn.Module):
     :class:`CrossAttention`). LayerNorm eps 1e-5 (Segmenter).
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, l2_norm: bool = True,
-                 init_inv_scale: float = 10.0, dropout: float = 0.0, drop_path: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        l2_norm: bool = True,
+        init_inv_scale: float = 10.0,
+        dropout: float = 0.0,
+        drop_path: float = 0.0,
+    ):
         super().__init__()
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
@@ -273,11 +306,26 @@ class MaskDecoder(nn.Module):
     given and ``dca`` is on.
     """
 
-    def __init__(self, in_dim: int, dim: int, num_classes: int, *, num_layers: int = 1, num_heads: int | None = None,
-                 mlp_ratio: float = 4.0, dropout: float = 0.0, dca: bool = True, l2_norm: bool | None = None,
-                 q2r_weight: float = 1.0, p2r_weight: float = 1.0, init_inv_scale: float = 10.0,
-                 patch_proj: bool = False, label_downsample: str = "area", mask_absent: bool = True,
-                 ignore_index: int = 255):
+    def __init__(
+        self,
+        in_dim: int,
+        dim: int,
+        num_classes: int,
+        *,
+        num_layers: int = 1,
+        num_heads: int | None = None,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+        dca: bool = True,
+        l2_norm: bool | None = None,
+        q2r_weight: float = 1.0,
+        p2r_weight: float = 1.0,
+        init_inv_scale: float = 10.0,
+        patch_proj: bool = False,
+        label_downsample: str = "area",
+        mask_absent: bool = True,
+        ignore_index: int = 255,
+    ):
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
@@ -291,8 +339,9 @@ class MaskDecoder(nn.Module):
         self.label_downsample, self.mask_absent, self.ignore_index = label_downsample, bool(mask_absent), ignore_index
         self.dec_proj = nn.Linear(in_dim, dim)
         self.cls_emb = nn.Parameter(torch.zeros(1, num_classes, dim))
-        self.layers = nn.ModuleList(DCALayer(dim, num_heads, mlp_ratio, self.l2_norm, init_inv_scale, dropout)
-                                    for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            DCALayer(dim, num_heads, mlp_ratio, self.l2_norm, init_inv_scale, dropout) for _ in range(num_layers)
+        )
         self.decoder_norm = nn.LayerNorm(dim)
         self.patch_norm = nn.LayerNorm(dim)
         self.patch_proj = nn.Linear(dim, dim, bias=False) if patch_proj else None
@@ -305,17 +354,28 @@ class MaskDecoder(nn.Module):
         nn.init.trunc_normal_(self.cls_emb, std=0.02)
         init_trunc_normal(self)
 
-    def forward(self, tokens: torch.Tensor, patches: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                image_hw: tuple[int, int] | None = None):
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        patches: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        image_hw: tuple[int, int] | None = None,
+    ):
         b, _, h, w = tokens.shape
-        x = self.dec_proj(tokens.flatten(2).transpose(1, 2))                 # (B, h·w, dim)
+        x = self.dec_proj(tokens.flatten(2).transpose(1, 2))  # (B, h·w, dim)
         queries = self.cls_emb.repeat(b, 1, 1)  # a copy, not a view (keeps module hooks happy in inference mode)
         want_loss = labels is not None and self.dca and (self.q2r_weight or self.p2r_weight)
         weights = None
         if want_loss:
             hh, ww = image_hw if image_hw is not None else labels.shape[-2:]
-            weights = region_weights(labels, (h, w), (max(hh // h, 1), max(ww // w, 1)), self.num_classes,
-                                     self.ignore_index, self.label_downsample)
+            weights = region_weights(
+                labels,
+                (h, w),
+                (max(hh // h, 1), max(ww // w, 1)),
+                self.num_classes,
+                self.ignore_index,
+                self.label_downsample,
+            )
         q2r, p2r = [], []
         for layer in self.layers:
             queries, q, k = layer(queries, x)
@@ -333,7 +393,7 @@ class MaskDecoder(nn.Module):
         if p2r:
             losses["loss_p2r"] = self.p2r_weight * torch.stack(p2r).mean()
 
-        classes = F.normalize(self.classes_proj(self.decoder_norm(queries)), dim=-1)     # (B, K, dim)
+        classes = F.normalize(self.classes_proj(self.decoder_norm(queries)), dim=-1)  # (B, K, dim)
         if patches is None:
             p, (ph, pw) = x, (h, w)
         else:
@@ -345,5 +405,5 @@ class MaskDecoder(nn.Module):
         if self.patch_proj is not None:
             p = self.patch_proj(p)
         p = F.normalize(p, dim=-1)
-        masks = self.mask_norm(torch.einsum("bnc,bkc->bnk", p, classes))       # (B, N', K)
+        masks = self.mask_norm(torch.einsum("bnc,bkc->bnk", p, classes))  # (B, N', K)
         return masks.transpose(1, 2).reshape(b, self.num_classes, ph, pw), losses

@@ -19,10 +19,10 @@ Data flow for ``H × W`` input (multiple of 16 after padding), ViT width C, LSB 
                                                        │ decoder input                   │ patch embeddings
                                   class queries ─ DCA decoder → mask embeddings ─ masks (K, H/4)
 """
+
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from ...contract import DecodeHead, Features, SegLoss
@@ -66,11 +66,27 @@ class RSSegHead(DecodeHead):
     without SASMs); :meth:`loss` adds the weighted DCA losses ``loss_q2r`` and ``loss_p2r``.
     """
 
-    def __init__(self, embed_dim: int, num_classes: int, num_taps: int, *, patch_size: int = 16, lsb_dim: int = 256,
-                 expand: int = 2, sasm_groups: int = 12, num_sasm: int = 2, two_pathway: bool = True,
-                 local_op: str = "lhf", lsb_norm: str = "bn", lsb_act: str = "relu", fusion: str = "attention",
-                 af_norm: str = "bn", filter_norm: str = "softmax", decoder: dict | None = None,
-                 patch_proj: bool | None = None):
+    def __init__(
+        self,
+        embed_dim: int,
+        num_classes: int,
+        num_taps: int,
+        *,
+        patch_size: int = 16,
+        lsb_dim: int = 256,
+        expand: int = 2,
+        sasm_groups: int = 12,
+        num_sasm: int = 2,
+        two_pathway: bool = True,
+        local_op: str = "lhf",
+        lsb_norm: str = "bn",
+        lsb_act: str = "relu",
+        fusion: str = "attention",
+        af_norm: str = "bn",
+        filter_norm: str = "softmax",
+        decoder: dict | None = None,
+        patch_proj: bool | None = None,
+    ):
         super().__init__()
         if num_sasm not in (0, 1, 2):
             raise ValueError(f"num_sasm must be 0, 1 or 2, got {num_sasm}")
@@ -82,8 +98,9 @@ class RSSegHead(DecodeHead):
         self.num_classes = int(num_classes)
         if two_pathway:
             self.local_embed = OverlapPatchEmbed(3, embed_dim, lsb_dim, patch_size)
-            self.local = LocalPath(lsb_dim, [embed_dim] * num_taps, expand, local_op, lsb_norm, lsb_act, fusion,
-                                   af_norm)
+            self.local = LocalPath(
+                lsb_dim, [embed_dim] * num_taps, expand, local_op, lsb_norm, lsb_act, fusion, af_norm
+            )
             if num_sasm == 0:
                 self.final_fusion = AttentionFusion(lsb_dim, embed_dim, fusion, af_norm)
             else:
@@ -108,7 +125,7 @@ class RSSegHead(DecodeHead):
                 up = F.interpolate(last, size=outs[-1].shape[-2:], mode="bilinear", align_corners=False)
                 tokens = self.final_fusion(outs[-1], up)
             else:
-                tokens = self.sasm1(self.sasm_down(outs[-1]), last)                # (B, C, H/8, W/8)
+                tokens = self.sasm1(self.sasm_down(outs[-1]), last)  # (B, C, H/8, W/8)
                 patches = self.sasm2(outs[-2], tokens) if self.num_sasm == 2 else tokens
         return self.decoder(tokens, patches, labels, tuple(image.shape[-2:]))
 

@@ -23,6 +23,7 @@ Choices where the paper is silent (switches):
 * **Local path input**: when the stage-1 width differs from the LSB width (CSWin-S uses the
   Table 3 "CSWin-B" row, D = 128 with a 64-wide stage 1), ``in_proj`` = Conv1×1 + BN.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -32,8 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...contract import DecodeHead, Features, SegLoss
-from ..segformer_head import SegFormerHead
 from ...layers import ConvModule
+from ..segformer_head import SegFormerHead
 from .two_pathway import ConvBN, LocalPath, init_local_weights
 
 FUSION_HEADS = ("concat_mlp", "segformer")
@@ -56,8 +57,9 @@ def boundary_targets(labels: torch.Tensor, ignore_index: int = 255) -> tuple[tor
     return edge.float(), valid
 
 
-def boundary_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255,
-                  kind: str = "bce_dice") -> torch.Tensor:
+def boundary_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255, kind: str = "bce_dice"
+) -> torch.Tensor:
     """Boundary loss of ``logits (B, 1, h, w)`` against :func:`boundary_targets` of ``labels (B, H, W)``.
 
     The logits are up-sampled bilinearly to ``H × W``. ``"bce_dice"``: mean binary
@@ -101,11 +103,27 @@ class PyramidHead(DecodeHead):
     ``(B, K, H/4, W/4)``; :meth:`loss` adds ``loss_boundary`` = 0.4 · l_boundary.
     """
 
-    def __init__(self, in_channels: Sequence[int], tap_channels: Sequence[int], num_classes: int, *, dim: int = 64,
-                 expand: int = 4, local_path: bool = True, local_op: str = "lhf", lsb_norm: str = "bn",
-                 lsb_act: str = "relu", fusion: str = "attention", af_norm: str = "bn", fusion_head: str = "concat_mlp",
-                 head_dim: int = 512, dropout: float = 0.1, boundary_weight: float = 0.4,
-                 boundary_loss: str = "bce_dice", ignore_index: int = 255):
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        tap_channels: Sequence[int],
+        num_classes: int,
+        *,
+        dim: int = 64,
+        expand: int = 4,
+        local_path: bool = True,
+        local_op: str = "lhf",
+        lsb_norm: str = "bn",
+        lsb_act: str = "relu",
+        fusion: str = "attention",
+        af_norm: str = "bn",
+        fusion_head: str = "concat_mlp",
+        head_dim: int = 512,
+        dropout: float = 0.1,
+        boundary_weight: float = 0.4,
+        boundary_loss: str = "bce_dice",
+        ignore_index: int = 255,
+    ):
         super().__init__()
         if len(in_channels) != 4:
             raise ValueError(f"PyramidHead needs 4 stage widths, got {list(in_channels)}")
@@ -143,8 +161,10 @@ class PyramidHead(DecodeHead):
         if self.fusion_head == "segformer":
             return self.segformer(Features(stages=maps)), last_lsb
         size = first.shape[-2:]
-        ups = [m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-               for m in maps]
+        ups = [
+            m if m.shape[-2:] == size else F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+            for m in maps
+        ]
         return self.linear_pred(self.dropout(self.linear_fuse(torch.cat(ups, dim=1)))), last_lsb
 
     def forward(self, features: Features) -> torch.Tensor:

@@ -15,6 +15,7 @@ initialised with a truncated normal (std .02) and zero bias, so the filters star
 uniform 3×3 average; neighbourhoods are zero-padded at the border; sub-pixel ``k`` of the
 4 is placed at row ``k // 2``, column ``k % 2`` (PixelShuffle's order).
 """
+
 from __future__ import annotations
 
 import torch
@@ -73,10 +74,10 @@ class SASM(nn.Module):
         # stacked once (9x the input, like an unfold). Measured on CPU, (8, 192, 32, 32) forward +
         # backward: ~5x faster than a 9-step broadcast multiply-add in NCHW, whose strided
         # element-wise kernels dominated an RSSeg-ViT-Ti training step.
-        saf = self.filters(guide).permute(0, 4, 5, 1, 2, 3)                 # (B, H, W, G, 4, 9)
+        saf = self.filters(guide).permute(0, 4, 5, 1, 2, 3)  # (B, H, W, G, 4, 9)
         xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1)).reshape(b, h + 2, w + 2, g, cg)
-        taps = torch.stack([xp[:, dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], dim=-2)
-        out = torch.matmul(saf, taps)                                        # (B, H, W, G, 4, Cg)
+        taps = torch.stack([xp[:, dy : dy + h, dx : dx + w] for dy in range(3) for dx in range(3)], dim=-2)
+        out = torch.matmul(saf, taps)  # (B, H, W, G, 4, Cg)
         # sub-pixel k → (k // 2, k % 2) (PixelShuffle's order), written straight into a
         # channels-last (B, 2H, 2W, C) buffer and returned as a (B, C, 2H, 2W) view
         out = out.view(b, h, w, g, 2, 2, cg).permute(0, 1, 4, 2, 5, 3, 6).reshape(b, 2 * h, 2 * w, c)

@@ -29,6 +29,7 @@ Choices where the paper is silent (each is a constructor switch):
 * **LHF initialisation**: the free kernel weights start from N(0, 1), so the initial filter is
   a random zero-sum high-pass (all-zero weights would give the all-zero kernel).
 """
+
 from __future__ import annotations
 
 import math
@@ -95,7 +96,7 @@ class LearnableHighPass(nn.Module):
 
     def kernel(self) -> torch.Tensor:
         """Effective zero-sum kernels ``(C, 1, k, k)`` (eq. 5)."""
-        k2 = self.kernel_size ** 2
+        k2 = self.kernel_size**2
         w = self.weight.flatten(1).softmax(dim=-1) - 1.0 / k2
         return w.view_as(self.weight)
 
@@ -111,8 +112,9 @@ class MultiDilationConv(nn.Module):
 
     def __init__(self, channels: int, dilations: Sequence[int] = (1, 2, 3)):
         super().__init__()
-        self.branches = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=d, dilation=d, groups=channels,
-                                                bias=False) for d in dilations)
+        self.branches = nn.ModuleList(
+            nn.Conv2d(channels, channels, 3, padding=d, dilation=d, groups=channels, bias=False) for d in dilations
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return sum(b(x) for b in self.branches)
@@ -208,16 +210,25 @@ class AttentionFusion(nn.Module):
         global_dim = global_dim or dim
         self.mode = mode
         if mode == "attention":
-            self.gate = nn.Sequential(make_norm(norm, dim + global_dim), nn.ReLU(inplace=True),
-                                      nn.Conv2d(dim + global_dim, dim, 1, bias=False), make_norm(norm, dim),
-                                      nn.Sigmoid())
-        self.lift = (nn.Sequential(nn.Conv2d(dim, global_dim, 1, bias=False), nn.BatchNorm2d(global_dim))
-                     if global_dim != dim else nn.Identity())
+            self.gate = nn.Sequential(
+                make_norm(norm, dim + global_dim),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(dim + global_dim, dim, 1, bias=False),
+                make_norm(norm, dim),
+                nn.Sigmoid(),
+            )
+        self.lift = (
+            nn.Sequential(nn.Conv2d(dim, global_dim, 1, bias=False), nn.BatchNorm2d(global_dim))
+            if global_dim != dim
+            else nn.Identity()
+        )
 
     def forward(self, local: torch.Tensor, global_up: torch.Tensor) -> torch.Tensor:
         if local.shape[-2:] != global_up.shape[-2:]:
-            raise ValueError(f"AttentionFusion: local map {tuple(local.shape)} and global map "
-                             f"{tuple(global_up.shape)} differ in size")
+            raise ValueError(
+                f"AttentionFusion: local map {tuple(local.shape)} and global map "
+                f"{tuple(global_up.shape)} differ in size"
+            )
         if self.mode == "attention":
             pooled = torch.cat([local.mean((2, 3), keepdim=True), global_up.mean((2, 3), keepdim=True)], dim=1)
             local = self.gate(pooled) * local
@@ -277,8 +288,17 @@ class LocalPath(nn.Module):
     outputs ``[Xl_1, …, Xl_{n+1}]``, each ``(B, dim, H, W)``.
     """
 
-    def __init__(self, dim: int, tap_channels: Sequence[int], expand: int = 2, local_op: str = "lhf",
-                 norm: str = "bn", act: str = "relu", fusion: str = "attention", af_norm: str = "bn"):
+    def __init__(
+        self,
+        dim: int,
+        tap_channels: Sequence[int],
+        expand: int = 2,
+        local_op: str = "lhf",
+        norm: str = "bn",
+        act: str = "relu",
+        fusion: str = "attention",
+        af_norm: str = "bn",
+    ):
         super().__init__()
         self.dim = int(dim)
         self.tap_channels = [int(c) for c in tap_channels]

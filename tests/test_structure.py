@@ -1,0 +1,112 @@
+"""The repository's layout rules, checked on the source: no import cycles (function-level imports
+included), ``segkit.data`` independent of ``segkit.models`` and of PyTorch at import time, and no
+reference to files outside the repository."""
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import segkit
+
+REPO = Path(__file__).resolve().parents[1]
+PKG = REPO / "segkit"
+LAZY = dict(segkit._LAZY)  # the root package's lazily imported public names → their modules
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every ``segkit.*`` module ``path`` imports, at any level of the file (functions included)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name for a in node.names if a.name.split(".")[0] == "segkit"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if mod.split(".")[0] != "segkit":
+                continue
+            for a in node.names:  # `from pkg import submodule` names a module; else the name lives in `mod`
+                if mod == "segkit" and a.name in LAZY:  # `from segkit import build_model` → where it lives
+                    out.add(LAZY[a.name])
+                    continue
+                sub = f"{mod}.{a.name}"
+                out.add(
+                    sub
+                    if (PKG.parent / (sub.replace(".", "/") + ".py")).is_file()
+                    or (PKG.parent / sub.replace(".", "/")).is_dir()
+                    else mod
+                )
+    out.discard(name)
+    return out
+
+
+def graph() -> dict[str, set[str]]:
+    return {module_name(p): imports_of(p) for p in PKG.rglob("*.py")}
+
+
+def test_no_import_cycles():
+    g = graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(g.get(n, ())):
+            if m == "segkit":  # the root package imports nothing eagerly (PEP 562 lazy attributes)
+                continue
+            if state.get(m) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(m) :] + [m]))
+            if state.get(m) is None and m in g:
+                visit(m)
+        stack.pop()
+        state[n] = 2
+
+    for n in sorted(g):
+        if n not in state:
+            visit(n)
+
+
+def test_data_does_not_import_models_or_engine():
+    for name, deps in graph().items():
+        if name.startswith("segkit.data"):
+            bad = sorted(
+                d
+                for d in deps
+                if d.startswith(("segkit.models", "segkit.engine", "segkit.checkpoints", "segkit.tools"))
+            )
+            assert not bad, f"{name} imports {bad}"
+
+
+def test_data_and_onnx_predict_import_without_torch():
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import segkit.data, segkit.data.protocol, segkit.tools.onnx_predict, segkit.engine.visualize\n"
+        "print('ok')"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_no_reference_to_files_outside_the_repository():
+    pattern = re.compile(r"/work/|shared/reference|architectures\.md|official_checkpoints\.md|users\.md")
+    offenders = []
+    for root in ("segkit", "tests", "scripts", "benchmarks"):
+        for path in (REPO / root).rglob("*"):
+            if path.suffix in (".py", ".yaml", ".md", ".txt", ".sh") and path != Path(__file__):
+                for i, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+                    if pattern.search(line):
+                        offenders.append(f"{path.relative_to(REPO)}:{i}: {line.strip()[:100]}")
+    assert not offenders, "\n".join(offenders)
