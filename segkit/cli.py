@@ -96,7 +96,7 @@ def _cmd_train(args) -> int:
     from segkit.engine.trainer import train
 
     cfg = load_config(args.config, args.set)
-    summary = train(cfg, resume=args.resume, progress=not args.no_progress)
+    summary = train(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))
     return 0
@@ -133,9 +133,12 @@ def _protocol_and_spec(args, model):
 def _cmd_eval(args) -> int:
     from segkit import load_model
     from segkit.data import build_dataset
-    from segkit.engine.evaluator import evaluate
+    from segkit.engine.evaluator import evaluate, write_results
     from segkit.engine.metrics import format_table
+    from segkit.utils import check_output_dir
 
+    if args.out:
+        check_output_dir(args.out)  # before the work: a bad --out must not cost the evaluation
     device = _device(args.device)
     model = load_model(args.checkpoint, map_location=device)
     protocol, spec = _protocol_and_spec(args, model)
@@ -146,7 +149,6 @@ def _cmd_eval(args) -> int:
         dataset,
         **protocol.inference_kwargs(),
         device=device,
-        out_dir=args.out,
         max_images=args.max_images,
         window_batch=args.window_batch,
         num_workers=args.workers,
@@ -154,8 +156,12 @@ def _cmd_eval(args) -> int:
     print(format_table(res, model.class_names))
     print(
         f"aAcc {res['aAcc']:.2f}  mIoU {res['mIoU']:.2f}  mAcc {res['mAcc']:.2f}  mDice {res['mDice']:.2f}  "
-        f"mFscore {res['mFscore']:.2f}"
+        f"mFscore {res['mFscore']:.2f}",
+        flush=True,
     )
+    if args.out:  # the metrics are on screen before anything is written
+        for path in write_results(res, args.out):
+            print(f"wrote {path}")
     return 0
 
 
@@ -166,7 +172,10 @@ def _cmd_predict(args) -> int:
         raise UsageError("give CKPT IMAGE_OR_DIR (or --onnx MODEL.onnx IMAGE_OR_DIR)")
     from segkit import load_model
     from segkit.engine.predict import predict_paths
+    from segkit.utils import check_output_dir, list_images
 
+    check_output_dir(args.out)
+    list_images(args.inputs)  # a missing input or an empty folder is reported before the model loads
     device = _device(args.device)
     model = load_model(args.checkpoint, map_location=device)
     written = predict_paths(
@@ -195,13 +204,19 @@ def _cmd_check_data(args) -> int:
         spec = {"type": args.data_type, "root": args.root, "split": args.split}
     else:
         raise UsageError("give a dataset ROOT or --config CONFIG")
-    report = check_dataset(build_dataset(spec), num_classes=args.num_classes)
+    report = check_dataset(build_dataset(spec), num_classes=args.num_classes, raise_on_error=False)
     print(report.table())
+    if not report.ok:  # the table lists the problems; the exit status says there are some
+        print(f"segkit check-data: {len(report.problems)} problem(s) found", file=sys.stderr)
+        return 1
     return 0
 
 
 def _cmd_convert(args) -> int:
     from segkit import build_model, load_checkpoint, read_state_dict
+    from segkit.utils import check_output_dir
+
+    check_output_dir(args.dst, what="DST")
 
     num_classes = args.num_classes
     if num_classes is None:
@@ -255,8 +270,12 @@ def _cmd_benchmark(args) -> int:
 def _cmd_robustness(args) -> int:
     from segkit import load_model
     from segkit.data import build_dataset
-    from segkit.tools.robustness import evaluate_robustness
+    from segkit.tools.robustness import corruption_functions, evaluate_robustness
+    from segkit.utils import check_output_dir
 
+    corruption_functions()  # the optional packages are there, before the model and data are loaded
+    if args.out:
+        check_output_dir(args.out)
     device = _device(args.device)
     model = load_model(args.checkpoint, map_location=device)
     protocol, spec = _protocol_and_spec(args, model)
@@ -293,7 +312,10 @@ def _cmd_robustness(args) -> int:
 def _cmd_export(args) -> int:
     from segkit import load_model
     from segkit.tools.export import export_onnx
+    from segkit.utils import check_output_file, require
 
+    require("onnx", "tools", "segkit export")  # before the model is loaded
+    check_output_file(args.out)
     model = load_model(args.checkpoint)
     rep = export_onnx(
         model,
@@ -333,6 +355,9 @@ def _cmd_predict_onnx(args) -> int:
             "segkit predict --onnx: runs whole-image inference on the CPU with onnxruntime "
             "(--mode slide / --device are for PyTorch checkpoints)"
         )
+    from segkit.utils import check_output_dir
+
+    check_output_dir(args.out)
     for p in predict_paths_onnx(model_path, inputs, args.out, scale=args.scale):
         print(p)
     return 0
@@ -499,7 +524,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("config", help="YAML file or the name of a shipped config (e.g. camvid/segnext-t_15min)")
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields (dotted keys)")
-    s.add_argument("--resume", default=None, help="checkpoint path, or 'auto' for the latest in work_dir")
+    s.add_argument(
+        "--resume",
+        default=None,
+        help="continue a run: a checkpoint path, or 'auto' for the newest readable iter_*.pth in work_dir",
+    )
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in a work_dir that holds a run (the old run is moved to <work_dir>.prev-<time>)",
+    )
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(fn=_cmd_train)
 

@@ -22,6 +22,7 @@ Example (CamVid, SegNeXt-T)::
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -121,6 +122,10 @@ class TrainConfig:
     labelled training pixels (from the guard-rail scan; the original divides by the pixels of
     the images containing c, which the scan does not keep). Classes absent from the training
     labels get weight 0.
+
+    ``memory_check``: on the CPU, estimate the memory of one training step before the first one
+    (:mod:`segkit.engine.memory`) and stop with the estimate when the machine does not have it,
+    instead of being killed by the kernel mid-step.
     """
 
     batch_size: int = 16
@@ -146,6 +151,7 @@ class TrainConfig:
     check_data: bool = True
     class_weight: Optional[Any] = None
     class_weight_power: float = 1.0
+    memory_check: bool = True
 
 
 @dataclass
@@ -182,20 +188,78 @@ class Config:
 
         def need(cond, key, msg):
             if not cond:
-                raise ConfigError(f"{key}: {msg}")
+                err = ConfigError(f"{key}: {msg}")
+                err.key = key
+                raise err
 
-        need(self.model.lower() in MODELS, "model", f"unknown model {self.model!r}; available: {', '.join(MODELS)}")
-        need(len(self.train_transform.crop_size) == 2, "train_transform.crop_size", "must be [h, w]")
-        need(len(self.train_transform.scale) == 2, "train_transform.scale", "must be [long, short]")
+        from segkit.models.zoo import suggest
+
+        need(
+            self.model.lower() in MODELS,
+            "model",
+            f"unknown model {self.model!r}{suggest(self.model, MODELS)}; `segkit models` lists them",
+        )
+        tt, sc, tc = self.train_transform, self.schedule, self.train
+        need(
+            len(tt.crop_size) == 2 and all(_pos_int(v) for v in tt.crop_size),
+            "train_transform.crop_size",
+            f"must be [h, w] with positive integers, got {tt.crop_size}",
+        )
+        need(
+            len(tt.scale) == 2 and all(_pos_int(v) for v in tt.scale),
+            "train_transform.scale",
+            f"must be [long, short] with positive integers, got {tt.scale}",
+        )
+        need(
+            len(tt.ratio_range) == 2 and 0 < tt.ratio_range[0] <= tt.ratio_range[1],
+            "train_transform.ratio_range",
+            f"must be [low, high] with 0 < low <= high, got {tt.ratio_range}",
+        )
+        need(0 < tt.cat_max_ratio <= 1, "train_transform.cat_max_ratio", f"must be in (0, 1], got {tt.cat_max_ratio}")
+        need(0 <= tt.flip_prob <= 1, "train_transform.flip_prob", f"must be in [0, 1], got {tt.flip_prob}")
+        ts = self.test_transform.scale
+        need(
+            ts is None or (len(ts) == 2 and all(_pos_int(v) for v in ts)),
+            "test_transform.scale",
+            f"must be null or [long, short] with positive integers, got {ts}",
+        )
+        need(self.optim.lr > 0, "optim.lr", f"must be > 0, got {self.optim.lr}")
+        need(self.optim.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.optim.weight_decay}")
+        need(self.optim.head_lr_mult > 0, "optim.head_lr_mult", f"must be > 0, got {self.optim.head_lr_mult}")
+        need(self.optim.grad_clip is None or self.optim.grad_clip > 0, "optim.grad_clip", "must be null or > 0")
         need(self.optim.name == "adamw", "optim.name", f"only 'adamw' is supported, got {self.optim.name!r}")
         need(
             self.optim.norm_decay_rule in ("type", "reference"),
             "optim.norm_decay_rule",
             "must be 'type' or 'reference'",
         )
-        need(self.schedule.max_iters > 0, "schedule.max_iters", "must be > 0")
-        need(0 <= self.schedule.warmup_iters, "schedule.warmup_iters", "must be >= 0")
-        need(self.train.batch_size > 0, "train.batch_size", "must be > 0")
+        need(sc.max_iters > 0, "schedule.max_iters", f"must be > 0, got {sc.max_iters}")
+        need(0 <= sc.warmup_iters, "schedule.warmup_iters", f"must be >= 0, got {sc.warmup_iters}")
+        need(
+            sc.warmup_iters <= sc.max_iters,
+            "schedule.warmup_iters",
+            f"{sc.warmup_iters} is more than schedule.max_iters={sc.max_iters}: the run would end inside the warm-up",
+        )
+        need(0 < sc.warmup_ratio <= 1, "schedule.warmup_ratio", f"must be in (0, 1], got {sc.warmup_ratio}")
+        need(sc.power > 0, "schedule.power", f"must be > 0, got {sc.power}")
+        need(0 <= sc.min_lr < self.optim.lr, "schedule.min_lr", f"must be >= 0 and below optim.lr, got {sc.min_lr}")
+        need(tc.batch_size > 0, "train.batch_size", f"must be > 0, got {tc.batch_size}")
+        need(
+            tc.eval_interval > 0,
+            "train.eval_interval",
+            f"must be > 0, got {tc.eval_interval} (set it to schedule.max_iters to evaluate only at the end)",
+        )
+        need(
+            tc.checkpoint_interval is None or tc.checkpoint_interval > 0,
+            "train.checkpoint_interval",
+            f"must be null or > 0, got {tc.checkpoint_interval}",
+        )
+        need(tc.log_interval > 0, "train.log_interval", f"must be > 0, got {tc.log_interval}")
+        need(tc.keep_last >= 1, "train.keep_last", f"must be >= 1 (checkpoints to keep), got {tc.keep_last}")
+        need(tc.num_workers >= 0, "train.num_workers", f"must be >= 0, got {tc.num_workers}")
+        need(tc.threads is None or tc.threads >= 1, "train.threads", f"must be null or >= 1, got {tc.threads}")
+        need(tc.eval_max_images is None or tc.eval_max_images >= 1, "train.eval_max_images", "must be null or >= 1")
+        need(bool(str(tc.work_dir).strip()), "train.work_dir", "must not be empty")
         need(self.train.amp in (None, "bf16", "fp16"), "train.amp", "must be null, 'bf16' or 'fp16'")
         need(self.train.loss_avg in ("valid", "all"), "train.loss_avg", "must be 'valid' or 'all'")
         cw = self.train.class_weight
@@ -219,7 +283,29 @@ class Config:
         )
         need(self.eval.mode in ("whole", "slide"), "eval.mode", "must be 'whole' or 'slide'")
         need(self.eval.mode != "slide" or self.eval.crop_size, "eval.crop_size", "slide mode needs crop_size")
+        need(all(float(v) > 0 for v in self.eval.scales), "eval.scales", f"must be positive, got {self.eval.scales}")
+        self._warn_crop_padding()
         return self
+
+    def _warn_crop_padding(self) -> None:
+        """Warn (naming the key) when the crop is larger than the resized training images: every
+        crop is then mostly padding. Image size after the random resize is at most the keep-ratio
+        box ``scale × ratio_range[1]``."""
+        tt = self.train_transform
+        hi = float(tt.ratio_range[1])
+        long_, short = max(tt.scale) * hi, min(tt.scale) * hi  # the largest resized image fits this box
+        ch, cw = tt.crop_size
+        # the box is (long x short) in either orientation; take the orientation that covers the crop best
+        cover = max(min(ch, short) * min(cw, long_), min(ch, long_) * min(cw, short))
+        padding = 1.0 - cover / float(ch * cw)
+        if padding > 0.5:
+            warnings.warn(
+                f"train_transform.crop_size {list(tt.crop_size)} is larger than the training images (at most about "
+                f"{int(long_)}x{int(short)} after the resize with scale {list(tt.scale)} and ratio_range "
+                f"{list(tt.ratio_range)}): at least {100 * padding:.0f}% of every crop is padding (ignored pixels)",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 def _build(cls, data: Any, path: str):
@@ -229,7 +315,12 @@ def _build(cls, data: Any, path: str):
     unknown = [k for k in data if k not in fields]
     if unknown:
         where = ", ".join(f"{path + '.' if path else ''}{k}" for k in unknown)
-        raise ConfigError(f"unknown config key(s): {where}; valid keys here: {', '.join(fields)}")
+        from segkit.models.zoo import suggest
+
+        hint = suggest(unknown[0], fields) if len(unknown) == 1 else ""
+        err = ConfigError(f"unknown config key(s): {where}{hint}; valid keys here: {', '.join(fields)}")
+        err.key = f"{path + '.' if path else ''}{unknown[0]}"
+        raise err
     kwargs = {}
     for k, v in data.items():
         ftype = fields[k].type
@@ -276,6 +367,10 @@ def _coerce(value: Any, ftype: str, key: str) -> Any:
     if base == "dict" and not isinstance(value, dict):
         raise ConfigError(f"{key}: expected a mapping, got {value!r}")
     return list(value) if base == "list" else value
+
+
+def _pos_int(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() and v > 0
 
 
 def config_from_dict(data: dict) -> Config:
@@ -334,11 +429,39 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict = {}
     if path is not None:
         path = resolve_config_path(path)
-        data = yaml.safe_load(path.read_text()) or {}
+        data = read_yaml(path)
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: top level must be a mapping")
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    set_keys = {item.split("=", 1)[0].strip(): item for item in overrides or [] if "=" in item}
     data = apply_overrides(data, overrides or [])
     try:
         return config_from_dict(data)
     except ConfigError as e:
+        key = getattr(e, "key", None) or _key_of(str(e))
+        item = next((v for k, v in set_keys.items() if key and (key == k or key.startswith(k + "."))), None)
+        if item is not None:  # the bad value came from the command line, not from the file
+            raise ConfigError(f"--set {item}: {e}") from None
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+
+
+def _key_of(message: str) -> str | None:
+    head = message.split(":", 1)[0].strip()
+    return head if head and " " not in head else None
+
+
+def read_yaml(path: str | Path):
+    """``yaml.safe_load`` of a file; a syntax error is a :class:`ConfigError` naming file, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({e.reason} at byte {e.start})") from None
+    try:
+        return yaml.safe_load(text) or {}
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = " ".join(x for x in (e.context, e.problem) if x)
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: YAML error: {e}") from None

@@ -20,6 +20,10 @@ class CheckpointError(SegkitError, RuntimeError):
     """A checkpoint cannot be read or does not fit the model; the message names the file and the problem."""
 
 
+class OutputError(SegkitError, OSError):
+    """An output location that cannot be written (a file where a folder is needed, no permission …)."""
+
+
 class UsageError(SegkitError, ValueError):
     """A request that cannot run as given (bad argument values or combinations); the CLI exits with 2."""
 
@@ -32,4 +36,12 @@ class MissingDependencyError(SegkitError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 
 
-__all__ = ["SegkitError", "DataError", "ConfigError", "CheckpointError", "UsageError", "MissingDependencyError"]
+__all__ = [
+    "SegkitError",
+    "DataError",
+    "ConfigError",
+    "CheckpointError",
+    "UsageError",
+    "OutputError",
+    "MissingDependencyError",
+]

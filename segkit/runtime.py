@@ -4,10 +4,9 @@ Why: PyTorch's CPU allocator has no cache; every tensor is ``malloc``-ed and ``f
 serves blocks above its *mmap threshold* (dynamic, at most 32 MiB by default) with fresh
 ``mmap`` pages and gives the heap's free top back to the kernel above the *trim threshold*.
 Segmentation allocates many large maps per forward (a (1, 150, 512, 512) fp32 logit map is
-157 MB), so each forward then page-faults and zero-fills hundreds of MB. Measured on this
-project's 2-core CPU machine (``benchmarks/latency.py``): SegNeXt-T's bilinear resize to
-512×512 takes 75 ms with glibc's defaults and 26 ms with the thresholds below; the whole
-forward goes from ~260–300 ms to ~170–185 ms. Intel's PyTorch CPU tuning guide recommends
+157 MB), so each forward then page-faults and zero-fills hundreds of MB; the measured effect
+is in ``docs/model_zoo.md`` (``benchmarks/latency.py --malloc default``). Intel's PyTorch CPU
+tuning guide recommends
 jemalloc/tcmalloc for the same reason; this gets most of the gain without a preloaded library.
 
 Cost: freed memory stays in the process (up to ``trim_threshold`` at the heap top, plus any
@@ -69,3 +68,47 @@ def tune_cpu_allocator(mmap_threshold: int = GiB, trim_threshold: int = GiB) -> 
 def allocator_settings() -> dict | None:
     """What :func:`tune_cpu_allocator` applied in this process (``None`` if never applied)."""
     return None if _applied is None else dict(_applied)
+
+
+# ----------------------------------------------------------------------------- process memory (Linux /proc)
+def proc_status_kb(field: str) -> int | None:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM`` …), or ``None`` where unavailable."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def available_memory_bytes() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes (what can be allocated without swapping), or ``None``."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def trim_heap() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``), so that RSS growth measures new use."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process' peak RSS (``VmHWM``) to its current RSS (``/proc/self/clear_refs``, Linux ≥ 4.0)."""
+    trim_heap()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False

@@ -41,6 +41,59 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         f.write(data)
 
 
+def require(module: str, extra: str, feature: str):
+    """Import and return an optional dependency, or raise :class:`segkit.errors.MissingDependencyError`
+    with the one line that says how to install it (``pip install "segkit[<extra>]"``)."""
+    import importlib
+
+    from segkit.errors import MissingDependencyError
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingDependencyError(
+            f'{feature} needs the optional package {module.split(".")[0]!r} ({e}): pip install "segkit[{extra}]"'
+        ) from None
+
+
+def check_output_dir(path: str | Path, what: str = "--out") -> Path:
+    """Make sure, before any work starts, that segkit can write files into the folder ``path``.
+
+    The folder is created if needed (with its parents) and a probe file is written and removed
+    in it, so permissions, read-only file systems and files in the way are all found now rather
+    than after a long run. Raises :class:`segkit.errors.OutputError` naming the path and the
+    problem. Returns ``path``.
+    """
+    from segkit.errors import OutputError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path}: exists and is a file, not a folder")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise OutputError(f"{what} {path}: cannot create it, {parent} is a file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".segkit-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(f"{what} {path}: cannot write there ({e.strerror or e})") from None
+    return path
+
+
+def check_output_file(path: str | Path, what: str = "--out") -> Path:
+    """Like :func:`check_output_dir` for a file to be written: ``path`` must not be a folder, its folder
+    is created and probed (an existing file is replaced when the output is written). Returns ``path``."""
+    from segkit.errors import OutputError
+
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{what} {path}: is a folder; give a file name (e.g. {path / 'model.onnx'})")
+    check_output_dir(path.parent, what=f"{what} {path}: its folder")
+    return path
+
+
 def fsync_dir(directory: str | Path) -> None:
     """fsync a directory so that a rename inside it is durable (no-op where unsupported)."""
     try:

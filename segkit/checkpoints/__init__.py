@@ -44,25 +44,71 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"{path}: folder holds no model.safetensors or pytorch_model.bin")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
-    if path.suffix == ".safetensors":
+    kind = file_kind(path)
+    if kind == "safetensors" or path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
+        if kind != "safetensors":
+            raise CheckpointError(f"{path}: not a safetensors file ({_describe_start(path)})")
         try:
             return load_file(str(path))
         except Exception as e:  # safetensors raises its own error types
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+            first = (str(e).splitlines() or [type(e).__name__])[0][:200]
+            raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({first})") from None
+    return _unwrap(torch_load(path, kind), path)
+
+
+def file_kind(path: Path) -> str | None:
+    """The file's format from its first bytes: ``"zip"``, ``"pickle"`` (``torch.save``), ``"safetensors"``, ``None``."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
+        return "pickle"
+    if len(head) >= 9:
+        n = int.from_bytes(head[:8], "little")
+        if 2 <= n < 100_000_000 and head[8:9] == b"{":
+            return "safetensors"
+    return None
+
+
+def _describe_start(path: Path) -> str:
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty"
+    with open(path, "rb") as f:
+        head = f.read(12)
+    return f"{size} bytes, starting with {head!r}"
+
+
+def torch_load(path: Path, kind: str | None = None):
+    """``torch.load(path, weights_only=True)`` with errors that name the file and say what is wrong.
+
+    Raises :class:`CheckpointError`: not a PyTorch checkpoint at all, truncated / corrupt, or
+    holding Python objects beyond tensors (refused: unpickling them could run code).
+    """
+    path = Path(path)
+    kind = kind if kind is not None else file_kind(path)
+    if kind not in ("zip", "pickle"):
         raise CheckpointError(
-            f"{path}: refused to load — the file contains Python objects that only arbitrary unpickling "
-            f"could restore, which can execute code. segkit reads checkpoints with torch.load(weights_only=True). "
-            f"If you trust the file, re-save its state dict: torch.save(torch.load(p, weights_only=False)"
-            f"['state_dict'], 'clean.pth'). Details: {str(e).splitlines()[0] if str(e) else e!r}"
-        ) from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
-    return _unwrap(obj, path)
+            f"{path}: not a checkpoint: neither a zip/pickle state dict (torch.save) nor "
+            f"safetensors ({_describe_start(path)})"
+        )
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = (str(e).strip().splitlines() or [""])[0]
+        detail = detail.split(" Please file an issue")[0][:200]
+        raise CheckpointError(
+            f"{path}: refused to load: besides tensors the file holds Python objects that only full unpickling "
+            f"could restore, and unpickling can run code; segkit reads checkpoints weights-only. Re-save just the "
+            f"weights where the file was made (torch.save(model.state_dict(), 'clean.pth')) or use a .safetensors "
+            f"file. ({detail})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, IndexError, KeyError) as e:
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({detail})") from None
 
 
 def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
@@ -246,13 +292,12 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
         return from_pretrained(path if path.is_dir() else path.parent, map_location)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
-    try:
-        ck = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    if file_kind(path) == "safetensors":
         raise CheckpointError(
-            f"{path}: refused — needs arbitrary unpickling (weights_only=True); "
-            f"{str(e).splitlines()[0] if str(e) else ''}"
-        ) from e
+            f"{path}: a bare .safetensors file has no model description; give the folder that "
+            f"holds it with its config.json, or build the model and use segkit.load_checkpoint"
+        )
+    ck = torch_load(path)
     if not (isinstance(ck, dict) and ck.get("segkit_checkpoint") and "meta" in ck):
         raise CheckpointError(
             f"{path}: not a segkit training checkpoint (no model name inside). For an official "

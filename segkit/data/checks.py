@@ -103,6 +103,9 @@ class DatasetReport:
         if self.problems:
             kinds = ", ".join(f"{k} ({n})" for k, n in self.problem_kinds.items())
             lines.append(f"{len(self.problems)} problem(s): {kinds}")
+            lines += [f"  - {m}" for m in self.problems[:30]]
+            if len(self.problems) > 30:
+                lines.append(f"  ... and {len(self.problems) - 30} more")
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -167,6 +170,21 @@ def _scan_sample(dataset: SegDataset, i: int, decode_images: bool) -> _SampleRes
             ("size mismatch", size_mismatch_message(image_path, label_path, (info.height, info.width), raw.shape))
         )
     return res
+
+
+def _group_colour_masks(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """One explanation for all colour-mask labels (with their count), not one per file."""
+    colour = [m for kind, m in problems if kind == "colour mask"]
+    if len(colour) < 2:
+        return problems
+    files = [m.split(": label is", 1)[0] for m in colour]
+    shown = ", ".join(files[:3]) + (" …" if len(files) > 3 else "")
+    summary = (
+        f"{len(files)} label files are 3-channel colour masks (e.g. {shown}). Give the dataset its colour table — "
+        f"label_colours: [[R, G, B], …] (index = class id), or colour_labels: true to use its palette — in the "
+        f"data spec or meta.json, or convert them once with segkit.data.convert_colour_masks(src, dst, palette)"
+    )
+    return [(k, m) for k, m in problems if k != "colour mask"] + [("colour mask", summary)]
 
 
 def check_dataset(
@@ -286,6 +304,7 @@ def check_dataset(
         shown = ", ".join(f"{i} {names[i]}" for i in missing[:20]) + (" ..." if len(missing) > 20 else "")
         warn.append(f"{len(missing)} class(es) never occur: {shown}")
 
+    problems = _group_colour_masks(problems)
     report = DatasetReport(
         name=dataset.name,
         num_samples=n,

@@ -129,6 +129,7 @@ class SegDataset:
         self.name = name
         self.label_colours = None if label_colours is None else [list(map(int, c)) for c in label_colours]
         self.unknown_colour = unknown_colour
+        self.label_hint = ""  # how to change the expected label file name (for error messages)
         self._cache: list | None = None
 
     @property
@@ -163,6 +164,10 @@ class SegDataset:
         image_path, label_path = self.samples[i]
         if label_path is None:
             raise DataError(f"{image_path}: no label file for this image")
+        if not os.path.exists(label_path):
+            raise DataError(
+                f"{label_path}: label file not found (expected for image {image_path}){getattr(self, 'label_hint', '')}"
+            )
         return read_label(label_path, colours=self.label_colours, unknown_colour=self.unknown_colour)
 
     def apply_label_convention(self, label: np.ndarray) -> np.ndarray:
@@ -172,8 +177,8 @@ class SegDataset:
     def preload(self, max_bytes: int = 2 << 30, workers: int | None = None) -> "SegDataset":
         """Decode every sample once and keep it in memory (read-only uint8 arrays); returns self.
 
-        Decoding dominates the per-sample cost on CPU (e.g. ~4 ms for a CamVid lossless WebP
-        vs ~2 ms for the whole train transform), so a small dataset trained for many epochs
+        Decoding dominates the per-sample cost on CPU (a lossless WebP decode costs more than
+        the whole train transform), so a small dataset trained for many epochs
         should be preloaded in the main process before the DataLoader starts its workers (they
         share the arrays copy-on-write). Raises ValueError if the
         decoded size would exceed ``max_bytes`` (nothing is kept then).
@@ -269,9 +274,19 @@ def _require_dir(path: Path, what: str) -> Path:
 
 
 def _pair(
-    images: dict[str, str], labels: dict[str, str], where: str, allow_missing: bool = False, by_stem: bool = False
+    images: dict[str, str],
+    labels: dict[str, str],
+    where: str,
+    allow_missing: bool = False,
+    by_stem: bool = False,
+    expected: Callable[[str], str] | None = None,
+    hint: str = "",
 ) -> list[Sample]:
-    """Match images with labels by key (optionally falling back to the bare file stem)."""
+    """Match images with labels by key (optionally falling back to the bare file stem).
+
+    ``expected(key)`` names the label file that was looked for (shown in the error), ``hint`` says
+    which option changes that name.
+    """
     stem_map: dict[str, str] = {}
     if by_stem:
         stems: dict[str, list[str]] = {}
@@ -285,18 +300,39 @@ def _pair(
             missing.append(img)
         samples.append((img, lbl))
     if missing and not allow_missing:
-        shown = "\n  ".join(missing[:10]) + (f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else "")
-        raise DataError(f"{where}: {len(missing)} of {len(images)} images have no label file:\n  {shown}")
+        keys = {v: k for k, v in images.items()}
+        lines = [f"{img} (expected {expected(keys[img])})" if expected else img for img in missing[:10]]
+        shown = "\n  ".join(lines) + (f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise DataError(f"{where}: {len(missing)} of {len(images)} images have no label file{hint}:\n  {shown}")
     if not samples:
         raise DataError(f"{where}: no images found")
     return samples
 
 
 def _read_list(path: Path) -> list[str]:
+    """The stems of a split list: one per line; blank lines and whole-line comments (``#`` followed by a
+    space, or a lone ``#``) are skipped — a stem that starts with ``#`` (``#frame01``) is kept.
+
+    Raises :class:`DataError` naming the file (and line) for a missing file, a line that is not
+    UTF-8 text, or a list with no stem at all.
+    """
     if not path.is_file():
         raise DataError(f"{path}: split list not found")
-    with open(path) as f:
-        return [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+    stems = []
+    for i, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"{path}:{i}: not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                f"split lists are UTF-8 files with one file stem per line"
+            ) from None
+        if not line or line == "#" or line.startswith("# "):
+            continue
+        stems.append(line.lstrip("\ufeff"))
+    if not stems:
+        raise DataError(f"{path}: the split list is empty (no file stem in it)")
+    return stems
 
 
 def _split_alias(split: str, aliases: Mapping[str, str], allowed: Sequence[str], name: str) -> str:
@@ -348,10 +384,13 @@ class SplitDataset(SegDataset):
 
     ``meta.json`` gives ``classes``, ``palette``, ``ignore_index`` and ``layout`` (templates
     ``image`` / ``label`` / ``list`` with ``{split}`` and ``{stem}``); optional keys
-    ``reduce_zero_label`` and ``label_map`` set the label convention.
+    ``reduce_zero_label`` and ``label_map`` set the label convention, and ``label_colours`` (or
+    ``colour_labels: true`` with the palette) plus ``unknown_colour`` read colour-coded RGB masks
+    (see :class:`FolderDataset`). Split lists: :func:`_read_list`.
 
     Raises:
-        DataError: missing ``meta.json`` / split list, unknown split (lists the available ones).
+        DataError: missing ``meta.json`` / split list, unknown split (lists the available ones),
+            an empty or non-UTF-8 split list (naming file and line).
     """
 
     def __init__(self, root: str | os.PathLike, split: str, transform: Callable | None = None):
@@ -379,6 +418,9 @@ class SplitDataset(SegDataset):
             available = sorted(info.get("splits", {})) or sorted(p.stem for p in (root / "splits").glob("*.txt"))
             raise DataError(f"{list_path}: split {split!r} not found in {root}; available splits: {available}")
         stems = _read_list(list_path)
+        colour_table = _colour_table(
+            info.get("label_colours"), info.get("colour_labels", False), info.get("palette"), meta_path
+        )
         samples = [
             (
                 str(root / layout["image"].format(split=split, stem=s)),
@@ -396,8 +438,11 @@ class SplitDataset(SegDataset):
             label_map={int(k): v for k, v in label_map.items()} if label_map else None,
             transform=transform,
             name=f"{info.get('name', root.name)}/{split}",
+            label_colours=colour_table,
+            unknown_colour=_unknown_colour(info.get("unknown_colour", "error"), info.get("ignore_index", 255)),
         )
         self.root, self.split = str(root), split
+        self.label_hint = f" (meta.json layout.label is {layout['label']!r})"
 
 
 # -------------------------------------------------------------------------------- generic folder
@@ -428,6 +473,15 @@ class FolderDataset(SegDataset):
         split: None/``"all"`` (everything), or ``"train"`` / ``"val"`` for a random split of
             ``val_fraction`` with ``seed`` (deterministic, independent of global random state).
         allow_missing_labels: keep images without a label (label None) instead of raising.
+        label_colours: for colour-coded RGB masks, the colour of each class (index = class id);
+            ``colour_labels=True`` uses ``palette`` (or ``meta.json``'s) for that. Class names
+            default to ``class_<i>``. Both may also come from ``meta.json``.
+        unknown_colour: what a mask colour outside the table becomes: ``"error"`` (default: the
+            message lists the colours and their pixel counts), ``"ignore"`` (``ignore_index``) or
+            a class id.
+
+    Images and labels may share one folder (``images_dir == labels_dir``): files ending with
+    ``label_suffix`` (e.g. ``_mask.png``) are then not taken as images.
 
     Raises:
         DataError: missing folders, no images, images without labels, ambiguous names.
@@ -450,12 +504,16 @@ class FolderDataset(SegDataset):
         val_fraction: float = 0.2,
         seed: int = 0,
         allow_missing_labels: bool = False,
+        label_colours: Sequence[Sequence[int]] | None = None,
+        colour_labels: bool = False,
+        unknown_colour: str | int = "error",
         transform: Callable | None = None,
         name: str | None = None,
     ):
         images_dir = _require_dir(Path(images_dir), "images")
         suffixes = image_suffix or IMAGE_SUFFIXES
-        images = _scan(images_dir, suffixes)
+        same_dir = labels_dir is not None and Path(labels_dir).resolve() == images_dir.resolve()
+        images = _scan(images_dir, suffixes, exclude=(label_suffix,) if same_dir else ())
         if labels_dir is None:
             samples: list[Sample] = [(p, None) for p in images.values()]
             if not samples:
@@ -463,7 +521,15 @@ class FolderDataset(SegDataset):
         else:
             labels_dir = _require_dir(Path(labels_dir), "labels")
             labels = _scan(labels_dir, label_suffix)
-            samples = _pair(images, labels, f"{images_dir} / {labels_dir}", allow_missing_labels, by_stem=True)
+            samples = _pair(
+                images,
+                labels,
+                f"{images_dir} / {labels_dir}",
+                allow_missing_labels,
+                by_stem=True,
+                expected=lambda key: str(labels_dir / f"{key}{label_suffix}"),
+                hint=f" (label_suffix is {label_suffix!r}; set data.*.label_suffix to match your files)",
+            )
 
         info: dict = {}
         meta_path = Path(meta) if meta is not None else _find_meta(*[d for d in (labels_dir, images_dir) if d])
@@ -482,10 +548,20 @@ class FolderDataset(SegDataset):
             classes = [f"class_{i}" for i in range(classes)]
         if classes is None:
             classes = info.get("classes")
-        if classes is None:
+        if classes is None and not (label_colours is not None or info.get("label_colours")):
             classes = _discover_classes(samples, ignore_index, make_label_lut(reduce_zero_label, label_map), images_dir)
         if palette is None:
             palette = info.get("palette")
+        colour_table = _colour_table(
+            label_colours if label_colours is not None else info.get("label_colours"),
+            colour_labels or info.get("colour_labels", False),
+            palette,
+            meta_path or images_dir,
+        )
+        if colour_table is not None and classes is None:
+            classes = [f"class_{i}" for i in range(len(colour_table))]
+        if palette is None and colour_table is not None and len(colour_table) == len(classes or ()):
+            palette = colour_table
 
         if split not in (None, "all"):
             if split not in ("train", "val"):
@@ -506,8 +582,41 @@ class FolderDataset(SegDataset):
             label_map=label_map,
             transform=transform,
             name=name or info.get("name") or f"{images_dir.name}" + (f"/{split}" if split else ""),
+            label_colours=colour_table,
+            unknown_colour=_unknown_colour(info.get("unknown_colour", unknown_colour), ignore_index),
         )
         self.split = split
+        if labels_dir is not None:
+            self.label_hint = f" (label_suffix is {label_suffix!r})"
+
+
+def _colour_table(label_colours, colour_labels: bool, palette, where) -> list[list[int]] | None:
+    """The RGB → class-id table of colour-coded masks: ``label_colours`` (index = class id), or the
+    ``palette`` when ``colour_labels`` is true; ``None`` for ordinary class-index labels."""
+    if label_colours is not None:
+        table = label_colours
+    elif colour_labels:
+        if palette is None:
+            raise DataError(f"{where}: colour_labels is true but no palette is given to map the mask colours")
+        table = palette
+    else:
+        return None
+    try:
+        table = [[int(v) for v in c] for c in table]
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: label_colours must be a list of [R, G, B] triples, got {label_colours!r}") from None
+    if any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in table):
+        raise DataError(f"{where}: label_colours must be [R, G, B] triples with values 0..255")
+    return table
+
+
+def _unknown_colour(value, ignore_index: int):
+    """``"error"`` (default), ``"ignore"`` (→ ``ignore_index``) or a class id for mask colours not in the table."""
+    if value == "ignore":
+        return int(ignore_index)
+    if value == "error" or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255):
+        return value
+    raise DataError(f"unknown_colour must be 'error', 'ignore' or a class id 0..255, got {value!r}")
 
 
 def _discover_classes(samples: list[Sample], ignore_index: int, lut: np.ndarray | None, where) -> list[str]:

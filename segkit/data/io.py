@@ -13,8 +13,8 @@
 Every error is a :class:`DataError` whose message starts with the file path.
 
 Speed: files are read once into memory; plain 8-bit RGB images and 8-bit grayscale labels whose
-container looks complete are decoded by OpenCV (about 1.5-2x faster than Pillow for JPEG/WebP),
-everything else by Pillow. Both decoders give identical pixels for these files. A truncated file
+container looks complete are decoded by OpenCV (faster than Pillow for JPEG/WebP), everything
+else by Pillow. Both decoders give identical pixels for these files. A truncated file
 is never decoded silently: OpenCV would fill the missing part with grey, so files that fail the
 end-of-file check (PNG ``IEND``, JPEG ``EOI``, WebP RIFF size) always go through Pillow, which
 raises on truncation.

@@ -201,16 +201,26 @@ def evaluate(
         result["class_names"] = list(class_names)
 
     if out_dir is not None and rank == 0:
-        from segkit.utils import atomic_write_bytes, json_safe
-
-        from .visualize import plot_confusion_matrix
-
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        safe = json_safe(result)  # one top-level key per line, values compact (K×K matrix on one line)
-        text = "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in safe.items()) + "\n}\n"
-        atomic_write_bytes(out_dir / "metrics.json", text.encode())
-        plot_confusion_matrix(
-            cm.matrix, class_names, out_dir / "confusion_matrix.png", title=f"mIoU {result['mIoU']:.2f}"
-        )
+        write_results(result, out_dir)
     return result
+
+
+def write_results(result: dict, out_dir: str | Path) -> list[Path]:
+    """Write ``metrics.json`` (NaN → null, confusion matrix included) and ``confusion_matrix.png``
+    (row-normalised) of an :func:`evaluate` result to ``out_dir`` (created); returns the paths."""
+    from segkit.utils import atomic_write_bytes, json_safe
+
+    from .visualize import plot_confusion_matrix
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    safe = json_safe(result)  # one top-level key per line, values compact (K×K matrix on one line)
+    text = "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in safe.items()) + "\n}\n"
+    atomic_write_bytes(out_dir / "metrics.json", text.encode())
+    png = plot_confusion_matrix(
+        np.asarray(result["confusion_matrix"]),
+        result.get("class_names"),
+        out_dir / "confusion_matrix.png",
+        title=f"mIoU {result['mIoU']:.2f}",
+    )
+    return [out_dir / "metrics.json", Path(png)]

@@ -31,6 +31,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from segkit.config import Config
+from segkit.errors import CheckpointError, UsageError
 from segkit.utils import atomic_open
 
 
@@ -266,15 +267,23 @@ def build_model_from_config(cfg: Config, dataset=None):
 
 
 # ----------------------------------------------------------------------------- the loop
-def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) -> dict:
+def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, overwrite: bool = False) -> dict:
     """Train ``cfg.model`` as configured; returns a summary dict (best mIoU, paths, wall time).
 
     Writes into ``cfg.train.work_dir``: ``iter_<N>.pth`` (last ``keep_last``), ``best.pth``,
     ``final/`` (``model.safetensors`` + ``config.json``), ``train_log.jsonl``, ``config.yaml``,
-    ``curves.png`` and TensorBoard events under ``tb/``. ``resume`` is a checkpoint path or
-    ``"auto"`` (latest ``iter_*.pth`` in the work dir).
+    ``curves.png`` and TensorBoard events under ``tb/``.
+
+    A work dir belongs to one run. ``resume`` continues it: a checkpoint path, or ``"auto"`` for
+    the newest readable ``iter_*.pth`` there (unreadable ones are skipped, each named; without
+    any, the run starts fresh and says so). Without ``resume``, a work dir that already holds a
+    run is refused (:class:`WorkDirError`, nothing is touched) unless ``overwrite``, which first
+    moves the old run to ``<work_dir>.prev-<timestamp>`` — a finished run is never overwritten.
 
     Raises:
+        WorkDirError: the work dir holds a run and neither ``resume`` nor ``overwrite`` is given.
+        segkit.errors.CheckpointError: the resume checkpoint is unreadable, of another model or
+            class count, or already past ``schedule.max_iters``.
         NonFiniteLossError: the loss became NaN/Inf and ``train.on_nonfinite == "stop"``.
         segkit.data.DataError: the labels fail the guard-rail scan.
     """
@@ -297,6 +306,25 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
         torch.cuda.set_device(device)
     _seed_everything(tc.seed, tc.deterministic)
     work_dir = Path(tc.work_dir)
+    ck, ckpt_path = None, None
+    if resume is None:
+        previous = existing_run(work_dir)
+        if previous and not overwrite:
+            raise WorkDirError(
+                f"{work_dir} already holds a run ({previous}); nothing was changed. Continue it with --resume auto, "
+                f"start over with --overwrite (the old run is moved to {work_dir}.prev-<time>), or train into "
+                f"another folder (--set train.work_dir=...)"
+            )
+        if previous:
+            _barrier(world)  # every rank has looked before rank 0 moves the old run away
+            if is_main:
+                moved = work_dir.with_name(f"{work_dir.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}")
+                work_dir.rename(moved)
+                print(f"--overwrite: moved the previous run ({previous}) to {moved}", flush=True)
+    else:
+        ckpt_path, ck = resolve_resume(work_dir, resume, log=print if is_main else None)
+        if ck is not None:
+            check_resume_checkpoint(ckpt_path, ck, cfg)
     if is_main:
         work_dir.mkdir(parents=True, exist_ok=True)
         import yaml
@@ -309,6 +337,11 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
     if cfg.data.train is None:
         raise ValueError("config has no data.train dataset")
     train_ds = build_dataset(cfg.data.train)  # class names/palette for the model; transform set below
+    if ck is not None and int(ck["meta"].get("num_classes", train_ds.num_classes)) != train_ds.num_classes:
+        raise CheckpointError(
+            f"{ckpt_path} holds a {ck['meta']['num_classes']}-class model, but data.train "
+            f"({getattr(train_ds, 'name', '')}) has {train_ds.num_classes} classes"
+        )
     model = build_model_from_config(cfg, train_ds)
     train_ds, val_ds = build_train_data(cfg, model.mean, model.std, train_ds=train_ds)
     report = None
@@ -339,6 +372,11 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
         )
     if world > 1 and tc.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if tc.memory_check and device.type == "cpu":
+        from segkit.engine.memory import check_step_fits
+
+        # ranks of a CPU run share the machine: the whole global batch is resident at once
+        check_step_fits(model, cfg.train_transform.crop_size, tc.batch_size, {"bf16": torch.bfloat16}.get(tc.amp))
 
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr)
@@ -346,9 +384,7 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True) 
     start_iter, best_miou, skipped = 0, -1.0, 0
     history: list[dict] = []
 
-    ckpt_path = _find_resume(work_dir, resume)
-    if ckpt_path is not None:
-        ck = torch.load(str(ckpt_path), map_location="cpu", weights_only=True)
+    if ck is not None:
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
@@ -605,20 +641,111 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def _iter_checkpoints(work_dir: Path) -> list[Path]:
+    """``iter_<N>.pth`` files of a work dir, by iteration (oldest first)."""
+    found = []
+    for p in work_dir.glob("iter_*.pth"):
+        try:
+            found.append((int(p.stem.split("_")[1]), p))
+        except ValueError:
+            continue
+    return [p for _, p in sorted(found)]
+
+
 def _latest_checkpoint(work_dir: Path) -> Path | None:
-    ckpts = sorted(work_dir.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+    ckpts = _iter_checkpoints(work_dir)
     return ckpts[-1] if ckpts else None
 
 
-def _find_resume(work_dir: Path, resume) -> Path | None:
-    if resume is None:
+class WorkDirError(UsageError):
+    """The work dir already holds a run and neither ``--resume`` nor ``--overwrite`` was given."""
+
+
+def existing_run(work_dir: Path) -> str | None:
+    """A short description of the run already in ``work_dir`` (``None`` when it holds none)."""
+    if not work_dir.is_dir():
         return None
-    if str(resume) == "auto":
-        return _latest_checkpoint(work_dir)
-    path = Path(resume)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint to resume from not found")
-    return path
+    ckpts = _iter_checkpoints(work_dir)
+    parts = []
+    if ckpts:
+        parts.append(f"checkpoints up to iteration {ckpts[-1].stem.split('_')[1]}")
+    if (work_dir / "best.pth").exists():
+        parts.append("best.pth")
+    if (work_dir / "final").exists():
+        parts.append("final/ written")
+    if not parts and (work_dir / "train_log.jsonl").exists():
+        parts.append("a train_log.jsonl")
+    return ", ".join(parts) or None
+
+
+def _load_training_checkpoint(path: Path) -> dict:
+    """A segkit training checkpoint, read safely (``weights_only``); :class:`CheckpointError` naming the file."""
+    import pickle
+
+    try:
+        ck = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(f"{path}: unreadable checkpoint ({first})") from None
+    if not (isinstance(ck, dict) and ck.get("segkit_checkpoint") and {"model", "optimizer", "iteration"} <= set(ck)):
+        raise CheckpointError(f"{path}: not a segkit training checkpoint (no optimizer / iteration inside)")
+    return ck
+
+
+def resolve_resume(work_dir: Path, resume, log=print) -> tuple[Path | None, dict | None]:
+    """``(path, checkpoint)`` to resume from, or ``(None, None)`` to start fresh.
+
+    ``resume="auto"``: the newest ``iter_*.pth`` of ``work_dir`` that reads; unreadable ones are
+    skipped, each named with the reason; with none the run starts fresh and ``log`` says why.
+    A path: that checkpoint (:class:`CheckpointError` naming it when it cannot be read).
+    """
+    log = log or (lambda *a, **k: None)
+    if str(resume) != "auto":
+        path = Path(resume)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: checkpoint to resume from not found")
+        return path, _load_training_checkpoint(path)
+    skipped = []
+    for path in reversed(_iter_checkpoints(work_dir)):
+        try:
+            ck = _load_training_checkpoint(path)
+        except CheckpointError as e:
+            skipped.append(path)
+            log(f"--resume auto: skipping {e}", flush=True)
+            continue
+        if skipped:
+            log(f"--resume auto: resuming from {path}, the newest readable checkpoint", flush=True)
+        return path, ck
+    if skipped:
+        log(
+            f"--resume auto: no readable checkpoint in {work_dir} ({len(skipped)} unreadable); starting a fresh run",
+            flush=True,
+        )
+    elif not work_dir.is_dir():
+        log(f"--resume auto: {work_dir} does not exist; starting a fresh run", flush=True)
+    else:
+        log(f"--resume auto: no checkpoint (iter_*.pth) in {work_dir}; starting a fresh run", flush=True)
+    return None, None
+
+
+def check_resume_checkpoint(path: Path, ck: dict, cfg: Config) -> None:
+    """Refuse a checkpoint of another model, or one already at the end of the schedule (two-line messages)."""
+    meta = ck.get("meta") or {}
+    if meta.get("model") and str(meta["model"]).lower() != cfg.model.lower():
+        raise CheckpointError(
+            f"{path} holds a {meta['model']} ({meta.get('num_classes', '?')} classes),\n"
+            f"but the config builds {cfg.model}: resume a checkpoint of the same model, or drop --resume"
+        )
+    if int(ck["iteration"]) >= cfg.schedule.max_iters:
+        raise CheckpointError(
+            f"{path} is at iteration {ck['iteration']}, already at or past schedule.max_iters="
+            f"{cfg.schedule.max_iters}:\nnothing to resume (raise schedule.max_iters to train further)"
+        )
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
 
 
 def _tensorboard(work_dir: Path):

@@ -58,6 +58,8 @@ import torch
 from segkit.data.transforms import MIN_SIDE
 from segkit.errors import UsageError
 from segkit.models.fuse import for_inference
+from segkit.runtime import proc_status_kb as _proc_kb
+from segkit.runtime import reset_peak_rss as _reset_peak_rss
 
 
 class BenchmarkError(UsageError):
@@ -109,33 +111,6 @@ def machine_info(device: str | torch.device = "cpu") -> dict:
             cudnn=torch.backends.cudnn.version(),
         )
     return info
-
-
-def _proc_kb(field: str) -> int | None:
-    for line in _read("/proc/self/status").splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return None
-
-
-def _trim_heap() -> None:
-    """Give freed heap memory back to the OS (glibc ``malloc_trim``), so that RSS growth measures new use."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _reset_peak_rss() -> bool:
-    _trim_heap()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 # ----------------------------------------------------------------------------- checks

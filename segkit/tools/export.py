@@ -17,7 +17,7 @@ Exporter choice (torch 2.13, onnx 1.23, onnxruntime 1.31, checked on this machin
   the model computes them with tensor ops. It warns that it is deprecated; the warning is
   silenced here.
 * The default ``dynamo=True`` exporter needs ``onnxscript`` (not a segkit dependency, not
-  installed here). Tried with onnxscript 0.7.2 on SegFormer-B0 it took ~60 s and silently
+  installed here). Tried with onnxscript 0.7.2 on SegFormer-B0 it was slow and silently
   specialised H and W to the example size (the models' Python-level size checks become
   guards), so a "dynamic" graph rejected any other size.
 * :meth:`Segmentor.forward` turns the output size into Python ints (``resize``), which a
@@ -53,6 +53,7 @@ import torch.nn.functional as F
 
 from segkit.data.transforms import MIN_SIDE
 from segkit.models.fuse import for_inference
+from segkit.utils import require
 
 MIN_OPSET, MAX_OPSET = 17, 20  # 17: LayerNormalization op; 20: newest the TorchScript exporter writes
 
@@ -79,7 +80,7 @@ class LogitsAtInputSize(nn.Module):
 
 
 def _ort_session(path: Path):
-    import onnxruntime as ort
+    ort = require("onnxruntime", "tools", "segkit export")
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # errors are re-raised as ExportError; keep onnxruntime quiet
@@ -162,7 +163,8 @@ def export_onnx(
 
     Raises ``ValueError`` for bad arguments, :class:`ExportError` if the export or a check fails.
     """
-    import onnx
+    onnx = require("onnx", "tools", "segkit export")
+    require("onnxruntime", "tools", "segkit export (verification)")
 
     out = Path(out)
     h, w = (int(v) for v in shape)

@@ -35,7 +35,7 @@ import numpy as np
 
 from segkit.data.protocol import TestProtocol
 from segkit.data.transforms import TestTransform
-from segkit.utils import IMAGE_SUFFIXES, list_images, output_stems  # noqa: F401 (re-exported)
+from segkit.utils import IMAGE_SUFFIXES, list_images, output_stems, require  # noqa: F401 (re-exported)
 
 FORMAT = "segkit-onnx-1"
 
@@ -46,7 +46,7 @@ def read_metadata(path: str | Path) -> dict:
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` if the file is not a
     segkit export (no ``segkit_format`` entry) or cannot be read by ``onnx``/``onnxruntime``.
     """
-    import onnxruntime as ort
+    ort = require("onnxruntime", "tools", "ONNX prediction")
 
     session = _session(path, ort)
     return _decode_meta(session.get_modelmeta().custom_metadata_map, path)
@@ -145,7 +145,7 @@ class OnnxSegmenter:
     """
 
     def __init__(self, path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None):
-        import onnxruntime as ort
+        ort = require("onnxruntime", "tools", "ONNX prediction")
 
         self.path = Path(path)
         self.session = _session(path, ort, threads, providers)

@@ -42,9 +42,9 @@ namespace, nothing global is patched):
    same salt-and-pepper noise (same amounts per severity) with ``rng`` seeded from the global
    state, so it repeats with the seed. The draws differ from an old-scikit-image run.
 
-5. ``glass_blur`` is a Python loop over pixels (~9 s per 480×360 image and severity here); it is
+5. ``glass_blur`` is a Python loop over pixels (seconds per 480×360 image and severity); it is
    replaced by :func:`_glass_blur`, the same computation and random draws, bit-identical
-   output, ~50× faster.
+   output, much faster.
 
 ``motion_blur`` in 1.1.2 is pure NumPy (no Wand/ImageMagick). If a corruption still fails at
 run time it raises :class:`CorruptionError` naming it — nothing is silently dropped.
@@ -64,7 +64,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from segkit.data.transforms import MIN_SIDE  # imagecorruptions also refuses sides below 32 px
-from segkit.utils import json_safe  # NaN -> null for JSON (shared with metrics.json)
+from segkit.utils import json_safe, require  # NaN -> null for JSON (shared with metrics.json)
 
 CORRUPTION_GROUPS: dict[str, tuple[str, ...]] = {
     "Blur": ("motion_blur", "defocus_blur", "glass_blur", "gaussian_blur"),
@@ -123,7 +123,7 @@ def _glass_blur(x, severity: int = 1) -> np.ndarray:
     order. Here the draws of one pass are taken in one ``randint`` call (the legacy generator
     yields the same sequence and leaves the same state) and the sequential copies run on a
     Python list of packed RGB values: bit-identical output (checked against the original in
-    ``tests/test_tools_robustness.py``), ~50x faster.
+    ``tests/test_tools_robustness.py``), much faster.
     """
     from skimage.filters import gaussian
 
@@ -146,7 +146,8 @@ def _glass_blur(x, severity: int = 1) -> np.ndarray:
 def corruption_functions() -> dict[str, Callable]:
     """``{name: fn(PIL.Image, severity) -> array-like}`` for the 16 corruptions, loaded with the fixes above.
 
-    Raises :class:`CorruptionError` if ``imagecorruptions`` is not installed or cannot be imported.
+    Raises :class:`~segkit.errors.MissingDependencyError` (naming the ``segkit[tools]`` extra) when
+    ``imagecorruptions`` or ``scikit-image`` is not installed.
     """
     global _FUNCTIONS
     if _FUNCTIONS is not None:
@@ -164,12 +165,9 @@ def corruption_functions() -> dict[str, Callable]:
             )
             sys.modules["pkg_resources"] = shim
     try:
-        import imagecorruptions
+        require("skimage", "tools", "segkit robustness")
+        imagecorruptions = require("imagecorruptions", "tools", "segkit robustness")
         from imagecorruptions import corruptions as ic
-    except ImportError as e:
-        raise CorruptionError(
-            f"the imagecorruptions package cannot be imported ({e}); install it with `pip install imagecorruptions`"
-        ) from e
     finally:
         if shim is not None and sys.modules.get("pkg_resources") is shim:
             del sys.modules["pkg_resources"]

@@ -37,10 +37,9 @@ BLOCK_NORM_EPS = 1e-6
 # (patch embedding, sequence reduction, Mix-FFN's depth-wise conv) need maps (B, C, H, W).
 # Viewing the tokens as a *channels-last* map is free (no copy): the memory of (B, H·W, C)
 # is exactly that of a channels_last (B, C, H, W) tensor. PyTorch's convolutions accept and
-# return channels-last, so the round trip costs no transposes; on CPU this is what makes
-# segkit's SegFormer-B0 about twice as fast as a channels-first implementation
-# (benchmarks/latency.py). Numerics are those of the same convolution (fp32 summation order
-# may differ in the last bits).
+# return channels-last, so the round trip costs no transposes (the speed against a
+# channels-first implementation is measured by benchmarks/latency.py). Numerics are those of the
+# same convolution (fp32 summation order may differ in the last bits).
 def tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """``(B, H·W, C)`` tokens → ``(B, C, H, W)`` channels-last view of the same memory."""
     b, n, c = x.shape

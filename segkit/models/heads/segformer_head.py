@@ -88,7 +88,7 @@ class SegFormerHead(DecodeHead):
             if x.shape[-2:] != size:
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             # channels-last throughout: the concat and the 1x1 fuse conv then run without
-            # layout conversions (about 2x faster on CPU than NCHW for this head).
+            # layout conversions (faster on CPU than NCHW; benchmarks/latency.py).
             outs.append(x.contiguous(memory_format=torch.channels_last))
         x = self.linear_fuse(torch.cat(outs, dim=1))
         return self.linear_pred(self.dropout(x))
