@@ -26,9 +26,8 @@ __version__ = "0.2.0"
 # segkit submodules on a machine without PyTorch. ``from segkit import build_model`` works as usual;
 # editors and type checkers follow the names through the TYPE_CHECKING imports below.
 _LAZY = {
-    **dict.fromkeys(
-        ["LoadReport", "from_pretrained", "load_checkpoint", "load_model", "read_state_dict"], "segkit.checkpoints"
-    ),
+    **dict.fromkeys(["LoadReport", "load_checkpoint", "read_state_dict"], "segkit.checkpoints"),
+    **dict.fromkeys(["from_pretrained", "load_model"], "segkit.hub"),
     **dict.fromkeys(["CheckpointError", "ConfigError", "DataError", "SegkitError", "UsageError"], "segkit.errors"),
     "Segmentor": "segkit.models.segmentor",
     **dict.fromkeys(["Features", "DecodeHead"], "segkit.models.contract"),
@@ -37,9 +36,12 @@ _LAZY = {
         ["FAMILIES", "MODELS", "add_family", "build_model", "count_parameters", "list_models"], "segkit.models.zoo"
     ),
     "TestProtocol": "segkit.data.protocol",
+    **dict.fromkeys(["Segmenter", "SegResult"], "segkit.engine.segmenter"),
+    "PRETRAINED": "segkit.models.zoo",
 }
 _SUBMODULES = {
     "checkpoints",
+    "hub",
     "cli",
     "config",
     "data",
@@ -62,8 +64,11 @@ __all__ = [
     "Features",
     "LoadReport",
     "MODELS",
+    "PRETRAINED",
     "PaperRow",
+    "SegResult",
     "SegkitError",
+    "Segmenter",
     "Segmentor",
     "TestProtocol",
     "UsageError",
@@ -78,13 +83,15 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from segkit.checkpoints import LoadReport, from_pretrained, load_checkpoint, load_model, read_state_dict
+    from segkit.checkpoints import LoadReport, load_checkpoint, read_state_dict
     from segkit.data.protocol import TestProtocol
+    from segkit.engine.segmenter import Segmenter, SegResult
     from segkit.errors import CheckpointError, ConfigError, DataError, SegkitError, UsageError
+    from segkit.hub import from_pretrained, load_model
     from segkit.models.contract import DecodeHead, Features
     from segkit.models.family import Family, PaperRow
     from segkit.models.segmentor import Segmentor
-    from segkit.models.zoo import FAMILIES, MODELS, add_family, build_model, count_parameters, list_models
+    from segkit.models.zoo import FAMILIES, MODELS, PRETRAINED, add_family, build_model, count_parameters, list_models
 
 
 def __getattr__(name: str):

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from segkit.errors import UsageError
 
@@ -57,8 +58,17 @@ def _cmd_models(args) -> int:
     import torch
 
     from segkit.models.layers import skip_init
-    from segkit.models.zoo import FAMILIES, build_model, count_parameters
+    from segkit.models.zoo import FAMILIES, PRETRAINED, build_model, count_parameters
 
+    if args.pretrained:
+        print(f"{'name':<30}{'model':<16}{'dataset':<12}{'classes':>8}{'mIoU':>7}  source / licence")
+        for e in PRETRAINED.values():
+            if args.filter and args.filter not in e.name:
+                continue
+            miou = f"{e.miou:.2f}" if e.miou is not None else "-"
+            k = e.num_classes or "encoder"
+            print(f"{e.name:<30}{e.model:<16}{e.dataset:<12}{k:>8}{miou:>7}  {e.source}\n{'':<73}{e.licence}")
+        return 0
     print(f"{'model':<22}{'family':<11}{f'params ({args.num_classes} classes)':>26}")
     for family in FAMILIES.values():
         for name in family.models:
@@ -168,25 +178,31 @@ def _cmd_eval(args) -> int:
 def _cmd_predict(args) -> int:
     if args.onnx or (args.checkpoint or "").endswith(".onnx"):
         return _cmd_predict_onnx(args)
-    if args.checkpoint is None or args.inputs is None:
-        raise UsageError("give CKPT IMAGE_OR_DIR (or --onnx MODEL.onnx IMAGE_OR_DIR)")
-    from segkit import load_model
-    from segkit.engine.predict import predict_paths
+    source = args.source if args.source is not None else args.inputs
+    if args.checkpoint is None or source is None:
+        raise UsageError("give CKPT IMAGE_OR_DIR_OR_VIDEO (or --source N for a camera; --onnx MODEL.onnx IMAGE_OR_DIR)")
+    from segkit.engine.predict import is_video, predict_paths
+    from segkit.hub import load_model
     from segkit.utils import check_output_dir, list_images
 
     check_output_dir(args.out)
-    list_images(args.inputs)  # a missing input or an empty folder is reported before the model loads
+    if not is_video(source):
+        list_images(source)  # a missing input or an empty folder is reported before the model loads
+    elif not str(source).isdigit() and not Path(source).is_file():
+        raise FileNotFoundError(f"{source}: no such video file")
     device = _device(args.device)
     model = load_model(args.checkpoint, map_location=device)
     written = predict_paths(
         model,
-        args.inputs,
+        source,
         args.out,
         mode=args.mode,
         crop_size=args.crop,
         stride=args.stride,
         scale=args.scale,
         device=device,
+        amp=args.amp,
+        save_labels=args.save_labels,
     )
     for p in written:
         print(p)
@@ -368,6 +384,20 @@ def _hw(s, name: str, help: str, default=None):
     s.add_argument(name, type=int, nargs=2, metavar=("H", "W"), default=default, help=help)
 
 
+def _protocol_overrides(s) -> None:
+    """Options that override a checkpoint's test protocol, and the device (eval, robustness, predict)."""
+    _hw(s, "--crop", "slide window (default: the protocol's, else the training crop)")
+    _hw(s, "--stride", "slide stride (default: the protocol's, else the crop)")
+    s.add_argument(
+        "--scale",
+        type=int,
+        nargs="+",
+        metavar="PX",
+        help="test resize LONG SHORT (keep ratio; default: the protocol's); 0 = no resize",
+    )
+    s.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+
+
 def _eval_protocol_args(s) -> None:
     s.add_argument(
         "--data",
@@ -387,16 +417,7 @@ def _eval_protocol_args(s) -> None:
     )
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for --config")
     s.add_argument("--mode", choices=["whole", "slide"], help="inference mode (default: the checkpoint's protocol)")
-    _hw(s, "--crop", "slide window (default: the protocol's, else the training crop)")
-    _hw(s, "--stride", "slide stride (default: the protocol's, else the crop)")
-    s.add_argument(
-        "--scale",
-        type=int,
-        nargs="+",
-        metavar="PX",
-        help="test resize LONG SHORT (keep ratio; default: the protocol's); 0 = no resize",
-    )
-    s.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    _protocol_overrides(s)
     s.add_argument("--max-images", type=int, help="evaluate only the first N images")
 
 
@@ -488,10 +509,11 @@ def build_parser() -> argparse.ArgumentParser:
         "models",
         formatter_class=_Formatter,
         help="list models with parameter counts",
-        epilog=_examples("segkit models --filter segnext --num-classes 19"),
+        epilog=_examples("segkit models --filter segnext --num-classes 19", "segkit models --pretrained"),
     )
     s.add_argument("--num-classes", type=int, default=150, help="classes of the heads counted")
     s.add_argument("--filter", default="", help="only names containing this text")
+    s.add_argument("--pretrained", action="store_true", help="list the published weights (the registry) instead")
     s.set_defaults(fn=_cmd_models)
 
     s = sub.add_parser(
@@ -558,11 +580,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="segment images: index PNG + colour overlay with legend",
         epilog=_examples(
             "segkit predict work_dirs/run/final photo.jpg --out pred",
+            "segkit predict segformer-b0_ade20k-512 street.mp4 --out pred --save-labels",
             "segkit predict --onnx model.onnx photos/ --out pred",
         ),
     )
-    s.add_argument("checkpoint", nargs="?", help="a save_pretrained folder or a training checkpoint .pth")
-    s.add_argument("inputs", nargs="?", help="an image file or a folder of images")
+    s.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="a save_pretrained folder, a training checkpoint .pth, a registry name or a Hub repo id",
+    )
+    s.add_argument("inputs", nargs="?", help="an image file, a folder of images, or a video file")
     s.add_argument(
         "--onnx",
         metavar="MODEL.onnx",
@@ -574,16 +601,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "whole", "slide"],
         help="inference mode (default: the checkpoint's protocol); auto = slide for images above 1024² px",
     )
-    _hw(s, "--crop", "slide window (default: the protocol's, else the training crop)")
-    _hw(s, "--stride", "slide stride (default: the protocol's, else the crop)")
-    s.add_argument(
-        "--scale",
-        type=int,
-        nargs="+",
-        metavar="PX",
-        help="test resize LONG SHORT (keep ratio; default: the protocol's); 0 = no resize",
-    )
-    s.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    _protocol_overrides(s)
+    s.add_argument("--amp", choices=["bf16", "fp16"], help="autocast dtype for the network (fp16: CUDA only)")
+    s.add_argument("--source", metavar="N", help="read camera N (e.g. 0) instead of files; stop with Ctrl-C")
+    s.add_argument("--save-labels", action="store_true", help="video / camera: also write every frame's label PNG")
     s.set_defaults(fn=_cmd_predict)
 
     s = sub.add_parser(

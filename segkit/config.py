@@ -235,11 +235,13 @@ class Config:
         )
         need(sc.max_iters > 0, "schedule.max_iters", f"must be > 0, got {sc.max_iters}")
         need(0 <= sc.warmup_iters, "schedule.warmup_iters", f"must be >= 0, got {sc.warmup_iters}")
-        need(
-            sc.warmup_iters <= sc.max_iters,
-            "schedule.warmup_iters",
-            f"{sc.warmup_iters} is more than schedule.max_iters={sc.max_iters}: the run would end inside the warm-up",
-        )
+        if sc.warmup_iters > sc.max_iters:  # legal (short trial runs of a full recipe), but worth saying
+            warnings.warn(
+                f"schedule.warmup_iters={sc.warmup_iters} is more than schedule.max_iters={sc.max_iters}: the run "
+                f"ends inside the linear warm-up, at {sc.max_iters / max(sc.warmup_iters, 1):.0%} of the learning rate",
+                UserWarning,
+                stacklevel=3,
+            )
         need(0 < sc.warmup_ratio <= 1, "schedule.warmup_ratio", f"must be in (0, 1], got {sc.warmup_ratio}")
         need(sc.power > 0, "schedule.power", f"must be > 0, got {sc.power}")
         need(0 <= sc.min_lr < self.optim.lr, "schedule.min_lr", f"must be >= 0 and below optim.lr, got {sc.min_lr}")
@@ -416,7 +418,12 @@ def resolve_config_path(name: str | Path) -> Path:
     for cand in (PACKAGED / str(name), PACKAGED / f"{name}.yaml"):
         if cand.is_file():
             return cand
-    raise FileNotFoundError(f"{name}: config file not found (also looked for a shipped config under {PACKAGED})")
+    import difflib
+
+    shipped = sorted(q.relative_to(PACKAGED).with_suffix("").as_posix() for q in PACKAGED.rglob("*.yaml"))
+    close = difflib.get_close_matches(str(name).removesuffix(".yaml"), shipped, n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise FileNotFoundError(f"{name}: no such config file, nor a shipped config of that name{hint}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -99,34 +99,65 @@ SMALL_DATASETS = {  # the data sets next to the repository (docs/datasets.md)
 }
 
 
-def paper_config(model: str, dataset: str, *, eval_interval: int, scale=None, crop=None, test_scale=None) -> dict:
-    """The reference recipe for ``model`` on one of :data:`PAPER_DATASETS` (per-family overrides as keywords)."""
-    r = PAPER_DATASETS[dataset]
-    scale = list(scale or r["scale"])
-    crop = list(crop or r["crop"])
-    test_scale = list(test_scale or r["test_scale"])
+def _config(
+    model: str,
+    data: dict,
+    *,
+    scale,
+    crop,
+    test_scale,
+    iters: int,
+    batch: int,
+    train: dict,
+    eval: dict,
+    ratio_range=(0.5, 2.0),
+    optim: dict | None = None,
+    warmup: int = 1500,
+    warmup_ratio: float = 1.0e-6,
+) -> dict:
+    """One flat config dict in the layout of :class:`segkit.config.Config` (the reference pipeline)."""
     return {
         "model": model,
         "pretrained": None,
-        "data": r["data"],
+        "data": data,
         "train_transform": {
-            "scale": scale,
-            "ratio_range": [0.5, 2.0],
-            "crop_size": crop,
+            "scale": list(scale),
+            "ratio_range": list(ratio_range),
+            "crop_size": list(crop),
             "cat_max_ratio": 0.75,
             "flip_prob": 0.5,
             "photometric": True,
         },
-        "test_transform": {"scale": test_scale, "keep_ratio": True, "size_divisor": 32},
-        "optim": {"lr": 6.0e-5, "betas": [0.9, 0.999], "weight_decay": 0.01, "head_lr_mult": 10.0},
-        "schedule": {"max_iters": r["iters"], "warmup_iters": 1500, "warmup_ratio": 1.0e-6, "power": 1.0},
-        "train": {
-            "batch_size": r["batch"],
-            "num_workers": 4,
-            "eval_interval": eval_interval,
-            "work_dir": f"work_dirs/{model}_{dataset}",
-        },
-        "eval": r["eval"],
+        "test_transform": {"scale": list(test_scale), "keep_ratio": True, "size_divisor": 32},
+        "optim": optim or {"lr": 6.0e-5, "betas": [0.9, 0.999], "weight_decay": 0.01, "head_lr_mult": 10.0},
+        "schedule": {"max_iters": iters, "warmup_iters": warmup, "warmup_ratio": warmup_ratio, "power": 1.0},
+        "train": {"batch_size": batch, **train},
+        "eval": eval,
+    }
+
+
+def paper_config(model: str, dataset: str, *, eval_interval: int, scale=None, crop=None, test_scale=None) -> dict:
+    """The reference recipe for ``model`` on one of :data:`PAPER_DATASETS` (per-family overrides as keywords)."""
+    r = PAPER_DATASETS[dataset]
+    return _config(
+        model,
+        r["data"],
+        scale=scale or r["scale"],
+        crop=crop or r["crop"],
+        test_scale=test_scale or r["test_scale"],
+        iters=r["iters"],
+        batch=r["batch"],
+        train={"num_workers": 4, "eval_interval": eval_interval, "work_dir": f"work_dirs/{model}_{dataset}"},
+        eval=r["eval"],
+    )
+
+
+def _split_data(dataset: str) -> dict:
+    d = SMALL_DATASETS[dataset]
+    return {
+        "train": {"type": "split", "root": d["root"], "split": "train"},
+        "val": {"type": "split", "root": d["root"], "split": d["val"]},
+        "test": {"type": "split", "root": d["root"], "split": "test"},
     }
 
 
@@ -138,29 +169,17 @@ def small_config(model: str, dataset: str) -> dict:
     Set ``pretrained`` to an ImageNet encoder checkpoint (mit_b*.pth / mscan_*.pth) to fine-tune.
     """
     d = SMALL_DATASETS[dataset]
-    root = d["root"]
-    return {
-        "model": model,
-        "pretrained": None,
-        "data": {
-            "train": {"type": "split", "root": root, "split": "train"},
-            "val": {"type": "split", "root": root, "split": d["val"]},
-            "test": {"type": "split", "root": root, "split": "test"},
-        },
-        "train_transform": {
-            "scale": list(d["scale"]),
-            "ratio_range": [0.5, 2.0],
-            "crop_size": list(d["crop"]),
-            "cat_max_ratio": 0.75,
-            "flip_prob": 0.5,
-            "photometric": True,
-        },
-        "test_transform": {"scale": list(d["scale"]), "keep_ratio": True, "size_divisor": 32},
-        "optim": {"lr": 6.0e-5, "betas": [0.9, 0.999], "weight_decay": 0.01, "head_lr_mult": 10.0},
-        "schedule": {"max_iters": 20000, "warmup_iters": 1500, "warmup_ratio": 1.0e-6, "power": 1.0},
-        "train": {"batch_size": 8, "num_workers": 2, "eval_interval": 2000, "work_dir": f"work_dirs/{model}_{dataset}"},
-        "eval": {"mode": "whole"},
-    }
+    return _config(
+        model,
+        _split_data(dataset),
+        scale=d["scale"],
+        crop=d["crop"],
+        test_scale=d["scale"],
+        iters=20000,
+        batch=8,
+        train={"num_workers": 2, "eval_interval": 2000, "work_dir": f"work_dirs/{model}_{dataset}"},
+        eval={"mode": "whole"},
+    )
 
 
 def camvid_15min_config(model: str = "segnext-t", iters: int = 450, ratio_range=(0.5, 1.0)) -> dict:
@@ -177,40 +196,33 @@ def camvid_15min_config(model: str = "segnext-t", iters: int = 450, ratio_range=
     balancing (``class_weight: median_freq``, power 0.5; SegNet's CamVid practice, softened):
     in 450 steps the unweighted loss never learns pole, sign, fence, pedestrian or bicyclist.
     """
-    root = SMALL_DATASETS["camvid"]["root"]
-    return {
-        "model": model,
-        "pretrained": None,
-        "data": {
-            "train": {"type": "split", "root": root, "split": "train"},
-            "val": {"type": "split", "root": root, "split": "val"},
-            "test": {"type": "split", "root": root, "split": "test"},
-        },
-        "train_transform": {
-            "scale": [480, 360],
-            "ratio_range": list(ratio_range),
-            "crop_size": [256, 256],
-            "cat_max_ratio": 0.75,
-            "flip_prob": 0.5,
-            "photometric": True,
-        },
-        "test_transform": {"scale": [480, 360], "keep_ratio": True, "size_divisor": 32},
-        "optim": {"lr": 2.0e-3, "betas": [0.9, 0.999], "weight_decay": 0.01, "head_lr_mult": 1.0},
-        "schedule": {"max_iters": iters, "warmup_iters": 30, "warmup_ratio": 1.0e-3, "power": 1.0},
-        "train": {
-            "batch_size": 8,
-            "num_workers": 0,
-            "preload": True,
-            "threads": 2,
-            "channels_last": True,
-            "eval_interval": iters,
-            "log_interval": 10,
-            "work_dir": f"work_dirs/{model}_camvid_15min",
-            "class_weight": "median_freq",
-            "class_weight_power": 0.5,
-        },
-        "eval": {"mode": "whole"},
+    train = {
+        "num_workers": 0,
+        "preload": True,
+        "threads": 2,
+        "channels_last": True,
+        "eval_interval": iters,
+        "log_interval": 10,
+        "work_dir": f"work_dirs/{model}_camvid_15min",
+        "class_weight": "median_freq",
+        "class_weight_power": 0.5,
     }
+    optim = {"lr": 2.0e-3, "betas": [0.9, 0.999], "weight_decay": 0.01, "head_lr_mult": 1.0}
+    return _config(
+        model,
+        _split_data("camvid"),
+        scale=[480, 360],
+        crop=[256, 256],
+        test_scale=[480, 360],
+        iters=iters,
+        batch=8,
+        train=train,
+        eval={"mode": "whole"},
+        ratio_range=ratio_range,
+        optim=optim,
+        warmup=30,
+        warmup_ratio=1.0e-3,
+    )
 
 
 __all__ = ["PAPER_DATASETS", "SMALL_DATASETS", "paper_config", "small_config", "camvid_15min_config"]

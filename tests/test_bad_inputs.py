@@ -219,10 +219,17 @@ def test_impossible_values_name_their_key_and_origin(synthetic_split, tmp_path, 
     rc, err = run(capsys, "train", cfg, "--set", "train.eval_interval=0")
     assert rc == 2 and "--set train.eval_interval=0" in err and str(cfg) not in err
     bad = tiny_cfg(synthetic_split, tmp_path / "w")
-    bad["schedule"] = {"max_iters": 10, "warmup_iters": 50}
+    bad["train"]["keep_last"] = 0
     rc, err = run(capsys, "train", write_cfg(tmp_path / "d.yaml", bad))
-    assert rc == 2 and "d.yaml" in err and "schedule.warmup_iters" in err
+    assert rc == 2 and "d.yaml" in err and "train.keep_last" in err
     assert not (tmp_path / "w").exists()
+    # a legal but surprising combination is a warning that names the key
+    from segkit.config import config_from_dict
+
+    odd = tiny_cfg(synthetic_split, tmp_path / "w")
+    odd["schedule"] = {"max_iters": 10, "warmup_iters": 50}
+    with pytest.warns(UserWarning, match="schedule.warmup_iters=50 is more than schedule.max_iters=10"):
+        config_from_dict(odd)
 
 
 def test_crop_much_larger_than_the_images_warns_with_the_padding_share(synthetic_split, tmp_path):

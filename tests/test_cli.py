@@ -1,5 +1,6 @@
 """CLI: models listing and checkpoint conversion to segkit's format."""
 
+import pytest
 import torch
 
 import segkit
@@ -27,3 +28,63 @@ def test_convert_official_checkpoint_to_safetensors(tmp_path, capsys):
     # a wrong variant is refused with a clear message and exit code 1 (a model error, not a usage error)
     assert cli(["convert", str(tmp_path / "official.pth"), str(tmp_path / "bad"), "--model", "segformer-b2"]) == 1
     assert "segformer-b2" in capsys.readouterr().err
+
+
+def test_every_option_has_help_and_every_command_an_example(capsys):
+    import argparse
+
+    from segkit.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) >= {
+        "models",
+        "flops",
+        "train",
+        "eval",
+        "predict",
+        "check-data",
+        "convert",
+        "benchmark",
+        "robustness",
+        "export",
+    }
+    for name, sp in sub.choices.items():
+        undocumented = [a.dest for a in sp._actions if a.help is None and not isinstance(a, argparse._HelpAction)]
+        assert not undocumented, f"segkit {name}: options without help: {undocumented}"
+        assert sp.epilog and "example:" in sp.epilog and f"segkit {name}" in sp.epilog, name
+    predict_crop = next(a for a in sub.choices["predict"]._actions if a.dest == "crop")
+    assert predict_crop.metavar == ("H", "W")
+    for name in ("eval", "predict", "benchmark", "robustness"):
+        device = next(a for a in sub.choices[name]._actions if a.dest == "device")
+        assert device.default == "auto", name
+    with pytest.raises(SystemExit) as e:
+        cli(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"segkit {segkit.__version__}"
+
+
+def test_mistyped_names_suggest_the_nearest(capsys):
+    assert cli(["flops", "segnxt-t"]) == 1
+    assert "did you mean segnext-t" in capsys.readouterr().err
+    assert cli(["train", "camvid/segnext-t_15mn"]) == 1
+    assert "did you mean camvid/segnext-t_15min" in capsys.readouterr().err
+
+
+def test_models_header_counts_and_speed(capsys):
+    import time
+
+    t = time.perf_counter()
+    assert cli(["models", "--num-classes", "19"]) == 0
+    elapsed = time.perf_counter() - t
+    out = capsys.readouterr().out.splitlines()
+    assert "params (19 classes)" in out[0] and len(out) == 1 + len(segkit.MODELS)
+    b0 = next(line for line in out if line.startswith("segformer-b0"))
+    n = sum(p.numel() for p in segkit.build_model("segformer-b0", 19).parameters())
+    assert f"{n:,}" in b0 and "segformer" in b0.split()[1]
+    assert elapsed < 20  # meta-device counting (seconds), not 25 real model builds
+
+
+def test_check_data_prints_its_table(synthetic_split, capsys):
+    assert cli(["check-data", str(synthetic_split), "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert "bound method" not in out and "2 samples" in out and "person" in out

@@ -71,7 +71,7 @@ def test_all_problems_collected_in_one_error(tmp_path):
     assert "oor.png: label values [7, 9] outside [0, 3)" in msg
     assert "col.png: label is a 3-channel colour mask" in msg and "colour_to_index" in msg
     assert "mis.png and" in msg and "image is 10x8" in msg
-    assert "nolabel.png: file not found" in msg and "unlabelled.png: no label file" in msg
+    assert "nolabel.png: label file not found (expected for image" in msg and "unlabelled.png: no label file" in msg
     assert "junk.png: not a readable image" in msg
     assert "trunc.png" in msg and "truncated" in msg
     kinds = e.value.report.problem_kinds

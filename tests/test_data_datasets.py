@@ -142,7 +142,9 @@ def test_folder_dataset_missing_labels_and_class_discovery(tmp_path):
         write_image(tmp_path / "i" / f"{rel}.png", seed=i)
     write_label(tmp_path / "l" / "a.png", [0, 3, 255])
     write_label(tmp_path / "l" / "b.png", [1])
-    with pytest.raises(DataError, match=r"1 of 3 images have no label file:\n.*c\.png"):
+    with pytest.raises(
+        DataError, match=r"1 of 3 images have no label file.*label_suffix.*:\n.*c\.png \(expected .*c\.png\)"
+    ):
         FolderDataset(tmp_path / "i", tmp_path / "l", classes=4)
     ds = FolderDataset(tmp_path / "i", tmp_path / "l", classes=4, allow_missing_labels=True)
     assert ds.classes == ["class_0", "class_1", "class_2", "class_3"]

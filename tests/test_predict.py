@@ -8,7 +8,7 @@ from PIL import Image
 
 import segkit
 from segkit.data.protocol import TestProtocol
-from segkit.engine import predict as predict_mod
+from segkit.engine import segmenter as segmenter_mod
 from segkit.engine.predict import predict_paths
 from segkit.engine.visualize import colorize, comparison_figure, legend, overlay, overlay_with_legend, present_classes
 from segkit.models.contract import DecodeHead, Features
@@ -158,7 +158,7 @@ def test_predict_folder_auto_slide_and_duplicate_stems(tmp_path, monkeypatch):
         return orig(x, **kw)
 
     monkeypatch.setattr(model, "predict", spy)
-    monkeypatch.setattr(predict_mod, "AUTO_SLIDE_PIXELS", 75 * 101 - 1)  # a.* (75x101) slides, b (40x50) not
+    monkeypatch.setattr(segmenter_mod, "AUTO_SLIDE_PIXELS", 75 * 101 - 1)  # a.* (75x101) slides, b (40x50) not
     written = predict_paths(model, src, tmp_path / "out", mode="auto", progress=False)
     names = sorted(p.name for p in written)
     assert names == sorted(

@@ -26,7 +26,7 @@ TRAIN_FAST = ["--set", "schedule.max_iters=2", "train.preload=false", "train.log
 
 def block_after(marker: str, lang: str) -> str:
     """The first fenced ``lang`` code block after ``marker`` in the README."""
-    rest = README[README.index(marker):]
+    rest = README[README.index(marker) :]
     m = re.search(rf"```{lang}\n(.*?)```", rest, re.S)
     return m.group(1)
 
@@ -44,8 +44,9 @@ def segkit_commands(text: str) -> list[list[str]]:
 
 
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "segkit", *args], cwd=cwd, env=ENV, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "segkit", *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, f"segkit {' '.join(args)} failed:\n{r.stderr[-3000:]}"
     assert "Traceback" not in r.stderr
     return r
@@ -101,21 +102,39 @@ def test_readme_test_command_matches_ci():
 def test_readme_python_block(clone, main_job):
     code = block_after("## Python API", "python")
     # the official checkpoint the snippet loads: a SegNeXt-T state dict under the official key names
-    torch.save({"state_dict": segkit.build_model("segnext-t", 150).state_dict()},
-               clone / "segnext_tiny_512x512_ade_160k.pth")
-    r = subprocess.run([sys.executable, "-c", code + "\nassert labels.shape == (1, 360, 480)\nprint('ok')"],
-                       cwd=clone, env=ENV, capture_output=True, text=True, timeout=300)
+    torch.save(
+        {"state_dict": segkit.build_model("segnext-t", 150).state_dict()}, clone / "segnext_tiny_512x512_ade_160k.pth"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code + "\nassert labels.shape == (1, 360, 480)\nprint('ok')"],
+        cwd=clone,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
     assert (clone / "my-model" / "config.json").is_file()
 
 
 def test_readme_cli_block(clone, main_job):
     commands = segkit_commands(block_after("## CLI", "bash"))
-    assert {c[0] for c in commands} >= {"models", "flops", "check-data", "eval", "predict", "benchmark", "robustness",
-                                        "export", "convert"}
+    assert {c[0] for c in commands} >= {
+        "models",
+        "flops",
+        "check-data",
+        "eval",
+        "predict",
+        "benchmark",
+        "robustness",
+        "export",
+        "convert",
+    }
     if not (clone / "segnext_tiny_512x512_ade_160k.pth").is_file():
-        torch.save({"state_dict": segkit.build_model("segnext-t", 150).state_dict()},
-                   clone / "segnext_tiny_512x512_ade_160k.pth")
+        torch.save(
+            {"state_dict": segkit.build_model("segnext-t", 150).state_dict()},
+            clone / "segnext_tiny_512x512_ade_160k.pth",
+        )
     for cmd in commands:
         run(cmd, clone)
     assert (clone / "model.onnx").is_file() and (clone / "segnext-t-ade" / "model.safetensors").is_file()

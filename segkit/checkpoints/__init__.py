@@ -238,14 +238,31 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path, strict: bool = Tru
     return report
 
 
+def model_from_description(desc: dict):
+    """A freshly built model (random weights) from a ``Segmentor.config()`` dict (``config.json`` of a
+    ``save_pretrained`` folder, ``meta`` of a training checkpoint): its model name, class count,
+    architecture switches and metadata."""
+    from segkit.models.zoo import build_model
+
+    return build_model(
+        desc["model"],
+        desc["num_classes"],
+        **desc.get("arch", {}),
+        class_names=desc.get("class_names"),
+        palette=desc.get("palette"),
+        ignore_index=desc.get("ignore_index", 255),
+        mean=desc.get("mean"),
+        std=desc.get("std"),
+        loss_avg=desc.get("loss_avg", "valid"),
+    )
+
+
 def from_pretrained(directory: str | Path, map_location: str | torch.device = "cpu"):
     """Rebuild and load a model saved by ``Segmentor.save_pretrained`` (``config.json`` + ``model.safetensors``).
 
     Raises ``FileNotFoundError`` when either file is missing and ``CheckpointError`` when the
     config is not a segkit config or the weights do not match it exactly.
     """
-    from segkit.models.zoo import build_model
-
     directory = Path(directory)
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():
@@ -253,17 +270,7 @@ def from_pretrained(directory: str | Path, map_location: str | torch.device = "c
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("format") != "segkit":
         raise CheckpointError(f"{cfg_path}: not a segkit config (format={cfg.get('format')!r})")
-    model = build_model(
-        cfg["model"],
-        cfg["num_classes"],
-        **cfg.get("arch", {}),
-        class_names=cfg.get("class_names"),
-        palette=cfg.get("palette"),
-        ignore_index=cfg.get("ignore_index", 255),
-        mean=cfg.get("mean"),
-        std=cfg.get("std"),
-        loss_avg=cfg.get("loss_avg", "valid"),
-    )
+    model = model_from_description(cfg)
     state = read_state_dict(directory / "model.safetensors")
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -272,6 +279,9 @@ def from_pretrained(directory: str | Path, map_location: str | torch.device = "c
             f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}"
         )
     model.train_config = cfg.get("train_config")
+    model.test_protocol = cfg.get("test_protocol")
+    model.source = cfg.get("source")
+    model.eval_results = cfg.get("eval_results")
     return model.to(map_location).eval()
 
 
@@ -285,7 +295,6 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
 
     Raises ``FileNotFoundError`` / :class:`CheckpointError` with the path and the problem.
     """
-    from segkit.models.zoo import build_model
 
     path = Path(path)
     if path.is_dir() or (path.suffix == ".safetensors" and (path.parent / "config.json").is_file()):
@@ -304,17 +313,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
             f"checkpoint run `segkit convert {path} OUT_DIR --model NAME` first."
         )
     meta = ck["meta"]
-    model = build_model(
-        meta["model"],
-        meta["num_classes"],
-        **meta.get("arch", {}),
-        class_names=meta.get("class_names"),
-        palette=meta.get("palette"),
-        ignore_index=meta.get("ignore_index", 255),
-        mean=meta.get("mean"),
-        std=meta.get("std"),
-        loss_avg=meta.get("loss_avg", "valid"),
-    )
+    model = model_from_description(meta)
     model.load_state_dict(ck["model"])
     model.train_config = ck.get("config")
     return model.to(map_location).eval()

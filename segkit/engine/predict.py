@@ -1,20 +1,24 @@
-"""Predict label maps for image files and write them as PNGs (class indices + colour overlay).
+"""``segkit predict``: segment image files, folders, videos and cameras, and write the results.
 
-For each image: read (:func:`segkit.data.io.read_image`: RGB, EXIF orientation applied), run
-through the model's test protocol (:class:`~segkit.data.protocol.TestProtocol`: the test resize
-and whole / slide inference the model was trained for, the same that ``segkit eval`` uses),
-:meth:`Segmentor.predict` with the labels brought back to the original size. Two files per image
-go to ``out_dir``:
+Each image goes through :class:`~segkit.engine.segmenter.Segmenter` — the model's test protocol
+(:class:`~segkit.data.protocol.TestProtocol`: the test resize and whole / slide inference it was
+trained for, the same that ``segkit eval`` uses), the labels brought back to the original size.
+Two files per image go to ``out_dir``:
 
 * ``<stem>_label.png``: 8-bit palette PNG (mode ``P``); pixel value = class index in
   ``[0, K)``, the palette holds the model's class colours, so it opens in colour in a viewer
   and as indices with ``np.array(Image.open(path))``;
 * ``<stem>_overlay.png``: the image blended with the colour mask (alpha 0.5) and, to its
   right, a legend of the classes present.
+
+A video file (``.mp4``, ``.avi``, ``.mov``, ``.mkv``, ``.webm``, ``.m4v``) or a camera index gives
+``<stem>_overlay.mp4`` — the overlay at the input's size and frame rate (OpenCV, ``mp4v``) — and,
+with ``save_labels``, one ``<stem>_<frame>_label.png`` per frame.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Sequence
 
@@ -24,10 +28,9 @@ import torch
 from segkit.data.protocol import TestProtocol
 from segkit.utils import IMAGE_SUFFIXES, list_images, output_stems  # noqa: F401 (re-exported)
 
-# mode="auto": images above this many pixels (after the test resize) use slide inference.
-# 1024² keeps every ADE20K / COCO-Stuff test image (<= 2048×512 after resize) in whole mode and
-# sends Cityscapes-sized images (2048×1024) to slide mode, as in the reference protocols.
-AUTO_SLIDE_PIXELS = 1024 * 1024
+from .segmenter import AUTO_SLIDE_PIXELS, Segmenter  # noqa: F401 (AUTO_SLIDE_PIXELS re-exported)
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 
 
 def resolve_protocol(
@@ -46,8 +49,6 @@ def resolve_protocol(
     ``mode="auto"`` is kept out of the protocol (the caller decides per image); ``scale=0`` or
     ``(0,)`` means no resize.
     """
-    import dataclasses
-
     p = protocol if protocol is not None else TestProtocol.of(model)
     if scale is not None and (scale == 0 or list(scale) in ([0], [0, 0])):
         p, scale = dataclasses.replace(p, scale=None), None
@@ -56,24 +57,9 @@ def resolve_protocol(
     )
 
 
-def predict_image(
-    runner, image: np.ndarray, protocol: TestProtocol, *, auto: bool = False, device="cpu", window_batch: int = 4
-) -> np.ndarray:
-    """Label map ``uint8 (H, W)`` (int64 above 256 classes) of one ``uint8 (H, W, 3)`` RGB image.
-
-    ``runner``: an eval-mode model (fused or not); ``protocol``: the test resize and inference
-    mode; ``auto``: slide instead of whole when the resized image has more than
-    :data:`AUTO_SLIDE_PIXELS` pixels.
-    """
-    tf = protocol.transform(runner.mean, runner.std)
-    x = tf(image)["image"][None].to(device)
-    h, w = x.shape[-2:]
-    kw = protocol.inference_kwargs()
-    if auto and h * w > AUTO_SLIDE_PIXELS:
-        kw["mode"] = "slide"
-        kw["crop_size"], kw["stride"] = protocol.window()
-    label = runner.predict(x, out_size=image.shape[:2], window_batch=window_batch, **kw)[0]
-    return label.to(torch.uint8 if runner.num_classes <= 256 else torch.int64).cpu().numpy()
+def is_video(source) -> bool:
+    """A camera index (``0``, ``"1"``) or a file with a video suffix."""
+    return str(source).isdigit() or Path(str(source)).suffix.lower() in VIDEO_SUFFIXES
 
 
 def predict_paths(
@@ -92,37 +78,29 @@ def predict_paths(
     progress: bool = True,
     alpha: float = 0.5,
     window_batch: int = 4,
+    amp: str | None = None,
+    save_labels: bool = False,
 ) -> list[Path]:
-    """Segment an image file or every image in a folder; write label and overlay PNGs.
+    """Segment an image file, every image in a folder, a video file or a camera; write the results.
 
     Args:
-        model: a :class:`~segkit.models.segmentor.Segmentor`; its ``mean``/``std``,
-            ``palette`` and ``class_names`` are used. Put in ``eval()`` (restored afterwards),
-            moved to ``device`` and run as its fused copy (:func:`segkit.models.fuse.for_inference`).
-        inputs: image file or folder (non-recursive; suffixes in ``IMAGE_SUFFIXES``).
-        out_dir: created if needed; gets ``<stem>_label.png`` and ``<stem>_overlay.png`` per image.
-        protocol: test resize and inference mode; default the model's own
-            (:meth:`TestProtocol.of`: its training config's, else the reference defaults).
-        mode: override ``"whole"`` / ``"slide"``, or ``"auto"``: the protocol's window, used
-            only for images with more than :data:`AUTO_SLIDE_PIXELS` pixels after the resize.
-        crop_size, stride: override the slide window ``(h, w)`` (default: the protocol's, else
-            the training crop, else 512²; stride = crop).
-        scale: override the ``(long, short)`` keep-ratio test resize; ``0`` = no resize.
-        scales, flip: multi-scale / flip test-time augmentation (see ``Segmentor.inference``).
-        alpha: overlay opacity.
+        model: a :class:`~segkit.models.segmentor.Segmentor`; put in ``eval()`` (restored
+            afterwards), moved to ``device`` and run as its fused copy.
+        inputs: image file, folder (non-recursive; suffixes in ``IMAGE_SUFFIXES``), video file or
+            camera index (``"0"``).
+        out_dir: created if needed (see the module doc for the files).
+        protocol: test resize and inference mode; default the model's own.
+        mode: override ``"whole"`` / ``"slide"``, or ``"auto"`` (slide only above
+            :data:`AUTO_SLIDE_PIXELS` pixels after the resize).
+        crop_size, stride, scale, scales, flip: protocol overrides (:func:`resolve_protocol`).
+        amp: ``None``, ``"bf16"``, ``"fp16"`` autocast. alpha: overlay opacity.
+        save_labels: for videos, also write the per-frame label PNGs.
 
-    Predictions always come back at the original image size, whatever resizing was applied.
-    Returns the written paths in input order (label, overlay, label, overlay, …).
-    Raises ``FileNotFoundError`` / ``ValueError`` for missing input or an empty folder, and the
-    reader's ``DataError`` (naming the file) for an unreadable image.
+    Predictions always come back at the original image size. Returns the written paths in input
+    order. Raises ``FileNotFoundError`` / ``ValueError`` for missing input or an empty folder, and
+    the reader's ``DataError`` (naming the file) for an unreadable image or video.
     """
     from tqdm.auto import tqdm
-
-    from segkit.data.io import read_image
-    from segkit.models.fuse import for_inference
-    from segkit.utils import atomic_write_bytes
-
-    from .visualize import label_png, overlay_with_legend, png_bytes
 
     if mode not in (None, "auto", "whole", "slide"):
         raise ValueError(f"mode must be 'auto', 'whole' or 'slide', got {mode!r}")
@@ -131,30 +109,102 @@ def predict_paths(
     proto = resolve_protocol(
         model, protocol, mode=mode, crop_size=crop_size, stride=stride, scale=scale, scales=scales, flip=flip
     )
-    files = list_images(inputs)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
-    palette, names = model.palette, model.class_names
-
-    written: list[Path] = []
     was_training = model.training
-    model.to(device).eval()
-    runner = for_inference(model)
+    seg = Segmenter(
+        model,
+        device=device,
+        amp=amp,
+        protocol=proto,
+        mode="auto" if mode == "auto" else None,
+        window_batch=window_batch,
+    )
     try:
-        with torch.inference_mode():
-            for path, stem in zip(tqdm(files, desc="predict", disable=not progress), output_stems(files)):
-                image = read_image(path)
-                label = predict_image(
-                    runner, image, proto, auto=mode == "auto", device=device, window_batch=window_batch
-                )
-                label_path = out_dir / f"{stem}_label.png"
-                overlay_path = out_dir / f"{stem}_overlay.png"
-                atomic_write_bytes(label_path, png_bytes(label_png(label, palette)))
-                # predictions have no ignore pixels: ignore_index=-1 matches nothing
-                vis = overlay_with_legend(image, label.astype(np.int64), palette, names, alpha=alpha, ignore_index=-1)
-                atomic_write_bytes(overlay_path, png_bytes(vis))
-                written += [label_path, overlay_path]
+        if is_video(inputs):
+            return predict_video(seg, inputs, out_dir, alpha=alpha, save_labels=save_labels, progress=progress)
+        files = list_images(inputs)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        for path, stem in zip(tqdm(files, desc="predict", disable=not progress), output_stems(files)):
+            written += seg(path).save(out_dir, stem, alpha=alpha)
+        return written
     finally:
         model.train(was_training)
-    return written
+
+
+def predict_video(
+    seg: Segmenter,
+    source,
+    out_dir: str | Path,
+    *,
+    alpha: float = 0.5,
+    save_labels: bool = False,
+    progress: bool = True,
+    max_frames: int | None = None,
+) -> list[Path]:
+    """Segment every frame of a video file or camera (``source`` an int or digit string) with ``seg``.
+
+    Writes ``<stem>_overlay.mp4`` (input size and frame rate; ``camera<N>_overlay.mp4`` for a
+    camera, at its reported rate or 25 fps) and, with ``save_labels``, ``<stem>_<frame:06d>_label.png``
+    per frame. A camera is read until it stops delivering frames, ``max_frames``, or Ctrl-C.
+    Raises :class:`~segkit.errors.DataError` naming the source when it cannot be opened or read.
+    """
+    import cv2
+    from tqdm.auto import tqdm
+
+    from segkit.errors import DataError
+    from segkit.utils import atomic_write_bytes
+
+    from .visualize import label_png, overlay, png_bytes
+
+    camera = str(source).isdigit()
+    cap = cv2.VideoCapture(int(source) if camera else str(source))
+    if not cap.isOpened():
+        raise DataError(f"{source}: cannot open this {'camera' if camera else 'video'} with OpenCV")
+    stem = f"camera{source}" if camera else Path(str(source)).stem
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    video_path = out_dir / f"{stem}_overlay.mp4"
+    tmp_path = out_dir / f".{stem}_overlay.part.mp4"
+    writer = None
+    written: list[Path] = []
+    bar = tqdm(total=None if camera else total, desc=f"predict {stem}", unit="frame", disable=not progress)
+    frame_index = 0
+    try:
+        while max_frames is None or frame_index < max_frames:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            label = seg.labels([rgb])[0]
+            if writer is None:
+                h, w = rgb.shape[:2]
+                writer = cv2.VideoWriter(str(tmp_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+                if not writer.isOpened():
+                    raise DataError(f"{video_path}: OpenCV cannot write an mp4v video here")
+            vis = overlay(rgb, label.astype(np.int64), seg.palette, alpha=alpha, ignore_index=-1)
+            writer.write(cv2.cvtColor(vis, cv2.COLOR_RGB2BGR))
+            if save_labels:
+                path = out_dir / f"{stem}_{frame_index:06d}_label.png"
+                atomic_write_bytes(path, png_bytes(label_png(label, seg.palette)))
+                written.append(path)
+            frame_index += 1
+            bar.update(1)
+    except KeyboardInterrupt:
+        if not camera:
+            raise
+    finally:
+        bar.close()
+        cap.release()
+        if writer is not None:
+            writer.release()
+    if frame_index == 0:
+        tmp_path.unlink(missing_ok=True)
+        raise DataError(f"{source}: no frame could be read")
+    tmp_path.replace(video_path)
+    return [video_path, *written]
+
+
+__all__ = ["predict_paths", "predict_video", "resolve_protocol", "is_video", "VIDEO_SUFFIXES", "AUTO_SLIDE_PIXELS"]

@@ -261,8 +261,10 @@ def build_model_from_config(cfg: Config, dataset=None):
         num_classes = dataset.num_classes
         meta = dict(class_names=dataset.classes, palette=dataset.palette, ignore_index=dataset.ignore_index)
     model = build_model(cfg.model, num_classes or 150, loss_avg=cfg.train.loss_avg, **meta, **args)
-    if cfg.pretrained:
-        load_checkpoint(model, cfg.pretrained, strict=cfg.pretrained_strict)
+    if cfg.pretrained:  # a file / folder, a registry name (mscan-t_imagenet …) or a Hub repo id
+        from segkit.hub import resolve_weights
+
+        load_checkpoint(model, resolve_weights(cfg.pretrained), strict=cfg.pretrained_strict)
     return model
 
 
@@ -453,6 +455,8 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
                 p.unlink(missing_ok=True)
         return path
 
+    last_eval: dict = {}  # the latest validation result (for the model card of final/)
+
     def run_eval(it: int) -> float | None:
         nonlocal best_miou
         if val_ds is None:
@@ -472,6 +476,8 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
         )
         model.train()
         miou = float(res["mIoU"])
+        last_eval.clear()
+        last_eval.update({k: v for k, v in res.items() if k != "confusion_matrix"}, iteration=it)
         if is_main:
             rec = {"iter": it, "mIoU": miou, "aAcc": float(res["aAcc"]), "mAcc": float(res["mAcc"])}
             history.append(rec)
@@ -571,6 +577,7 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
         final_miou = run_eval(it)
         if is_main:
             model.train_config = cfg.to_dict()  # segkit eval of final/ then uses this test resize and eval mode
+            model.eval_results = dict(last_eval) or None  # the final validation, for the model card
             model.save_pretrained(work_dir / "final")
             _plot_curves(work_dir)
         summary.update(final_mIoU=final_miou)

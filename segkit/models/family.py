@@ -12,7 +12,9 @@ A *family* (SegFormer, SegNeXt, RSSeg, or one of yours) is a :class:`Family`:
   (used by the tests, ``benchmarks/flops_table.py`` and ``docs/model_zoo.md``), and
   ``paper_tolerance``, the relative error the tests accept on them;
 * ``configs``: a function returning the shipped training configs of the family
-  (``{"dataset/name.yaml": config dict}``, written by ``scripts/make_configs.py``).
+  (``{"dataset/name.yaml": config dict}``, written by ``scripts/make_configs.py``);
+* ``pretrained``: its published weights as :class:`Pretrained` entries (the registry behind
+  ``segkit.from_pretrained("segformer-b0_ade20k-512")``, :mod:`segkit.hub`).
 
 The zoo (:mod:`segkit.models.zoo`) is the union of the families' ``models``;
 ``load_checkpoint``, the FLOP counter and the config generator look the family up by the
@@ -52,6 +54,59 @@ class PaperRow(NamedTuple):
     source: str = ""
 
 
+NVIDIA_SCL = (
+    "NVIDIA Source Code License for SegFormer: non-commercial use only (research or evaluation purposes); "
+    "https://github.com/NVlabs/SegFormer/blob/master/LICENSE"
+)
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """One published checkpoint of a zoo model (an entry of the pretrained registry).
+
+    Attributes:
+        name: registry name, ``<model>_<dataset>-<crop>`` (``segformer-b0_ade20k-512``) or
+            ``<encoder>_imagenet`` for ImageNet encoders.
+        model: zoo name of the architecture it loads into.
+        dataset: ``"ade20k"``, ``"cityscapes"``, ``"imagenet"`` …; class names and palette of the
+            first two come from :mod:`segkit.data.meta`.
+        num_classes: classes of the segmentation head (``0`` for encoder-only weights).
+        repo_id, filenames: a Hugging Face Hub source (first file found is used), or
+        url: a download URL;
+        sha256: the expected SHA-256 of the file, or its published prefix (mmseg URLs end with the
+            first 8 hex digits); ``None`` for Hub files (the Hub checks its own LFS hashes).
+        protocol: the test protocol (``segkit.data.protocol.TestProtocol`` fields) of its paper /
+            official config, applied by ``segkit eval`` / ``predict`` / ``Segmenter``.
+        licence: the weights' licence, printed at the first download when restrictive.
+        miou: single-scale mIoU reported by the source, where one is published.
+        trained_by: who trained these weights (the authors, or a re-training such as mmseg's).
+        arch: architecture switches the weights were trained with where they differ from the zoo
+            defaults (mmseg's SegNeXt-B/L configs use NMF rank 16 instead of the official 64).
+    """
+
+    name: str
+    model: str
+    dataset: str
+    num_classes: int
+    licence: str
+    repo_id: Optional[str] = None
+    filenames: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
+    url: Optional[str] = None
+    sha256: Optional[str] = None
+    protocol: Optional[dict] = None
+    miou: Optional[float] = None
+    trained_by: str = ""
+    arch: dict = field(default_factory=dict)
+
+    @property
+    def encoder_only(self) -> bool:
+        return self.num_classes == 0
+
+    @property
+    def source(self) -> str:
+        return f"hf://{self.repo_id}" if self.repo_id else str(self.url)
+
+
 @dataclass(frozen=True)
 class Family:
     """A model family (see the module docstring)."""
@@ -64,6 +119,7 @@ class Family:
     paper_rows: tuple[PaperRow, ...] = ()
     paper_tolerance: float = 0.05
     configs: Optional[Callable[[], dict[str, dict]]] = None
+    pretrained: tuple[Pretrained, ...] = ()
     citation: str = ""
     notes: dict = field(default_factory=dict)
 
@@ -104,4 +160,4 @@ def arch_dict(arch) -> dict:
     return {k: plain(v) for k, v in dataclasses.asdict(arch).items()}
 
 
-__all__ = ["Family", "PaperRow", "META_KEYS", "split_kwargs", "arch_dict"]
+__all__ = ["Family", "PaperRow", "Pretrained", "NVIDIA_SCL", "META_KEYS", "split_kwargs", "arch_dict"]

@@ -51,7 +51,7 @@ import torch
 from segkit.errors import CheckpointError
 
 from .backbones.mit import MixVisionTransformer
-from .family import Family, PaperRow, arch_dict, split_kwargs
+from .family import NVIDIA_SCL, Family, PaperRow, Pretrained, arch_dict, split_kwargs
 from .heads.segformer_head import SegFormerHead
 from .segmentor import Segmentor
 
@@ -138,6 +138,59 @@ PAPER_ROWS: tuple[PaperRow, ...] = tuple(
             f"SegFormer-{v.upper()} (Cityscapes)", f"segformer-{v}", {}, 150, _CITY, params, city, "SegFormer Tab. 1a"
         ),
     )
+)
+
+
+# ---------------------------------------------------------------------------- 3b. published weights
+# NVIDIA's original training runs, in transformers format on the Hugging Face Hub (``nvidia/*``),
+# converted from the NVlabs release by ``transformers: models/segformer/convert_segformer_original_to_pytorch.py``.
+# Test protocols: the official configs (``local_configs/segformer/B*/*``): ADE20K keep-ratio into
+# 2048×512 (B5-640: 2048×640) with sides to multiples of 32, whole; Cityscapes 2048×1024, slide 1024 / 768.
+# The NVlabs release publishes no per-model mIoU table, so none is listed.
+_ADE = dict(scale=(2048, 512), keep_ratio=True, size_divisor=32, mode="whole")
+_CITY = dict(
+    scale=(2048, 1024), keep_ratio=True, size_divisor=32, mode="slide", crop_size=(1024, 1024), stride=(768, 768)
+)
+PRETRAINED: tuple[Pretrained, ...] = (
+    *(
+        Pretrained(
+            f"segformer-{v}_ade20k-{c}",
+            f"segformer-{v}",
+            "ade20k",
+            150,
+            NVIDIA_SCL,
+            repo_id=f"nvidia/segformer-{v}-finetuned-ade-{c}-{c}",
+            protocol={**_ADE, "scale": (2048, c)},
+            trained_by="NVIDIA (SegFormer authors)",
+        )
+        for v, c in (("b0", 512), ("b1", 512), ("b2", 512), ("b3", 512), ("b4", 512), ("b5", 640))
+    ),
+    *(
+        Pretrained(
+            f"segformer-{v}_cityscapes-1024",
+            f"segformer-{v}",
+            "cityscapes",
+            19,
+            NVIDIA_SCL,
+            repo_id=f"nvidia/segformer-{v}-finetuned-cityscapes-1024-1024",
+            protocol=_CITY,
+            trained_by="NVIDIA (SegFormer authors)",
+        )
+        for v in VARIANTS
+    ),
+    # the MiT encoders pretrained on ImageNet-1k (transformers SegformerForImageClassification)
+    *(
+        Pretrained(
+            f"mit-{v}_imagenet",
+            f"segformer-{v}",
+            "imagenet",
+            0,
+            NVIDIA_SCL,
+            repo_id=f"nvidia/mit-{v}",
+            trained_by="NVIDIA (SegFormer authors)",
+        )
+        for v in VARIANTS
+    ),
 )
 
 
@@ -460,6 +513,7 @@ FAMILY = Family(
     flops_convention="mmcv",
     paper_rows=PAPER_ROWS,
     configs=configs,
+    pretrained=PRETRAINED,
     citation="@inproceedings{xie2021segformer, title={SegFormer: Simple and Efficient Design for Semantic "
     "Segmentation with Transformers}, author={Xie, Enze and Wang, Wenhai and Yu, Zhiding and Anandkumar, "
     "Anima and Alvarez, Jose M and Luo, Ping}, booktitle={NeurIPS}, year={2021}}",

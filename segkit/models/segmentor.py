@@ -131,6 +131,13 @@ class Segmentor(nn.Module):
         # the training config (``Config.to_dict()``) this model came from, or None: saved in
         # config.json so that ``segkit eval`` uses the same test resize / eval protocol by default
         self.train_config: dict | None = None
+        # the test protocol of published weights (segkit.data.protocol.TestProtocol fields), their
+        # source / licence, and the last evaluation (metrics dict): all saved in config.json
+        self.test_protocol: dict | None = None
+        self.source: dict | None = None
+        self.eval_results: dict | None = None
+        # the family's paper and citation for the model card (set by segkit.models.zoo.build_model)
+        self.paper: dict | None = None
         self.is_fused = False
 
     # ------------------------------------------------------------------ forward
@@ -408,10 +415,14 @@ class Segmentor(nn.Module):
             "format": "segkit",
             "format_version": 1,
             **({"train_config": self.train_config} if self.train_config else {}),
+            **({"test_protocol": self.test_protocol} if self.test_protocol else {}),
+            **({"source": self.source} if self.source else {}),
+            **({"eval_results": self.eval_results} if self.eval_results else {}),
         }
 
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` (weights, BN statistics included) and ``config.json`` to ``directory``.
+        """Write ``model.safetensors`` (weights, BN statistics included), ``config.json`` and a model card
+        ``README.md`` (:func:`segkit.models.card.model_card`) to ``directory``.
 
         Files are written through :func:`segkit.utils.atomic_open` (temporary name, fsync,
         rename), so an interrupted save never leaves a truncated file under the final name.
@@ -419,7 +430,7 @@ class Segmentor(nn.Module):
         """
         from safetensors.torch import save
 
-        from segkit.utils import atomic_write_bytes
+        from segkit.utils import atomic_write_bytes, json_safe
 
         if self.is_fused:
             raise RuntimeError(
@@ -431,8 +442,38 @@ class Segmentor(nn.Module):
         atomic_write_bytes(
             directory / "model.safetensors", save(state, metadata={"format": "pt", "segkit_model": self.name})
         )
-        atomic_write_bytes(directory / "config.json", json.dumps(self.config(), indent=2).encode())
+        atomic_write_bytes(directory / "config.json", json.dumps(json_safe(self.config()), indent=2).encode())
+        from .card import model_card
+
+        atomic_write_bytes(directory / "README.md", model_card(self).encode())
         return directory
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        token: str | None = None,
+        private: bool = False,
+        commit_message: str = "Upload segkit model",
+        revision: str | None = None,
+    ) -> str:
+        """Upload ``model.safetensors``, ``config.json`` and the model card to the Hugging Face Hub repo ``repo_id``.
+
+        Needs the ``segkit[hub]`` extra (``huggingface_hub``). The repository is created when it
+        does not exist. Returns the URL of the commit. Raises
+        :class:`~segkit.errors.MissingDependencyError` without ``huggingface_hub``.
+        """
+        import tempfile
+
+        from segkit.utils import require
+
+        hub = require("huggingface_hub", "hub", "push_to_hub")
+        api = hub.HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            info = api.upload_folder(folder_path=tmp, repo_id=repo_id, commit_message=commit_message, revision=revision)
+        return str(getattr(info, "commit_url", info))
 
 
 __all__ = ["Segmentor", "resize", "slide_windows", "IMAGENET_MEAN", "IMAGENET_STD", "default_palette"]

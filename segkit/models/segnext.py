@@ -51,7 +51,7 @@ import torch
 from segkit.errors import CheckpointError
 
 from .backbones.mscan import MSCAN
-from .family import Family, PaperRow, arch_dict, split_kwargs
+from .family import Family, PaperRow, Pretrained, arch_dict, split_kwargs
 from .heads.ham_head import LightHamHead
 from .segmentor import Segmentor
 
@@ -160,6 +160,60 @@ PAPER_ROWS: tuple[PaperRow, ...] = tuple(
             f"SegNeXt-{v.upper()} (Cityscapes)", f"segnext-{v}", {}, 19, (1024, 2048), None, city, "SegNeXt Tab. 9"
         ),
     )
+)
+
+
+# ---------------------------------------------------------------------------- 3b. published weights
+# mmsegmentation's SegNeXt checkpoints (``configs/segnext/metafile.yaml``: trained by mmseg with the
+# official recipe; mmseg 1.x key names, converted on load) and the ImageNet MSCAN encoders its configs
+# start from. The 8 hex digits at the end of each file name are the first digits of its SHA-256
+# (mmseg ``tools/misc/publish_model.py``). Test protocol of the ADE20K configs: keep-ratio into
+# 2048×512, sides to multiples of 32, whole. mIoU: single scale, as published in the metafile.
+# mmseg's configs set the NMF rank MD_R = 16 for every size (the official B / L configs keep 64).
+SEGNEXT_LICENCE = "Apache-2.0 (the SegNeXt authors ask to be contacted for commercial use)"
+_MMSEG = "https://download.openmmlab.com/mmsegmentation/v0.5"
+_ADE_FILES = {
+    "t": ("segnext_mscan-t_1x16_512x512_adamw_160k_ade20k_20230210_140244-05bd8466.pth", 41.50),
+    "s": ("segnext_mscan-s_1x16_512x512_adamw_160k_ade20k_20230214_113014-43013668.pth", 44.16),
+    "b": ("segnext_mscan-b_1x16_512x512_adamw_160k_ade20k_20230209_172053-b6f6c70c.pth", 48.03),
+    "l": ("segnext_mscan-l_1x16_512x512_adamw_160k_ade20k_20230209_172055-19b14b63.pth", 50.99),
+}
+_IMAGENET_FILES = {
+    "t": "mscan_t_20230227-119e8c9f.pth",
+    "s": "mscan_s_20230227-f33ccdf2.pth",
+    "b": "mscan_b_20230227-3ab7d230.pth",
+    "l": "mscan_l_20230227-cef260d4.pth",
+}
+PRETRAINED: tuple[Pretrained, ...] = (
+    *(
+        Pretrained(
+            f"segnext-{v}_ade20k-512",
+            f"segnext-{v}",
+            "ade20k",
+            150,
+            SEGNEXT_LICENCE,
+            url=f"{_MMSEG}/segnext/{f.rsplit('_', 2)[0]}/{f}",
+            sha256=f.rsplit("-", 1)[1][:8],
+            protocol=dict(scale=(2048, 512), keep_ratio=True, size_divisor=32, mode="whole"),
+            miou=miou,
+            trained_by="OpenMMLab (mmsegmentation), official recipe",
+            arch={"md_r": 16},
+        )
+        for v, (f, miou) in _ADE_FILES.items()
+    ),
+    *(
+        Pretrained(
+            f"mscan-{v}_imagenet",
+            f"segnext-{v}",
+            "imagenet",
+            0,
+            SEGNEXT_LICENCE,
+            url=f"{_MMSEG}/pretrain/segnext/{f}",
+            sha256=f.rsplit("-", 1)[1][:8],
+            trained_by="the SegNeXt authors (converted by OpenMMLab)",
+        )
+        for v, f in _IMAGENET_FILES.items()
+    ),
 )
 
 
@@ -347,6 +401,7 @@ FAMILY = Family(
     flops_convention="torchprofile",
     paper_rows=PAPER_ROWS,
     configs=configs,
+    pretrained=PRETRAINED,
     citation="@inproceedings{guo2022segnext, title={SegNeXt: Rethinking Convolutional Attention Design for "
     "Semantic Segmentation}, author={Guo, Meng-Hao and Lu, Cheng-Ze and Hou, Qibin and Liu, Zhengning and "
     "Cheng, Ming-Ming and Hu, Shi-Min}, booktitle={NeurIPS}, year={2022}}",

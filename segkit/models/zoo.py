@@ -26,6 +26,8 @@ from .segmentor import Segmentor
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (segformer.FAMILY, segnext.FAMILY, rsseg.FAMILY)}
 MODELS: dict[str, Callable[..., Segmentor]] = {name: b for f in FAMILIES.values() for name, b in f.models.items()}
+# published weights of every family (segkit.hub); a dict from registry name to its Pretrained entry
+PRETRAINED: dict = {p.name: p for f in FAMILIES.values() for p in f.pretrained}
 
 
 def add_family(family: Family) -> None:
@@ -40,6 +42,7 @@ def add_family(family: Family) -> None:
         raise ValueError(f"family {family.name!r}: model name(s) {taken} already exist")
     FAMILIES[family.name] = family
     MODELS.update(family.models)
+    PRETRAINED.update({p.name: p for p in family.pretrained})
 
 
 def family_of(model) -> Family | None:
@@ -71,7 +74,11 @@ def build_model(name: str, num_classes: int = 150, **kwargs) -> Segmentor:
         raise KeyError(f"unknown model {name!r}{suggest(key, MODELS)}; available: {', '.join(MODELS)}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    return MODELS[key](num_classes, **kwargs)
+    model = MODELS[key](num_classes, **kwargs)
+    family = family_of(model)
+    if family is not None:
+        model.paper = {"title": family.paper, "citation": family.citation}
+    return model
 
 
 def count_parameters(model) -> int:
@@ -79,4 +86,14 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["FAMILIES", "MODELS", "add_family", "family_of", "list_models", "build_model", "count_parameters", "suggest"]
+__all__ = [
+    "PRETRAINED",
+    "FAMILIES",
+    "MODELS",
+    "add_family",
+    "family_of",
+    "list_models",
+    "build_model",
+    "count_parameters",
+    "suggest",
+]
