@@ -139,3 +139,34 @@ def test_readme_cli_block(clone, main_job):
         run(cmd, clone)
     assert (clone / "model.onnx").is_file() and (clone / "segnext-t-ade" / "model.safetensors").is_file()
     assert (clone / "robust" / "robustness.json").is_file()
+
+
+def test_readme_pretrained_section(clone, camvid_module, tmp_path):
+    """The "Use a pretrained model" commands, with the downloads served from caches built here (no network):
+    a transformers SegFormer-B0 in an offline Hugging Face cache under NVIDIA's repo id, and a converted
+    SegNeXt-T in segkit's model cache."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    from segkit.data import meta
+
+    names = list(meta.ADE20K_CLASSES)
+    cfg = SegformerConfig(num_labels=150, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    repo = tmp_path / "hf" / "models--nvidia--segformer-b0-finetuned-ade-512-512"
+    SegformerForSemanticSegmentation(cfg).save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    segkit.build_model("segnext-t", 150).save_pretrained(tmp_path / "cache" / "models" / "segnext-t_ade20k-512")
+    image = next((camvid_module / "images" / "test").iterdir())
+    (clone / "street.jpg").write_bytes(image.read_bytes())  # a WebP under a .jpg name: read by content
+    env = {**ENV, "HF_HUB_CACHE": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "SEGKIT_CACHE": str(tmp_path / "cache")}
+    code = block_after("## Use a pretrained model", "python")
+    r = subprocess.run([sys.executable, "-c", code], cwd=clone, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "non-commercial" in r.stderr  # the licence, printed at the first download
+    assert (clone / "overlay.png").is_file()
+    (cmd,) = segkit_commands(block_after("## Use a pretrained model", "bash"))
+    r = subprocess.run([sys.executable, "-m", "segkit", *cmd], cwd=clone, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (clone / "pred" / "street_label.png").is_file()
