@@ -166,7 +166,8 @@ def test_readme_pretrained_section(clone, camvid_module, tmp_path):
     assert "non-commercial" in r.stderr  # the licence, printed at the first download
     assert (clone / "overlay.png").is_file()
     (cmd,) = segkit_commands(block_after("## Use a pretrained model", "bash"))
-    r = subprocess.run([sys.executable, "-m", "segkit", *cmd], cwd=clone, env=env, capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "segkit", *cmd], cwd=clone, env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert (clone / "pred" / "street_label.png").is_file()
