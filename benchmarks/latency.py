@@ -1,4 +1,5 @@
-"""CPU latency: segkit SegFormer-B0 vs Hugging Face transformers (same weights), and segkit SegNeXt-T.
+"""CPU latency: segkit SegFormer-B0 vs Hugging Face transformers (same weights), segkit SegNeXt-T, and
+the path a user walks (image → labels) broken down, fp32 and bf16.
 
     python benchmarks/latency.py [--runs 30] [--warmup 5] [--max-load 1.0] [--wait 900]
 
@@ -20,6 +21,25 @@ The machine is shared: before timing, the script waits (up to ``--wait`` s) unti
 load average is below ``--max-load``; during the timing it measures the share of the CPUs used
 by other processes (``/proc/stat`` minus its own CPU time) and, if above ``--max-foreign``,
 waits and times again (``--attempts``), keeping the least-disturbed attempt.
+**The user's path** (second table). For SegNeXt-T and SegFormer-B0, random weights, one image:
+
+* whole inference at 512² with 150 classes: ``encode_decode`` (decoder logits), ``forward``
+  (logits at input size), ``predict`` (labels through the label path,
+  :func:`segkit.models.inference.resize_argmax`), ``inference`` (softmax probabilities at input
+  size), and ``inference(...).argmax(1)`` — the reference's way to labels, which was segkit's
+  ``predict`` before the label path;
+* slide inference at 1024×2048 with 19 classes (window 1024, stride 768, Cityscapes): ``predict``
+  and ``inference``;
+* each in float32 and, where the CPU has native bfloat16, under bf16 autocast.
+
+The input is a real photo when the CamVid data set is found (``$SEGKIT_DATA`` or
+``../shared/data``: the first test image, resized), else a smooth synthetic image; ``predict`` is
+also timed on Gaussian noise, the label path's worst case (random weights on noise leave many
+candidate classes per pixel). The SegNeXt models are the fused copies inference runs
+(``Segmentor.fused``). Peak memory of whole-image ``predict`` vs the reference path at 2048×1024
+with 150 classes is measured in fresh subprocesses (``VmHWM``). Target: ``predict`` ≤ 1.25×
+``encode_decode`` at 512².
+
 Writes ``benchmarks/results/latency.json`` and ``latency.md`` (and the table between the
 ``latency`` markers of ``docs/model_zoo.md`` when ``--out`` is the default).
 """
@@ -145,6 +165,175 @@ def time_round_robin(fns: dict, x: torch.Tensor, warmup: int, runs: int) -> dict
     return out
 
 
+# ----------------------------------------------------------------------------- the user's path
+PREDICT_TARGET = 1.25  # predict <= 1.25 x encode_decode at 512^2, 150 classes
+
+
+def photo(shape: tuple[int, int]) -> tuple[torch.Tensor, str]:
+    """A normalised (1, 3, H, W) photo: the first CamVid test image resized, else a smooth synthetic image."""
+    import cv2
+    import numpy as np
+
+    from segkit.data.datasets import resolve_root
+    from segkit.data.io import read_image
+    from segkit.data.meta import IMAGENET_MEAN, IMAGENET_STD
+
+    h, w = shape
+    try:
+        path = sorted((resolve_root("${SEGKIT_DATA}/camvid") / "images" / "test").iterdir())[0]
+        image, source = read_image(path), f"CamVid test image {path.name}"
+    except (OSError, IndexError):
+        yy, xx = np.mgrid[0:360, 0:480]
+        image = np.stack([(yy * 0.7) % 255, (xx * 0.5) % 255, ((yy + xx) * 0.3) % 255], -1).astype(np.uint8)
+        source = "synthetic smooth image (CamVid not found)"
+    image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    x = (torch.from_numpy(image).permute(2, 0, 1)[None] - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        IMAGENET_STD
+    ).view(1, 3, 1, 1)
+    return x.contiguous(), source
+
+
+def user_path(runs: int, warmup: int, slide_runs: int) -> dict:
+    from segkit import build_model
+    from segkit.runtime import autocast, cpu_bf16_native
+
+    dtypes = ["fp32"] + (["bf16"] if cpu_bf16_native() else [])
+    x512, source = photo((512, 512))
+    noise = torch.randn(1, 3, 512, 512, generator=torch.Generator().manual_seed(0))
+    x_slide, _ = photo((1024, 2048))
+    out: dict = {"input": source, "dtypes": dtypes, "whole": {}, "slide": {}}
+    for name in ("segnext-t", "segformer-b0"):
+        torch.manual_seed(0)
+        m = build_model(name, num_classes=150).eval().fused()
+        for dt in dtypes:
+            amp = None if dt == "fp32" else "bf16"
+
+            def wrap(fn, amp=amp):
+                def call(_):
+                    with autocast(amp, "cpu"):
+                        return fn()
+
+                return call
+
+            fns = {
+                "encode_decode": wrap(lambda: m.encode_decode(x512)),
+                "forward": wrap(lambda: m(x512)),
+                "predict": wrap(lambda: m.predict(x512)),
+                "predict_noise": wrap(lambda: m.predict(noise)),
+                "inference": wrap(lambda: m.inference(x512)),
+                "reference_labels": wrap(lambda: m.inference(x512).argmax(1)),
+            }
+            t = time_round_robin(fns, x512, warmup, runs)
+            t["predict_over_encode_decode"] = round(t["predict"]["median_ms"] / t["encode_decode"]["median_ms"], 3)
+            out["whole"][f"{name} {dt}"] = t
+            medians = ", ".join(f"{k} {v['median_ms']}" for k, v in t.items() if isinstance(v, dict))
+            print(f"  {name} {dt} whole: {medians}", flush=True)
+        torch.manual_seed(0)
+        m = build_model(name, num_classes=19).eval().fused()
+        kw = dict(mode="slide", crop_size=(1024, 1024), stride=(768, 768), window_batch=2)
+        for dt in dtypes:
+            amp = None if dt == "fp32" else "bf16"
+
+            def wrap(fn, amp=amp):
+                def call(_):
+                    with autocast(amp, "cpu"):
+                        return fn()
+
+                return call
+
+            fns = {
+                "predict": wrap(lambda: m.predict(x_slide, **kw)),
+                "inference": wrap(lambda: m.inference(x_slide, **kw)),
+            }
+            t = time_round_robin(fns, x_slide, 1, slide_runs)
+            out["slide"][f"{name} {dt}"] = t
+            print(f"  {name} {dt} slide: " + ", ".join(f"{k} {v['median_ms']}" for k, v in t.items()), flush=True)
+    return out
+
+
+MEMORY_CHILD = r"""
+import sys, torch, segkit
+from segkit.runtime import tune_cpu_allocator
+name, method = sys.argv[1], sys.argv[2]
+torch.set_num_threads(2)
+torch.manual_seed(0)
+m = segkit.build_model(name, num_classes=150).eval().fused()
+x = torch.randn(1, 3, 1024, 2048)
+def hwm():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM'):
+            return int(line.split()[1]) / 1024
+before = hwm()
+with torch.inference_mode():
+    labels = m.predict(x) if method == 'predict' else m.inference(x).argmax(1)
+print(f'{before:.1f} {hwm():.1f}')
+"""
+
+
+def peak_memory() -> dict:
+    """Peak RSS (MiB) of whole-image labels at 2048x1024, 150 classes: label path vs reference path."""
+    out = {}
+    for name in ("segnext-t", "segformer-b0"):
+        for method in ("predict", "reference_labels"):
+            r = subprocess.run([sys.executable, "-c", MEMORY_CHILD, name, method], capture_output=True, text=True)
+            if r.returncode != 0:
+                out[f"{name} {method}"] = {"error": (r.stderr.strip().splitlines() or ["?"])[-1]}
+                continue
+            before, peak = map(float, r.stdout.split())
+            out[f"{name} {method}"] = {"rss_before_mib": before, "peak_rss_mib": peak}
+            print(f"  memory {name} {method}: peak {peak:.0f} MiB", flush=True)
+    return out
+
+
+def user_path_markdown(res: dict) -> str:
+    u = res["user_path"]
+    lines = [
+        "",
+        f"**The user's path** — input: {u['input']}; 2 threads, batch 1, SegNeXt fused (`Segmentor.fused`), "
+        f"medians of {res['runs']} (whole) / {res['slide_runs']} (slide) round-robin runs.",
+        "",
+        "| model | dtype | `encode_decode` | `forward` | **`predict`** (labels) | `predict`, noise input | "
+        "`inference` (probabilities) | `inference().argmax` (reference path) | predict / encode_decode |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, t in u["whole"].items():
+        name, dt = key.split()
+        cells = [t[k]["median_ms"] for k in ("encode_decode", "forward", "predict", "predict_noise", "inference")]
+        cells.append(t["reference_labels"]["median_ms"])
+        lines.append(
+            f"| {name} 512², 150 cl. | {dt} | "
+            + " | ".join(f"**{c:.1f}**" if i == 2 else f"{c:.1f}" for i, c in enumerate(cells))
+            + f" | {t['predict_over_encode_decode']:.2f}× |"
+        )
+    lines += [
+        "",
+        "| model | dtype | slide 1024×2048, 19 classes: `predict` (labels) ms | `inference` (probabilities) ms |",
+        "|---|---|---:|---:|",
+    ]
+    for key, t in u["slide"].items():
+        name, dt = key.split()
+        lines.append(f"| {name} | {dt} | {t['predict']['median_ms']:.0f} | {t['inference']['median_ms']:.0f} |")
+    mem = res.get("memory") or {}
+    if mem:
+        lines += [
+            "",
+            "Peak RSS of whole-image labels at 2048×1024, 150 classes, fp32 (fresh process each, MiB): "
+            + "; ".join(
+                f"{k.replace('reference_labels', 'reference path')} {v['peak_rss_mib']:.0f}"
+                for k, v in mem.items()
+                if "peak_rss_mib" in v
+            )
+            + ".",
+        ]
+    worst = max(t["predict_over_encode_decode"] for t in u["whole"].values())
+    lines += [
+        "",
+        f"* `predict` / `encode_decode` at 512² (photo input): at most **{worst:.2f}×** "
+        f"(target ≤ {PREDICT_TARGET}×: {'met' if worst <= PREDICT_TARGET else 'NOT met'}).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def markdown(res: dict) -> str:
     t, m = res["timings"], res["machine"]
     hf, enc = t["hf_segformer_b0"]["median_ms"], t["segkit_segformer_b0_encode_decode"]["median_ms"]
@@ -188,7 +377,7 @@ def markdown(res: dict) -> str:
         f"{100 * res['equivalence']['argmax_agreement']:.2f} % — transformers uses LayerNorm eps 1e-5 in every "
         f"block, the official code (and segkit) 1e-6 in the block norms.",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + (user_path_markdown(res) if res.get("user_path") else "")
 
 
 def main(argv=None) -> int:
@@ -206,6 +395,8 @@ def main(argv=None) -> int:
         help="repeat (waiting again) while other processes used more than --max-foreign of the CPUs",
     )
     p.add_argument("--max-foreign", type=float, default=0.1)
+    p.add_argument("--slide-runs", type=int, default=3, help="timed runs of each slide-inference call")
+    p.add_argument("--skip-user-path", action="store_true", help="only the transformers comparison")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument(
         "--malloc",
@@ -260,6 +451,11 @@ def main(argv=None) -> int:
         if foreign is None or foreign <= args.max_foreign:
             break
     timings = best["timings"]
+    user, memory = None, None
+    if not args.skip_user_path:
+        print("the user's path …", flush=True)
+        user = user_path(args.runs, args.warmup, args.slide_runs)
+        memory = peak_memory()
 
     res = dict(
         command="python benchmarks/latency.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -288,7 +484,14 @@ def main(argv=None) -> int:
         ratio_segkit_over_hf=round(
             timings["segkit_segformer_b0_encode_decode"]["median_ms"] / timings["hf_segformer_b0"]["median_ms"], 3
         ),
-        targets=dict(segformer_ratio_max=TARGET_HF_RATIO, segnext_t_ms_max=round(TARGET_SEGNEXT_T_MS, 1)),
+        targets=dict(
+            segformer_ratio_max=TARGET_HF_RATIO,
+            segnext_t_ms_max=round(TARGET_SEGNEXT_T_MS, 1),
+            predict_over_encode_decode_max=PREDICT_TARGET,
+        ),
+        slide_runs=args.slide_runs,
+        user_path=user,
+        memory=memory,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,9 @@ import sys
 from pathlib import Path
 
 from segkit.errors import UsageError
+from segkit.runtime import check_amp
+
+AMP_HELP = "autocast dtype for the network (bf16: CPUs with avx512_bf16/amx_bf16, or GPUs; fp16: CUDA)"
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -150,6 +153,7 @@ def _cmd_eval(args) -> int:
     if args.out:
         check_output_dir(args.out)  # before the work: a bad --out must not cost the evaluation
     device = _device(args.device)
+    check_amp(args.amp, device)
     model = load_model(args.checkpoint, map_location=device)
     protocol, spec = _protocol_and_spec(args, model)
     dataset = build_dataset(spec, transform=protocol.transform(model.mean, model.std))
@@ -162,6 +166,7 @@ def _cmd_eval(args) -> int:
         max_images=args.max_images,
         window_batch=args.window_batch,
         num_workers=args.workers,
+        amp=args.amp,
     )
     print(format_table(res, model.class_names))
     print(
@@ -191,6 +196,7 @@ def _cmd_predict(args) -> int:
     elif not str(source).isdigit() and not Path(source).is_file():
         raise FileNotFoundError(f"{source}: no such video file")
     device = _device(args.device)
+    check_amp(args.amp, device)
     model = load_model(args.checkpoint, map_location=device)
     written = predict_paths(
         model,
@@ -276,6 +282,7 @@ def _cmd_benchmark(args) -> int:
         warmup=args.warmup,
         runs=args.runs,
         threads=args.threads,
+        image=args.image,
     )
     print(format_result(res))
     if args.json:
@@ -293,6 +300,7 @@ def _cmd_robustness(args) -> int:
     if args.out:
         check_output_dir(args.out)
     device = _device(args.device)
+    check_amp(args.amp, device)
     model = load_model(args.checkpoint, map_location=device)
     protocol, spec = _protocol_and_spec(args, model)
     dataset = build_dataset(spec)  # images are read raw, corrupted, then go through the test transform
@@ -312,6 +320,7 @@ def _cmd_robustness(args) -> int:
         device=device,
         out_dir=args.out,
         grid_severity=args.grid_severity,
+        amp=args.amp,
     )
     print(res["table"])
     print()
@@ -342,6 +351,7 @@ def _cmd_export(args) -> int:
         check_image=args.check,
         verify=not args.no_verify,
         atol=args.atol,
+        logits_at=args.logits_at,
     )
     print(
         f"wrote {rep['path']} ({rep['size_mb']:.1f} MB, opset {rep['opset']}, "
@@ -432,6 +442,11 @@ def _add_tool_parsers(sub) -> None:
     _hw(s, "--shape", "network input size", default=[512, 512])
     s.add_argument("--batch", type=int, default=1, help="images per call")
     s.add_argument("--num-classes", type=int, default=150, help="classes of a zoo model (150 = ADE20K)")
+    s.add_argument(
+        "--image",
+        metavar="PATH",
+        help="time on this photo (resized to --shape) instead of random input, the label path's worst case",
+    )
     s.add_argument("--mode", default="whole", choices=["whole", "slide"], help="inference mode")
     _hw(s, "--crop", "slide window (default 512 512)")
     _hw(s, "--stride", "slide stride (default 3/4 of the crop)")
@@ -473,12 +488,13 @@ def _add_tool_parsers(sub) -> None:
         "--grid-severity", type=int, default=3, choices=[1, 2, 3, 4, 5], help="severity shown in corruptions_grid.png"
     )
     s.add_argument("--out", help="folder for robustness.json / .md and corruptions_grid.png")
+    s.add_argument("--amp", choices=["bf16", "fp16"], help=AMP_HELP)
     s.set_defaults(fn=_cmd_robustness)
 
     s = sub.add_parser(
         "export",
         formatter_class=_Formatter,
-        help="export to ONNX (logits at input size + metadata), verified with onnxruntime",
+        help="export to ONNX (decoder-stride logits + metadata), verified with onnxruntime",
         epilog=_examples("segkit export work_dirs/run/final --dynamic --out model.onnx"),
     )
     s.add_argument("checkpoint", help="a save_pretrained folder or a training checkpoint .pth")
@@ -489,6 +505,12 @@ def _add_tool_parsers(sub) -> None:
     s.add_argument("--check", metavar="IMAGE", help="compare PyTorch and onnxruntime logits on this image")
     s.add_argument("--atol", type=float, default=1e-3, help="largest accepted max |logit difference|")
     s.add_argument("--no-verify", action="store_true", help="skip the random-input verification")
+    s.add_argument(
+        "--logits-at",
+        default="decoder",
+        choices=["decoder", "input"],
+        help="graph output: logits at the decoder's stride, or upsampled to the input size",
+    )
     s.add_argument("--out", required=True, help="the .onnx file to write")
     s.set_defaults(fn=_cmd_export)
 
@@ -572,6 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="folder for metrics.json and the confusion-matrix PNG")
     s.add_argument("--window-batch", type=int, default=4, help="slide windows per forward")
     s.add_argument("--workers", type=int, default=0, help="DataLoader workers reading and resizing images")
+    s.add_argument("--amp", choices=["bf16", "fp16"], help=AMP_HELP)
     s.set_defaults(fn=_cmd_eval)
 
     s = sub.add_parser(
@@ -602,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="inference mode (default: the checkpoint's protocol); auto = slide for images above 1024² px",
     )
     _protocol_overrides(s)
-    s.add_argument("--amp", choices=["bf16", "fp16"], help="autocast dtype for the network (fp16: CUDA only)")
+    s.add_argument("--amp", choices=["bf16", "fp16"], help=AMP_HELP)
     s.add_argument("--source", metavar="N", help="read camera N (e.g. 0) instead of files; stop with Ctrl-C")
     s.add_argument("--save-labels", action="store_true", help="video / camera: also write every frame's label PNG")
     s.set_defaults(fn=_cmd_predict)

@@ -1,4 +1,4 @@
-"""Process-level CPU runtime settings: the glibc allocator.
+"""Process-level runtime settings: the glibc allocator, and which autocast dtypes this machine runs fast.
 
 Why: PyTorch's CPU allocator has no cache; every tensor is ``malloc``-ed and ``free``-d. glibc
 serves blocks above its *mmap threshold* (dynamic, at most 32 MiB by default) with fresh
@@ -112,3 +112,66 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+# ----------------------------------------------------------------------------- autocast (AMP)
+AMP_DTYPES = ("bf16", "fp16")
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bfloat16 natively (``avx512_bf16`` or ``amx_bf16``).
+
+    Read from ``/proc/cpuinfo`` on Linux; elsewhere from PyTorch's CPU capability string
+    (``torch.backends.cpu.get_cpu_capability()`` names ``AMX`` on AMX machines). Without it,
+    oneDNN emulates bfloat16 and autocast is slower than float32.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    import torch
+
+    return "AMX" in str(torch.backends.cpu.get_cpu_capability()).upper()
+
+
+def check_amp(amp: str | None, device, what: str = "--amp") -> None:
+    """Refuse an autocast dtype this device does not run fast, with the reason.
+
+    ``amp``: ``None``, ``"bf16"`` or ``"fp16"``; ``device``: a ``torch.device`` or its string;
+    ``what``: how the setting is named in the message (``--amp``, ``train.amp``).
+    fp16 needs CUDA; bf16 needs a CUDA GPU that supports it or a CPU with native bfloat16
+    (:func:`cpu_bf16_native`). Raises :class:`segkit.errors.UsageError` (exit code 2) otherwise.
+    """
+    import torch
+
+    from segkit.errors import UsageError
+
+    if amp is None:
+        return
+    if amp not in AMP_DTYPES:
+        raise UsageError(f"{what} must be one of {', '.join(AMP_DTYPES)} (or left out), got {amp!r}")
+    kind = torch.device(device).type
+    if amp == "fp16" and kind != "cuda":
+        raise UsageError(f"{what} fp16 needs a CUDA device (no fast float16 CPU kernels); on the CPU use bf16")
+    if amp == "bf16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UsageError(f"{what} bf16: this GPU does not support bfloat16; use fp16")
+    if amp == "bf16" and kind == "cpu" and not cpu_bf16_native():
+        raise UsageError(
+            f"{what} bf16: this CPU has no native bfloat16 (no avx512_bf16 / amx_bf16 flag); PyTorch would "
+            f"emulate it, slower than float32. Run without {what}"
+        )
+
+
+def autocast(amp: str | None, device):
+    """``torch.autocast`` for ``amp`` (``"bf16"`` / ``"fp16"``) on ``device``, or a no-op context for ``None``."""
+    import contextlib
+
+    import torch
+
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)

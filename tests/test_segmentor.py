@@ -27,7 +27,7 @@ def test_streaming_slide_equals_full_slide(model):
     x = torch.randn(2, 3, 150, 110)
     full = model.slide_logits(x, (64, 64), (48, 48)).argmax(1)
     stream = model.slide_predict(x, (64, 64), (48, 48), window_batch=3)
-    assert stream.dtype == torch.uint8 and stream.shape == (2, 150, 110)
+    assert stream.dtype == torch.int64 and stream.shape == (2, 150, 110)
     assert torch.equal(stream.long(), full)
 
 

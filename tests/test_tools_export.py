@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 import segkit
+from segkit.data.interp import resize_argmax
 from segkit.tools.export import ExportError, export_onnx, second_size
-from segkit.tools.onnx_predict import OnnxSegmenter, read_metadata, resize_argmax, resize_bilinear
+from segkit.tools.onnx_predict import OnnxSegmenter, read_metadata
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -28,8 +29,9 @@ def _run(path, *xs: torch.Tensor) -> list[np.ndarray]:
 
 
 def _torch_logits(model, x):
+    """What the default export computes: logits at the decoder's output stride."""
     with torch.no_grad():
-        return model(x).numpy()
+        return model.encode_decode(x).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +67,13 @@ def test_segformer_dynamic_parity_and_metadata(segformer_export, camvid_meta):
     ]  # batch 2, two other sizes
     for x, got in zip(xs, _run(path, *xs)):
         ref = _torch_logits(model, x)
-        assert got.shape == ref.shape == (x.shape[0], 11, *x.shape[2:])
+        assert got.shape == ref.shape == (x.shape[0], 11, -(-x.shape[2] // 4), -(-x.shape[3] // 4))
         assert np.abs(got - ref).max() < TOL
     meta = read_metadata(path)
     assert meta["class_names"] == camvid_meta["classes"] and meta["palette"] == camvid_meta["palette"]
     assert meta["mean"] == list(model.mean) and meta["std"] == list(model.std)
     assert meta["dynamic_hw"] is True and meta["export_shape"] == [64, 64] and meta["model"] == "segformer-b0"
+    assert meta["logits_at"] == "decoder"
     proto = onnx.load(str(path))
     assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 17
     dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
@@ -127,12 +130,16 @@ def test_read_metadata_rejects_foreign_onnx(tmp_path):
         read_metadata(path)
 
 
-def test_numpy_resize_matches_torch_interpolate():
-    x = torch.randn(4, 17, 23, generator=torch.Generator().manual_seed(0))
-    for size in [(40, 31), (9, 11), (17, 50)]:
-        ref = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
-        assert np.abs(resize_bilinear(x.numpy(), *size) - ref.numpy()).max() < 1e-5
-        assert (resize_argmax(x.numpy(), *size, chunk_rows=7) == ref.argmax(0).numpy()).mean() > 0.999
+def test_numpy_label_path_matches_torch_interpolate():
+    """The ONNX predictor's NumPy resize + arg-max equals resizing step by step with torch (two resizes)."""
+    x = torch.randn(6, 17, 23, generator=torch.Generator().manual_seed(0))
+    for sizes in [[(40, 31)], [(9, 11)], [(68, 92), (51, 70)], [(68, 92), (90, 130)]]:
+        ref = x[None]
+        for size in sizes:
+            ref = F.interpolate(ref, size=size, mode="bilinear", align_corners=False)
+        got = resize_argmax(x.numpy(), sizes, band_rows=7)
+        assert got.shape == sizes[-1]
+        assert (got == ref[0].argmax(0).numpy()).mean() > 0.9995
 
 
 def test_predict_onnx_runs_without_torch(segformer_export, tmp_path, camvid_image):
@@ -158,6 +165,27 @@ def test_predict_onnx_runs_without_torch(segformer_export, tmp_path, camvid_imag
     torch_label = np.array(Image.open(tmp_path / "t" / f"{camvid_image.stem}_label.png"))
     assert onnx_label.shape == torch_label.shape == (360, 480)
     assert (onnx_label == torch_label).mean() > 0.999
+
+
+def test_input_size_logits_export_and_predictor(tmp_path, camvid_image):
+    """``logits_at="input"`` (the layout of files from before 0.2) exports upsampled logits, and the
+    predictor labels them like the default decoder-stride export."""
+    model = segkit.build_model("segnext-t", num_classes=11)
+    export_onnx(model, tmp_path / "full.onnx", shape=(64, 64), dynamic=True, logits_at="input")
+    export_onnx(model, tmp_path / "dec.onnx", shape=(64, 64), dynamic=True)
+    x = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model.eval()(x).numpy()
+    assert np.abs(_run(tmp_path / "full.onnx", x)[0] - ref).max() < TOL
+    assert _run(tmp_path / "dec.onnx", x)[0].shape == (1, 11, 12, 16)
+    from segkit.data.io import read_image
+
+    image = read_image(camvid_image)
+    full, dec = OnnxSegmenter(tmp_path / "full.onnx"), OnnxSegmenter(tmp_path / "dec.onnx")
+    assert full.logits_at == "input" and dec.logits_at == "decoder"
+    a, b = full.predict(image), dec.predict(image)
+    assert a.shape == b.shape == image.shape[:2]
+    assert (a == b).mean() > 0.999
 
 
 def test_fixed_size_model_in_onnx_predictor(tmp_path, camvid_meta):

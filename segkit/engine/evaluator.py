@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from segkit.models.fuse import for_inference
+from segkit.runtime import autocast, check_amp
 
 from .metrics import ConfusionMatrix, format_table
 
@@ -75,11 +76,12 @@ def evaluate(
     window_batch: int = 4,
     num_workers: int = 0,
     class_names: Sequence[str] | None = None,
+    amp: str | None = None,
 ) -> dict:
     """Evaluate ``model`` on ``dataset`` and return the metrics.
 
     Args:
-        model: a :class:`~segkit.models.segmentor.Segmentor` (anything with ``inference``,
+        model: a :class:`~segkit.models.segmentor.Segmentor` (anything with ``predict``,
             ``normalize``, ``num_classes``). Put in ``eval()`` for the run and returned to its
             previous training mode afterwards; run under ``torch.inference_mode()``, as its
             fused copy when it has fusable modules (:func:`segkit.models.fuse.for_inference`).
@@ -87,7 +89,8 @@ def evaluate(
             transform, or uint8 ``(H, W, 3)`` numpy without transform) and ``"label"`` (integer
             ``(H, W)`` at original size); ``ignore_index``, ``classes``, ``num_classes`` are read
             from it when present. Batch size is 1 (images differ in size).
-        mode, crop_size, stride, scales, flip, window_batch: passed to ``model.inference``
+        mode, crop_size, stride, scales, flip, window_batch: passed to ``model.predict`` (labels
+            without a full-resolution softmax unless ``scales`` / ``flip`` average probabilities)
             (docs/protocols.md; e.g. Cityscapes ``mode="slide", crop_size=(1024, 1024),
             stride=(768, 768)``; multi-scale ``scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75), flip=True``).
         device: where the model and images go (the model is moved there).
@@ -97,6 +100,9 @@ def evaluate(
         max_images: evaluate only the first N images (quick checks).
         num_workers: DataLoader workers for loading/transforming images.
         class_names: names for the table; default ``dataset.classes`` then ``model.class_names``.
+        amp: ``None`` (float32), ``"bf16"`` or ``"fp16"`` autocast for the network (checked by
+            :func:`segkit.runtime.check_amp`: bf16 on the CPU only where it is native); the label
+            path and the metrics stay in float32.
 
     Under ``torch.distributed`` each rank evaluates images ``rank::world_size`` and the
     confusion matrices (and image counts) are summed with ``all_reduce``; every rank returns
@@ -138,6 +144,7 @@ def evaluate(
     )
     cm = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
 
+    check_amp(amp, device)
     was_training = model.training
     model.to(device).eval()
     runner = for_inference(model)  # BN / layer-scale folded copy where the model has any (SegNeXt)
@@ -150,18 +157,19 @@ def evaluate(
             for j, item in enumerate(bar):
                 i = indices[j]
                 image, label = _prepare(model, item, i, device)
-                probs = runner.inference(
-                    image,
-                    mode=mode,
-                    crop_size=crop_size,
-                    stride=stride,
-                    scales=scales,
-                    flip=flip,
-                    out_size=label.shape[-2:],
-                    window_batch=window_batch,
-                )
+                with autocast(amp, device):
+                    pred = runner.predict(
+                        image,
+                        mode=mode,
+                        crop_size=crop_size,
+                        stride=stride,
+                        scales=scales,
+                        flip=flip,
+                        out_size=label.shape[-2:],
+                        window_batch=window_batch,
+                    )
                 try:
-                    cm.update(probs.argmax(dim=1)[0], label)
+                    cm.update(pred[0], label)
                 except ValueError as e:
                     raise ValueError(f"{item.get('label_path', f'item {i}')}: {e}") from None
         bar.close()
@@ -193,6 +201,7 @@ def evaluate(
         "stride": list(stride) if stride is not None else None,
         "scales": list(scales),
         "flip": bool(flip),
+        "amp": amp,
         "max_images": max_images,
         "world_size": world,
         "dataset": getattr(dataset, "name", None),

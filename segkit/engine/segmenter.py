@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from segkit.data.protocol import TestProtocol
+from segkit.runtime import autocast, check_amp
 
 # images above this many pixels (after the test resize) use slide inference when mode="auto"
 AUTO_SLIDE_PIXELS = 1024 * 1024
@@ -133,7 +134,9 @@ class Segmenter:
         model: a :class:`~segkit.models.segmentor.Segmentor`, or anything :func:`segkit.load_model`
             takes (a ``save_pretrained`` folder, a training checkpoint, a registry name, a Hub id).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
-        amp: ``None`` (float32), ``"bf16"`` or ``"fp16"`` (CUDA only) autocast for the network.
+        amp: ``None`` (float32), ``"bf16"`` (CPUs with native bfloat16, or a GPU) or ``"fp16"`` (CUDA only)
+            autocast for the network; :func:`segkit.runtime.check_amp` refuses other combinations
+            (:class:`~segkit.errors.UsageError`).
         protocol: the test protocol; default the model's own (:meth:`TestProtocol.of`).
         mode: ``None`` (the protocol's), ``"whole"``, ``"slide"`` or ``"auto"`` (slide only for images
             above :data:`AUTO_SLIDE_PIXELS` pixels after the resize).
@@ -159,13 +162,10 @@ class Segmenter:
             from segkit.hub import load_model
 
             model = load_model(model)
-        if amp not in (None, "bf16", "fp16"):
-            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
         if mode not in (None, "auto", "whole", "slide"):
             raise ValueError(f"mode must be None, 'auto', 'whole' or 'slide', got {mode!r}")
         self.device = _device(device)
-        if amp == "fp16" and self.device.type != "cuda":
-            raise ValueError("amp='fp16' needs CUDA; on the CPU use amp='bf16'")
+        check_amp(amp, self.device)
         self.model = model.to(self.device).eval()
         self.runner = for_inference(self.model)
         self.amp = amp
@@ -185,12 +185,7 @@ class Segmenter:
         return [list(c) for c in self.model.palette]
 
     def _autocast(self):
-        import contextlib
-
-        if self.amp is None:
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast(self.amp, self.device)
 
     def _kwargs(self, shape: tuple[int, int]) -> dict:
         kw = self.protocol.inference_kwargs()

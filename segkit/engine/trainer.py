@@ -293,14 +293,14 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
 
     from segkit.engine.evaluator import evaluate
     from segkit.engine.optim import build_optimizer, build_scheduler, clip_grad
+    from segkit.runtime import check_amp
 
     tc = cfg.train
     t_start = time.time()
     device = resolve_device(tc.device)
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    if tc.amp == "fp16" and device.type != "cuda":
-        raise ValueError("train.amp=fp16 needs a CUDA device; on CPU use train.amp=bf16 (autocast) or null")
+    check_amp(tc.amp, device, what="train.amp")  # fp16 needs CUDA; bf16 a GPU or a CPU with native bfloat16
     rank, world = _init_distributed(device)
     is_main = rank == 0
     if device.type == "cuda" and world > 1:

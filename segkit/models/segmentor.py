@@ -24,39 +24,7 @@ import torch.nn.functional as F
 from segkit.data.meta import IMAGENET_MEAN, IMAGENET_STD, default_palette
 
 from .contract import DecodeHead, Features
-
-
-def resize(x: torch.Tensor, size: Sequence[int], align_corners: bool = False) -> torch.Tensor:
-    """Bilinear resize of a ``(B, C, H, W)`` float tensor to ``size = (H', W')`` (reference: align_corners=False)."""
-    size = (int(size[0]), int(size[1]))
-    if tuple(x.shape[-2:]) == size:
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=align_corners)
-
-
-def slide_windows(
-    height: int, width: int, crop: Sequence[int], stride: Sequence[int]
-) -> list[tuple[int, int, int, int]]:
-    """Window boxes ``(y1, y2, x1, x2)`` of the reference slide inference (mmseg ``slide_inference``).
-
-    ``grids = max(H - crop + stride - 1, 0) // stride + 1`` per axis; the last window is
-    clamped to the border, so every pixel is covered at least once. A window larger than the
-    image is clipped to the image.
-    """
-    ch, cw = int(crop[0]), int(crop[1])
-    sh, sw = int(stride[0]), int(stride[1])
-    if min(ch, cw, sh, sw) <= 0:
-        raise ValueError(f"crop and stride must be positive, got crop={tuple(crop)} stride={tuple(stride)}")
-    ny = max(height - ch + sh - 1, 0) // sh + 1
-    nx = max(width - cw + sw - 1, 0) // sw + 1
-    boxes = []
-    for iy in range(ny):
-        for ix in range(nx):
-            y1, x1 = iy * sh, ix * sw
-            y2, x2 = min(y1 + ch, height), min(x1 + cw, width)
-            y1, x1 = max(y2 - ch, 0), max(x2 - cw, 0)
-            boxes.append((y1, y2, x1, x2))
-    return boxes
+from .inference import Taps, labels_for_rows, resize, resize_argmax, slide_windows
 
 
 class Segmentor(nn.Module):
@@ -312,31 +280,43 @@ class Segmentor(nn.Module):
         stride: Sequence[int] | None = None,
         window_batch: int = 4,
         accumulate_on_cpu: bool = False,
+        out_size: Sequence[int] | None = None,
     ) -> torch.Tensor:
-        """Label map ``(B, H, W)`` (uint8 when K ≤ 256, else int64) by slide inference with bounded memory.
+        """Label map ``(B, H_out, W_out)`` int64 by slide inference, holding only a band of logits.
 
-        Same windows and per-pixel logit averaging as :meth:`slide_logits`, but logits are kept
-        only for the band of rows that later windows can still reach (at most ``crop_h + stride_h``
-        rows): once a window row is done, every row above the next window row is final and is
-        reduced to its argmax. Peak memory is ``K · (crop_h + stride_h) · W`` floats plus the window
-        batch — independent of the image height — instead of ``K · H · W``.
+        Same windows and per-pixel logit averaging as :meth:`slide_logits`, but averaged logits are
+        kept only for the rows that later windows can still reach (at most ``crop_h + stride_h``
+        rows) plus the rows the resize to ``out_size`` still needs: once a window row is done,
+        every row above the next window row is final, and the output rows that read only final
+        rows are labelled by :func:`~segkit.models.inference.labels_for_rows` (bilinear resize to
+        ``out_size`` + arg-max, default the input size). Peak memory is about
+        ``K · (crop_h + stride_h) · W`` floats plus the window batch, independent of the image
+        height, instead of ``K · H · W``.
 
         ``images`` may be normalised float ``(B, 3, H, W)`` or uint8 RGB (0–255), in which case each
         window is normalised on the fly (the full image is never converted to float).
         """
+        if window_batch < 1:
+            raise ValueError(f"window_batch must be >= 1, got {window_batch}")
         crop_size = tuple(int(c) for c in crop_size)
         stride = tuple(int(s) for s in (stride or crop_size))
         b, _, h, w = images.shape
+        out_h, out_w = (int(out_size[0]), int(out_size[1])) if out_size is not None else (h, w)
         dev = torch.device("cpu") if accumulate_on_cpu else images.device
+        row_taps = Taps.of(h, [out_h], self.align_corners, dev)
+        col_taps = Taps.of(w, [out_w], self.align_corners, dev)
+        last_row = row_taps.last_source(h)  # the last input row each output row reads
         boxes = slide_windows(h, w, crop_size, stride)
         rows: dict[int, list] = {}
         for box in boxes:
             rows.setdefault(box[0], []).append(box)
         row_starts = sorted(rows)
-        out = torch.empty((b, h, w), dtype=torch.uint8 if self.num_classes <= 256 else torch.int64, device=dev)
-        lo = 0  # first row held in the band buffers
+        out = torch.empty((b, out_h, out_w), dtype=torch.int64, device=dev)
+        lo = 0  # first input row held in the accumulation band
         acc = torch.zeros((b, self.num_classes, 0, w), dtype=torch.float32, device=dev)
         cnt = torch.zeros((1, 1, 0, w), dtype=torch.float32, device=dev)
+        final = acc  # averaged logits of final input rows fin_lo … lo - 1 that output rows still need
+        fin_lo, y_next = 0, 0
         for r, y1 in enumerate(row_starts):
             y2 = max(bx[1] for bx in rows[y1])
             if y2 - lo > acc.shape[2]:  # grow the band down to this window row's bottom
@@ -356,32 +336,65 @@ class Segmentor(nn.Module):
             done = row_starts[r + 1] if r + 1 < len(row_starts) else h  # rows above the next window row are final
             if done > lo:
                 n = done - lo
-                out[:, lo:done] = (acc[:, :, :n] / cnt[:, :, :n]).argmax(dim=1).to(out.dtype)
+                final = torch.cat([final, acc[:, :, :n] / cnt[:, :, :n]], dim=2)
                 acc, cnt, lo = acc[:, :, n:].contiguous(), cnt[:, :, n:].contiguous(), done
+                y_end = int((last_row < done).sum())  # output rows whose sources are all final
+                if y_end > y_next:
+                    taps = row_taps.rows(y_next, y_end, shift=fin_lo)
+                    for i in range(b):
+                        out[i, y_next:y_end] = labels_for_rows(final[i], taps, col_taps)
+                    y_next = y_end
+                    keep = int(row_taps.base[y_next]) if y_next < out_h else lo  # first row still needed
+                    final, fin_lo = final[:, :, keep - fin_lo :].contiguous(), keep
         return out.to(images.device)
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, **inference_kwargs) -> torch.Tensor:
-        """Label map ``(B, H_out, W_out)`` int64 = argmax of :meth:`inference` (same arguments).
+    def predict(
+        self,
+        images: torch.Tensor,
+        *,
+        mode: str = "whole",
+        crop_size: Sequence[int] | None = None,
+        stride: Sequence[int] | None = None,
+        scales: Sequence[float] = (1.0,),
+        flip: bool = False,
+        out_size: Sequence[int] | None = None,
+        window_batch: int = 4,
+        accumulate_on_cpu: bool = False,
+    ) -> torch.Tensor:
+        """Label map ``(B, H_out, W_out)`` int64 — the arg-max of :meth:`inference` (same arguments).
 
-        Slide inference without test-time augmentation and without an output resize goes
-        through :meth:`slide_predict` (same labels, memory bounded by a band of rows), so
-        arbitrarily large images can be segmented.
+        Without test-time augmentation no probabilities are computed: whole inference takes the
+        decoder's logits through :func:`~segkit.models.inference.resize_argmax` (bilinear resize to
+        the input, then to ``out_size``, fused with the arg-max; only candidate classes are
+        interpolated), slide inference goes through :meth:`slide_predict` (memory bounded by a band
+        of rows). Labels equal ``inference(...).argmax(1)`` except at float32 near-ties
+        (:mod:`segkit.models.inference`). With ``scales`` / ``flip`` the softmax probabilities of
+        all passes are averaged first, as the reference (``inference``).
         """
-        kw = dict(inference_kwargs)
-        out_size = kw.get("out_size")
-        if (
-            kw.get("mode") == "slide"
-            and tuple(kw.get("scales", (1.0,))) == (1.0,)
-            and not kw.get("flip")
-            and (out_size is None or tuple(out_size) == tuple(images.shape[-2:]))
-        ):
-            if kw.get("crop_size") is None:
-                raise ValueError("slide inference needs crop_size=(h, w)")
-            return self.slide_predict(
-                images, kw["crop_size"], kw.get("stride"), kw.get("window_batch", 4), kw.get("accumulate_on_cpu", False)
-            ).long()
-        return self.inference(images, **kw).argmax(dim=1)
+        if mode not in ("whole", "slide"):
+            raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+        if mode == "slide" and crop_size is None:
+            raise ValueError("slide inference needs crop_size=(h, w)")
+        if tuple(scales) != (1.0,) or flip:
+            return self.inference(
+                images,
+                mode=mode,
+                crop_size=crop_size,
+                stride=stride,
+                scales=scales,
+                flip=flip,
+                out_size=out_size,
+                window_batch=window_batch,
+                accumulate_on_cpu=accumulate_on_cpu,
+            ).argmax(dim=1)
+        if mode == "slide":
+            return self.slide_predict(images, crop_size, stride or crop_size, window_batch, accumulate_on_cpu, out_size)
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        size = tuple(images.shape[-2:])
+        out_size = tuple(out_size) if out_size is not None else size
+        return resize_argmax(self.encode_decode(images), [size, out_size], align_corners=self.align_corners)
 
     def fused(self) -> "Segmentor":
         """An eval-mode copy for inference with eval-time BatchNorms / layer scales folded into convolutions.

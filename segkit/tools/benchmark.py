@@ -4,11 +4,14 @@ Protocol (:func:`benchmark`), written once so every number in our tables means t
 
 1. The model is put in ``eval()`` on ``device`` and run as what segkit's inference entry points
    run (:func:`segkit.models.fuse.for_inference`: the fused copy for SegNeXt; optionally
-   ``channels_last``, optionally ``torch.compile``-d), the input is one random normalised batch ``(B, 3, H, W)`` float32
-   created once (data loading and preprocessing are not timed — as in mmseg's
+   ``channels_last``, optionally ``torch.compile``-d), the input is one normalised batch
+   ``(B, 3, H, W)`` float32 created once: random normal values, or with ``image`` a photo resized
+   to ``(H, W)`` (data loading and preprocessing are not timed — as in mmseg's
    ``tools/analysis_tools/benchmark.py``, which times the test-mode forward on ready data).
-2. Timed call = :meth:`Segmentor.predict` (``mode`` whole or slide): forward, bilinear
-   upsampling of the logits to the input size, softmax, arg-max — what a user gets.
+2. Timed call = :meth:`Segmentor.predict` (``mode`` whole or slide): forward and the labels at
+   the input size through the label path (:mod:`segkit.models.inference`: resize + arg-max
+   without a full-resolution map) — what a user gets. The label path's cost depends on the
+   image: random input is its worst case (many candidate classes per pixel), a photo the usual one.
 3. Everything runs under ``torch.inference_mode()`` and, with ``amp``, under
    ``torch.autocast(device, dtype)`` (NMF stays float32 inside, by design of the head).
 4. ``warmup`` untimed calls (the first one also checks that the model takes the input, and is
@@ -44,7 +47,6 @@ but could not be exercised on the CPU-only development machine.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -58,6 +60,7 @@ import torch
 from segkit.data.transforms import MIN_SIDE
 from segkit.errors import UsageError
 from segkit.models.fuse import for_inference
+from segkit.runtime import autocast, check_amp
 from segkit.runtime import proc_status_kb as _proc_kb
 from segkit.runtime import reset_peak_rss as _reset_peak_rss
 
@@ -166,15 +169,10 @@ def check_request(
                 raise BenchmarkError(f"slide mode needs a positive --{name} H W, got {v}")
         if min(int(x) for x in crop_size) < MIN_SIDE:
             raise BenchmarkError(f"slide crop {tuple(crop_size)} is too small: windows need sides >= {MIN_SIDE}")
-    if amp not in (None, "bf16", "fp16"):
-        raise BenchmarkError(f"amp must be 'bf16' or 'fp16' (or off), got {amp!r}")
-    if amp == "fp16" and device.type == "cpu":
-        raise BenchmarkError(
-            "--amp fp16 is not supported on CPU (no fast float16 CPU kernels); "
-            "use --amp bf16 on CPU or run on --device cuda"
-        )
-    if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise BenchmarkError("--amp bf16: this GPU does not support bfloat16; use --amp fp16")
+    try:
+        check_amp(amp, device)
+    except UsageError as e:
+        raise BenchmarkError(str(e)) from None
     if int(warmup) < 0:
         raise BenchmarkError(f"warmup must be >= 0, got {warmup}")
     if int(runs) < 1:
@@ -184,6 +182,16 @@ def check_request(
 
 
 # ----------------------------------------------------------------------------- the benchmark
+def _image_input(model, path: str, h: int, w: int) -> torch.Tensor:
+    import cv2
+
+    from segkit.data.io import read_image
+    from segkit.data.transforms import TestTransform
+
+    rgb = cv2.resize(read_image(path), (w, h), interpolation=cv2.INTER_LINEAR)
+    return TestTransform(scale=None, size_divisor=None, mean=model.mean, std=model.std)(rgb)["image"][None]
+
+
 def benchmark(
     model,
     shape: Sequence[int] = (512, 512),
@@ -201,6 +209,7 @@ def benchmark(
     threads: int | None = None,
     window_batch: int = 1,
     seed: int = 0,
+    image: str | None = None,
 ) -> dict:
     """Time ``model`` on a ``(batch, 3, H, W)`` input under the protocol of the module doc.
 
@@ -218,6 +227,8 @@ def benchmark(
         warmup, runs: untimed / timed calls (>= 0 / >= 1).
         threads: ``torch.set_num_threads`` for the run (restored afterwards); default: unchanged.
         seed: seed of the random input.
+        image: an image file to use as the input instead (read, resized to ``(H, W)`` with OpenCV
+            bilinear, normalised with the model's mean/std, repeated ``batch`` times).
 
     Returns a JSON-ready dict: ``model``, ``params``, ``settings``, ``latency_ms``
     (``median``, ``mean``, ``min``, ``max``, ``std``, ``all``), ``fps``, ``memory``
@@ -239,15 +250,17 @@ def benchmark(
     try:
         model.eval().to(dev)
         runner = for_inference(model)  # what inference entry points run (fused copy for SegNeXt)
-        gen = torch.Generator().manual_seed(int(seed))
-        x = torch.randn((int(batch), 3, h, w), generator=gen).to(dev)
+        if image is not None:
+            x = _image_input(model, image, h, w).repeat(int(batch), 1, 1, 1).to(dev)
+        else:
+            gen = torch.Generator().manual_seed(int(seed))
+            x = torch.randn((int(batch), 3, h, w), generator=gen).to(dev)
         if channels_last:
             runner.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
         if compile:
             runner.compile()
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-        autocast = torch.autocast(dev.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        amp_ctx = autocast(amp, dev)
         kwargs = dict(mode=mode, crop_size=crop_size, stride=stride, window_batch=int(window_batch))
 
         def sync():
@@ -255,7 +268,7 @@ def benchmark(
                 torch.cuda.synchronize(dev)
 
         def call():
-            with autocast:
+            with amp_ctx:
                 return runner.predict(x, **kwargs)
 
         with torch.inference_mode():
@@ -319,6 +332,7 @@ def benchmark(
                 "warmup": int(warmup),
                 "runs": int(runs),
                 "threads": torch.get_num_threads(),
+                "input": str(image) if image is not None else f"random normal, seed {seed}",
                 "timed": "Segmentor.predict under inference_mode",
             },
             "latency_ms": {

@@ -1,14 +1,19 @@
 """Export a segkit model to ONNX, verified against PyTorch with onnxruntime.
 
 The graph: input ``image`` float32 ``(B, 3, H, W)`` (RGB normalised with the model's mean/std on
-the 0–255 scale, as :meth:`Segmentor.forward` takes it), output ``logits`` float32
-``(B, K, H, W)`` at input resolution (encoder → head → bilinear upsampling,
-``align_corners=False``). The batch axis is always dynamic; with ``dynamic=True`` height and
-width are too. What inference needs is stored as ONNX ``metadata_props`` (strings; JSON for
-lists): ``segkit_format``, ``model``, ``num_classes``, ``class_names``, ``palette``, ``mean``,
-``std``, ``ignore_index``, ``align_corners``, ``dynamic_hw``, ``export_shape``, ``opset``,
-``torch_version``, ``segkit_version`` — read by :mod:`segkit.tools.onnx_predict`, which runs
-without PyTorch.
+the 0–255 scale, as :meth:`Segmentor.forward` takes it), output ``logits`` float32 — by default
+``(B, K, h, w)`` at the decoder's output stride (``Segmentor.encode_decode``; 1/4 of the input
+for SegFormer, 1/8 for SegNeXt; as Hugging Face's SegFormer ONNX exports), or with
+``logits="input"`` ``(B, K, H, W)`` at input resolution (plus the bilinear upsampling,
+``align_corners=False``). Decoder-stride logits are 16–64× smaller and let the predictor take
+the label path (:func:`segkit.data.interp.resize_argmax`: resize to the input and the original
+size fused with the arg-max) instead of a full-resolution map. The batch axis is always
+dynamic; with ``dynamic=True`` height and width are too. What inference needs is stored as ONNX
+``metadata_props`` (strings; JSON for lists): ``segkit_format``, ``model``, ``num_classes``,
+``class_names``, ``palette``, ``mean``, ``std``, ``ignore_index``, ``align_corners``,
+``dynamic_hw``, ``export_shape``, ``logits_at`` (``"decoder"`` / ``"input"``; files without it
+hold input-size logits), ``test_protocol``, ``opset``, ``torch_version``, ``segkit_version`` —
+read by :mod:`segkit.tools.onnx_predict`, which runs without PyTorch.
 
 Exporter choice (torch 2.13, onnx 1.23, onnxruntime 1.31, checked on this machine):
 
@@ -79,6 +84,20 @@ class LogitsAtInputSize(nn.Module):
         )
 
 
+class DecoderLogits(nn.Module):
+    """``(B, 3, H, W)`` → ``(B, K, h, w)``: ``model.encode_decode`` (logits at the decoder's output stride)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_decode(image)
+
+
+LOGITS_AT = {"decoder": DecoderLogits, "input": LogitsAtInputSize}
+
+
 def _ort_session(path: Path):
     ort = require("onnxruntime", "tools", "segkit export")
 
@@ -92,7 +111,7 @@ def second_size(h: int, w: int) -> tuple[int, int]:
     return max(MIN_SIDE + 1, h * 5 // 4 + 3), max(MIN_SIDE + 1, w * 3 // 4 + 5)
 
 
-def metadata(model, *, dynamic: bool, shape: Sequence[int], opset: int) -> dict[str, str]:
+def metadata(model, *, dynamic: bool, shape: Sequence[int], opset: int, logits_at: str = "decoder") -> dict[str, str]:
     """The ``metadata_props`` written into the ONNX file (all values strings; ``test_protocol`` is the
     model's :class:`~segkit.data.protocol.TestProtocol`, which the ONNX predictor applies)."""
     import segkit
@@ -113,7 +132,12 @@ def metadata(model, *, dynamic: bool, shape: Sequence[int], opset: int) -> dict[
         "test_protocol": json.dumps(TestProtocol.of(model).to_dict()),
         "opset": str(int(opset)),
         "input": "image: float32 (B, 3, H, W), RGB, (pixel - mean) / std on the 0-255 scale",
-        "output": "logits: float32 (B, K, H, W) at input resolution",
+        "logits_at": logits_at,
+        "output": (
+            "logits: float32 (B, K, h, w) at the decoder's output stride"
+            if logits_at == "decoder"
+            else "logits: float32 (B, K, H, W) at input resolution"
+        ),
         "torch_version": torch.__version__,
         "segkit_version": getattr(segkit, "__version__", "?"),
     }
@@ -140,6 +164,7 @@ def export_onnx(
     check_image: str | Path | None = None,
     verify: bool = True,
     atol: float = 1e-3,
+    logits_at: str = "decoder",
 ) -> dict:
     """Export ``model`` to ``out`` (ONNX) and verify it with onnxruntime.
 
@@ -156,6 +181,8 @@ def export_onnx(
         verify: compare onnxruntime with PyTorch on random input (recommended; ``False`` only
             saves the verification time).
         atol: largest accepted max |Δ| between the logits (float32).
+        logits_at: ``"decoder"`` (default: logits at the decoder's output stride) or ``"input"``
+            (upsampled to the input size inside the graph).
 
     Returns a report dict: ``path``, ``size_mb``, ``opset``, ``dynamic``, ``shape``,
     ``checks`` (list of ``{"input": [B, 3, H, W], "max_abs_diff": …}``; the ``--check`` image
@@ -165,6 +192,8 @@ def export_onnx(
     """
     onnx = require("onnx", "tools", "segkit export")
     require("onnxruntime", "tools", "segkit export (verification)")
+    if logits_at not in LOGITS_AT:
+        raise ValueError(f"logits_at must be one of {sorted(LOGITS_AT)}, got {logits_at!r}")
 
     out = Path(out)
     h, w = (int(v) for v in shape)
@@ -181,7 +210,7 @@ def export_onnx(
     was_training = model.training
     original = model.cpu().eval()
     model = for_inference(original)  # BN / layer-scale folded copy where the model has any (SegNeXt)
-    wrapper = LogitsAtInputSize(model).eval()
+    wrapper = LOGITS_AT[logits_at](model).eval()
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
     example = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
     trace_warnings: list[str] = []
@@ -213,7 +242,7 @@ def export_onnx(
             }
         )
         proto = onnx.load(str(out), load_external_data=False)
-        for key, value in metadata(model, dynamic=dynamic, shape=(h, w), opset=opset).items():
+        for key, value in metadata(model, dynamic=dynamic, shape=(h, w), opset=opset, logits_at=logits_at).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(proto, str(out))
@@ -228,6 +257,7 @@ def export_onnx(
             "opset": int(opset),
             "dynamic": bool(dynamic),
             "shape": [h, w],
+            "logits_at": logits_at,
             "model": getattr(model, "name", None),
             "checks": [],
             "trace_warnings": trace_warnings,
@@ -247,7 +277,7 @@ def export_onnx(
         except Exception as e:
             raise ExportError(f"{out}: onnxruntime cannot load the exported graph: {e}") from None
         for x in inputs:
-            report["checks"].append(_compare(model, sess, x, atol, trace_warnings))
+            report["checks"].append(_compare(wrapper, sess, x, atol, trace_warnings))
         if check_image is not None:
             report["checks"][-1]["image"] = str(check_image)
         del sess
@@ -260,9 +290,9 @@ def export_onnx(
         original.train(was_training)
 
 
-def _compare(model, sess, x: torch.Tensor, atol: float, trace_warnings: list[str]) -> dict:
+def _compare(wrapper, sess, x: torch.Tensor, atol: float, trace_warnings: list[str]) -> dict:
     with torch.no_grad():
-        ref = model(x).float().numpy()
+        ref = wrapper(x).float().numpy()
     try:
         got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     except Exception as e:

@@ -7,9 +7,10 @@ runs where PyTorch is not installed (checked by ``tests/test_tools_export.py`` w
 
 The model file carries what inference needs as ONNX ``metadata_props`` (written by
 :func:`segkit.tools.export.export_onnx`): ``class_names``, ``palette``, ``mean``, ``std``,
-``dynamic_hw``, ``export_shape`` and ``test_protocol`` (JSON). Input ``image``: float32
-``(B, 3, H, W)`` RGB normalised as ``(x − mean) / std`` on the 0–255 scale; output ``logits``:
-float32 ``(B, K, H, W)``.
+``dynamic_hw``, ``export_shape``, ``logits_at`` and ``test_protocol`` (JSON). Input ``image``:
+float32 ``(B, 3, H, W)`` RGB normalised as ``(x − mean) / std`` on the 0–255 scale; output
+``logits``: float32 ``(B, K, h, w)`` at the decoder's output stride (``logits_at="decoder"``, the
+default since 0.2) or ``(B, K, H, W)`` at input size (``"input"``, and files written before).
 
 Pipeline per image — the one of ``segkit predict``, with the same code for steps 1–2:
 
@@ -18,8 +19,10 @@ Pipeline per image — the one of ``segkit predict``, with the same code for ste
    its test resize (:class:`~segkit.data.transforms.TestTransform`); a model exported with a
    fixed size gets the image stretched to that size instead;
 3. whole-image inference (slide inference needs PyTorch);
-4. logits are resized back to the original size (bilinear, PyTorch's ``align_corners=False``
-   convention, in NumPy) and arg-maxed in row chunks, so memory stays bounded;
+4. the label path: logits are resized to the network input and then to the original size
+   (bilinear, PyTorch's ``align_corners=False`` convention, the two resizes composed into one
+   filter) fused with the arg-max in bands of rows, in NumPy
+   (:func:`segkit.data.interp.resize_argmax`), so no full-resolution map is held;
 5. ``<stem>_label.png`` (palette PNG of class indices) and ``<stem>_overlay.png`` (overlay +
    legend) are written, as by ``segkit predict``.
 """
@@ -33,6 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
+from segkit.data.interp import resize_argmax
 from segkit.data.protocol import TestProtocol
 from segkit.data.transforms import TestTransform
 from segkit.utils import IMAGE_SUFFIXES, list_images, output_stems, require  # noqa: F401 (re-exported)
@@ -90,46 +94,6 @@ def _decode_meta(raw: dict, path) -> dict:
     return meta
 
 
-# ----------------------------------------------------------------------------- logits → labels (NumPy)
-def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    scale = n_in / n_out
-    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
-    i0 = np.minimum(src.astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0, i1, (src - i0).astype(np.float32)
-
-
-def resize_bilinear(x: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of ``(C, h, w)`` float32 to ``(C, height, width)``.
-
-    Same sampling as ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``
-    (source coordinate ``(i + 0.5)·in/out − 0.5`` clamped at 0; no anti-aliasing).
-    """
-    c, h, w = x.shape
-    if (h, w) == (height, width):
-        return x
-    y0, y1, wy = _axis_weights(h, height)
-    x0, x1, wx = _axis_weights(w, width)
-    rows = x[:, y0, :] * (1 - wy)[None, :, None] + x[:, y1, :] * wy[None, :, None]
-    return rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx
-
-
-def resize_argmax(logits: np.ndarray, height: int, width: int, chunk_rows: int = 128) -> np.ndarray:
-    """``argmax`` over classes of ``logits (K, h, w)`` bilinearly resized to ``(height, width)``; int64.
-
-    Processed ``chunk_rows`` output rows at a time: memory ``K × chunk_rows × width`` floats.
-    """
-    k, h, w = logits.shape
-    y0, y1, wy = _axis_weights(h, height)
-    x0, x1, wx = _axis_weights(w, width)
-    out = np.empty((height, width), dtype=np.int64)
-    for r in range(0, height, chunk_rows):
-        sl = slice(r, min(r + chunk_rows, height))
-        rows = logits[:, y0[sl], :] * (1 - wy[sl])[None, :, None] + logits[:, y1[sl], :] * wy[sl][None, :, None]
-        out[sl] = np.argmax(rows[:, :, x0] * (1 - wx) + rows[:, :, x1] * wx, axis=0)
-    return out
-
-
 # ----------------------------------------------------------------------------- the predictor
 class OnnxSegmenter:
     """An exported segkit model run by onnxruntime.
@@ -159,6 +123,7 @@ class OnnxSegmenter:
             TestProtocol(**self.meta["test_protocol"]) if self.meta.get("test_protocol") else TestProtocol(scale=None)
         )
         self.dynamic = bool(self.meta["dynamic_hw"])
+        self.logits_at = self.meta.get("logits_at", "input")
         self.export_shape = tuple(int(v) for v in self.meta["export_shape"])
         self.input_name = self.session.get_inputs()[0].name
 
@@ -185,13 +150,16 @@ class OnnxSegmenter:
         return np.ascontiguousarray(self.transform(scale).to_array(image)[None])
 
     def logits(self, x: np.ndarray) -> np.ndarray:
-        """Run the network on a normalised ``(B, 3, H, W)`` float32 batch → ``(B, K, H, W)`` logits."""
+        """Run the network on a normalised ``(B, 3, H, W)`` float32 batch → logits ``(B, K, h, w)`` at the
+        decoder's stride (``logits_at == "decoder"``) or ``(B, K, H, W)``."""
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
     def predict(self, image: np.ndarray, scale: Sequence[int] | None = None) -> np.ndarray:
         """Label map ``int64 (H, W)`` at the image's original size."""
-        out = self.logits(self.preprocess(image, scale))[0]
-        return resize_argmax(out, image.shape[0], image.shape[1])
+        x = self.preprocess(image, scale)
+        out = self.logits(x)[0]
+        sizes = [x.shape[-2:], image.shape[:2]] if self.logits_at == "decoder" else [image.shape[:2]]
+        return resize_argmax(out, sizes, align_corners=bool(self.meta.get("align_corners") == "true"))
 
 
 def predict_paths_onnx(

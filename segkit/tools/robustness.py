@@ -304,6 +304,7 @@ def evaluate_robustness(
     out_dir: str | Path | None = None,
     grid_severity: int = 3,
     window_batch: int = 4,
+    amp: str | None = None,
 ) -> dict:
     """mIoU of ``model`` on clean and corrupted versions of ``dataset``.
 
@@ -315,7 +316,8 @@ def evaluate_robustness(
         corruptions: names from :data:`CORRUPTIONS` (default all 16; order of the table
             follows :data:`CORRUPTIONS`). severities: subset of 1–5.
         seed: see the module doc. max_images: first N images only.
-        mode, crop_size, stride, window_batch: inference settings (``Segmentor.inference``).
+        mode, crop_size, stride, window_batch: inference settings (``Segmentor.predict``).
+        amp: autocast for the network (``None``, ``"bf16"``, ``"fp16"``; :func:`segkit.runtime.check_amp`).
         out_dir: if given, writes ``robustness.json``, ``robustness.md`` and
             ``corruptions_grid.png`` (first image under every corruption at ``grid_severity``).
 
@@ -351,6 +353,7 @@ def evaluate_robustness(
         progress=False,
         max_images=max_images,
         window_batch=window_batch,
+        amp=amp,
     )
     n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
     runs = [(None, 0)] + [(c, s) for c in corruptions for s in severities]
