@@ -166,6 +166,20 @@ def check_amp(amp: str | None, device, what: str = "--amp") -> None:
         )
 
 
+def resolve_amp(amp: str | None, device) -> str | None:
+    """``"auto"`` → ``"bf16"`` where ``device`` runs bfloat16 natively (a CPU with
+    :func:`cpu_bf16_native`, a GPU with ``torch.cuda.is_bf16_supported()``), else ``None``; other
+    values unchanged."""
+    if amp != "auto":
+        return amp
+    import torch
+
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else None
+    return "bf16" if kind == "cpu" and cpu_bf16_native() else None
+
+
 def autocast(amp: str | None, device):
     """``torch.autocast`` for ``amp`` (``"bf16"`` / ``"fp16"``) on ``device``, or a no-op context for ``None``."""
     import contextlib

@@ -83,10 +83,10 @@ def main_job(clone):
 
 def test_readme_main_job(main_job):
     clone, (train, ev, pred) = main_job
-    final = clone / "work_dirs" / "segnext-t_camvid_15min" / "final"
+    final = clone / "work_dirs" / "segformer-b0_camvid_10min" / "final"
     assert (final / "model.safetensors").is_file() and (final / "config.json").is_file()
     assert re.search(r"mIoU \d+\.\d\d", ev.stdout)
-    assert (clone / "work_dirs" / "segnext-t_camvid_15min" / "test" / "metrics.json").is_file()
+    assert (clone / "work_dirs" / "segformer-b0_camvid_10min" / "test" / "metrics.json").is_file()
     written = [Path(line) for line in pred.stdout.split()]
     assert [p.name for p in written] == ["0001TP_008550_label.png", "0001TP_008550_overlay.png"]
     assert all((clone / p).is_file() for p in written)

@@ -76,14 +76,14 @@ def test_nonfinite_loss_stops_or_skips(synthetic_split, tmp_path, monkeypatch):
     from segkit.models.segmentor import Segmentor
 
     calls = {"n": 0}
-    orig = Segmentor.seg_loss
+    orig = Segmentor.head_seg_loss
 
     def flaky(self, logits, labels):
         calls["n"] += 1
         loss = orig(self, logits, labels)
         return loss * float("nan") if calls["n"] == 3 else loss
 
-    monkeypatch.setattr(Segmentor, "seg_loss", flaky)
+    monkeypatch.setattr(Segmentor, "head_seg_loss", flaky)
     with pytest.raises(NonFiniteLossError, match=r"iteration 3.*iter_2\.pth"):
         # the pre-step memory probe would be the first seg_loss call: count training steps only
         train(config_from_dict(tiny_cfg(synthetic_split, tmp_path / "stop", memory_check=False)), progress=False)
@@ -184,3 +184,38 @@ def test_class_weight_config_is_validated_and_used(synthetic_split, tmp_path, ca
     printed = capsys.readouterr().out
     line = next(ln for ln in printed.splitlines() if ln.startswith("class weights:"))
     assert len(line.split(",")) == 5  # one weight per class
+
+
+def test_ema_averages_resumes_exactly_and_is_what_final_holds(synthetic_split, tmp_path):
+    """train.ema: the average follows timm's warm-up formula, resumes bit-identically, and final/ and
+    load_model(iter_*.pth) give the averaged weights."""
+    import segkit
+    from segkit.engine.trainer import WeightEMA
+
+    model = torch.nn.Linear(2, 1)
+    ema = WeightEMA(model, 0.9)
+    w0 = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    d = min(0.9, 2 / 11)
+    assert torch.allclose(ema.module.weight, d * w0 + (1 - d) * model.weight)
+
+    full = train(config_from_dict(tiny_cfg(synthetic_split, tmp_path / "a", ema=0.99)), progress=False)
+    assert full["iterations"] == 4
+    a = tmp_path / "a"
+    ck = torch.load(a / "iter_4.pth", weights_only=True)
+    assert ck["ema"]["updates"] == 4
+    raw, avg = ck["model"], ck["ema"]["weights"]
+    assert any(not torch.equal(raw[k], avg[k]) for k in raw if raw[k].is_floating_point())
+    final = segkit.load_model(a / "final").state_dict()
+    assert all(torch.equal(final[k], avg[k]) for k in avg)
+    from_pth = segkit.load_model(a / "iter_4.pth").state_dict()
+    assert all(torch.equal(from_pth[k], avg[k]) for k in avg)
+    train(
+        config_from_dict(tiny_cfg(synthetic_split, tmp_path / "b", ema=0.99)), resume=a / "iter_2.pth", progress=False
+    )
+    resumed = torch.load(tmp_path / "b" / "iter_4.pth", weights_only=True)["ema"]["weights"]
+    assert all(torch.equal(resumed[k], avg[k]) for k in avg)
+    with pytest.raises(Exception, match="train.ema"):
+        config_from_dict(tiny_cfg(synthetic_split, tmp_path / "c", ema=1.5))

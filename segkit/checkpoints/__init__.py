@@ -289,9 +289,10 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
     """A ready-to-use model (eval mode) from any segkit artefact.
 
     Accepts a ``save_pretrained`` folder (or the ``model.safetensors`` inside it) or a training
-    checkpoint ``.pth`` written by the trainer (it carries the model name, classes and palette).
-    Official checkpoints carry no model name: build the model with ``build_model`` and use
-    :func:`load_checkpoint`, or convert them once with ``segkit convert``.
+    checkpoint ``.pth`` written by the trainer (it carries the model name, classes and palette; of
+    a run with ``train.ema`` it gives the weight average). Official checkpoints carry no model name:
+    build the model with ``build_model`` and use :func:`load_checkpoint`, or convert them once with
+    ``segkit convert``.
 
     Raises ``FileNotFoundError`` / :class:`CheckpointError` with the path and the problem.
     """
@@ -314,6 +315,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
         )
     meta = ck["meta"]
     model = model_from_description(meta)
-    model.load_state_dict(ck["model"])
+    # a run with train.ema: the weight average is what its validation scored and final/ holds
+    model.load_state_dict(ck["ema"]["weights"] if isinstance(ck.get("ema"), dict) else ck["model"])
     model.train_config = ck.get("config")
     return model.to(map_location).eval()

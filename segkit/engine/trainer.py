@@ -104,6 +104,41 @@ class TrainBatchSampler:
                 it += 1
 
 
+class WeightEMA:
+    """Exponential moving average of a model's weights (``train.ema``; timm ``ModelEmaV2`` semantics).
+
+    ``module`` is a frozen eval-mode copy of the model whose floating-point state (parameters and
+    BatchNorm running statistics) follows ``decay_t · ema + (1 − decay_t) · current`` after every
+    optimiser step, ``decay_t = min(decay, (1 + t) / (10 + t))``; integer buffers are copied.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        import copy
+
+        self.decay = float(decay)
+        self.updates = 0
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for e, m in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if e.dtype.is_floating_point:
+                e.mul_(d).add_(m.detach(), alpha=1.0 - d)
+            else:
+                e.copy_(m)
+
+    def state_dict(self) -> dict:
+        return {"weights": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["weights"])
+        self.updates = int(state["updates"])
+
+
 class _LossModule(nn.Module):
     """Forward = ``Segmentor.loss`` so that DDP's gradient hooks see the training computation."""
 
@@ -293,14 +328,15 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
 
     from segkit.engine.evaluator import evaluate
     from segkit.engine.optim import build_optimizer, build_scheduler, clip_grad
-    from segkit.runtime import check_amp
+    from segkit.runtime import check_amp, resolve_amp
 
     tc = cfg.train
     t_start = time.time()
     device = resolve_device(tc.device)
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    check_amp(tc.amp, device, what="train.amp")  # fp16 needs CUDA; bf16 a GPU or a CPU with native bfloat16
+    amp = resolve_amp(tc.amp, device)  # "auto": bf16 where native, else float32
+    check_amp(amp, device, what="train.amp")  # fp16 needs CUDA; bf16 a GPU or a CPU with native bfloat16
     rank, world = _init_distributed(device)
     is_main = rank == 0
     if device.type == "cuda" and world > 1:
@@ -360,6 +396,8 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
         model.set_class_weight(weights)
         if is_main:
             print("class weights: " + ", ".join(f"{n} {w:.3g}" for n, w in zip(model.class_names, weights)))
+    if is_main and tc.amp == "auto":
+        print(f"train.amp=auto: {'bf16 autocast' if amp else 'float32'} on {device.type}", flush=True)
     if tc.preload:  # decoded samples kept in memory (shared with workers); saves the decode per sample
         train_ds.preload()
         if val_ds is not None:
@@ -378,11 +416,11 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
         from segkit.engine.memory import check_step_fits
 
         # ranks of a CPU run share the machine: the whole global batch is resident at once
-        check_step_fits(model, cfg.train_transform.crop_size, tc.batch_size, {"bf16": torch.bfloat16}.get(tc.amp))
+        check_step_fits(model, cfg.train_transform.crop_size, tc.batch_size, {"bf16": torch.bfloat16}.get(amp))
 
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=(tc.amp == "fp16"))
+    scaler = torch.amp.GradScaler("cuda", enabled=(amp == "fp16"))
     start_iter, best_miou, skipped = 0, -1.0, 0
     history: list[dict] = []
 
@@ -399,7 +437,15 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
             with open(work_dir / "train_log.jsonl", "a") as f:
                 f.write(json.dumps({"type": "resume", "iter": start_iter, "from": str(ckpt_path)}) + "\n")
 
+    ema = WeightEMA(model, tc.ema) if tc.ema else None
+    if ema is not None and ck is not None:
+        if "ema" not in ck:
+            raise CheckpointError(f"{ckpt_path}: train.ema is set but this checkpoint holds no weight average")
+        ema.load_state_dict(ck["ema"])
+    eval_model = ema.module if ema is not None else model  # what validation scores and final/ holds
     train_module = _LossModule(model)
+    if tc.compile:
+        train_module = torch.compile(train_module)  # inductor; see TrainConfig.compile for what it costs
     if world > 1:
         train_module = nn.parallel.DistributedDataParallel(
             train_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
@@ -445,6 +491,7 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
             "rng": rng_state(),
             "config": cfg.to_dict(),
             "meta": model.config(),
+            **({"ema": ema.state_dict()} if ema is not None else {}),
         }
         path = work_dir / ("best.pth" if best else f"iter_{it}.pth")
         save_checkpoint(path, payload)
@@ -463,7 +510,7 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
             return None
         ec = cfg.eval
         res = evaluate(
-            model,
+            eval_model,
             val_ds,
             mode=ec.mode,
             crop_size=ec.crop_size,
@@ -487,7 +534,7 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
             if writer:
                 writer.add_scalar("val/mIoU", miou, it)
                 writer.add_scalar("val/aAcc", float(res["aAcc"]), it)
-                _log_overlays(writer, model, val_ds, tc.vis_images, it, device)
+                _log_overlays(writer, eval_model, val_ds, tc.vis_images, it, device)
             if miou > best_miou:
                 best_miou = miou
                 checkpoint(it, best=True)
@@ -503,7 +550,7 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
         dynamic_ncols=True,
         smoothing=0.05,
     )
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(tc.amp)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     it = start_iter
     try:
         while it < cfg.schedule.max_iters:
@@ -539,6 +586,8 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
                 clip_grad(model, cfg.optim.grad_clip)
             scaler.step(optimizer)
             scaler.update()
+            if ema is not None:
+                ema.update(model)
             scheduler.step()
             it += 1
             lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0)
@@ -576,9 +625,9 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
         checkpoint(it)
         final_miou = run_eval(it)
         if is_main:
-            model.train_config = cfg.to_dict()  # segkit eval of final/ then uses this test resize and eval mode
-            model.eval_results = dict(last_eval) or None  # the final validation, for the model card
-            model.save_pretrained(work_dir / "final")
+            eval_model.train_config = cfg.to_dict()  # segkit eval of final/ then uses this test resize and eval mode
+            eval_model.eval_results = dict(last_eval) or None  # the final validation, for the model card
+            eval_model.save_pretrained(work_dir / "final")
             _plot_curves(work_dir)
         summary.update(final_mIoU=final_miou)
     summary.update(

@@ -78,11 +78,15 @@ class SegFormerArch:
         drop_path_rate: encoder stochastic depth (official 0.1 for every size).
         decoder_dim: All-MLP decoder width E; ``None`` = the variant's (256 B0/B1, 768 B2–B5).
         dropout: ``Dropout2d`` before the classifier (official 0.1).
+        fuse_first: apply the decoder's 1×1 fuse conv per stage before upsampling (same function,
+            less work; :class:`~segkit.models.heads.segformer_head.SegFormerHead`); ``False`` =
+            the official evaluation order.
     """
 
     drop_path_rate: float = 0.1
     decoder_dim: Optional[int] = None
     dropout: float = 0.1
+    fuse_first: bool = True
 
 
 def build_segformer(variant: str, num_classes: int = 150, **kwargs) -> Segmentor:
@@ -98,7 +102,9 @@ def build_segformer(variant: str, num_classes: int = 150, **kwargs) -> Segmentor
     v = VARIANTS[variant]
     arch.decoder_dim = arch.decoder_dim or v["decoder_dim"]
     encoder = MixVisionTransformer(**v["encoder"], drop_path_rate=arch.drop_path_rate)
-    head = SegFormerHead(encoder.out_channels, arch.decoder_dim, num_classes, dropout=arch.dropout)
+    head = SegFormerHead(
+        encoder.out_channels, arch.decoder_dim, num_classes, dropout=arch.dropout, fuse_first=arch.fuse_first
+    )
     return Segmentor(
         encoder, head, num_classes, name=f"segformer-{variant}", family="segformer", arch=arch_dict(arch), **meta
     )
@@ -197,9 +203,9 @@ PRETRAINED: tuple[Pretrained, ...] = (
 # ---------------------------------------------------------------------------- 4. configs
 def configs() -> dict[str, dict]:
     """The shipped configs of the family: ``{"dataset/model.yaml": config dict}``."""
-    from segkit.recipes import PAPER_DATASETS, paper_config, small_config
+    from segkit.recipes import PAPER_DATASETS, camvid_10min_config, paper_config, small_config
 
-    out = {}
+    out = {"camvid/segformer-b0_10min.yaml": camvid_10min_config()}
     for dataset in PAPER_DATASETS:
         for model in MODELS:
             kw = {}

@@ -25,6 +25,7 @@ from segkit.data.meta import IMAGENET_MEAN, IMAGENET_STD, default_palette
 
 from .contract import DecodeHead, Features
 from .inference import Taps, labels_for_rows, resize, resize_argmax, slide_windows
+from .losses import upsampled_cross_entropy
 
 
 class Segmentor(nn.Module):
@@ -107,6 +108,8 @@ class Segmentor(nn.Module):
         # the family's paper and citation for the model card (set by segkit.models.zoo.build_model)
         self.paper: dict | None = None
         self.is_fused = False
+        # fused upsampling + cross-entropy in the training loss (head_seg_loss); False = reference composition
+        self.banded_loss = True
 
     # ------------------------------------------------------------------ forward
     def extract_features(self, images: torch.Tensor) -> Features:
@@ -149,7 +152,22 @@ class Segmentor(nn.Module):
         return losses
 
     def head_seg_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """:meth:`seg_loss` of head-resolution ``logits (B, K, h, w)``, bilinearly resized to ``labels (B, H, W)``."""
+        """:meth:`seg_loss` of head-resolution ``logits (B, K, h, w)``, bilinearly resized to ``labels (B, H, W)``.
+
+        With ``banded_loss`` (the default) the resize and the cross-entropy run fused, band by
+        band (:func:`~segkit.models.losses.upsampled_cross_entropy`): the same loss and gradient
+        to float32 rounding, without the ``K × H × W`` map; ``banded_loss = False`` runs the
+        reference composition (``F.interpolate`` then ``F.cross_entropy``).
+        """
+        if self.banded_loss and tuple(logits.shape[-2:]) != tuple(labels.shape[-2:]):
+            return upsampled_cross_entropy(
+                logits,
+                labels,
+                weight=self.class_weight,
+                ignore_index=self.ignore_index,
+                avg=self.loss_avg,
+                align_corners=self.align_corners,
+            )
         return self.seg_loss(resize(logits, labels.shape[-2:], self.align_corners), labels)
 
     def set_class_weight(self, weights: Sequence[float] | None) -> None:
