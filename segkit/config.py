@@ -136,9 +136,8 @@ class TrainConfig:
     null = off (the papers' recipes).
 
     ``compile``: run the loss (forward + loss, and so its backward) through ``torch.compile``
-    (inductor). Off by default: on the 2-core AVX-512 CPU we develop on, compiling took 106 s
-    (SegFormer-B0) and 173 s (SegNeXt-T) and the compiled steps were slower (1.29 vs 1.13 s and
-    2.34 vs 1.73 s at batch 8, 256²; ``docs/benchmarks.md``); it may pay on GPUs. Results equal
+    (inductor). Off by default: on the CPUs we measured, compiling took minutes and the compiled
+    steps were slower than eager ones (``docs/benchmarks.md``); it may pay on GPUs. Results equal
     the eager ones to float32 rounding, except that dropout / drop-path draw other random numbers.
     """
 

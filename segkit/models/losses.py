@@ -24,6 +24,9 @@ import torch
 from segkit.data.interp import composite_taps
 
 BAND_ELEMENTS = 1 << 20  # floats per band (rows × W × K): 4 MB, a few bands fit in L2/L3
+# Segmentor uses the banded loss from this many classes on: below, the full-resolution map is small and
+# the banded bookkeeping costs more than it saves (the crossover measured in docs/benchmarks.md).
+BANDED_LOSS_MIN_CLASSES = 48
 
 
 class _Axis:

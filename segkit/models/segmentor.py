@@ -25,7 +25,7 @@ from segkit.data.meta import IMAGENET_MEAN, IMAGENET_STD, default_palette
 
 from .contract import DecodeHead, Features
 from .inference import Taps, labels_for_rows, resize, resize_argmax, slide_windows
-from .losses import upsampled_cross_entropy
+from .losses import BANDED_LOSS_MIN_CLASSES, upsampled_cross_entropy
 
 
 class Segmentor(nn.Module):
@@ -108,8 +108,10 @@ class Segmentor(nn.Module):
         # the family's paper and citation for the model card (set by segkit.models.zoo.build_model)
         self.paper: dict | None = None
         self.is_fused = False
-        # fused upsampling + cross-entropy in the training loss (head_seg_loss); False = reference composition
-        self.banded_loss = True
+        # fused upsampling + cross-entropy in the training loss (head_seg_loss); False = reference composition.
+        # On by default from BANDED_LOSS_MIN_CLASSES classes: below that the full-resolution map is
+        # small and PyTorch's own kernels are faster (segkit.models.losses)
+        self.banded_loss = self.num_classes >= BANDED_LOSS_MIN_CLASSES
 
     # ------------------------------------------------------------------ forward
     def extract_features(self, images: torch.Tensor) -> Features:
@@ -154,10 +156,10 @@ class Segmentor(nn.Module):
     def head_seg_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """:meth:`seg_loss` of head-resolution ``logits (B, K, h, w)``, bilinearly resized to ``labels (B, H, W)``.
 
-        With ``banded_loss`` (the default) the resize and the cross-entropy run fused, band by
-        band (:func:`~segkit.models.losses.upsampled_cross_entropy`): the same loss and gradient
-        to float32 rounding, without the ``K × H × W`` map; ``banded_loss = False`` runs the
-        reference composition (``F.interpolate`` then ``F.cross_entropy``).
+        With ``banded_loss`` (the default from 48 classes) the resize and the cross-entropy run
+        fused, band by band (:func:`~segkit.models.losses.upsampled_cross_entropy`): the same loss
+        and gradient to float32 rounding, without the ``K × H × W`` map; ``banded_loss = False``
+        runs the reference composition (``F.interpolate`` then ``F.cross_entropy``).
         """
         if self.banded_loss and tuple(logits.shape[-2:]) != tuple(labels.shape[-2:]):
             return upsampled_cross_entropy(
