@@ -54,6 +54,11 @@ conventions are implemented; ``mode="paper"`` picks the one each paper used:
     ``"mmcv"`` for SegFormer (whose numbers come from the NVlabs script), ``"torchprofile"`` for
     SegNeXt; ``"torch"`` for RSSeg (whose counter is not published) and for models without a family.
 
+Whatever the mode, the network is counted in its published evaluation order: heads that compute
+the same function in a cheaper order at run time (``SegFormerHead(fuse_first=True)``, which
+applies the 1×1 fuse conv before upsampling) are switched to the official order while counting,
+so the figures describe the architecture, not segkit's execution of it.
+
 Why these choices (checked against the papers at 512×512 and 2048×1024, see
 ``docs/model_zoo.md``): SegNeXt's figures include the NMF ``bmm`` iterations (7 eval steps +
 the final coef update and reconstruction; ~4 % of SegNeXt-T, ~7 % of SegNeXt-L), the
@@ -374,7 +379,12 @@ def count_flops(
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     flags = [(m, m.training) for m in model.modules()]  # restored one by one (frozen submodules stay frozen)
+    # Count the network in its published evaluation order: a head that evaluates the same
+    # function in a cheaper order (SegFormerHead.fuse_first) is switched back while counting.
+    orders = [(m, m.fuse_first) for m in model.modules() if isinstance(getattr(m, "fuse_first", None), bool)]
     model.eval()
+    for m, _ in orders:
+        m.fuse_first = False
     try:
         with torch.inference_mode(), FakeTensorMode(allow_non_fake_inputs=True):
             # Shape-only stand-ins for the weights: the real ones (possibly on ``meta``) are not touched.
@@ -396,6 +406,8 @@ def count_flops(
             h.remove()
         for m, training in flags:
             m.training = training
+        for m, order in orders:
+            m.fuse_first = order
 
     if resolved == "torch":
         counts = dict(rec.torch)

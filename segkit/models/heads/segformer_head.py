@@ -65,7 +65,8 @@ class SegFormerHead(DecodeHead):
     1/4) and upsamples the 256-channel results, instead of concatenating 4·E channels at 1/4 and
     convolving there — the same function and parameters (checkpoint keys unchanged), up to
     float32 summation order, at a fraction of the 1/4-resolution work (the fuse conv was the
-    head's largest cost, forward and backward). ``fuse_first=False`` runs the official order.
+    head's largest cost, forward and backward). ``fuse_first=False`` runs the official order;
+    FLOP counts (:func:`segkit.tools.flops.count_flops`) always use it.
 
     Initialisation (the papers are silent; we follow the official code): ``linear_c{i}`` and
     ``linear_pred`` keep PyTorch's default init (the official head does not re-initialise
