@@ -1,5 +1,5 @@
-"""Training-step speed on the CPU: segkit SegFormer-B0 vs Hugging Face transformers (same weights, same
-loss, one process, interleaved), and segkit SegNeXt-T against mmseg's recorded step time.
+"""Training-step speed on the CPU: segkit SegFormer-B0 vs Hugging Face transformers and segkit SegNeXt-T vs
+an mmseg-style SegNeXt-T (same weights, same loss, one process, interleaved).
 
     python benchmarks/train_speed.py [--runs 10] [--warmup 3] [--batch 8] [--size 256] [--compile]
 
@@ -16,9 +16,12 @@ with native bfloat16; loss in float32) and, with ``--compile``, ``torch.compile`
 whose compile time is reported separately. Steps of all variants run round-robin, so load from
 other processes hits all alike; medians are reported.
 
-There is no mmseg in this environment (mmcv has no wheel for this torch), so SegNeXt-T is
-compared with mmseg's step time measured on this machine type (``MMSEG_SEGNEXT_T_S``), not in
-the same process; the figure says so.
+There is no mmseg in this environment (mmcv has no wheel for this torch), so SegNeXt-T is compared
+with ``benchmarks/reference_segnext.py``: the official MSCAN + LightHamHead structure (token layout
+between blocks, separate BN / layer-scale / strip-conv ops, NCHW float32, autograd through the NMF
+iterations), loaded with the same weights as segkit's model through segkit's mmseg key converter;
+the first-step losses are compared as for SegFormer. mmseg's own step time recorded on another
+machine (``MMSEG_SEGNEXT_T_S``) is printed for reference only.
 
 Writes ``benchmarks/results/train_speed.json`` and ``train_speed.md``.
 """
@@ -40,7 +43,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from latency import busy_cpu_seconds, foreign_cpu_share, machine, wait_for_quiet  # noqa: E402
 
-MMSEG_SEGNEXT_T_S = 0.94  # mmseg SegNeXt-T step, batch 8, 256², this machine type (issue 13)
+MMSEG_SEGNEXT_T_S = 0.94  # mmseg SegNeXt-T step, batch 8, 256², recorded on an Intel Xeon (issue 13)
 TARGET_HF = 1.3  # segkit SegFormer-B0 step >= 1.3x faster than transformers
 TARGET_MMSEG = 1.5  # segkit SegNeXt-T step >= 1.5x faster than mmseg
 
@@ -109,8 +112,25 @@ def build(args):
                 m = m.to(memory_format=torch.channels_last)
             opt = torch.optim.AdamW(m.parameters(), lr=6e-5)
             steps[name] = (m, opt, amp, cl)
+        from reference_segnext import SegNeXtT
+
+        torch.manual_seed(0)
+        ref = SegNeXtT(args.classes)
+        torch.save(ref.state_dict(), path)
+        for name, (m, *_rest) in steps.items():
+            if name.startswith("segnext-t"):
+                segkit.load_checkpoint(m, path, verbose=False)
     hf.train()
-    return hf, torch.optim.AdamW(hf.parameters(), lr=6e-5), steps
+    ref.train()
+    return hf, torch.optim.AdamW(hf.parameters(), lr=6e-5), ref, torch.optim.AdamW(ref.parameters(), lr=6e-5), steps
+
+
+def ref_step(model, opt, x, y):
+    loss = model.loss(x, y)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach()
 
 
 def main(argv=None) -> int:
@@ -133,17 +153,34 @@ def main(argv=None) -> int:
 
     allocator = tune_cpu_allocator()
     torch.set_num_threads(args.threads)
-    hf, hf_opt, steps = build(args)
+    hf, hf_opt, ref, ref_opt, steps = build(args)
     x, y = batch(args.batch, args.size, args.classes)
     x_cl = x.contiguous(memory_format=torch.channels_last)
 
-    # same weights, same loss: compare the first-step losses before any update
+    # same weights, same loss: compare the first-step losses before any update, in eval mode
+    # (dropout and drop path draw different random masks in the two implementations)
+    sk = steps["segformer-b0 fp32"][0]
+    hf.eval(), sk.eval()
     with torch.no_grad():
         l_hf = float(hf(pixel_values=x, labels=y).loss)
-        l_sk = float(steps["segformer-b0 fp32"][0].loss(x, y)["loss"])
+        l_sk = float(sk.loss(x, y)["loss"])
+    hf.train(), sk.train()
     print(f"first-step loss: transformers {l_hf:.6f}, segkit {l_sk:.6f}", flush=True)
+    sn = steps["segnext-t fp32"][0]
+    ref.eval(), sn.eval()
+    nmf = next(m for m in sn.modules() if type(m).__name__ == "NMF2D")
+    ref.decode_head.hamburger.ham.bases = nmf.eval_bases(ref.decode_head.hamburger.ham_in.conv.in_channels)
+    with torch.no_grad():
+        l_ref = float(ref.loss(x, y))
+        l_sn = float(sn.loss(x, y)["loss"])
+    ref.decode_head.hamburger.ham.bases = None  # training draws fresh bases per step, as the official code
+    ref.train(), sn.train()
+    print(f"first-step loss: mmseg-style SegNeXt-T {l_ref:.6f}, segkit {l_sn:.6f}", flush=True)
 
-    fns = {"transformers segformer-b0 fp32": lambda: hf_step(hf, hf_opt, x, y)}
+    fns = {
+        "transformers segformer-b0 fp32": lambda: hf_step(hf, hf_opt, x, y),
+        "mmseg-style segnext-t fp32": lambda: ref_step(ref, ref_opt, x, y),
+    }
     for name, (m, opt, amp, cl) in steps.items():
         fns[f"segkit {name}"] = lambda m=m, opt=opt, amp=amp, cl=cl: segkit_step(m, opt, x_cl if cl else x, y, amp)
     compile_s = {}
@@ -185,6 +222,7 @@ def main(argv=None) -> int:
     foreign = foreign_cpu_share(busy0, own0, wall0)
     med = {n: round(statistics.median(ts), 4) for n, ts in times.items()}
     hf_s = med["transformers segformer-b0 fp32"]
+    ref_s = med["mmseg-style segnext-t fp32"]
     res = dict(
         command="python benchmarks/train_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
         date=time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -202,10 +240,12 @@ def main(argv=None) -> int:
         waited_s=round(waited),
         foreign_cpu_share=None if foreign is None else round(foreign, 3),
         first_step_loss={"transformers": l_hf, "segkit": l_sk},
+        first_step_loss_segnext={"mmseg_style": l_ref, "segkit": l_sn},
         median_s=med,
         all_s={n: [round(t, 4) for t in ts] for n, ts in times.items()},
         compile_s=compile_s,
         speedup_vs_transformers={n: round(hf_s / v, 3) for n, v in med.items() if "segformer" in n},
+        speedup_vs_mmseg_style={n: round(ref_s / v, 3) for n, v in med.items() if "segnext" in n},
         speedup_vs_mmseg_recorded={n: round(MMSEG_SEGNEXT_T_S / v, 3) for n, v in med.items() if "segnext" in n},
         mmseg_segnext_t_recorded_s=MMSEG_SEGNEXT_T_S,
         targets={"segformer_vs_transformers": TARGET_HF, "segnext_vs_mmseg": TARGET_MMSEG},
@@ -229,16 +269,20 @@ def markdown(res: dict) -> str:
         f"{res['runs']} round-robin rounds; load average {res['load_before']} before; other processes used "
         f"{'n/a' if res['foreign_cpu_share'] is None else format(res['foreign_cpu_share'], '.0%')} of the CPUs "
         f"({res['date']}). First-step loss: transformers {res['first_step_loss']['transformers']:.5f}, segkit "
-        f"{res['first_step_loss']['segkit']:.5f} (same weights, same loss).",
+        f"{res['first_step_loss']['segkit']:.5f}; mmseg-style SegNeXt-T "
+        f"{res['first_step_loss_segnext']['mmseg_style']:.5f}, segkit {res['first_step_loss_segnext']['segkit']:.5f} "
+        "(same weights, same loss, eval mode).",
         "",
-        "| step | median s | vs transformers SegFormer-B0 | vs mmseg SegNeXt-T (recorded "
-        f"{res['mmseg_segnext_t_recorded_s']} s) |",
-        "|---|---:|---:|---:|",
+        "| step | median s | vs transformers SegFormer-B0 | vs mmseg-style SegNeXt-T (same process) "
+        f"| vs mmseg SegNeXt-T recorded elsewhere ({res['mmseg_segnext_t_recorded_s']} s) |",
+        "|---|---:|---:|---:|---:|",
     ]
     for n, v in res["median_s"].items():
         a = res["speedup_vs_transformers"].get(n)
-        b = res["speedup_vs_mmseg_recorded"].get(n)
-        lines.append(f"| {n} | {v:.3f} | {f'{a:.2f}×' if a else ''} | {f'{b:.2f}×' if b else ''} |")
+        b = res["speedup_vs_mmseg_style"].get(n)
+        c = res["speedup_vs_mmseg_recorded"].get(n)
+        cells = " | ".join(f"{s:.2f}×" if s else "" for s in (a, b, c))
+        lines.append(f"| {n} | {v:.3f} | {cells} |")
     if res["compile_s"]:
         times = ", ".join(f"{k} {v} s" for k, v in res["compile_s"].items())
         lines += ["", f"torch.compile time (first step): {times}"]

@@ -183,3 +183,29 @@ def test_bad_sample_names_its_file_through_workers(tmp_path, synthetic_split_mod
     )
     assert r.returncode != 0
     assert victim.name in r.stderr
+
+
+def test_dataloader_workers_start_after_opencv_pool_is_running():
+    """Regression: ``cv2.setNumThreads`` in a forked worker hung once the parent had used OpenCV's pool."""
+    code = """
+import cv2, numpy as np, torch
+from segkit.engine.trainer import _worker_init
+a = np.random.rand(2000, 2000).astype(np.float32)
+for _ in range(3):
+    cv2.resize(a, (1000, 1000))  # starts OpenCV's thread pool in the parent
+
+class Images(torch.utils.data.Dataset):
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return torch.from_numpy(cv2.resize(a, (64, 64)))
+
+loader = torch.utils.data.DataLoader(
+    Images(), batch_size=2, num_workers=1, worker_init_fn=_worker_init, multiprocessing_context="fork", timeout=60
+)
+print(sum(b.shape[0] for b in loader))
+"""
+    r = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "4"

@@ -684,10 +684,12 @@ def _rank_weight_divergence(model: nn.Module, device: torch.device) -> float:
 
 
 def _worker_init(worker_id: int) -> None:
-    """DataLoader workers: one OpenCV / torch thread each, so they do not oversubscribe the cores."""
-    import cv2
+    """DataLoader workers: one torch thread each, so they do not oversubscribe the cores.
 
-    cv2.setNumThreads(1)
+    OpenCV's thread count is left alone: ``cv2.setNumThreads`` in a forked worker deadlocks once
+    the parent has started OpenCV's pthreads pool (OpenCV 5.0, e.g. after the label scan resized
+    real images), and the worker then never delivers a batch (tests/test_reliability.py).
+    """
     torch.set_num_threads(1)
 
 
