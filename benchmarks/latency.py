@@ -61,8 +61,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_HF_RATIO = 0.8  # segkit SegFormer-B0 ≤ 0.8 × transformers
-MMSEG_SEGNEXT_T_MS = 210.0  # mmseg SegNeXt-T on this machine type (brief); target ≥ 1.2× faster
+MMSEG_SEGNEXT_T_MS = 210.0  # mmseg SegNeXt-T recorded on an Intel Xeon (issue 2), not this process
 TARGET_SEGNEXT_T_MS = MMSEG_SEGNEXT_T_MS / 1.2
+TARGET_SEGNEXT_T_RATIO = 1 / 1.2  # segkit SegNeXt-T forward ≤ this × the mmseg-style reference, same process
 
 
 def machine() -> dict:
@@ -124,7 +125,15 @@ def build_models():
         torch.save(hf.state_dict(), path)
         report = load_checkpoint(seg, path)
     segnext = build_model("segnext-t", num_classes=150).eval()
-    return hf, seg, segnext, report
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from reference_segnext import SegNeXtT
+
+    ref = SegNeXtT(150).eval()  # mmseg-style structure, same weights as ``segnext``
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ref_segnext_t.pth"
+        torch.save(ref.state_dict(), path)
+        load_checkpoint(segnext, path, verbose=False)
+    return hf, seg, segnext, ref, report
 
 
 @torch.inference_mode()
@@ -357,6 +366,10 @@ def markdown(res: dict) -> str:
         "segkit_segformer_b0_encode_decode": ("segkit SegFormer-B0", "`encode_decode` (1/4 size)"),
         "segkit_segformer_b0_forward": ("segkit SegFormer-B0", "`forward` (512×512 logits)"),
         "segkit_segnext_t_forward": ("segkit SegNeXt-T", "`forward` (512×512 logits)"),
+        "mmseg_style_segnext_t_forward": (
+            "mmseg-style SegNeXt-T (benchmarks/reference_segnext.py)",
+            "logits resized to 512×512",
+        ),
     }
     for key, (name, what) in labels.items():
         r = t[key]
@@ -364,13 +377,15 @@ def markdown(res: dict) -> str:
             f"| {name} | {what} | {r['median_ms']:.1f} | {r['p25_ms']:.1f}–{r['p75_ms']:.1f} | {r['min_ms']:.1f} |"
         )
     sn = t["segkit_segnext_t_forward"]["median_ms"]
+    rf = t["mmseg_style_segnext_t_forward"]["median_ms"]
     lines += [
         "",
         f"* segkit / transformers SegFormer-B0 (equal work, 1/4 logits): **{enc / hf:.2f}×** "
         f"(target ≤ {TARGET_HF_RATIO}×: {'met' if enc / hf <= TARGET_HF_RATIO else 'NOT met'}).",
-        f"* SegNeXt-T: **{sn:.1f} ms** = {MMSEG_SEGNEXT_T_MS / sn:.2f}× faster than mmseg's "
-        f"~{MMSEG_SEGNEXT_T_MS:.0f} ms "
-        f"(target ≤ {TARGET_SEGNEXT_T_MS:.0f} ms: {'met' if sn <= TARGET_SEGNEXT_T_MS else 'NOT met'}).",
+        f"* segkit / mmseg-style SegNeXt-T (same weights, same process): **{sn / rf:.2f}×** "
+        f"(target ≤ {TARGET_SEGNEXT_T_RATIO:.2f}×, i.e. 1.2× faster: "
+        f"{'met' if sn / rf <= TARGET_SEGNEXT_T_RATIO else 'NOT met'}). mmseg's own ~{MMSEG_SEGNEXT_T_MS:.0f} ms "
+        "was recorded on another machine and is not comparable with these figures.",
         f"* Same weights check (transformers vs segkit, 1/4 logits): "
         f"max |Δ| = {res['equivalence']['max_abs_diff']:.2e} "
         f"(max |logit| {res['equivalence']['max_abs_logit']:.2f}), argmax agreement "
@@ -415,7 +430,7 @@ def main(argv=None) -> int:
     import transformers
 
     torch.set_num_threads(args.threads)
-    hf, seg, segnext, report = build_models()
+    hf, seg, segnext, ref, report = build_models()
     x = torch.randn(1, 3, *args.size, generator=torch.Generator().manual_seed(0))
     equivalence = compare_outputs(hf, seg, x)
     print(f"loaded HF weights into segkit: {report}; outputs: {equivalence}", flush=True)
@@ -425,6 +440,10 @@ def main(argv=None) -> int:
         "segkit_segformer_b0_encode_decode": seg.encode_decode,
         "segkit_segformer_b0_forward": seg,
         "segkit_segnext_t_forward": segnext,
+        # mmseg's inference resizes the 1/8 logits to the input size, as segkit's forward
+        "mmseg_style_segnext_t_forward": lambda t: torch.nn.functional.interpolate(
+            ref(t), t.shape[-2:], mode="bilinear", align_corners=False
+        ),
     }
     attempts, best = [], None
     for attempt in range(args.attempts):

@@ -561,12 +561,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
         help="train from a YAML config",
         epilog=_examples(
-            "segkit train camvid/segnext-t_15min",
-            "segkit train my.yaml --set optim.lr=1e-3 train.max_iters=2000",
+            "segkit train camvid/segformer-b0_10min",
+            "segkit train my.yaml --set optim.lr=1e-3 schedule.max_iters=2000",
             "torchrun --nproc_per_node=2 -m segkit train my.yaml",
         ),
     )
-    s.add_argument("config", help="YAML file or the name of a shipped config (e.g. camvid/segnext-t_15min)")
+    s.add_argument("config", help="YAML file or the name of a shipped config (e.g. camvid/segformer-b0_10min)")
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields (dotted keys)")
     s.add_argument(
         "--resume",

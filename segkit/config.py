@@ -125,6 +125,12 @@ class TrainConfig:
     the images containing c, which the scan does not keep). Classes absent from the training
     labels get weight 0.
 
+    ``ohem_thresh`` / ``ohem_min_kept``: online hard example mining in the cross-entropy (mmseg's
+    ``OHEMPixelSampler``; its configs use 0.7 / 100000): only pixels whose true-class probability is
+    below the threshold count, at least ``ohem_min_kept`` per image. null = off. ``dice_weight``:
+    add this multiple of a soft multi-class Dice loss (0 = off). Neither is in the papers' recipes;
+    :meth:`segkit.models.segmentor.Segmentor.set_loss_options` documents both.
+
     ``memory_check``: on the CPU, estimate the memory of one training step before the first one
     (:mod:`segkit.engine.memory`) and stop with the estimate when the machine does not have it,
     instead of being killed by the kernel mid-step.
@@ -135,9 +141,10 @@ class TrainConfig:
     ``final/`` then use the averaged weights (training checkpoints hold both, for exact resume).
     null = off (the papers' recipes).
 
-    ``compile``: run the loss (forward + loss, and so its backward) through ``torch.compile``
-    (inductor). Off by default: on the CPUs we measured, compiling took minutes and the compiled
-    steps were slower than eager ones (``docs/benchmarks.md``); it may pay on GPUs. Results equal
+    ``compile``: compile the encoder and the decode head with ``torch.compile`` (inductor; the loss
+    stays eager, :func:`segkit.engine.trainer.compile_for_training` says why). Off by default: on
+    the CPU we measured, compiling took minutes and did not speed up training steps
+    (``docs/benchmarks.md``); it may pay on GPUs. Results equal
     the eager ones to float32 rounding, except that dropout / drop-path draw other random numbers.
     """
 
@@ -167,6 +174,9 @@ class TrainConfig:
     memory_check: bool = True
     compile: bool = False
     ema: Optional[float] = None
+    ohem_thresh: Optional[float] = None
+    ohem_min_kept: int = 100000
+    dice_weight: float = 0.0
 
 
 @dataclass
@@ -297,6 +307,10 @@ class Config:
             f"must be null, 'median_freq' or a list of non-negative numbers, got {cw!r}",
         )
         need(self.train.class_weight_power >= 0, "train.class_weight_power", "must be >= 0")
+        oh = self.train.ohem_thresh
+        need(oh is None or 0 < oh <= 1, "train.ohem_thresh", f"must be null or in (0, 1], e.g. 0.7, got {oh!r}")
+        need(self.train.ohem_min_kept >= 0, "train.ohem_min_kept", "must be >= 0")
+        need(self.train.dice_weight >= 0, "train.dice_weight", "must be >= 0")
         need(self.train.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", "must be 'stop' or 'skip'")
         need(
             self.train.device in ("auto", "cpu", "cuda") or self.train.device.startswith("cuda:"),

@@ -225,7 +225,7 @@ def camvid_15min_config(model: str = "segnext-t", iters: int = 450, ratio_range=
     )
 
 
-def camvid_10min_config(model: str = "segformer-b0", iters: int = 1800) -> dict:
+def camvid_10min_config(model: str = "segformer-b0", iters: int = 1700) -> dict:
     """The README's main job since 0.2: SegFormer-B0 from scratch on CamVid in 10 minutes on a 2-core CPU.
 
     The 15-minute recipe (:func:`camvid_15min_config`: optimiser, class weights, crops, data in
@@ -235,19 +235,24 @@ def camvid_10min_config(model: str = "segformer-b0", iters: int = 1800) -> dict:
       else float32; the loss stays float32): its steps take about half of SegNeXt-T's on such a
       CPU, so it sees twice the samples in the same time — which at this budget outweighs
       SegNeXt-T's better learning per step;
-    * **batch 4** and as many iterations as fit the time (1800 with a 100-iteration warm-up):
+    * **batch 4** and as many iterations as fit the time (1700 with a 100-iteration warm-up):
       twice the updates for the same samples (MiT normalises with LayerNorm, so the small batch
       costs no statistics);
+    * **a soft Dice term** (``train.dice_weight: 1.0``) next to the weighted cross-entropy: it
+      raised val and test mIoU alike in the search; it costs a few per cent per step, paid for
+      by 100 fewer iterations;
     * **test resize 360×270** (0.75× CamVid): training crops come from 0.5–1.0× the images, and
       testing at their mean scale scores higher than at 480×360 (and evaluates faster).
 
     Tried and not kept (no gain beyond run-to-run noise): weight EMA 0.99, class-weight power 0.25,
-    test-time flip, multi-scale testing.
+    test-time flip, multi-scale testing, OHEM.
     """
     cfg = camvid_15min_config(model, iters)
     cfg["test_transform"]["scale"] = [360, 270]
     cfg["schedule"].update(warmup_iters=100)
-    cfg["train"].update(batch_size=4, amp="auto", log_interval=50, work_dir=f"work_dirs/{model}_camvid_10min")
+    cfg["train"].update(
+        batch_size=4, amp="auto", dice_weight=1.0, log_interval=50, work_dir=f"work_dirs/{model}_camvid_10min"
+    )
     return cfg
 
 

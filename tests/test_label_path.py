@@ -160,3 +160,14 @@ def test_multiscale_flip_averages_probabilities(camvid_batch):
             resize(model(resize(x, (int(x.shape[2] * s + 0.5), int(x.shape[3] * s + 0.5)))), size) for s in scales
         )
         assert not torch.equal(model.predict(x, out_size=size, scales=scales), avg_logits.argmax(1))
+
+
+def test_argmax_classes_equals_argmax_with_first_index_on_ties():
+    from segkit.models.inference import argmax_classes
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 4, (7, 33, 45), generator=g).float()  # many exact ties
+    assert torch.equal(argmax_classes(x), x.argmax(0))
+    cl = x.permute(1, 2, 0).contiguous().permute(2, 0, 1)  # classes innermost: argmax itself
+    assert torch.equal(argmax_classes(cl), x.argmax(0))
+    assert torch.equal(argmax_classes(x[:1]), torch.zeros(33, 45, dtype=torch.int64))

@@ -101,3 +101,76 @@ def test_segformer_fuse_first_equals_official_order():
     assert torch.allclose(ours, official, atol=1e-5 * float(official.abs().max()))
     assert torch.allclose(fused, official, atol=1e-5 * float(official.abs().max()))
     assert segkit.build_model("segformer-b0", num_classes=3, fuse_first=False).decode_head.fuse_first is False
+
+
+# ----------------------------------------------------------------------------- OHEM and Dice options
+def _probs_of_truth(logits, labels):
+    valid = labels != 255
+    p = torch.softmax(logits, 1).gather(1, labels.masked_fill(~valid, 0).unsqueeze(1)).squeeze(1)
+    return p, valid
+
+
+def test_ohem_keeps_pixels_below_threshold_and_at_least_min_kept():
+    from segkit.models.losses import ohem_pixel_weights
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 16, 16, generator=g) * 3
+    labels = torch.randint(0, 5, (2, 16, 16), generator=g)
+    labels[:, :2] = 255
+    p, valid = _probs_of_truth(logits, labels)
+    # threshold dominates (min_kept small): exactly the valid pixels with p < 0.7
+    w = ohem_pixel_weights(logits, labels, thresh=0.7, min_kept=1)
+    assert torch.equal(w.bool(), valid & (p < 0.7))
+    assert 0 < int(w.sum()) < int(valid.sum())
+    # min_kept dominates (threshold tiny): the 2·40 least confident valid pixels
+    w = ohem_pixel_weights(logits, labels, thresh=1e-6, min_kept=40)
+    assert int(w.sum()) == 80
+    assert float(p[w.bool()].max()) <= float(p[valid & ~w.bool()].min())
+    assert not bool(w[~valid].any())
+
+
+def test_segmentor_ohem_and_dice_losses_against_direct_computation():
+    from segkit.models.losses import dice_loss, ohem_pixel_weights
+
+    torch.manual_seed(0)
+    model = segkit.build_model("segformer-b0", num_classes=50).eval()
+    x = torch.randn(2, 3, 64, 64)
+    y = torch.randint(0, 50, (2, 64, 64))
+    y[:, :4] = 255
+    with torch.no_grad():
+        full = F.interpolate(model.encode_decode(x), (64, 64), mode="bilinear", align_corners=False)
+        ce = F.cross_entropy(full, y, ignore_index=255, reduction="none")
+        plain = float(model.loss(x, y)["loss"])
+        assert plain == pytest.approx(float(F.cross_entropy(full, y, ignore_index=255)), rel=1e-5)
+        model.set_loss_options(ohem_thresh=0.7, ohem_min_kept=10)
+        keep = ohem_pixel_weights(full, y, 0.7, 10)
+        assert float(model.loss(x, y)["loss"]) == pytest.approx(float((ce * keep).sum() / keep.sum()), rel=1e-5)
+        model.set_loss_options(dice_weight=0.5)
+        expect = float(F.cross_entropy(full, y, ignore_index=255) + 0.5 * dice_loss(full, y))
+        assert float(model.loss(x, y)["loss"]) == pytest.approx(expect, rel=1e-5)
+    with pytest.raises(ValueError, match="ohem_thresh"):
+        model.set_loss_options(ohem_thresh=1.5)
+
+
+def test_dice_loss_values():
+    from segkit.models.losses import dice_loss
+
+    labels = torch.tensor([[[0, 1], [2, 255]]])
+    perfect = F.one_hot(labels.clamp(max=2), 3).permute(0, 3, 1, 2).float() * 100
+    assert float(dice_loss(perfect, labels)) == pytest.approx(0.0, abs=1e-6)
+    # uniform prediction over 3 classes, one pixel per class: per class (2/3 + 1) / (3/9 + 1 + 1)
+    uniform = torch.zeros(1, 3, 2, 2)
+    assert float(dice_loss(uniform, labels)) == pytest.approx(1 - (2 / 3 + 1) / (3 / 9 + 1 + 1), rel=1e-6)
+    # the ignored pixel does not count: changing its logits changes nothing
+    other = uniform.clone()
+    other[0, :, 1, 1] = torch.tensor([9.0, -9.0, 0.0])
+    assert float(dice_loss(other, labels)) == pytest.approx(float(dice_loss(uniform, labels)))
+
+
+def test_config_rejects_bad_loss_options():
+    from segkit.config import config_from_dict
+    from segkit.errors import ConfigError
+
+    for key, value in (("ohem_thresh", 0.0), ("ohem_min_kept", -1), ("dice_weight", -0.1)):
+        with pytest.raises(ConfigError, match=f"train.{key}"):
+            config_from_dict({"train": {key: value}}).validate()

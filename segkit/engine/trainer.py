@@ -150,6 +150,19 @@ class _LossModule(nn.Module):
         return self.model.loss(images, labels)
 
 
+def compile_for_training(model) -> None:
+    """``torch.compile`` (inductor) the encoder and the decode head of ``model`` in place (``nn.Module.compile``).
+
+    The parameter names stay as they are (no ``_orig_mod.`` prefix), so checkpoints and ``final/``
+    are unchanged; the loss (resize + cross-entropy) runs eagerly. Not the whole loss in one graph:
+    with PyTorch 2.13 on the CPU, compiling SegFormer's forward together with the resize of its
+    logits gave **zero gradients** for every parameter while the loss value was right
+    (``tests/test_compile.py`` checks the gradients of this path against eager ones).
+    """
+    model.backbone.compile()
+    model.decode_head.compile()
+
+
 # ----------------------------------------------------------------------------- helpers
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -287,7 +300,8 @@ def median_frequency_weights(pixel_counts, power: float = 1.0) -> list[float]:
 
 def build_model_from_config(cfg: Config, dataset=None):
     """The zoo model named in ``cfg``, with the dataset's classes/palette, optionally pretrained."""
-    from segkit import build_model, load_checkpoint
+    from segkit.checkpoints import load_checkpoint
+    from segkit.models.zoo import build_model
 
     meta = {}
     num_classes = cfg.model_args.get("num_classes")
@@ -396,6 +410,7 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
         model.set_class_weight(weights)
         if is_main:
             print("class weights: " + ", ".join(f"{n} {w:.3g}" for n, w in zip(model.class_names, weights)))
+    model.set_loss_options(tc.ohem_thresh, tc.ohem_min_kept, tc.dice_weight)
     if is_main and tc.amp == "auto":
         print(f"train.amp=auto: {'bf16 autocast' if amp else 'float32'} on {device.type}", flush=True)
     if tc.preload:  # decoded samples kept in memory (shared with workers); saves the decode per sample
@@ -443,9 +458,9 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
             raise CheckpointError(f"{ckpt_path}: train.ema is set but this checkpoint holds no weight average")
         ema.load_state_dict(ck["ema"])
     eval_model = ema.module if ema is not None else model  # what validation scores and final/ holds
-    train_module = _LossModule(model)
     if tc.compile:
-        train_module = torch.compile(train_module)  # inductor; see TrainConfig.compile for what it costs
+        compile_for_training(model)  # inductor; see TrainConfig.compile for what it costs
+    train_module = _LossModule(model)
     if world > 1:
         train_module = nn.parallel.DistributedDataParallel(
             train_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False

@@ -102,7 +102,7 @@ def resize_argmax(
         raise ValueError("sizes must name at least one (H, W)")
     b, k, h, w = logits.shape
     if all(tuple(int(v) for v in s) == (h, w) for s in sizes):
-        return logits.argmax(1).to(out_dtype)
+        return torch.stack([argmax_classes(x) for x in logits]).to(out_dtype)
     rows, cols = (
         Taps.of(h, [s[0] for s in sizes], align_corners, logits.device),
         Taps.of(w, [s[1] for s in sizes], align_corners, logits.device),
@@ -134,6 +134,25 @@ class Taps:
     def last_source(self, n_in: int) -> torch.Tensor:
         """``(n,)`` the last source index each output reads (clipped to the input)."""
         return (self.base + self.weight.shape[1] - 1).clamp(max=n_in - 1)
+
+
+def argmax_classes(logits: torch.Tensor) -> torch.Tensor:
+    """``logits (K, H, W)`` → ``(H, W)`` int64 index of the largest class, the first one on ties (= ``argmax(0)``).
+
+    ATen reduces over a non-innermost dimension slowly on the CPU (about 2.5× a pass over the
+    classes with ``torch.where``), so NCHW-contiguous maps take the class-by-class pass;
+    channels-last ones, whose classes are innermost, use ``argmax`` itself. NaN handling differs
+    from ``argmax`` (a NaN logit never wins here).
+    """
+    if logits.shape[0] == 1 or logits.stride(0) == 1 or logits.device.type != "cpu":
+        return logits.argmax(0)
+    best = logits[0].clone()
+    index = torch.zeros(logits.shape[1:], dtype=torch.int64, device=logits.device)
+    for k in range(1, logits.shape[0]):
+        better = logits[k] > best
+        torch.where(better, logits[k], best, out=best)
+        index.masked_fill_(better, k)
+    return index
 
 
 def labels_for_rows(logits: torch.Tensor, rows: Taps, cols: Taps, band_pixels: int = 1 << 18) -> torch.Tensor:
@@ -187,7 +206,10 @@ def _band_labels(
     k, h, w = logits.shape
     tr, tc = row_w.shape[1], col_w.shape[1]
     if tr == 1 and tc == 1:  # one source pixel per output (e.g. no resize): its arg-max
-        return logits[:, row_base][:, :, col_base].argmax(0)
+        same_rows = len(row_base) == h and bool((row_base == torch.arange(h, device=row_base.device)).all())
+        if same_rows and len(col_base) == w and bool((col_base == torch.arange(w, device=col_base.device)).all()):
+            return argmax_classes(logits)
+        return argmax_classes(logits[:, row_base][:, :, col_base])
     lo = int(row_base[0])
     hi = min(int(row_base[-1]) + tr, h)
     # the decoder rows this band reads as (rows, w, K): a view for channels-last logits

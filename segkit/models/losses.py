@@ -221,3 +221,56 @@ def upsampled_cross_entropy(
 
 
 __all__ = ["upsampled_cross_entropy"]
+
+
+def ohem_pixel_weights(
+    logits: torch.Tensor, labels: torch.Tensor, thresh: float, min_kept: int, ignore_index: int = 255
+) -> torch.Tensor:
+    """Online hard example mining: a 0/1 weight per pixel keeping the poorly classified ones.
+
+    A valid pixel is kept when the softmax probability of its true class is below
+    ``max(thresh, p_(n))``, where ``p_(n)`` is the ``n``-th smallest such probability of the batch
+    and ``n = min_kept · B`` (capped at the number of valid pixels − 1): at least ``min_kept``
+    pixels per image are kept even when the model is confident everywhere. This is the pixel
+    sampler of mmseg (``OHEMPixelSampler`` with ``thresh``, from Shrivastava et al. 2016 via
+    PSPNet/OCRNet's recipes; mmseg's configs use ``thresh=0.7, min_kept=100000``).
+
+    Args:
+        logits: ``(B, K, H, W)`` float, at the label size.
+        labels: ``(B, H, W)`` int64 in ``[0, K)`` or ``ignore_index``.
+        thresh: probability threshold in (0, 1].
+        min_kept: pixels kept per image at least (≥ 0).
+
+    Returns:
+        ``(B, H, W)`` float weights in {0, 1} (0 on ignored pixels), no gradient.
+    """
+    with torch.no_grad():
+        valid = labels != ignore_index
+        weights = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
+        n_valid = int(valid.sum())
+        if n_valid == 0:
+            return weights
+        target = labels.masked_fill(~valid, 0).unsqueeze(1)
+        prob = torch.softmax(logits.float(), dim=1).gather(1, target).squeeze(1)[valid]
+        kept = min(int(min_kept) * labels.shape[0], n_valid - 1)
+        threshold = max(float(torch.kthvalue(prob, kept + 1).values), float(thresh))
+        weights[valid] = (prob < threshold).float()
+        return weights
+
+
+def dice_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255, smooth: float = 1.0) -> torch.Tensor:
+    """Soft multi-class Dice loss ``1 − mean_c (2 Σ p_c t_c + s) / (Σ p_c² + Σ t_c² + s)``.
+
+    ``p`` = softmax of ``logits (B, K, H, W)`` (float32), ``t`` = one-hot ``labels (B, H, W)``;
+    sums over the valid (non-ignored) pixels of the whole batch, mean over the K classes, smoothing
+    ``s`` (V-Net's squared denominator, Milletari et al. 2016). Choice: one Dice per class over the
+    batch, averaged over classes, so that small classes count as much as large ones (mmseg 1.x's
+    ``DiceLoss`` instead flattens classes and pixels of each image into one vector). Scalar, ≥ 0.
+    """
+    valid = (labels != ignore_index).unsqueeze(1)
+    prob = torch.softmax(logits.float(), dim=1) * valid
+    onehot = torch.zeros_like(prob).scatter_(1, labels.masked_fill(~valid.squeeze(1), 0).unsqueeze(1), 1.0) * valid
+    dims = (0, 2, 3)
+    inter = (prob * onehot).sum(dims)
+    denom = (prob * prob).sum(dims) + onehot.sum(dims)
+    return 1.0 - ((2 * inter + smooth) / (denom + smooth)).mean()

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from segkit.data.meta import IMAGENET_MEAN, IMAGENET_STD, default_palette
 
 from .contract import DecodeHead, Features
-from .inference import Taps, labels_for_rows, resize, resize_argmax, slide_windows
-from .losses import BANDED_LOSS_MIN_CLASSES, upsampled_cross_entropy
+from .inference import Taps, argmax_classes, labels_for_rows, resize, resize_argmax, slide_windows
+from .losses import BANDED_LOSS_MIN_CLASSES, dice_loss, ohem_pixel_weights, upsampled_cross_entropy
 
 
 class Segmentor(nn.Module):
@@ -112,6 +112,9 @@ class Segmentor(nn.Module):
         # On by default from BANDED_LOSS_MIN_CLASSES classes: below that the full-resolution map is
         # small and PyTorch's own kernels are faster (segkit.models.losses)
         self.banded_loss = self.num_classes >= BANDED_LOSS_MIN_CLASSES
+        # optional loss terms (set_loss_options; training settings, not saved with the model)
+        self.ohem: tuple[float, int] | None = None
+        self.dice_weight = 0.0
 
     # ------------------------------------------------------------------ forward
     def extract_features(self, images: torch.Tensor) -> Features:
@@ -161,7 +164,8 @@ class Segmentor(nn.Module):
         and gradient to float32 rounding, without the ``K × H × W`` map; ``banded_loss = False``
         runs the reference composition (``F.interpolate`` then ``F.cross_entropy``).
         """
-        if self.banded_loss and tuple(logits.shape[-2:]) != tuple(labels.shape[-2:]):
+        plain = self.ohem is None and not self.dice_weight
+        if plain and self.banded_loss and tuple(logits.shape[-2:]) != tuple(labels.shape[-2:]):
             return upsampled_cross_entropy(
                 logits,
                 labels,
@@ -190,15 +194,49 @@ class Segmentor(nn.Module):
         param = next(self.parameters(), None)
         self.class_weight = w if param is None else w.to(param.device)
 
+    def set_loss_options(
+        self, ohem_thresh: float | None = None, ohem_min_kept: int = 100000, dice_weight: float = 0.0
+    ) -> None:
+        """Optional terms of :meth:`seg_loss` (training settings; the papers' recipes use none).
+
+        ``ohem_thresh``: online hard example mining (:func:`~segkit.models.losses.ohem_pixel_weights`)
+        — only pixels whose true-class probability is below the threshold (at least
+        ``ohem_min_kept`` per image) enter the cross-entropy, averaged over the kept pixels'
+        (class) weights with ``loss_avg="valid"`` or over all pixels with ``"all"`` (mmseg's
+        reduction). ``dice_weight`` > 0 adds ``dice_weight ×`` :func:`~segkit.models.losses.dice_loss`.
+        Both need the full-resolution logits, so they bypass the banded loss. ``ValueError`` on
+        a threshold outside (0, 1], a negative ``ohem_min_kept`` or ``dice_weight``.
+        """
+        if ohem_thresh is not None and not 0 < float(ohem_thresh) <= 1:
+            raise ValueError(f"ohem_thresh must be in (0, 1], got {ohem_thresh}")
+        if int(ohem_min_kept) < 0 or float(dice_weight) < 0:
+            raise ValueError(f"ohem_min_kept and dice_weight must be >= 0, got {ohem_min_kept}, {dice_weight}")
+        self.ohem = None if ohem_thresh is None else (float(ohem_thresh), int(ohem_min_kept))
+        self.dice_weight = float(dice_weight)
+
     def seg_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Pixel-wise cross-entropy with ``ignore_index`` and optional class weights; averaging set by ``loss_avg``."""
+        """Pixel-wise cross-entropy with ``ignore_index`` and optional class weights; averaging set by ``loss_avg``.
+
+        Plus the optional OHEM selection and Dice term of :meth:`set_loss_options`.
+        """
         weight = self.class_weight
-        if self.loss_avg == "valid":
-            return F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=self.ignore_index)
-        per_pixel = F.cross_entropy(
-            logits.float(), labels, weight=weight, ignore_index=self.ignore_index, reduction="none"
-        )
-        return per_pixel.sum() / per_pixel.numel()
+        logits = logits.float()
+        if self.ohem is None and self.loss_avg == "valid":
+            loss = F.cross_entropy(logits, labels, weight=weight, ignore_index=self.ignore_index)
+        else:
+            per_pixel = F.cross_entropy(logits, labels, weight=weight, ignore_index=self.ignore_index, reduction="none")
+            if self.ohem is None:
+                loss = per_pixel.sum() / per_pixel.numel()
+            else:
+                keep = ohem_pixel_weights(logits, labels, *self.ohem, ignore_index=self.ignore_index)
+                if self.loss_avg == "all":
+                    loss = (per_pixel * keep).sum() / per_pixel.numel()
+                else:
+                    w = keep if weight is None else keep * weight[labels.masked_fill(keep == 0, 0)]
+                    loss = (per_pixel * keep).sum() / w.sum().clamp_min(1e-12)
+        if self.dice_weight:
+            loss = loss + self.dice_weight * dice_loss(logits, labels, self.ignore_index)
+        return loss
 
     # ---------------------------------------------------------------- inference
     def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
@@ -326,6 +364,7 @@ class Segmentor(nn.Module):
         row_taps = Taps.of(h, [out_h], self.align_corners, dev)
         col_taps = Taps.of(w, [out_w], self.align_corners, dev)
         last_row = row_taps.last_source(h)  # the last input row each output row reads
+        identity = (out_h, out_w) == (h, w)
         boxes = slide_windows(h, w, crop_size, stride)
         rows: dict[int, list] = {}
         for box in boxes:
@@ -354,7 +393,12 @@ class Segmentor(nn.Module):
                     acc[:, :, a - lo : c - lo, x1:x2] += logits[i * b : (i + 1) * b]
                     cnt[:, :, a - lo : c - lo, x1:x2] += 1
             done = row_starts[r + 1] if r + 1 < len(row_starts) else h  # rows above the next window row are final
-            if done > lo:
+            if done > lo and identity:  # no resize: the final rows' labels are their averaged logits' arg-max
+                n = done - lo
+                for i in range(b):
+                    out[i, lo:done] = argmax_classes(acc[i, :, :n] / cnt[0, :, :n])
+                acc, cnt, lo = acc[:, :, n:].contiguous(), cnt[:, :, n:].contiguous(), done
+            elif done > lo:
                 n = done - lo
                 final = torch.cat([final, acc[:, :, :n] / cnt[:, :, :n]], dim=2)
                 acc, cnt, lo = acc[:, :, n:].contiguous(), cnt[:, :, n:].contiguous(), done

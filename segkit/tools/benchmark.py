@@ -365,7 +365,7 @@ def load_for_benchmark(model_or_ckpt: str, num_classes: int = 150, **build_kwarg
     if model_or_ckpt.lower() in MODELS:
         return build_model(model_or_ckpt, num_classes=num_classes, **build_kwargs)
     if Path(model_or_ckpt).exists():
-        from segkit import load_model
+        from segkit.hub import load_model
 
         return load_model(model_or_ckpt)
     raise BenchmarkError(
