@@ -668,11 +668,28 @@ def _message(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
+def _plain_warnings(command: str) -> None:
+    """segkit's own warnings as one line ``segkit <command>: warning: …`` (not Python's file:line form);
+    warnings of other packages, and all of them under ``SEGKIT_DEBUG=1``, keep the default format."""
+    import warnings
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        here = os.path.dirname(os.path.abspath(__file__))
+        if os.environ.get("SEGKIT_DEBUG") or not os.path.abspath(filename).startswith(here):
+            return default(message, category, filename, lineno, file, line)
+        print(f"segkit {command}: warning: {message}", file=sys.stderr if file is None else file)
+
+    warnings.showwarning = show
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from segkit.runtime import tune_cpu_allocator
 
     tune_cpu_allocator()  # glibc thresholds for large tensors; SEGKIT_MALLOC_TUNING=0 disables
+    _plain_warnings(args.command)
     try:
         return args.fn(args)
     except KeyboardInterrupt:
