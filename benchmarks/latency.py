@@ -66,6 +66,19 @@ TARGET_SEGNEXT_T_MS = MMSEG_SEGNEXT_T_MS / 1.2
 TARGET_SEGNEXT_T_RATIO = 1 / 1.2  # segkit SegNeXt-T forward ≤ this × the mmseg-style reference, same process
 
 
+def run_info(script: str, argv) -> dict:
+    """The header every benchmark result starts with: command line, date, machine, library versions."""
+    import transformers
+
+    return dict(
+        command=f"python benchmarks/{script} " + " ".join(sys.argv[1:] if argv is None else argv),
+        date=time.strftime("%Y-%m-%d %H:%M:%S"),
+        machine=machine(),
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+    )
+
+
 def machine() -> dict:
     info = dict(cpu=platform.processor() or "unknown", logical_cpus=os.cpu_count())
     try:
@@ -427,8 +440,6 @@ def main(argv=None) -> int:
 
     allocator = tune_cpu_allocator() if args.malloc == "tuned" else None
 
-    import transformers
-
     torch.set_num_threads(args.threads)
     hf, seg, segnext, ref, report = build_models()
     x = torch.randn(1, 3, *args.size, generator=torch.Generator().manual_seed(0))
@@ -477,11 +488,7 @@ def main(argv=None) -> int:
         memory = peak_memory()
 
     res = dict(
-        command="python benchmarks/latency.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        date=time.strftime("%Y-%m-%d %H:%M:%S"),
-        machine=machine(),
-        torch=torch.__version__,
-        transformers=transformers.__version__,
+        **run_info("latency.py", argv),
         hf_attn_implementation=getattr(hf.config, "_attn_implementation", None),
         threads=args.threads,
         size=args.size,

@@ -41,7 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from latency import busy_cpu_seconds, foreign_cpu_share, machine, wait_for_quiet  # noqa: E402
+from latency import busy_cpu_seconds, foreign_cpu_share, run_info, wait_for_quiet  # noqa: E402
 
 MMSEG_SEGNEXT_T_S = 0.94  # mmseg SegNeXt-T step, batch 8, 256², recorded on an Intel Xeon (issue 13)
 TARGET_HF = 1.3  # segkit SegFormer-B0 step >= 1.3x faster than transformers
@@ -147,8 +147,6 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
 
-    import transformers
-
     from segkit.runtime import tune_cpu_allocator
 
     allocator = tune_cpu_allocator()
@@ -226,11 +224,7 @@ def main(argv=None) -> int:
     hf_s = med["transformers segformer-b0 fp32"]
     ref_s = med["mmseg-style segnext-t fp32"]
     res = dict(
-        command="python benchmarks/train_speed.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        date=time.strftime("%Y-%m-%d %H:%M:%S"),
-        machine=machine(),
-        torch=torch.__version__,
-        transformers=transformers.__version__,
+        **run_info("train_speed.py", argv),
         threads=args.threads,
         allocator=allocator,
         batch=args.batch,

@@ -26,3 +26,10 @@ def test_every_config_validates(rel):
     cfg = load_config(PACKAGED / rel)
     assert cfg.data.train is not None
     assert load_config(rel[: -len(".yaml")]).to_dict() == cfg.to_dict()  # shipped name resolves
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "docs" / "results_data").glob("*.yaml")), ids=lambda p: p.name)
+def test_documented_run_configs_load_and_find_data_through_segkit_data(path):
+    """The configs behind docs/results.md are valid and read the data through SEGKIT_DATA."""
+    cfg = load_config(path)
+    assert all(str(getattr(cfg.data, s)["root"]).startswith("${SEGKIT_DATA}/") for s in ("train", "val", "test"))

@@ -206,9 +206,6 @@ def _band_labels(
     k, h, w = logits.shape
     tr, tc = row_w.shape[1], col_w.shape[1]
     if tr == 1 and tc == 1:  # one source pixel per output (e.g. no resize): its arg-max
-        same_rows = len(row_base) == h and bool((row_base == torch.arange(h, device=row_base.device)).all())
-        if same_rows and len(col_base) == w and bool((col_base == torch.arange(w, device=col_base.device)).all()):
-            return argmax_classes(logits)
         return argmax_classes(logits[:, row_base][:, :, col_base])
     lo = int(row_base[0])
     hi = min(int(row_base[-1]) + tr, h)

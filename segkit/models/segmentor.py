@@ -393,15 +393,17 @@ class Segmentor(nn.Module):
                     acc[:, :, a - lo : c - lo, x1:x2] += logits[i * b : (i + 1) * b]
                     cnt[:, :, a - lo : c - lo, x1:x2] += 1
             done = row_starts[r + 1] if r + 1 < len(row_starts) else h  # rows above the next window row are final
-            if done > lo and identity:  # no resize: the final rows' labels are their averaged logits' arg-max
-                n = done - lo
+            if done <= lo:
+                continue
+            n = done - lo
+            averaged = acc[:, :, :n] / cnt[:, :, :n]
+            if identity:  # no resize: the final rows' labels are their averaged logits' arg-max
                 for i in range(b):
-                    out[i, lo:done] = argmax_classes(acc[i, :, :n] / cnt[0, :, :n])
-                acc, cnt, lo = acc[:, :, n:].contiguous(), cnt[:, :, n:].contiguous(), done
-            elif done > lo:
-                n = done - lo
-                final = torch.cat([final, acc[:, :, :n] / cnt[:, :, :n]], dim=2)
-                acc, cnt, lo = acc[:, :, n:].contiguous(), cnt[:, :, n:].contiguous(), done
+                    out[i, lo:done] = argmax_classes(averaged[i])
+            else:
+                final = torch.cat([final, averaged], dim=2)
+            acc, cnt, lo = acc[:, :, n:].contiguous(), cnt[:, :, n:].contiguous(), done
+            if not identity:
                 y_end = int((last_row < done).sum())  # output rows whose sources are all final
                 if y_end > y_next:
                     taps = row_taps.rows(y_next, y_end, shift=fin_lo)
