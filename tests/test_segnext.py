@@ -415,3 +415,41 @@ def test_nmf_eval_exportable():
     sess = ort.InferenceSession(buf.getvalue())
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     torch.testing.assert_close(torch.from_numpy(out), nmf(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("amp", [None, "bf16"])
+def test_horizontal_strip_trick_has_the_plain_convs_values_and_gradients(amp, monkeypatch):
+    """MSCA's 1×k convs compute their weight gradient on transposed maps in CPU training (speed
+    only): values and all gradients equal the plain ``nn.Conv2d`` path's, with and without autocast."""
+    import segkit.models.backbones.mscan as mscan
+
+    if amp == "bf16" and not torch.backends.mkldnn.is_available():
+        pytest.skip("bf16 autocast needs oneDNN")
+    torch.manual_seed(0)
+    # 32 channels: with <= 16 channels, torch 2.13's oneDNN bf16 depth-wise 1×21 conv on a
+    # channels_last map hangs (with or without this trick); MSCAN's widths are >= 32.
+    m = mscan.MSCA(32)
+    x0 = torch.randn(2, 32, 40, 48).contiguous(memory_format=torch.channels_last)
+    calls = []
+    original = mscan._HorizontalStripConv.apply
+    monkeypatch.setattr(mscan._HorizontalStripConv, "apply", lambda *a: calls.append(1) or original(*a))
+
+    def run(min_pixels):
+        monkeypatch.setattr(mscan, "STRIP_TRICK_MIN_PIXELS", min_pixels)
+        m.zero_grad()
+        x = x0.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+            y = m(x)
+        y.float().square().mean().backward()
+        return y.float(), x.grad, {n: p.grad.clone() for n, p in m.named_parameters()}
+
+    y_plain, gx_plain, g_plain = run(10**9)
+    assert not calls
+    y, gx, g = run(1024)
+    assert len(calls) == 3  # the three 1×k convs (40·48 ≥ 1024 pixels)
+    tol = dict(rtol=2e-2, atol=2e-2) if amp else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(y, y_plain, **tol)
+    torch.testing.assert_close(gx, gx_plain, **tol)
+    for name in g_plain:
+        torch.testing.assert_close(g[name], g_plain[name], **tol, msg=name)
+    assert g["conv2_1.weight"].dtype == torch.float32 and g["conv2_1.weight"].shape == (32, 1, 1, 21)

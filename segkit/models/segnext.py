@@ -53,6 +53,7 @@ from segkit.errors import CheckpointError
 from .backbones.mscan import MSCAN
 from .family import Family, PaperRow, Pretrained, arch_dict, split_kwargs
 from .heads.ham_head import LightHamHead
+from .heads.segformer_head import SegFormerHead
 from .segmentor import Segmentor
 
 # ---------------------------------------------------------------------------- 1. variants
@@ -101,6 +102,18 @@ class SegNeXtArch:
         train_steps, eval_steps: NMF iterations in training / eval (6 / 7).
         one_step_grad: differentiate only the last NMF update (:class:`~segkit.models.heads.ham_head.NMF2D`).
         nmf_seed: seed of the deterministic eval-mode NMF bases.
+
+    Ablations of the paper (defaults = the published SegNeXt; ``docs/segnext_ablations.md``):
+        attention_unit: ``"msca"`` or ``"lka"`` (VAN's single large-kernel branch: Tab. 8 "w/o MSCA").
+        msca_kernel_sizes, msca_channel_mixing, msca_attention: MSCA's parts (Tab. 6;
+            :class:`~segkit.models.backbones.mscan.MSCA`).
+        context: the decoder's global-context module, ``"ham"``, ``"cc"``, ``"ema"``, ``"nl"``
+            (Tab. 5) or ``"msca"`` (supplement Tab. 2);
+            :class:`~segkit.models.heads.ham_head.LightHamHead`.
+        decoder: ``"ham"`` (Fig. 3 c, the LightHamHead) or ``"mlp"`` (Fig. 3 a, SegFormer's
+            All-MLP decoder over stages 1–4 with embedding width ``ham_channels``; Tab. 7 (a)).
+        head_in_index: the encoder stages the LightHamHead reads (0-based): ``(1, 2, 3)``;
+            ``(3,)`` is Fig. 3 (b) / Tab. 7 (b), ``(0, 1, 2, 3)`` Tab. 7 "(c) w/ stage 1".
     """
 
     drop_path_rate: Optional[float] = None
@@ -111,6 +124,13 @@ class SegNeXtArch:
     eval_steps: int = 7
     one_step_grad: bool = False
     nmf_seed: int = 0
+    attention_unit: str = "msca"
+    msca_kernel_sizes: tuple[int, ...] = (7, 11, 21)
+    msca_channel_mixing: bool = True
+    msca_attention: bool = True
+    context: str = "ham"
+    decoder: str = "ham"
+    head_in_index: tuple[int, ...] = (1, 2, 3)
 
 
 def build_segnext(variant: str, num_classes: int = 150, **kwargs) -> Segmentor:
@@ -127,25 +147,76 @@ def build_segnext(variant: str, num_classes: int = 150, **kwargs) -> Segmentor:
     arch.drop_path_rate = v["drop_path_rate"] if arch.drop_path_rate is None else arch.drop_path_rate
     arch.ham_channels = arch.ham_channels or v["ham_channels"]
     arch.md_r = arch.md_r or v["md_r"]
-    encoder = MSCAN(**v["encoder"], drop_path_rate=arch.drop_path_rate)
-    head = LightHamHead(
-        encoder.out_channels[1:],
-        ham_channels=arch.ham_channels,
-        channels=arch.ham_channels,
-        num_classes=num_classes,
-        md_r=arch.md_r,
-        train_steps=arch.train_steps,
-        eval_steps=arch.eval_steps,
-        dropout=arch.dropout,
-        one_step_grad=arch.one_step_grad,
-        seed=arch.nmf_seed,
+    encoder = MSCAN(
+        **v["encoder"],
+        drop_path_rate=arch.drop_path_rate,
+        attention_unit=arch.attention_unit,
+        msca_kernel_sizes=tuple(arch.msca_kernel_sizes),
+        msca_channel_mixing=arch.msca_channel_mixing,
+        msca_attention=arch.msca_attention,
     )
+    if arch.decoder == "mlp":
+        if arch.context != "ham" or tuple(arch.head_in_index) != (1, 2, 3):
+            raise ValueError("decoder='mlp' (SegFormer's All-MLP decoder) takes no context / head_in_index switch")
+        head = SegFormerHead(
+            encoder.out_channels, embed_dim=arch.ham_channels, num_classes=num_classes, dropout=arch.dropout
+        )
+    elif arch.decoder == "ham":
+        in_index = tuple(int(i) for i in arch.head_in_index)
+        if not in_index or any(i not in range(4) for i in in_index) or list(in_index) != sorted(set(in_index)):
+            raise ValueError(f"head_in_index must be increasing stage indices in 0..3, got {list(arch.head_in_index)}")
+        head = LightHamHead(
+            [encoder.out_channels[i] for i in in_index],
+            ham_channels=arch.ham_channels,
+            channels=arch.ham_channels,
+            num_classes=num_classes,
+            md_r=arch.md_r,
+            train_steps=arch.train_steps,
+            eval_steps=arch.eval_steps,
+            dropout=arch.dropout,
+            one_step_grad=arch.one_step_grad,
+            seed=arch.nmf_seed,
+            in_index=in_index,
+            context=arch.context,
+        )
+    else:
+        raise ValueError(f"unknown SegNeXt decoder {arch.decoder!r}; choose 'ham' (Fig. 3 c) or 'mlp' (Fig. 3 a)")
     return Segmentor(
         encoder, head, num_classes, name=f"segnext-{variant}", family="segnext", arch=arch_dict(arch), **meta
     )
 
 
+# The paper's ablation models that have parameter / GFLOP rows (docs/segnext_ablations.md);
+# every other combination of switches is reachable through the SegNeXtArch keywords.
+ABLATIONS: dict[str, tuple[str, dict]] = {
+    # Tab. 5: global-context module of the decoder, on SegNeXt-B
+    "segnext-b-cc": ("b", dict(context="cc")),
+    "segnext-b-ema": ("b", dict(context="ema")),
+    "segnext-b-nl": ("b", dict(context="nl")),
+    # Tab. 7: decoder structures (Fig. 3), on SegNeXt-T
+    "segnext-t-mlp-decoder": ("t", dict(decoder="mlp")),
+    "segnext-t-last-stage-head": ("t", dict(head_in_index=(3,))),
+    "segnext-t-with-stage1": ("t", dict(head_in_index=(0, 1, 2, 3))),
+    # Tab. 8: w/o MSCA (VAN's large-kernel attention)
+    "segnext-t-lka": ("t", dict(attention_unit="lka")),
+    "segnext-s-lka": ("s", dict(attention_unit="lka")),
+    # supplement Tab. 2: MSCA as the decoder's context module
+    **{f"segnext-{v}-msca-head": (v, dict(context="msca")) for v in VARIANTS},
+}
+
+
+def _ablation_builder(name: str, variant: str, switches: dict):
+    def build(num_classes: int = 150, **kwargs) -> Segmentor:
+        model = build_segnext(variant, num_classes, **{**switches, **kwargs})
+        model.name = name
+        return model
+
+    build.__doc__ = f"{name}: SegNeXt-{variant.upper()} with {switches} (see :data:`ABLATIONS`)."
+    return build
+
+
 MODELS = {f"segnext-{v}": partial(build_segnext, v) for v in VARIANTS}
+MODELS.update({name: _ablation_builder(name, v, sw) for name, (v, sw) in ABLATIONS.items()})
 
 
 # ---------------------------------------------------------------------------- 3. paper figures
@@ -159,6 +230,25 @@ PAPER_ROWS: tuple[PaperRow, ...] = tuple(
         PaperRow(
             f"SegNeXt-{v.upper()} (Cityscapes)", f"segnext-{v}", {}, 19, (1024, 2048), None, city, "SegNeXt Tab. 9"
         ),
+    )
+) + tuple(
+    PaperRow(label, model, {}, classes, (512, 512), params, gflops, source)
+    for label, model, classes, params, gflops, source in (
+        # ADE20K ablations (150 classes)
+        ("SegNeXt-B w/ CC", "segnext-b-cc", 150, 27.8, 35.7, "SegNeXt Tab. 5"),
+        ("SegNeXt-B w/ EMA", "segnext-b-ema", 150, 27.4, 32.3, "SegNeXt Tab. 5"),
+        ("SegNeXt-B w/ NL", "segnext-b-nl", 150, 27.6, 40.9, "SegNeXt Tab. 5"),
+        ("SegNeXt-B w/ Ham", "segnext-b", 150, 27.6, 34.9, "SegNeXt Tab. 5"),
+        ("SegNeXt-T (a)", "segnext-t-mlp-decoder", 150, 4.4, 10.0, "SegNeXt Tab. 7"),
+        ("SegNeXt-T (b)", "segnext-t-last-stage-head", 150, 4.2, 4.9, "SegNeXt Tab. 7"),
+        ("SegNeXt-T (c) w/ stage 1", "segnext-t-with-stage1", 150, 4.3, 12.1, "SegNeXt Tab. 7"),
+        ("SegNeXt-T w/o MSCA", "segnext-t-lka", 150, 4.2, 6.5, "SegNeXt Tab. 8"),
+        ("SegNeXt-S w/o MSCA", "segnext-s-lka", 150, 13.8, 15.8, "SegNeXt Tab. 8"),
+        # the supplement's MSCA-head rows were measured on COCO-Stuff (171 classes)
+        ("SegNeXt-T w/ MSCA head", "segnext-t-msca-head", 171, 4.4, 6.7, "SegNeXt supplement Tab. 2"),
+        ("SegNeXt-S w/ MSCA head", "segnext-s-msca-head", 171, 14.0, 15.9, "SegNeXt supplement Tab. 2"),
+        ("SegNeXt-B w/ MSCA head", "segnext-b-msca-head", 171, 28.0, 33.6, "SegNeXt supplement Tab. 2"),
+        ("SegNeXt-L w/ MSCA head", "segnext-l-msca-head", 171, 50.1, 69.8, "SegNeXt supplement Tab. 2"),
     )
 )
 
@@ -223,10 +313,15 @@ def configs() -> dict[str, dict]:
     from segkit.recipes import PAPER_DATASETS, camvid_15min_config, paper_config, small_config
 
     out = {
-        f"{dataset}/{model}.yaml": paper_config(model, dataset, eval_interval=8000)  # official: every 8k
+        f"{dataset}/segnext-{v}.yaml": paper_config(f"segnext-{v}", dataset, eval_interval=8000)  # official: every 8k
         for dataset in PAPER_DATASETS
-        for model in MODELS
+        for v in VARIANTS
     }
+    # The ablation models on the data set of their table: ADE20K (Tabs. 5, 7, 8), COCO-Stuff
+    # (supplement Tab. 2, the MSCA head), with the main recipe of that data set.
+    for model in ABLATIONS:
+        dataset = "coco_stuff164k" if model.endswith("-msca-head") else "ade20k"
+        out[f"{dataset}/{model}.yaml"] = paper_config(model, dataset, eval_interval=8000)
     out["camvid/segnext-t_15min.yaml"] = camvid_15min_config()
     for dataset in ("camvid", "ccp"):
         for model in ("segnext-t", "segnext-s"):
@@ -327,10 +422,11 @@ def convert(state: dict[str, torch.Tensor], model) -> tuple[dict[str, torch.Tens
     classifier: list[str] = []
     n_renamed = 0
     prefixed = any(k.startswith(("backbone.", "decode_head.")) for k in state)
+    own_keys = set(model.state_dict()) if hasattr(model, "state_dict") else set()  # e.g. EMA bases are kept
 
     for key, value in state.items():
         if key.startswith("decode_head."):
-            if key.startswith("decode_head.hamburger.ham.") and "bases" in key:
+            if key.startswith("decode_head.hamburger.ham.") and "bases" in key and key not in own_keys:
                 dropped.append(key)  # fixed bases of rand_init=False (not used by SegNeXt)
                 notes.append(f"{key} dropped: segkit draws NMF bases at run time (rand_init=True)")
             else:

@@ -122,47 +122,177 @@ class DownsampleConv(nn.Module):
         return fuse_conv_bn(self.proj, self.norm)
 
 
+class _HorizontalStripConv(torch.autograd.Function):
+    """A depth-wise 1×k convolution whose weight gradient is computed on the transposed maps.
+
+    Same values and gradients as ``F.conv2d(x, w, b, padding=(0, k // 2), groups=C)`` (up to
+    fp32 summation order); only the weight gradient is computed differently: as the k×1
+    weight gradient of ``xᵀ``, ``gᵀ`` (H and W swapped, copied to ``channels_last``). On
+    x86 CPUs oneDNN's depth-wise weight gradient is several times slower for a 1×21 kernel
+    than for 21×1 on the same maps (stages 1–2 of MSCAN at 256² crops), and the two copies cost
+    less than the difference (``benchmarks/strip_conv.py``). Used by :class:`MSCA` in
+    training on the CPU for maps of at least :data:`STRIP_TRICK_MIN_PIXELS` pixels.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, pad):
+        ctx.save_for_backward(x, weight)
+        ctx.pad = pad
+        ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias, padding=(0, pad), groups=weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        c, pad = weight.shape[0], ctx.pad
+        conv_backward = torch.ops.aten.convolution_backward
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = conv_backward(
+                grad, x, weight, None, [1, 1], [0, pad], [1, 1], False, [0, 0], c, [True, False, False]
+            )[0]
+        if ctx.needs_input_grad[1]:
+            cl = torch.channels_last
+            xt = x.transpose(2, 3).contiguous(memory_format=cl)
+            gt = grad.transpose(2, 3).contiguous(memory_format=cl)
+            wt = weight.transpose(2, 3)
+            grad_w = conv_backward(gt, xt, wt, None, [1, 1], [pad, 0], [1, 1], False, [0, 0], c, [False, True, False])[
+                1
+            ]
+            grad_w = grad_w.transpose(2, 3).contiguous()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None
+
+
+STRIP_TRICK_MIN_PIXELS = 1024  # H·W from which _HorizontalStripConv is used (32×32 and up)
+
+
+def _horizontal_strip(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a depth-wise 1×k conv, through :class:`_HorizontalStripConv` where that is faster.
+
+    Under CPU autocast the operands are cast as autocast would cast them (to its dtype) and the
+    function runs with autocast off, so its backward sees one dtype.
+    """
+    if not (
+        x.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and conv.weight.requires_grad
+        and x.shape[-2] * x.shape[-1] >= STRIP_TRICK_MIN_PIXELS
+    ):
+        return conv(x)
+    weight, bias = conv.weight, conv.bias
+    if torch.is_autocast_enabled("cpu"):
+        dtype = torch.get_autocast_dtype("cpu")
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+        with torch.autocast("cpu", enabled=False):
+            return _HorizontalStripConv.apply(x, weight, bias, conv.padding[1])
+    if x.dtype != weight.dtype:
+        return conv(x)
+    return _HorizontalStripConv.apply(x, weight, bias, conv.padding[1])
+
+
 class MSCA(nn.Module):
     """Multi-scale convolutional attention (paper eqs. 1–2; ``spatial_gating_unit`` in checkpoints).
 
     ``a = DW5×5(u)``; three strip branches ``DW k×1 ∘ DW 1×k`` (k = 7, 11, 21), each fed by ``a``;
     ``att = Conv1×1(a + b7 + b11 + b21)``; output ``att ⊙ u``. All convs have a bias.
     Shape-preserving: ``(B, C, H, W)`` → ``(B, C, H, W)``.
+
+    Ablation switches (SegNeXt Tab. 6; defaults = the published MSCA):
+        kernel_sizes: the strip branches kept, e.g. ``(21,)`` for the "21×21 Br only" row. Branch
+            ``i`` of the tuple is ``conv{i}_1`` (1×k) → ``conv{i}_2`` (k×1), so the default has the
+            official names; the identity branch (``Scale_0``) is always there.
+        channel_mixing: the 1×1 conv ``conv3`` ("1×1 Conv" column); without it ``att`` is the
+            branch sum itself.
+        attention: the element-wise product with ``u`` ("Attention" column); without it the
+            output is ``att``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        kernel_sizes: Sequence[int] = (7, 11, 21),
+        channel_mixing: bool = True,
+        attention: bool = True,
+    ):
+        super().__init__()
+        self.kernel_sizes = tuple(int(k) for k in kernel_sizes)
+        if any(k < 1 or k % 2 == 0 for k in self.kernel_sizes):
+            raise ValueError(f"MSCA kernel sizes must be odd and positive, got {list(kernel_sizes)}")
+        self.attention = bool(attention)
+        self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
+        self._branches: list[tuple[str, str]] = []
+        for i, k in enumerate(self.kernel_sizes):
+            setattr(self, f"conv{i}_1", nn.Conv2d(dim, dim, (1, k), padding=(0, k // 2), groups=dim))
+            setattr(self, f"conv{i}_2", nn.Conv2d(dim, dim, (k, 1), padding=(k // 2, 0), groups=dim))
+            self._branches.append((f"conv{i}_1", f"conv{i}_2"))
+        self.conv3 = nn.Conv2d(dim, dim, 1) if channel_mixing else nn.Identity()
+
+    def extra_repr(self) -> str:
+        return f"kernel_sizes={self.kernel_sizes}, attention={self.attention}"
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        a = self.conv0(u)
+        s = None
+        for n1, n2 in self._branches:
+            b = getattr(self, n2)(_horizontal_strip(getattr(self, n1), a))
+            # In-place accumulation into the fresh branch output is autograd-safe (add saves
+            # nothing) and avoids temporaries; ``a`` itself is left untouched (every branch needs it).
+            s = b if s is None else s.add_(b)
+        s = a if s is None else s.add_(a)
+        att = self.conv3(s)
+        return att * u if self.attention else att
+
+
+class LKA(nn.Module):
+    """Large-kernel attention of VAN (Guo et al., "Visual Attention Network", 2022): SegNeXt's "w/o MSCA".
+
+    ``att = Conv1×1(DW7×7,dilation 3(DW5×5(u)))``, output ``att ⊙ u`` — one large-kernel
+    branch (a 21×21 receptive field) in place of MSCA's multi-scale strips (SegNeXt §4.2,
+    "Importance of our MSCA", Tab. 8: "we follow VAN and replace the multiple branches in our
+    MSCA with a single convolution with a large kernel"). Names as VAN's
+    ``Visual-Attention-Network/VAN-Classification: models/van.py``: ``conv0``, ``conv_spatial``,
+    ``conv1``. ``(B, C, H, W)`` → same shape.
     """
 
     def __init__(self, dim: int):
         super().__init__()
         self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
-        self.conv0_1 = nn.Conv2d(dim, dim, (1, 7), padding=(0, 3), groups=dim)
-        self.conv0_2 = nn.Conv2d(dim, dim, (7, 1), padding=(3, 0), groups=dim)
-        self.conv1_1 = nn.Conv2d(dim, dim, (1, 11), padding=(0, 5), groups=dim)
-        self.conv1_2 = nn.Conv2d(dim, dim, (11, 1), padding=(5, 0), groups=dim)
-        self.conv2_1 = nn.Conv2d(dim, dim, (1, 21), padding=(0, 10), groups=dim)
-        self.conv2_2 = nn.Conv2d(dim, dim, (21, 1), padding=(10, 0), groups=dim)
-        self.conv3 = nn.Conv2d(dim, dim, 1)
+        self.conv_spatial = nn.Conv2d(dim, dim, 7, padding=9, groups=dim, dilation=3)
+        self.conv1 = nn.Conv2d(dim, dim, 1)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        a = self.conv0(u)
-        s = self.conv0_2(self.conv0_1(a))
-        # In-place accumulation into the fresh tensor ``s`` is autograd-safe (add saves nothing)
-        # and avoids three temporaries; ``a`` itself is left untouched (the strip convs need it).
-        s += self.conv1_2(self.conv1_1(a))
-        s += self.conv2_2(self.conv2_1(a))
-        s += a
-        return self.conv3(s) * u
+        return self.conv1(self.conv_spatial(self.conv0(u))) * u
+
+
+def spatial_unit(dim: int, kind: str = "msca", **msca_kwargs) -> nn.Module:
+    """A block's attention unit: ``"msca"`` (:class:`MSCA`, with its ablation switches) or ``"lka"`` (:class:`LKA`).
+
+    Raises ``ValueError`` for another ``kind`` or for MSCA switches given with ``"lka"``.
+    """
+    if kind == "msca":
+        return MSCA(dim, **msca_kwargs)
+    if kind == "lka":
+        if msca_kwargs:
+            raise ValueError(f"MSCA switches {sorted(msca_kwargs)} do not apply to the LKA unit")
+        return LKA(dim)
+    raise ValueError(f"unknown spatial attention unit {kind!r}; choose 'msca' or 'lka'")
 
 
 class SpatialAttention(nn.Module):
     """``attn`` of a block: ``proj_1`` Conv1×1 → GELU → MSCA → ``proj_2`` Conv1×1, plus the input (shortcut).
 
-    ``(B, C, H, W)`` → ``(B, C, H, W)`` (official ``mscan.py``).
+    ``(B, C, H, W)`` → ``(B, C, H, W)`` (official ``mscan.py``). ``unit`` and ``msca_kwargs``:
+    :func:`spatial_unit`.
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, unit: str = "msca", **msca_kwargs):
         super().__init__()
         self.proj_1 = nn.Conv2d(dim, dim, 1)
         self.activation = nn.GELU()
-        self.spatial_gating_unit = MSCA(dim)
+        self.spatial_gating_unit = spatial_unit(dim, unit, **msca_kwargs)
         self.proj_2 = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -205,6 +335,7 @@ class MSCABlock(nn.Module):
 
     ``norm1``/``norm2`` are BatchNorm2d (paper §3.1: BN instead of LN). ``layer_scale_1/2`` are
     per-channel parameters of shape ``[C]`` initialised to 1e-2. ``(B, C, H, W)`` → same shape.
+    ``unit`` / ``msca_kwargs``: the attention unit and its ablation switches (:func:`spatial_unit`).
     """
 
     def __init__(
@@ -214,10 +345,12 @@ class MSCABlock(nn.Module):
         drop: float = 0.0,
         drop_path: float = 0.0,
         layer_scale_init: float = 1e-2,
+        unit: str = "msca",
+        **msca_kwargs,
     ):
         super().__init__()
         self.norm1 = nn.BatchNorm2d(dim)
-        self.attn = SpatialAttention(dim)
+        self.attn = SpatialAttention(dim, unit, **msca_kwargs)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.BatchNorm2d(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
@@ -294,6 +427,10 @@ class MSCAN(nn.Module):
         in_chans: input channels (3).
         cpu_channels_last: convert CPU inputs to ``torch.channels_last`` (values unchanged;
             speed only, see module docstring). Outputs are then ``channels_last`` tensors.
+        attention_unit: ``"msca"`` (default) or ``"lka"`` (VAN's large-kernel attention, the
+            "w/o MSCA" encoder of SegNeXt Tab. 8); :func:`spatial_unit`.
+        msca_kernel_sizes, msca_channel_mixing, msca_attention: MSCA's ablation switches
+            (SegNeXt Tab. 6; :class:`MSCA`), the same in every block. Only for ``"msca"``.
 
     Input: ``(B, in_chans, H, W)`` float (normalised image); any H, W ≥ 1.
     Output: :class:`~segkit.models.contract.Features` whose ``stages`` are 4 tensors
@@ -312,9 +449,20 @@ class MSCAN(nn.Module):
         drop_path_rate: float = 0.1,
         in_chans: int = 3,
         cpu_channels_last: bool = True,
+        attention_unit: str = "msca",
+        msca_kernel_sizes: Sequence[int] = (7, 11, 21),
+        msca_channel_mixing: bool = True,
+        msca_attention: bool = True,
     ):
         super().__init__()
         self.cpu_channels_last = bool(cpu_channels_last)
+        unit_kwargs = {}
+        if attention_unit == "msca":
+            unit_kwargs = dict(
+                kernel_sizes=msca_kernel_sizes, channel_mixing=msca_channel_mixing, attention=msca_attention
+            )
+        elif (tuple(msca_kernel_sizes), msca_channel_mixing, msca_attention) != ((7, 11, 21), True, True):
+            raise ValueError(f"the msca_* switches apply to attention_unit='msca', not {attention_unit!r}")
         if not (len(embed_dims) == len(depths) == len(mlp_ratios) == 4):
             raise ValueError(
                 f"embed_dims, depths and mlp_ratios need 4 entries each, got "
@@ -331,7 +479,8 @@ class MSCAN(nn.Module):
             dim = self.embed_dims[i]
             embed = StemConv(in_chans, dim) if i == 0 else DownsampleConv(self.embed_dims[i - 1], dim)
             blocks = nn.ModuleList(
-                MSCABlock(dim, self.mlp_ratios[i], drop_rate, dpr[cur + j]) for j in range(self.depths[i])
+                MSCABlock(dim, self.mlp_ratios[i], drop_rate, dpr[cur + j], unit=attention_unit, **unit_kwargs)
+                for j in range(self.depths[i])
             )
             cur += self.depths[i]
             setattr(self, f"patch_embed{i + 1}", embed)

@@ -185,20 +185,68 @@ class NMF2D(nn.Module):
         return out.reshape(b, c, h, w).to(in_dtype)
 
 
+FILLINGS = ("nmf", "cc", "ema", "msca")
+CONTEXTS = ("ham", "cc", "ema", "nl", "msca")
+
+
+def make_filling(kind: str, channels: int, **nmf_kwargs) -> nn.Module:
+    """The "ham" of a :class:`Hamburger`: ``"nmf"`` (:class:`NMF2D`, SegNeXt) or an ablation module.
+
+    ``"cc"``: :class:`~segkit.models.heads.context_blocks.RecurrentCrissCross` (R = 2);
+    ``"ema"``: :class:`~segkit.models.heads.context_blocks.EMAModule` (K = 64, 3 stages);
+    ``"msca"``: :class:`~segkit.models.backbones.mscan.MSCA` (the supplement's "MSCA head").
+    ``nmf_kwargs`` apply to ``"nmf"`` only. Raises ``ValueError`` for another kind.
+    """
+    if kind == "nmf":
+        return NMF2D(channels=channels, **nmf_kwargs)
+    if kind == "cc":
+        from .context_blocks import RecurrentCrissCross
+
+        return RecurrentCrissCross(channels, recurrence=2)
+    if kind == "ema":
+        from .context_blocks import EMAModule
+
+        return EMAModule(channels, num_bases=64, num_stages=3)
+    if kind == "msca":
+        from ..backbones.mscan import MSCA
+
+        return MSCA(channels)
+    raise ValueError(f"unknown Hamburger filling {kind!r}; choose from {FILLINGS}")
+
+
 class Hamburger(nn.Module):
-    """Light Hamburger: ``ham_in`` (1×1 conv with bias) → ReLU → NMF2D → ``ham_out`` (1×1 conv + GN) → ReLU(x + ·).
+    """Light Hamburger: ``ham_in`` (1×1 conv with bias) → ReLU → ham → ``ham_out`` (1×1 conv + GN) → ReLU(x + ·).
 
     ``(B, C, H, W)`` → ``(B, C, H, W)`` with ``C = ham_channels`` (official ``ham_head.py``).
+    ``filling`` chooses the ham (:func:`make_filling`): ``"nmf"`` for SegNeXt; the others are
+    SegNeXt Tab. 5's / the supplement's decoder ablations with the same bread.
+
+    ``ham_in=False`` drops the input conv (and its ReLU: the head's ``squeeze`` already ends
+    in a ReLU). The ``"ema"`` filling uses it: EMANet's EMAU is ``conv1 → EM → conv2 + norm →
+    ReLU(x + ·)``, but its EM runs without gradient, so ``conv1`` is never trained in the
+    reference; SegNeXt Tab. 5's EMA counts (27.4 M / 32.3 G) are those of the block without it
+    (27.38 M / 32.2 G here; with it 27.64 M / 33.27 G). ``None`` (default) means "all but
+    ``"ema"``".
     """
 
-    def __init__(self, ham_channels: int = 512, num_groups: int = 32, **nmf_kwargs):
+    def __init__(
+        self,
+        ham_channels: int = 512,
+        num_groups: int = 32,
+        filling: str = "nmf",
+        ham_in: bool | None = None,
+        **nmf_kwargs,
+    ):
         super().__init__()
-        self.ham_in = ConvModule(ham_channels, ham_channels, 1, norm=None, act=False)
-        self.ham = NMF2D(channels=ham_channels, **nmf_kwargs)
+        if ham_in is None:
+            ham_in = filling != "ema"
+        if ham_in:
+            self.ham_in = ConvModule(ham_channels, ham_channels, 1, norm=None, act=False)
+        self.ham = make_filling(filling, ham_channels, **nmf_kwargs)
         self.ham_out = ConvModule(ham_channels, ham_channels, 1, norm="gn", num_groups=num_groups, act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        enjoy = F.relu(self.ham_in(x))
+        enjoy = F.relu(self.ham_in(x)) if hasattr(self, "ham_in") else x
         enjoy = self.ham_out(self.ham(enjoy))
         return F.relu(x + enjoy)
 
@@ -213,7 +261,16 @@ class LightHamHead(DecodeHead):
         md_r, train_steps, eval_steps, inv_t, one_step_grad, seed: NMF settings (:class:`NMF2D`).
         dropout: Dropout2d rate before ``conv_seg`` (0.1).
         num_groups: GroupNorm groups (32).
-        in_index: which backbone outputs to use (``(1, 2, 3)``: strides 8, 16, 32).
+        in_index: which backbone outputs to use (``(1, 2, 3)``: strides 8, 16, 32). SegNeXt
+            Tab. 7: ``(3,)`` is Fig. 3 (b) (the encoder's last output only), ``(0, 1, 2, 3)``
+            "(c) w/ stage 1" (then everything runs at stride 4).
+        context: the global-context module between ``squeeze`` and ``align``: ``"ham"``
+            (default, the Hamburger with NMF) or SegNeXt Tab. 5's ablations ``"cc"``, ``"ema"``
+            (the Hamburger with its NMF replaced: :func:`make_filling`), ``"nl"`` (a
+            :class:`~segkit.models.heads.context_blocks.NonLocal2d` block, reduction 2, held
+            as ``nl_block``, in place of the whole Hamburger), and the supplement's
+            ``"msca"`` (the Hamburger with MSCA as its ham). Placement and counts:
+            :mod:`segkit.models.heads.context_blocks`.
 
     Forward: :class:`~segkit.models.contract.Features` whose ``stages`` are the backbone's
     feature maps ``(B, C_i, H_i, W_i)`` (all 4); the ``in_index`` ones are resized (bilinear,
@@ -241,24 +298,37 @@ class LightHamHead(DecodeHead):
         one_step_grad: bool = False,
         seed: int = 0,
         in_index: Sequence[int] = (1, 2, 3),
+        context: str = "ham",
     ):
         super().__init__()
+        if context not in CONTEXTS:
+            raise ValueError(f"unknown LightHamHead context {context!r}; choose from {CONTEXTS}")
+        self.context = context
         self.in_channels = [int(c) for c in in_channels]
         self.in_index = tuple(int(i) for i in in_index)
         if len(self.in_channels) != len(self.in_index):
             raise ValueError(f"in_channels {self.in_channels} and in_index {self.in_index} differ in length")
         self.num_classes = int(num_classes)
         self.squeeze = ConvModule(sum(self.in_channels), ham_channels, 1, norm="gn", num_groups=num_groups)
-        self.hamburger = Hamburger(
-            ham_channels,
-            num_groups,
-            md_r=md_r,
-            train_steps=train_steps,
-            eval_steps=eval_steps,
-            inv_t=inv_t,
-            one_step_grad=one_step_grad,
-            seed=seed,
-        )
+        if context == "nl":
+            from .context_blocks import NonLocal2d
+
+            self.nl_block = NonLocal2d(ham_channels, reduction=2, num_groups=num_groups)
+        else:
+            nmf = dict(
+                md_r=md_r,
+                train_steps=train_steps,
+                eval_steps=eval_steps,
+                inv_t=inv_t,
+                one_step_grad=one_step_grad,
+                seed=seed,
+            )
+            self.hamburger = Hamburger(
+                ham_channels,
+                num_groups,
+                filling="nmf" if context == "ham" else context,
+                **(nmf if context == "ham" else {}),
+            )
         self.align = ConvModule(ham_channels, channels, 1, norm="gn", num_groups=num_groups)
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
@@ -275,6 +345,8 @@ class LightHamHead(DecodeHead):
                 nn.init.zeros_(m.bias)
         nn.init.normal_(self.conv_seg.weight, 0.0, 0.01)
         nn.init.zeros_(self.conv_seg.bias)
+        if self.context == "nl":
+            self.nl_block.init_weights()  # mmcv's non-local init (zero-init output norm)
 
     def forward(self, features: Features) -> torch.Tensor:
         stages = features.stages
@@ -293,5 +365,5 @@ class LightHamHead(DecodeHead):
             for f in feats[1:]
         ]
         x = self.squeeze(torch.cat(feats, dim=1))
-        x = self.align(self.hamburger(x))
+        x = self.align(self.nl_block(x) if self.context == "nl" else self.hamburger(x))
         return self.conv_seg(self.dropout(x))
