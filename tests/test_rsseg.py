@@ -362,3 +362,122 @@ def test_table3_structure():
     assert t.arch["taps"] == [2, 5, 8, 11, 14, 17, 20, 23] and len(t.decode_head.local.blocks) == 9
     assert s.arch["taps"] == [5, 9, 13, 17, 21, 25, 29, 33, 37] and len(s.decode_head.local.blocks) == 10
     assert b.decode_head.sasm1.groups == 12 and b.decode_head.local.dim == 256
+
+
+def _lr_mults(cfg_name: str) -> dict[str, float]:
+    """Parameter name -> lr multiplier for a shipped config, from the optimizer's own grouping."""
+    from segkit.config import load_config
+    from segkit.models.layers import skip_init
+    from segkit.models.zoo import build_model
+
+    cfg = load_config(cfg_name)
+    with torch.device("meta"), skip_init():
+        model = build_model(cfg.model, 19, **cfg.model_args)
+    o = cfg.optim
+    groups = param_groups(
+        model,
+        lr=o.lr,
+        weight_decay=o.weight_decay,
+        head_lr_mult=o.head_lr_mult,
+        norm_decay_rule=o.norm_decay_rule,
+        custom_lr_mult=o.custom_lr_mult,
+        layer_decay=o.layer_decay,
+        no_decay_1d=o.no_decay_1d,
+    )
+    return {n: g["lr_mult"] for g in groups for n in g["names"]}
+
+
+@pytest.mark.parametrize(
+    "tag,lsb_mult", [("3-lsbs", 1.0), ("5-lsbs", 1.0), ("9-lsbs", 1.0), ("9-lsbs-10x", 10.0), ("9-lsbs-af", 10.0)]
+)
+def test_table7_lsb_learning_rate_per_row(tag, lsb_mult):
+    """Table 7: "+3/5/9 LSBs" train the LSBs at 1× lr; "10×lr" rows at 10× (the MLP head is 10× in all)."""
+    mults = _lr_mults(f"cityscapes/rsseg-cswin-t_{tag}")
+    lsb = {n: m for n, m in mults.items() if n.startswith("decode_head.local.")}
+    assert any(n.startswith("decode_head.local.blocks.") for n in lsb), sorted(lsb)[:5]  # the LSBs
+    assert set(lsb.values()) == {lsb_mult}
+    head = [m for n, m in mults.items() if n.startswith("decode_head.linear_")]
+    assert head and set(head) == {10.0}
+    assert {m for n, m in mults.items() if n.startswith("backbone.")} == {1.0}
+
+
+def test_cityscapes_ablation_configs_follow_section_4_3():
+    from segkit.config import load_config
+    from segkit.models.rsseg.builders import PYRAMID_ABLATIONS
+
+    for tag in PYRAMID_ABLATIONS:
+        cfg = load_config(f"cityscapes/rsseg-cswin-t_{tag}")
+        assert cfg.train_transform.crop_size == [768, 768], tag
+        assert cfg.schedule.max_iters == 80000, tag
+        assert cfg.eval.mode == "slide" and cfg.eval.crop_size == [768, 768], tag
+    main = load_config("cityscapes/rsseg-cswin-t")  # Table 9: SegFormer's protocol
+    assert main.train_transform.crop_size == [1024, 1024] and main.schedule.max_iters == 160000
+
+
+def test_segmenter_pascal_context_and_vit_l_warmup():
+    from segkit.config import load_config
+
+    for size in ("b", "l"):
+        assert load_config(f"pascal_context59/segmenter-vit-{size}").schedule.max_iters == 40000  # §4.4.3
+        assert load_config(f"pascal_context59/rsseg-vit-{size}").schedule.max_iters == 30000
+    for model in ("rsseg-vit-l", "vit-linear-l", "segmenter-vit-l", "rsseg-beit-l"):
+        assert load_config(f"ade20k/{model}").schedule.warmup_iters == 3000, model
+    assert load_config("ade20k/rsseg-vit-b").schedule.warmup_iters == 1500
+
+
+def test_lhf_logits_decay_like_conv_weights():
+    """The 4-D LHF logits get weight decay (as mmseg's default constructor); 1-D parameters do not."""
+    from segkit.models.heads.rsseg.two_pathway import LearnableHighPass
+    from segkit.models.zoo import build_model
+
+    model = build_model("rsseg-vit-ti", 11, img_size=64)
+    lhf = [f"{n}.weight" for n, m in model.named_modules() if isinstance(m, LearnableHighPass)]
+    assert lhf
+    groups = param_groups(model, lr=1e-4, weight_decay=0.05, head_lr_mult=10.0, no_decay_1d=True)
+    decay = {n: g["weight_decay"] for g in groups for n in g["names"]}
+    assert all(decay[n] == 0.05 for n in lhf)
+    assert all(decay[n] == 0.0 for n, p in model.named_parameters() if p.ndim <= 1)
+
+
+def test_dca_literal_losses_on_a_hand_made_case():
+    """Eqs. 13–15 written out by hand: 4×4 labels on a 2×2 token grid (stride 2), 3 classes of
+    which class 2 is absent, one head, 2-D keys; hard (centre-pixel) labels, softmax over all
+    three region embeddings — the ``dca-literal`` preset."""
+    from segkit.models.rsseg.builders import PLAIN_ABLATIONS
+
+    assert PLAIN_ABLATIONS["dca-literal"] == dict(label_downsample="nearest", mask_absent=False)
+    labels = torch.tensor([[[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 0, 0], [255, 1, 0, 0]]])
+    # cell centres (1,1), (1,3), (3,1), (3,3) -> classes 0, 1, 1, 0
+    keys = [[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [3.0, 1.0]]
+    queries = [[1.0, 1.0], [-1.0, 2.0], [0.5, 0.5]]
+    scale = 10.0
+    cls = [0, 1, 1, 0]
+
+    def norm(v):
+        n = math.sqrt(sum(x * x for x in v))
+        return [x / n for x in v] if n > 0 else [0.0 for _ in v]
+
+    kn = [norm(k) for k in keys]
+    qn = [norm(q) for q in queries]
+    re = [norm([sum(kn[i][d] for i in range(4) if cls[i] == c) for d in range(2)]) for c in range(3)]  # eq. 13
+    assert re[2] == [0.0, 0.0]
+
+    def ce(vec, target):  # -log softmax(scale * <vec, RE_c>)[target] over all 3 regions
+        logits = [scale * sum(a * b for a, b in zip(vec, r)) for r in re]
+        m = max(logits)
+        return -(logits[target] - m - math.log(sum(math.exp(x - m) for x in logits)))
+
+    q2r_hand = (ce(qn[0], 0) + ce(qn[1], 1)) / 2  # eq. 14; the absent class's query is skipped
+    p2r_hand = sum(ce(kn[i], cls[i]) for i in range(4)) / 4  # eq. 15
+
+    weights = dca.region_weights(labels, (2, 2), (2, 2), 3, mode="nearest")
+    k = torch.nn.functional.normalize(torch.tensor(keys), dim=-1)[None, None]
+    q = torch.nn.functional.normalize(torch.tensor(queries), dim=-1)[None, None]
+    regions = dca.region_embeddings(k, weights)
+    present = weights.sum(-1) > 0
+    q2r = dca.query_to_region_loss(q, regions, present, scale, mask_absent=False)
+    p2r = dca.patch_to_region_loss(k, regions, weights, scale, mask_absent=False)
+    assert q2r.item() == pytest.approx(q2r_hand, rel=1e-5)
+    assert p2r.item() == pytest.approx(p2r_hand, rel=1e-5)
+    # the default (masked) differs here: the zero embedding of class 2 leaves the softmax
+    assert abs(dca.patch_to_region_loss(k, regions, weights, scale).item() - p2r_hand) > 1e-5

@@ -59,14 +59,19 @@ PLAIN_ABLATIONS: dict[str, dict] = {
     "q2r-only": dict(p2r_weight=0.0),
     "p2r-only": dict(q2r_weight=0.0),
     "no-l2-norm": dict(l2_norm=False),
+    # eqs. 13-15 taken literally: hard (nearest) down-sampled labels, softmax over all N_class
+    # region embeddings (absent classes' zero vectors included); the default is area/masked.
+    "dca-literal": dict(label_downsample="nearest", mask_absent=False),
 }
 # Table 7 / Table 8 (Cityscapes, CSWin-T). "9-lsbs-af" (Table 7) and "conv3x3" (Table 8) are the same
-# network (both tables report 82.7 mIoU for it); the 10x lr of Table 7 is the config's head_lr_mult.
+# network (both tables report 82.7 mIoU for it). "9-lsbs" and "9-lsbs-10x" are the same network too:
+# Table 7's lr of the LSBs (1x for "+3/5/9 LSBs", 10x from "+9 LSBs, 10x lr" on) is set by the configs.
 PYRAMID_ABLATIONS: dict[str, dict] = {
     "mlp-decoder": dict(local_path=False),
     "3-lsbs": dict(tap_interval=21, fusion="add", local_op="dw3", boundary_weight=0.0),
     "5-lsbs": dict(tap_interval=7, fusion="add", local_op="dw3", boundary_weight=0.0),
     "9-lsbs": dict(fusion="add", local_op="dw3", boundary_weight=0.0),
+    "9-lsbs-10x": dict(fusion="add", local_op="dw3", boundary_weight=0.0),
     "9-lsbs-af": dict(local_op="dw3", boundary_weight=0.0),
     "conv3x3": dict(local_op="dw3", boundary_weight=0.0),
     "large-kernel": dict(local_op="large", boundary_weight=0.0),
