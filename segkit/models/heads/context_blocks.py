@@ -41,6 +41,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..layers import ConvModule
+
 
 def _softmax(x: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim, computed in float32 for float16/bfloat16 input (in the input dtype otherwise)."""
@@ -202,8 +204,6 @@ class NonLocal2d(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 2, num_groups: int = 32, use_scale: bool = True):
         super().__init__()
-        from ..layers import ConvModule
-
         inner = max(1, channels // reduction)
         self.inner = inner
         self.use_scale = bool(use_scale)

@@ -19,8 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..backbones.mscan import MSCA
 from ..contract import DecodeHead, Features
 from ..layers import ConvModule
+from .context_blocks import EMAModule, NonLocal2d, RecurrentCrissCross
 
 
 class NMF2D(nn.Module):
@@ -200,16 +202,10 @@ def make_filling(kind: str, channels: int, **nmf_kwargs) -> nn.Module:
     if kind == "nmf":
         return NMF2D(channels=channels, **nmf_kwargs)
     if kind == "cc":
-        from .context_blocks import RecurrentCrissCross
-
         return RecurrentCrissCross(channels, recurrence=2)
     if kind == "ema":
-        from .context_blocks import EMAModule
-
         return EMAModule(channels, num_bases=64, num_stages=3)
     if kind == "msca":
-        from ..backbones.mscan import MSCA
-
         return MSCA(channels)
     raise ValueError(f"unknown Hamburger filling {kind!r}; choose from {FILLINGS}")
 
@@ -311,8 +307,6 @@ class LightHamHead(DecodeHead):
         self.num_classes = int(num_classes)
         self.squeeze = ConvModule(sum(self.in_channels), ham_channels, 1, norm="gn", num_groups=num_groups)
         if context == "nl":
-            from .context_blocks import NonLocal2d
-
             self.nl_block = NonLocal2d(ham_channels, reduction=2, num_groups=num_groups)
         else:
             nmf = dict(
