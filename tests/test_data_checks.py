@@ -1,7 +1,6 @@
 """segkit.data.checks.check_dataset: statistics and every guard-rail error path, collected in one error."""
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +32,11 @@ def lbl(path, values, size=(8, 10)):
     return str(path)
 
 
-def test_camvid_train_counts_match_meta_and_fast(camvid):
+def test_camvid_train_counts_match_meta(camvid):
+    # No wall-time assertion: timings belong in benchmarks/, and a cold disk cache on a 2-core
+    # machine made this check take 12 s once (CI flake).
     ds = SplitDataset(camvid, "train")
-    t = time.perf_counter()
     report = check_dataset(ds, progress=False)
-    elapsed = time.perf_counter() - t
     info = json.loads((camvid / "meta.json").read_text())["pixel_counts"]["train"]
     assert report.ok and report.num_samples == 367
     assert report.pixel_counts.tolist() == info["per_class"]
@@ -46,7 +45,6 @@ def test_camvid_train_counts_match_meta_and_fast(camvid):
     assert abs(report.frequencies.sum() - 1) < 1e-9
     table = report.table()
     assert "bicyclist" in table and "367 samples" in table
-    assert elapsed < 10, f"CamVid train check took {elapsed:.1f} s"
 
 
 def test_all_problems_collected_in_one_error(tmp_path):
