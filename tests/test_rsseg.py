@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import segkit
-from segkit.engine.optim import param_groups
+from segkit.engine.optim import config_param_groups, param_groups
 from segkit.models.heads.rsseg import dca
 from segkit.models.heads.rsseg import pyramid_head as pyramid
 from segkit.models.heads.rsseg.sasm import SASM
@@ -373,17 +373,7 @@ def _lr_mults(cfg_name: str) -> dict[str, float]:
     cfg = load_config(cfg_name)
     with torch.device("meta"), skip_init():
         model = build_model(cfg.model, 19, **cfg.model_args)
-    o = cfg.optim
-    groups = param_groups(
-        model,
-        lr=o.lr,
-        weight_decay=o.weight_decay,
-        head_lr_mult=o.head_lr_mult,
-        norm_decay_rule=o.norm_decay_rule,
-        custom_lr_mult=o.custom_lr_mult,
-        layer_decay=o.layer_decay,
-        no_decay_1d=o.no_decay_1d,
-    )
+    groups = config_param_groups(model, cfg.optim)
     return {n: g["lr_mult"] for g in groups for n in g["names"]}
 
 

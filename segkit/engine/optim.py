@@ -89,9 +89,9 @@ def param_groups(
     return list(groups.values())
 
 
-def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    """AdamW over :func:`param_groups` from an :class:`segkit.config.OptimConfig`."""
-    groups = param_groups(
+def config_param_groups(model: nn.Module, cfg) -> list[dict]:
+    """:func:`param_groups` with the settings of an :class:`segkit.config.OptimConfig` (groups keep ``names``)."""
+    return param_groups(
         model,
         lr=cfg.lr,
         weight_decay=cfg.weight_decay,
@@ -101,6 +101,11 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
         layer_decay=cfg.layer_decay,
         no_decay_1d=cfg.no_decay_1d,
     )
+
+
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """AdamW over :func:`param_groups` from an :class:`segkit.config.OptimConfig`."""
+    groups = config_param_groups(model, cfg)
     for g in groups:
         g.pop("names")
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
