@@ -11,6 +11,8 @@
     segkit robustness CKPT --data ROOT [--corruptions ...] [--severities 1 2 3 4 5] [--seed 0] [--out DIR]
     segkit export CKPT --format onnx [--shape H W] [--dynamic] [--opset 17] [--check IMAGE] --out model.onnx
     segkit predict --onnx model.onnx IMAGE_OR_DIR --out DIR   (onnxruntime, no PyTorch needed)
+    segkit analyze {layers,erf,features,attention,gradcam,sizes} MODEL ... --out DIR
+    segkit pretrain ENCODER --data FOLDER [--epochs N] [--set k=v ...] [--resume auto]
 
 Every sub-command is a thin wrapper: the work is done by the functions it calls. Exit status:
 0 on success, 1 when the data, a model, a checkpoint or the run fails (one line naming the file
@@ -110,6 +112,29 @@ def _cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.set)
     summary = train(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_pretrain(args) -> int:
+    from segkit.config import apply_overrides, read_yaml, resolve_config_path
+    from segkit.engine.pretrain import pretrain, pretrain_config
+
+    data = dict(read_yaml(resolve_config_path(args.config))) if args.config else {}
+    flags = {
+        "model": args.model,
+        "data": args.data,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "input_size": args.input_size,
+        "work_dir": args.work_dir,
+    }
+    data.update({k: v for k, v in flags.items() if v is not None})
+    if "model" not in data:
+        raise UsageError("name the encoder: segkit pretrain ENCODER --data FOLDER (mscan-t … mscan-l, mit-b0 … mit-b5)")
+    cfg = pretrain_config(apply_overrides(data, args.set))
+    summary = pretrain(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary, indent=2))
     return 0
@@ -389,6 +414,124 @@ def _cmd_predict_onnx(args) -> int:
     return 0
 
 
+# ============================================================================= analyze
+def _analysis_model(args, device):
+    """A checkpoint / Hub / registry model, or a zoo name with random weights (``--num-classes``);
+    ``--random-init``: the checkpoint's architecture and metadata with fresh weights (``--seed``)."""
+    import torch
+
+    from segkit import load_model
+    from segkit.models.zoo import MODELS, build_model
+
+    if not Path(args.model).exists() and str(args.model).lower() in MODELS:
+        torch.manual_seed(args.seed)
+        return build_model(args.model, num_classes=args.num_classes).to(device).eval()
+    model = load_model(args.model, map_location=device)
+    if getattr(args, "random_init", False):
+        from segkit.checkpoints import model_from_description
+
+        torch.manual_seed(args.seed)
+        fresh = model_from_description(model.config())
+        fresh.train_config, fresh.test_protocol = model.train_config, model.test_protocol
+        model = fresh
+    return model.to(device).eval()
+
+
+def _analysis_samples(args, model, device, limit):
+    from segkit.data import build_dataset
+    from segkit.tools.analysis import load_samples
+
+    if args.images:
+        return load_samples(model, images=args.images, limit=limit, device=device)
+    if args.data:
+        spec = {"type": args.data_type, "root": args.data, "split": args.split}
+    else:
+        data = (getattr(model, "train_config", None) or {}).get("data") or {}
+        spec = data.get("test") or data.get("val")
+        if spec is None:
+            raise UsageError("give --images PATH or --data ROOT (the model has no training config naming its data)")
+    return load_samples(model, dataset=build_dataset(spec), limit=limit, device=device)
+
+
+def _nth(samples, index: int):
+    for i, s in enumerate(samples):
+        if i == index:
+            return s
+    raise UsageError(f"--index {index}: there are only {i + 1 if index > 0 else 0} images")
+
+
+def _cmd_analyze(args) -> int:
+    from segkit.tools import analysis_report as R
+    from segkit.utils import check_output_dir
+
+    tool = args.tool
+    if tool != "layers":
+        check_output_dir(args.out)
+    device = _device(args.device)
+    model = _analysis_model(args, device)
+    if tool == "layers":
+        from segkit.tools.analysis import layer_shapes
+
+        for row in layer_shapes(model, args.shape, max_depth=args.depth):
+            print(f"{row['name']:<48}{row['type']:<28}{row['output']}")
+        return 0
+    if tool == "sizes":
+        from segkit.data import build_dataset
+        from segkit.tools.analysis import object_size_iou
+
+        protocol, spec = _protocol_and_spec(args, model)
+        dataset = build_dataset(spec, transform=protocol.transform(model.mean, model.std))
+        print(f"test protocol: {protocol.describe()}", file=sys.stderr)
+        res = object_size_iou(
+            model,
+            dataset,
+            thresholds=args.thresholds,
+            **protocol.inference_kwargs(),
+            device=device,
+            max_images=args.max_images,
+        )
+        names = list(getattr(dataset, "classes", None) or model.class_names or range(model.num_classes))
+        R.write_sizes(res, [str(n) for n in names], args.out)
+        print(R.sizes_table(res, [str(n) for n in names]))
+    elif tool == "erf":
+        layers = args.layer or R.stage_layers(model)
+        title = f"ERF of {getattr(model, 'name', args.model)}{' (random init)' if args.random_init else ''}"
+        summary = R.write_erf(model, _analysis_samples(args, model, device, args.num), layers, args.out, title=title)
+        for spec, r in summary["layers"].items():
+            ar = r["area_ratio"]
+            extent = r["extent_px"]
+            print(f"{spec:<28} r20 {ar['0.2']:.4f}  r50 {ar['0.5']:.4f}  r99 {ar['0.99']:.4f}  extent {extent:.1f} px")
+    elif tool == "features":
+        layers = args.layer or R.stage_layers(model)
+        sample = _nth(_analysis_samples(args, model, device, args.index + 1), args.index)
+        summary = R.write_features(model, sample, layers, args.out)
+        for spec, r in summary["layers"].items():
+            print(
+                f"{spec:<28} {r['shape']}  neighbour cos {r['neighbour_cos']:.3f}  "
+                f"pairwise cos {r['mean_pairwise_cos']:.3f}"
+            )
+    elif tool == "attention":
+        sample = _nth(_analysis_samples(args, model, device, args.index + 1), args.index)
+        classes = R.resolve_classes(model, args.classes) if args.classes else None
+        summary = R.write_attention(model, sample, args.layer, args.out, query_yx=args.query, classes=classes)
+        for name, r in summary["layers"].items():
+            print(f"{name}: {r['kind']}, grid {r['grid']}, {len(r['maps'])} maps")
+    elif tool == "gradcam":
+        layer = (args.layer or ["backbone#-1"])[0]
+        summary = R.write_gradcam(
+            model,
+            _analysis_samples(args, model, device, args.num),
+            layer,
+            args.out,
+            classes=R.resolve_classes(model, args.classes),
+            ignore_index=int(model.ignore_index),
+        )
+        for name, r in summary["per_class"].items():
+            print(f"{name:<20} inside {r['inside']:.3f}  outside {r['outside']:.3f}  ({r['images']} images)")
+    print(f"wrote {args.out}/{tool}.*")
+    return 0
+
+
 # ============================================================================= the parser
 def _hw(s, name: str, help: str, default=None):
     s.add_argument(name, type=int, nargs=2, metavar=("H", "W"), default=default, help=help)
@@ -513,6 +656,136 @@ def _add_tool_parsers(sub) -> None:
     )
     s.add_argument("--out", required=True, help="the .onnx file to write")
     s.set_defaults(fn=_cmd_export)
+
+
+def _add_pretrain_parser(sub) -> None:
+    s = sub.add_parser(
+        "pretrain",
+        formatter_class=_Formatter,
+        help="ImageNet-style pretraining of an encoder (MSCAN / MiT classifier, DeiT recipe)",
+        description="Classification pretraining with the DeiT recipe (segkit/engine/pretrain.py). "
+        "DATA holds train/<class>/<image> and val/<class>/<image>. Writes the encoder in the official "
+        "mscan_*/mit_* layout and in segkit's, both loadable as `pretrained:` of a segmentation config.",
+        epilog=_examples(
+            "segkit pretrain mscan-t --data /data/imagenet --batch-size 128",
+            "torchrun --nproc_per_node=8 -m segkit pretrain mit-b0 --data /data/imagenet",
+            "segkit pretrain mscan-t --data crops --epochs 30 --input-size 96 --set rand_augment=null --work-dir w",
+        ),
+    )
+    s.add_argument("model", nargs="?", help="mscan-t … mscan-l, mit-b0 … mit-b5 (or model: in --config)")
+    s.add_argument("--data", help="folder with train/ and val/ class folders; may use ${SEGKIT_DATA}")
+    s.add_argument("--config", help="YAML with PretrainConfig keys (segkit/engine/pretrain.py)")
+    s.add_argument("--epochs", type=int, help="training epochs (DeiT: 300, plus 10 cool-down)")
+    s.add_argument("--batch-size", type=int, help="images per process and step (DeiT: 1024 in total)")
+    s.add_argument("--input-size", type=int, help="crop side (224)")
+    s.add_argument("--work-dir", help="output folder (default work_dirs/pretrain_<model>)")
+    s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="any other PretrainConfig key")
+    s.add_argument("--resume", metavar="PATH|auto", help="continue from last.pth (auto: the work dir's)")
+    s.add_argument("--overwrite", action="store_true", help="move an existing run in the work dir aside and start over")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(fn=_cmd_pretrain)
+
+
+def _add_analyze_parser(sub) -> None:
+    p = sub.add_parser(
+        "analyze",
+        formatter_class=_Formatter,
+        help="the papers' analysis figures: ERF, feature maps, attention, Grad-CAM, IoU by object size",
+        description="Analysis through forward hooks on named modules (segkit/tools/analysis.py). "
+        "A LAYER is a module name from `segkit analyze layers MODEL`, optionally NAME#i for element i "
+        "of a list/Features output (backbone#3 = the fourth encoder stage).",
+        epilog=_examples(
+            "segkit analyze layers segformer-b0 --depth 2",
+            "segkit analyze erf work_dirs/run/final --data ${SEGKIT_DATA}/camvid --out erf",
+        ),
+    )
+    tools = p.add_subparsers(dest="tool", required=True, metavar="TOOL", help="the analysis (docs/analysis.md)")
+
+    def common(s, images: bool = True, device: bool = True):
+        s.add_argument("model", help="checkpoint / save_pretrained folder / Hub id, or a zoo name (random weights)")
+        s.add_argument("--num-classes", type=int, default=150, help="classes of a zoo model")
+        s.add_argument("--seed", type=int, default=0, help="seed of random weights")
+        if device:  # (sizes takes it with the evaluation protocol options)
+            s.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+        if images:
+            s.add_argument("--images", metavar="PATH", help="an image file or a folder of images")
+            s.add_argument("--data", help="dataset root (default: the checkpoint's test data)")
+            s.add_argument("--data-type", default="split", help="dataset layout (see segkit eval -h)")
+            s.add_argument("--split", default="test", help="split of --data")
+            s.add_argument("--layer", action="append", metavar="LAYER", help="module to analyse (repeatable)")
+            s.add_argument("--out", required=True, help="folder for the PNGs and JSON")
+        s.set_defaults(fn=_cmd_analyze)
+
+    s = tools.add_parser(
+        "layers",
+        formatter_class=_Formatter,
+        help="module names and output shapes",
+        epilog=_examples("segkit analyze layers segformer-b0 --depth 2"),
+    )
+    common(s, images=False)
+    _hw(s, "--shape", "input size of the probe forward pass", default=[256, 256])
+    s.add_argument("--depth", type=int, help="only names with fewer dots than this")
+
+    s = tools.add_parser(
+        "erf",
+        formatter_class=_Formatter,
+        help="effective receptive field of the centre pixel (SegFormer Fig. 3)",
+        epilog=_examples(
+            "segkit analyze erf work_dirs/run/final --data ${SEGKIT_DATA}/camvid --num 20 --out erf",
+            "segkit analyze erf work_dirs/run/final --random-init --data ${SEGKIT_DATA}/camvid --out erf_init",
+        ),
+    )
+    common(s)
+    s.add_argument("--num", type=int, default=20, help="images averaged")
+    s.add_argument("--random-init", action="store_true", help="the checkpoint's architecture with fresh weights")
+
+    s = tools.add_parser(
+        "features",
+        formatter_class=_Formatter,
+        help="PCA colours, norms and over-smoothness of layer outputs (RSSeg Figs. 3, 8)",
+        epilog=_examples("segkit analyze features ckpt --images a.jpg --layer backbone#0 --layer decode_head --out f"),
+    )
+    common(s)
+    s.add_argument("--index", type=int, default=0, help="which image of --images / --data")
+
+    s = tools.add_parser(
+        "attention",
+        formatter_class=_Formatter,
+        help="attention of class queries (RSSeg Fig. 7) or of a query pixel (MiT, ViT)",
+        epilog=_examples("segkit analyze attention ckpt --images photo.jpg --query 180 240 --out att"),
+    )
+    common(s)
+    s.add_argument("--index", type=int, default=0, help="which image of --images / --data")
+    s.add_argument("--query", type=int, nargs=2, metavar=("Y", "X"), help="query pixel in the network input (centre)")
+    s.add_argument("--classes", nargs="+", metavar="C", help="class names or indices to show (default: predicted)")
+
+    s = tools.add_parser(
+        "gradcam",
+        formatter_class=_Formatter,
+        help="Grad-CAM of classes on a layer (SegNeXt supplementary Fig. 2)",
+        epilog=_examples("segkit analyze gradcam ckpt --data ${SEGKIT_DATA}/camvid --layer backbone#3 --out cam"),
+    )
+    common(s)
+    s.add_argument("--num", type=int, default=20, help="images")
+    s.add_argument("--classes", nargs="+", metavar="C", help="class names or indices (default: all)")
+
+    s = tools.add_parser(
+        "sizes",
+        formatter_class=_Formatter,
+        help="IoU by object size: connected components of each class (RSSeg Tables 1-2)",
+        epilog=_examples("segkit analyze sizes work_dirs/run/final --data ${SEGKIT_DATA}/camvid --out sizes"),
+    )
+    common(s, images=False, device=False)
+    _eval_protocol_args(s)
+    s.add_argument(
+        "--thresholds",
+        type=int,
+        nargs=2,
+        default=[1024, 9216],
+        metavar=("SMALL", "LARGE"),
+        help="object area bounds in label pixels: small < SMALL <= medium < LARGE <= large",
+    )
+    s.add_argument("--out", required=True, help="folder for sizes.json / .md / .png")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -659,6 +932,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--non-strict", action="store_true", help="load what fits and report the rest")
     s.set_defaults(fn=_cmd_convert)
     _add_tool_parsers(sub)
+    _add_analyze_parser(sub)
+    _add_pretrain_parser(sub)
     return p
 
 

@@ -48,11 +48,19 @@ def test_every_option_has_help_and_every_command_an_example(capsys):
         "benchmark",
         "robustness",
         "export",
+        "analyze",
+        "pretrain",
     }
     for name, sp in sub.choices.items():
         undocumented = [a.dest for a in sp._actions if a.help is None and not isinstance(a, argparse._HelpAction)]
         assert not undocumented, f"segkit {name}: options without help: {undocumented}"
         assert sp.epilog and "example:" in sp.epilog and f"segkit {name}" in sp.epilog, name
+    tools = next(a for a in sub.choices["analyze"]._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(tools.choices) == {"layers", "erf", "features", "attention", "gradcam", "sizes"}
+    for name, sp in tools.choices.items():
+        undocumented = [a.dest for a in sp._actions if a.help is None and not isinstance(a, argparse._HelpAction)]
+        assert not undocumented, f"segkit analyze {name}: options without help: {undocumented}"
+        assert sp.epilog and f"segkit analyze {name}" in sp.epilog, name
     predict_crop = next(a for a in sub.choices["predict"]._actions if a.dest == "crop")
     assert predict_crop.metavar == ("H", "W")
     for name in ("eval", "predict", "benchmark", "robustness"):

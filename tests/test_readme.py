@@ -129,14 +129,22 @@ def test_readme_cli_block(clone, main_job):
         "robustness",
         "export",
         "convert",
+        "analyze",
+        "pretrain",
     }
     if not (clone / "segnext_tiny_512x512_ade_160k.pth").is_file():
         torch.save(
             {"state_dict": segkit.build_model("segnext-t", 150).state_dict()},
             clone / "segnext_tiny_512x512_ade_160k.pth",
         )
+    if not (clone / "crops").is_dir():  # an ImageNet-style folder for `segkit pretrain`
+        from test_pretrain import make_folder
+
+        make_folder(clone / "crops", n_train=6, n_val=2, size=72)
     for cmd in commands:
         run(cmd, clone)
+    assert (clone / "pretrain_mscan-t" / "encoder" / "mscan_t.pth").is_file()
+    assert (clone / "erf" / "erf.png").is_file()
     assert (clone / "model.onnx").is_file() and (clone / "segnext-t-ade" / "model.safetensors").is_file()
     assert (clone / "robust" / "robustness.json").is_file()
 

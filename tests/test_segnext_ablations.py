@@ -160,7 +160,7 @@ def test_named_ablation_models_are_in_the_zoo_and_have_paper_rows():
     assert m.name == "segnext-b-nl" and m.arch["context"] == "nl" and hasattr(m.decode_head, "nl_block")
     assert not hasattr(m.decode_head, "hamburger")
     ema = build_model("segnext-b-ema", 19).decode_head.hamburger
-    assert not hasattr(ema, "ham_in") and isinstance(ema.ham, EMAModule)
+    assert ema.ham_in is None and isinstance(ema.ham, EMAModule)
     with pytest.raises(ValueError, match="context"):
         LightHamHead([64, 160, 256], 256, 256, 19, context="aspp")
     with pytest.raises(ValueError, match="head_in_index"):

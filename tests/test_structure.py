@@ -93,7 +93,8 @@ def test_data_does_not_import_models_or_engine():
 def test_data_and_onnx_predict_import_without_torch():
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import segkit.data, segkit.data.protocol, segkit.tools.onnx_predict, segkit.engine.visualize\n"
+        "import segkit.data, segkit.data.protocol, segkit.data.classification, segkit.tools.onnx_predict\n"
+        "import segkit.engine.visualize\n"
         "print('ok')"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)

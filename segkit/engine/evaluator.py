@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -77,6 +77,7 @@ def evaluate(
     num_workers: int = 0,
     class_names: Sequence[str] | None = None,
     amp: str | None = None,
+    on_image: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
 ) -> dict:
     """Evaluate ``model`` on ``dataset`` and return the metrics.
 
@@ -103,6 +104,9 @@ def evaluate(
         amp: ``None`` (float32), ``"bf16"`` or ``"fp16"`` autocast for the network (checked by
             :func:`segkit.runtime.check_amp`: bf16 on the CPU only where it is native); the label
             path and the metrics stay in float32.
+        on_image: called as ``on_image(pred, label)`` with each image's ``(H, W)`` int64 prediction
+            and label (on ``device``) after it is counted — for extra statistics over the same
+            predictions (e.g. :func:`segkit.tools.analysis.object_size_iou`).
 
     Under ``torch.distributed`` each rank evaluates images ``rank::world_size`` and the
     confusion matrices (and image counts) are summed with ``all_reduce``; every rank returns
@@ -172,6 +176,8 @@ def evaluate(
                     cm.update(pred[0], label)
                 except ValueError as e:
                     raise ValueError(f"{item.get('label_path', f'item {i}')}: {e}") from None
+                if on_image is not None:
+                    on_image(pred[0], label)
         bar.close()
         if device.type == "cuda":
             torch.cuda.synchronize(device)

@@ -121,6 +121,8 @@ class Family:
     configs: Optional[Callable[[], dict[str, dict]]] = None
     pretrained: tuple[Pretrained, ...] = ()
     citation: str = ""
+    # ImageNet classifiers of the family's encoders (``segkit pretrain``): name → builder(num_classes, **kw)
+    classifiers: dict[str, Callable[..., Any]] = field(default_factory=dict)
     notes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

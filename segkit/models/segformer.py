@@ -51,6 +51,7 @@ import torch
 from segkit.errors import CheckpointError
 
 from .backbones.mit import MixVisionTransformer
+from .classifier import Classifier
 from .family import NVIDIA_SCL, Family, PaperRow, Pretrained, arch_dict, split_kwargs
 from .heads.segformer_head import SegFormerHead
 from .segmentor import Segmentor
@@ -510,6 +511,26 @@ def convert(state: dict[str, torch.Tensor], model) -> tuple[dict[str, torch.Tens
     return out, fmt, dropped, notes
 
 
+def build_mit_classifier(
+    variant: str, num_classes: int = 1000, drop_path_rate: float = 0.1, head_dropout: float = 0.0
+) -> Classifier:
+    """MiT-``variant`` ImageNet classifier (SegFormer §3.1; official ``mix_transformer.py``): MiT + mean
+    pooling of the normalised last stage + Linear. MiT-B0 with 1000 classes: 3,576,392 parameters."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown MiT variant {variant!r}; choose from {sorted(VARIANTS)}")
+    encoder = MixVisionTransformer(**VARIANTS[variant]["encoder"], drop_path_rate=drop_path_rate)
+    return Classifier(
+        encoder,
+        num_classes,
+        name=f"mit-{variant}",
+        segmentation_model=f"segformer-{variant}",
+        head_dropout=head_dropout,
+    )
+
+
+CLASSIFIERS = {f"mit-{v}": partial(build_mit_classifier, v) for v in VARIANTS}
+
+
 FAMILY = Family(
     name="segformer",
     paper="SegFormer: Simple and Efficient Design for Semantic Segmentation with Transformers "
@@ -520,6 +541,7 @@ FAMILY = Family(
     paper_rows=PAPER_ROWS,
     configs=configs,
     pretrained=PRETRAINED,
+    classifiers=CLASSIFIERS,
     citation="@inproceedings{xie2021segformer, title={SegFormer: Simple and Efficient Design for Semantic "
     "Segmentation with Transformers}, author={Xie, Enze and Wang, Wenhai and Yu, Zhiding and Anandkumar, "
     "Anima and Alvarez, Jose M and Luo, Ping}, booktitle={NeurIPS}, year={2021}}",
@@ -531,6 +553,8 @@ __all__ = [
     "MIT_VARIANTS",
     "SegFormerArch",
     "build_segformer",
+    "build_mit_classifier",
+    "CLASSIFIERS",
     "MODELS",
     "PAPER_ROWS",
     "configs",

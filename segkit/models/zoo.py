@@ -26,6 +26,8 @@ from .segmentor import Segmentor
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (segformer.FAMILY, segnext.FAMILY, rsseg.FAMILY)}
 MODELS: dict[str, Callable[..., Segmentor]] = {name: b for f in FAMILIES.values() for name, b in f.models.items()}
+# ImageNet classifiers of the encoders (segkit pretrain): mscan-t … / mit-b0 …
+CLASSIFIERS: dict[str, Callable] = {name: b for f in FAMILIES.values() for name, b in f.classifiers.items()}
 # published weights of every family (segkit.hub); a dict from registry name to its Pretrained entry
 PRETRAINED: dict = {p.name: p for f in FAMILIES.values() for p in f.pretrained}
 
@@ -42,6 +44,7 @@ def add_family(family: Family) -> None:
         raise ValueError(f"family {family.name!r}: model name(s) {taken} already exist")
     FAMILIES[family.name] = family
     MODELS.update(family.models)
+    CLASSIFIERS.update(family.classifiers)
     PRETRAINED.update({p.name: p for p in family.pretrained})
 
 
@@ -81,6 +84,16 @@ def build_model(name: str, num_classes: int = 150, **kwargs) -> Segmentor:
     return model
 
 
+def build_classifier(name: str, num_classes: int = 1000, **kwargs):
+    """An encoder's ImageNet classifier by name (``mscan-t`` … ``mscan-l``, ``mit-b0`` … ``mit-b5``):
+    a :class:`~segkit.models.classifier.Classifier`. Raises ``KeyError`` (with the nearest names)
+    for an unknown name."""
+    key = str(name).lower()
+    if key not in CLASSIFIERS:
+        raise KeyError(f"unknown classifier {name!r}{suggest(key, CLASSIFIERS)}; available: {', '.join(CLASSIFIERS)}")
+    return CLASSIFIERS[key](num_classes, **kwargs)
+
+
 def count_parameters(model) -> int:
     """Number of parameters (weights, biases, norm affines; BN running statistics excluded)."""
     return sum(p.numel() for p in model.parameters())
@@ -90,10 +103,12 @@ __all__ = [
     "PRETRAINED",
     "FAMILIES",
     "MODELS",
+    "CLASSIFIERS",
     "add_family",
     "family_of",
     "list_models",
     "build_model",
+    "build_classifier",
     "count_parameters",
     "suggest",
 ]

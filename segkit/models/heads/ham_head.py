@@ -236,13 +236,13 @@ class Hamburger(nn.Module):
         super().__init__()
         if ham_in is None:
             ham_in = filling != "ema"
-        if ham_in:
-            self.ham_in = ConvModule(ham_channels, ham_channels, 1, norm=None, act=False)
+        # None when dropped: no parameters, so the state-dict keys stay those of the reference
+        self.ham_in = ConvModule(ham_channels, ham_channels, 1, norm=None, act=False) if ham_in else None
         self.ham = make_filling(filling, ham_channels, **nmf_kwargs)
         self.ham_out = ConvModule(ham_channels, ham_channels, 1, norm="gn", num_groups=num_groups, act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        enjoy = F.relu(self.ham_in(x)) if hasattr(self, "ham_in") else x
+        enjoy = F.relu(self.ham_in(x)) if self.ham_in is not None else x
         enjoy = self.ham_out(self.ham(enjoy))
         return F.relu(x + enjoy)
 

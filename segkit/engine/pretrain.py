@@ -1,0 +1,549 @@
+"""``segkit pretrain``: ImageNet-style classification pretraining of the MSCAN and MiT encoders.
+
+SegNeXt §4 ("For ImageNet pretraining, our data augmentation method and training settings are
+the same as DeiT") and SegFormer §4.1 (MiT pretrained on ImageNet-1K) both follow DeiT
+(Touvron et al., ICML 2021, Table 9 and ``deit/main.py`` defaults), which is the default here:
+
+================  ===============================================================
+optimiser         AdamW, lr 5e-4 × total batch / 512, weight decay 0.05 (none on
+                  biases and 1-D parameters: norms, layer scales), betas (0.9, 0.999)
+schedule          300 epochs cosine to 1e-5 after 5 linear warm-up epochs from 1e-6,
+                  then 10 cool-down epochs at 1e-5 (timm ``CosineLRScheduler``,
+                  stepped per epoch as in DeiT; ``sched_on: iter`` steps per iteration)
+loss              soft-target cross-entropy on Mixup 0.8 / CutMix 1.0 targets with
+                  label smoothing 0.1 (plain smoothed cross-entropy without mixing)
+augmentation      random-resized crop 224, flip, RandAugment m9 (n 2), random erasing
+                  0.25 (:mod:`segkit.data.classification`)
+regularisation    stochastic depth 0.1; optional weight EMA (decay 0.99996)
+evaluation        top-1 / top-5 on the validation split after every ``eval_interval``
+                  epochs (resize 256, centre crop 224)
+================  ===============================================================
+
+Outputs in ``work_dir``: ``last.pth`` (the full state after each epoch, written atomically,
+what ``--resume`` reads), ``train_log.jsonl``, ``config.yaml`` and at the end ``encoder/``:
+``<mscan_t|mit_b0|…>.pth`` in the official ImageNet layout (encoder keys without prefix +
+``head.*``), ``encoder.safetensors`` in segkit's (``backbone.*``), with EMA copies
+``*_ema.*`` when EMA is on, and ``encoder.json`` (model, classes, accuracy). Either file loads
+strictly as ``pretrained:`` of a segmentation config of the matching model.
+
+Resume is exact at epoch boundaries: every epoch re-seeds Python / NumPy / torch from
+``(seed, epoch)`` and the loader's shuffling and worker seeds from a generator seeded the same
+way, so ``N`` epochs in one go and ``k`` + ``N − k`` epochs with ``--resume`` give the same
+weights (same thread count; a kill mid-epoch restarts that epoch). Under ``torchrun`` each
+process reads a ``DistributedSampler`` shard, gradients are averaged by DDP and the
+validation counts are summed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from segkit.errors import CheckpointError, ConfigError
+from segkit.utils import atomic_write_bytes
+
+OFFICIAL_NAMES = {"mscan": "mscan_{v}", "mit": "mit_{v}"}
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of :func:`pretrain` (DeiT defaults; module docstring). YAML / ``--set`` keys are the field names."""
+
+    model: str = "mscan-t"
+    data: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    num_classes: Optional[int] = None
+    input_size: int = 224
+    epochs: int = 300
+    warmup_epochs: int = 5
+    cooldown_epochs: int = 10
+    batch_size: int = 128
+    lr: float = 5e-4
+    min_lr: float = 1e-5
+    warmup_lr: float = 1e-6
+    weight_decay: float = 0.05
+    sched_on: str = "epoch"
+    grad_clip: Optional[float] = None
+    smoothing: float = 0.1
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    rand_augment: Optional[list] = field(default_factory=lambda: [2, 27])
+    erase_prob: float = 0.25
+    hflip: float = 0.5
+    crop_scale: list = field(default_factory=lambda: [0.08, 1.0])
+    eval_crop_ratio: float = 0.875
+    drop_path: float = 0.1
+    ema: bool = False
+    ema_decay: float = 0.99996
+    amp: Optional[str] = "auto"
+    num_workers: int = 4
+    eval_interval: int = 1
+    seed: int = 0
+    threads: Optional[int] = None
+    device: str = "auto"
+    work_dir: str = ""
+
+    def validate(self) -> "PretrainConfig":
+        from segkit.models.zoo import CLASSIFIERS, suggest
+
+        def need(cond, key, msg):
+            if not cond:
+                raise ConfigError(f"{key}: {msg}")
+
+        need(
+            self.model.lower() in CLASSIFIERS,
+            "model",
+            f"unknown encoder {self.model!r}{suggest(self.model, CLASSIFIERS)}; choose from {', '.join(CLASSIFIERS)}",
+        )
+        need(bool(self.data), "data", "give the folder holding train/<class>/* and val/<class>/* (--data)")
+        need(self.input_size >= 32, "input_size", f"must be >= 32 (the encoders downsample 32x), got {self.input_size}")
+        need(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        need(
+            0 <= self.warmup_epochs <= self.epochs,
+            "warmup_epochs",
+            f"must be in [0, epochs = {self.epochs}], got {self.warmup_epochs} (e.g. --set warmup_epochs=0)",
+        )
+        need(self.cooldown_epochs >= 0, "cooldown_epochs", "must be >= 0")
+        need(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        need(self.lr > 0 and self.min_lr >= 0 and self.warmup_lr >= 0, "lr", "lr must be > 0, min_lr / warmup_lr >= 0")
+        need(self.sched_on in ("epoch", "iter"), "sched_on", f"must be 'epoch' or 'iter', got {self.sched_on!r}")
+        need(0 <= self.smoothing < 1, "smoothing", f"must be in [0, 1), got {self.smoothing}")
+        need(self.mixup >= 0 and self.cutmix >= 0, "mixup", "mixup / cutmix alphas must be >= 0")
+        need(0 <= self.erase_prob <= 1 and 0 <= self.hflip <= 1, "erase_prob", "probabilities must be in [0, 1]")
+        need(
+            self.rand_augment is None or (len(self.rand_augment) == 2 and 0 <= self.rand_augment[1] <= 30),
+            "rand_augment",
+            f"must be null or [n, m] with m in 0..30 (kornia's scale), got {self.rand_augment}",
+        )
+        need(
+            len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1,
+            "crop_scale",
+            "must be [low, high] within (0, 1]",
+        )
+        need(0 < self.ema_decay < 1, "ema_decay", "must be in (0, 1)")
+        need(self.amp in (None, "auto", "bf16", "fp16"), "amp", f"must be null, auto, bf16 or fp16, got {self.amp!r}")
+        need(self.eval_interval >= 1, "eval_interval", "must be >= 1")
+        self.model = self.model.lower()
+        if not self.work_dir:
+            self.work_dir = f"work_dirs/pretrain_{self.model}"
+        return self
+
+
+def pretrain_config(data: dict) -> PretrainConfig:
+    """A validated :class:`PretrainConfig` from a plain dict; unknown keys / bad values are :class:`ConfigError`."""
+    from segkit.config import _build
+
+    return _build(PretrainConfig, dict(data), "").validate()
+
+
+# ----------------------------------------------------------------------------- schedule / optimiser
+def lr_at(t: float, cfg: PretrainConfig, base_lr: float) -> float:
+    """Learning rate at (fractional) epoch ``t``: linear warm-up from ``warmup_lr``, cosine from ``base_lr``
+    to ``min_lr`` over ``epochs`` (timm ``CosineLRScheduler``, no warm-up prefix), ``min_lr`` after."""
+    if t < cfg.warmup_epochs:
+        return cfg.warmup_lr + t * (base_lr - cfg.warmup_lr) / cfg.warmup_epochs
+    if t >= cfg.epochs:
+        return cfg.min_lr
+    return cfg.min_lr + 0.5 * (base_lr - cfg.min_lr) * (1 + math.cos(math.pi * t / cfg.epochs))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases and parameters with ≤ 1 dimension (timm's rule)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def accuracy(logits: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> list[int]:
+    """Number of samples whose label is among the top-k logits, for each k (k capped at the class count)."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hit = top == labels.view(-1, 1)
+    return [int(hit[:, : min(k, logits.shape[1])].any(1).sum()) for k in ks]
+
+
+@torch.no_grad()
+def evaluate_classifier(model, dataset, *, batch_size: int = 64, device="cpu", amp=None, num_workers: int = 0) -> dict:
+    """Top-1 / top-5 accuracy (%) and mean cross-entropy on ``dataset`` (``(image, label)`` items).
+
+    Under ``torch.distributed`` each rank scores ``indices[rank::world]`` and the counts are summed.
+    """
+    import torch.distributed as dist
+
+    from segkit.runtime import autocast
+
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    subset = torch.utils.data.Subset(dataset, list(range(len(dataset)))[rank::world])
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    was = model.training
+    model.eval()
+    stats = torch.zeros(4, dtype=torch.float64)  # n, top1, top5, loss sum
+    try:
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            with autocast(amp, device):
+                logits = model(images)
+            t1, t5 = accuracy(logits.float(), labels)
+            loss = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+            stats += torch.tensor([labels.numel(), t1, t5, float(loss)], dtype=torch.float64)
+    finally:
+        model.train(was)
+    if world > 1:
+        s = stats.to(device)
+        dist.all_reduce(s)
+        stats = s.cpu()
+    n = max(stats[0].item(), 1.0)
+    top1, top5, loss = (100 * stats[1].item() / n, 100 * stats[2].item() / n, stats[3].item() / n)
+    return {"top1": top1, "top5": top5, "loss": loss, "n": int(stats[0])}
+
+
+# ----------------------------------------------------------------------------- outputs
+def official_filename(name: str) -> str:
+    """``mscan-t`` → ``mscan_t.pth``, ``mit-b0`` → ``mit_b0.pth`` (the official ImageNet file names)."""
+    family, variant = name.split("-", 1)
+    return OFFICIAL_NAMES[family].format(v=variant) + ".pth"
+
+
+def export_encoder(model, out_dir: Path, suffix: str = "", meta: dict | None = None) -> list[Path]:
+    """Write the encoder of a :class:`~segkit.models.classifier.Classifier` in both layouts (module docstring)."""
+    import io
+
+    from safetensors.torch import save as st_save
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    official = out_dir / official_filename(model.name).replace(".pth", f"{suffix}.pth")
+    buf = io.BytesIO()
+    torch.save(model.official_state_dict(), buf)
+    atomic_write_bytes(official, buf.getvalue())
+    ours = out_dir / f"encoder{suffix}.safetensors"
+    state = {k: v.contiguous() for k, v in model.encoder_state_dict().items()}
+    atomic_write_bytes(ours, st_save(state, metadata={"format": "segkit", "model": model.segmentation_model}))
+    paths = [official, ours]
+    if meta is not None:
+        p = out_dir / "encoder.json"
+        atomic_write_bytes(p, (json.dumps(meta, indent=2) + "\n").encode())
+        paths.append(p)
+    return paths
+
+
+def _existing(work_dir: Path) -> str | None:
+    found = [n for n in ("last.pth", "encoder", "train_log.jsonl") if (work_dir / n).exists()]
+    return ", ".join(found) or None
+
+
+def _load_pretrain_checkpoint(path: Path) -> dict:
+    """A ``last.pth`` of :func:`pretrain`, read safely (``weights_only``); :class:`CheckpointError` naming the file."""
+    import pickle
+
+    try:
+        ck = torch.load(str(path), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise CheckpointError(f"{path}: unreadable checkpoint ({first})") from None
+    if not (isinstance(ck, dict) and ck.get("kind") == "pretrain" and {"model", "optimizer", "epoch"} <= set(ck)):
+        raise CheckpointError(f"{path}: not a segkit pretrain checkpoint (no model / optimizer / epoch inside)")
+    return ck
+
+
+# ----------------------------------------------------------------------------- the loop
+def pretrain(cfg: PretrainConfig, resume: str | None = None, progress: bool = True, overwrite: bool = False) -> dict:
+    """Train ``cfg.model``'s classifier on ``cfg.data`` (module docstring); returns a summary dict.
+
+    ``resume``: ``"auto"`` or a path — continue from ``last.pth`` (exact at epoch boundaries).
+    Without it a work dir that already holds a run is refused (nothing touched) unless
+    ``overwrite``, which moves the old run to ``<work_dir>.prev-<time>``.
+
+    Raises:
+        segkit.engine.trainer.WorkDirError: see above.
+        segkit.errors.CheckpointError: unreadable resume file, another model / class count, or a
+            run that is already finished.
+        segkit.errors.DataError: a missing or malformed image folder.
+    """
+    import torch.distributed as dist
+    from tqdm import tqdm
+
+    from segkit.data.classification import (
+        ClassificationEvalTransform,
+        ClassificationTrainTransform,
+        ImageFolder,
+        mixup_cutmix,
+        smooth_one_hot,
+        soft_target_cross_entropy,
+    )
+    from segkit.engine.trainer import (
+        WeightEMA,
+        WorkDirError,
+        _init_distributed,
+        _worker_init,
+        resolve_device,
+        save_checkpoint,
+    )
+    from segkit.models.zoo import build_classifier
+    from segkit.runtime import autocast, check_amp, resolve_amp
+
+    t_start = time.time()
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    amp = resolve_amp(cfg.amp, device)
+    check_amp(amp, device, what="amp")
+    rank, world = _init_distributed(device)
+    is_main = rank == 0
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    work_dir = Path(cfg.work_dir)
+    ck = None
+    if resume is None:
+        previous = _existing(work_dir)
+        if previous and not overwrite:
+            raise WorkDirError(
+                f"{work_dir} already holds a run ({previous}); nothing was changed. Continue it with --resume auto, "
+                f"start over with --overwrite (the old run is moved to {work_dir}.prev-<time>), "
+                f"or use another --work-dir"
+            )
+        if previous and is_main:
+            moved = work_dir.with_name(f"{work_dir.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}")
+            work_dir.rename(moved)
+            print(f"--overwrite: moved the previous run ({previous}) to {moved}", flush=True)
+    else:
+        path = work_dir / "last.pth" if resume == "auto" else Path(resume)
+        if not path.exists():
+            if resume != "auto":
+                raise CheckpointError(f"{path}: no such checkpoint")
+            if is_main:
+                print(f"--resume auto: no {path} yet, starting a fresh run", flush=True)
+        else:
+            ck = _load_pretrain_checkpoint(path)
+            if ck["config"]["model"] != cfg.model:
+                raise CheckpointError(f"{path} is a pretrain checkpoint of {ck['config']['model']}, not of {cfg.model}")
+            if int(ck["epoch"]) >= cfg.epochs + cfg.cooldown_epochs:
+                raise CheckpointError(
+                    f"{path}: the run is already finished ({ck['epoch']} epochs); its encoder/ holds the weights"
+                )
+    if is_main:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        import yaml
+
+        (work_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+
+    # ---------------- data
+    train_tf = ClassificationTrainTransform(
+        cfg.input_size,
+        scale=cfg.crop_scale,
+        hflip=cfg.hflip,
+        rand_augment=cfg.rand_augment,
+        erase_prob=cfg.erase_prob,
+    )
+    train_ds = ImageFolder(cfg.data, cfg.train_split, transform=train_tf)
+    val_ds = ImageFolder(
+        cfg.data,
+        cfg.val_split,
+        transform=ClassificationEvalTransform(cfg.input_size, cfg.eval_crop_ratio),
+        classes=train_ds.classes,
+    )
+    k = cfg.num_classes or train_ds.num_classes
+    if k != train_ds.num_classes:
+        raise ConfigError(
+            f"num_classes: {k}, but {cfg.data}/{cfg.train_split} has {train_ds.num_classes} class folders"
+        )
+    if ck is not None and int(ck["num_classes"]) != k:
+        raise CheckpointError(f"the resume checkpoint has {ck['num_classes']} classes, the data {k}")
+    if is_main and train_ds.empty_classes:
+        print(f"warning: class folders without images: {train_ds.empty_classes[:10]}", flush=True)
+
+    # ---------------- model / optimiser
+    torch.manual_seed(cfg.seed)
+    model = build_classifier(cfg.model, k, drop_path_rate=cfg.drop_path).to(device)
+    total_batch = cfg.batch_size * world
+    base_lr = cfg.lr * total_batch / 512.0
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=base_lr, betas=(0.9, 0.999), eps=1e-8)
+    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema else None
+    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+    start_epoch, best, history = 0, {"top1": -1.0}, []
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        if ema is not None and ck.get("ema") is not None:
+            ema.load_state_dict(ck["ema"])
+        if scaler is not None and ck.get("scaler") is not None:
+            scaler.load_state_dict(ck["scaler"])
+        start_epoch, best = int(ck["epoch"]), dict(ck["best"])
+        if is_main:
+            print(f"resumed from {work_dir / 'last.pth'} after epoch {start_epoch}", flush=True)
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    total_epochs = cfg.epochs + cfg.cooldown_epochs
+    iters_per_epoch = max(len(train_ds) // total_batch, 1)
+    log_path = work_dir / "train_log.jsonl"
+    num_workers = min(cfg.num_workers, os.cpu_count() or 1)
+    if is_main:
+        print(
+            f"pretrain {cfg.model}: {len(train_ds)} train / {len(val_ds)} val images, {k} classes, "
+            f"{total_epochs} epochs x {iters_per_epoch} iterations, batch {total_batch}, lr {base_lr:.3g}, amp {amp}",
+            flush=True,
+        )
+    for epoch in range(start_epoch, total_epochs):
+        seed = cfg.seed * 100003 + epoch
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        if world > 1:
+            sampler = torch.utils.data.DistributedSampler(
+                train_ds, world, rank, shuffle=True, seed=cfg.seed, drop_last=True
+            )
+            sampler.set_epoch(epoch)
+        else:
+            sampler = torch.utils.data.RandomSampler(train_ds, generator=gen)
+        loader = torch.utils.data.DataLoader(
+            train_ds,
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            num_workers=num_workers,
+            drop_last=len(train_ds) >= total_batch,
+            generator=gen,
+            worker_init_fn=_worker_init,
+            persistent_workers=False,
+        )
+        mix_rng = np.random.default_rng([cfg.seed, epoch, rank])
+        net.train()
+        desc = f"epoch {epoch + 1}/{total_epochs}"
+        bar = tqdm(loader, desc=desc, disable=not progress or not is_main, dynamic_ncols=True)
+        loss_sum, steps, t0 = 0.0, 0, time.time()
+        for i, (images, labels) in enumerate(bar):
+            t = epoch + (i / len(loader) if cfg.sched_on == "iter" else 0.0)
+            lr = lr_at(t, cfg, base_lr)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if cfg.mixup > 0 or cfg.cutmix > 0:
+                images, targets, _ = mixup_cutmix(
+                    images,
+                    labels,
+                    k,
+                    mixup_alpha=cfg.mixup,
+                    cutmix_alpha=cfg.cutmix,
+                    prob=cfg.mixup_prob,
+                    switch_prob=cfg.mixup_switch_prob,
+                    smoothing=cfg.smoothing,
+                    rng=mix_rng,
+                )
+            else:
+                targets = smooth_one_hot(labels, k, cfg.smoothing)
+            with autocast(amp, device):
+                logits = net(images)
+            loss = soft_target_cross_entropy(logits, targets)  # float32
+            if not torch.isfinite(loss):
+                raise RuntimeError(
+                    f"epoch {epoch + 1} iteration {i}: the loss is {loss.item()} (lower lr, or amp: null)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            if ema is not None:
+                ema.update(model)
+            loss_sum += float(loss.detach())
+            steps += 1
+            bar.set_postfix(loss=f"{loss_sum / steps:.3f}", lr=f"{lr:.2e}")
+        bar.close()
+        record = {"epoch": epoch + 1, "lr": lr, "loss": loss_sum / max(steps, 1), "epoch_time_s": time.time() - t0}
+        last_epoch = epoch + 1 == total_epochs
+        if (epoch + 1) % cfg.eval_interval == 0 or last_epoch:
+            res = evaluate_classifier(
+                model, val_ds, batch_size=cfg.batch_size, device=device, amp=amp, num_workers=num_workers
+            )
+            record.update({f"val_{m}": res[m] for m in ("top1", "top5", "loss")}, val_images=res["n"])
+            if ema is not None:
+                res_ema = evaluate_classifier(ema.module, val_ds, batch_size=cfg.batch_size, device=device, amp=amp)
+                record.update({f"ema_{m}": res_ema[m] for m in ("top1", "top5")})
+            if res["top1"] > best["top1"]:
+                best = {"top1": res["top1"], "top5": res["top5"], "epoch": epoch + 1}
+        history.append(record)
+        if is_main:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            msg = f"epoch {epoch + 1}: loss {record['loss']:.4f}"
+            if "val_top1" in record:
+                msg += f", val top-1 {record['val_top1']:.2f} top-5 {record['val_top5']:.2f}"
+            if "ema_top1" in record:
+                msg += f" (EMA {record['ema_top1']:.2f})"
+            print(msg, flush=True)
+            payload = {
+                "kind": "pretrain",
+                "config": dataclasses.asdict(cfg),
+                "num_classes": k,
+                "classes": train_ds.classes,
+                "epoch": epoch + 1,
+                "best": best,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "scaler": scaler.state_dict() if scaler is not None else None,
+            }
+            save_checkpoint(work_dir / "last.pth", payload)
+        if world > 1:
+            dist.barrier()
+
+    final = history[-1] if history else {}
+    summary = {
+        "model": cfg.model,
+        "segmentation_model": model.segmentation_model,
+        "num_classes": k,
+        "classes": train_ds.classes,
+        "epochs": total_epochs,
+        "val_top1": final.get("val_top1"),
+        "val_top5": final.get("val_top5"),
+        "chance_top1": 100.0 / k,
+        "best": best,
+        "work_dir": str(work_dir),
+        "time_s": time.time() - t_start,
+    }
+    if is_main:
+        paths = export_encoder(model, work_dir / "encoder", meta=summary)
+        if ema is not None:
+            paths += export_encoder(ema.module, work_dir / "encoder", suffix="_ema")
+        summary["encoder_files"] = [str(p) for p in paths]
+    return summary
+
+
+__all__ = [
+    "PretrainConfig",
+    "accuracy",
+    "evaluate_classifier",
+    "export_encoder",
+    "lr_at",
+    "official_filename",
+    "param_groups",
+    "pretrain",
+    "pretrain_config",
+]
