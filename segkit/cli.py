@@ -940,7 +940,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _message(e: BaseException) -> str:
     if isinstance(e, KeyError) and e.args:
         return str(e.args[0])
-    return str(e) or type(e).__name__
+    text = str(e) or type(e).__name__
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
+        # an error raised in a DataLoader worker arrives with the worker's traceback in its message:
+        # keep its last line, "segkit.errors.DataError: <file>: <problem>", without the type
+        last = lines[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 def _plain_warnings(command: str) -> None:

@@ -274,3 +274,33 @@ def test_torchrun_two_processes(tmp_path):
     assert len(log) == 1 and log[0]["val_images"] == 9  # 5 + 4 images scored on the two ranks, summed
     assert "batch 6" in r.stdout  # the global batch: 2 processes x 3
     assert (tmp_path / "w" / "encoder" / "mit_b0.pth").is_file()
+
+
+def test_cli_corrupt_image_in_a_worker_is_one_line(tmp_path):
+    data = make_folder(tmp_path / "data", n_train=3, n_val=1)
+    (data / "train" / "red" / "0.png").write_bytes(b"not a png")
+    sets = ["--set", "warmup_epochs=0", "cooldown_epochs=0", "num_workers=2", "rand_augment=null", "erase_prob=0"]
+    r = subprocess.run(
+        [sys.executable, "-m", "segkit", "pretrain", "mit-b0", "--data", str(data), "--epochs", "1"]
+        + ["--input-size", "32", "--batch-size", "4", "--work-dir", str(tmp_path / "w"), "--no-progress", *sets],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1
+    err = r.stderr.strip().splitlines()
+    bad = data / "train" / "red" / "0.png"
+    assert err[-1] == f"segkit pretrain: error: {bad}: not a readable image (unknown format or corrupt header)"
+    assert "Traceback" not in r.stderr
+
+
+def test_weight_ema_is_evaluated_and_exported(tmp_path):
+    data = make_folder(tmp_path / "data", n_train=2, n_val=1)
+    res = pretrain(_cfg(tmp_path, data, "mit-b0", epochs=1, warmup_epochs=0, ema=True, ema_decay=0.9), progress=False)
+    log = json.loads((Path(res["work_dir"]) / "train_log.jsonl").read_text().splitlines()[-1])
+    assert "ema_top1" in log and "val_top1" in log
+    enc = Path(res["work_dir"]) / "encoder"
+    ema = torch.load(enc / "mit_b0_ema.pth", weights_only=True)
+    last = torch.load(Path(res["work_dir"]) / "last.pth", weights_only=True)
+    assert torch.equal(ema["head.weight"], last["ema"]["weights"]["head.weight"])
+    assert not torch.equal(ema["head.weight"], last["model"]["head.weight"])  # an average, not the weights
+    assert (enc / "encoder_ema.safetensors").is_file()
