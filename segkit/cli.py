@@ -454,10 +454,11 @@ def _analysis_samples(args, model, device, limit):
 
 
 def _nth(samples, index: int):
-    for i, s in enumerate(samples):
-        if i == index:
+    count = 0
+    for count, s in enumerate(samples, start=1):
+        if count - 1 == index:
             return s
-    raise UsageError(f"--index {index}: there are only {i + 1 if index > 0 else 0} images")
+    raise UsageError(f"--index {index}: there are only {count} image(s) (--index counts from 0)")
 
 
 def _cmd_analyze(args) -> int:

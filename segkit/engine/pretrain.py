@@ -430,6 +430,7 @@ def pretrain(cfg: PretrainConfig, resume: str | None = None, progress: bool = Tr
         desc = f"epoch {epoch + 1}/{total_epochs}"
         bar = tqdm(loader, desc=desc, disable=not progress or not is_main, dynamic_ncols=True)
         loss_sum, steps, t0 = 0.0, 0, time.time()
+        lr = lr_at(epoch, cfg, base_lr)
         for i, (images, labels) in enumerate(bar):
             t = epoch + (i / len(loader) if cfg.sched_on == "iter" else 0.0)
             lr = lr_at(t, cfg, base_lr)
