@@ -228,3 +228,48 @@ def test_hamburger_without_ham_in():
     assert "ham_in.conv.weight" not in h.state_dict()
     x = torch.rand(1, 64, 8, 8)
     assert h(x).shape == x.shape
+
+
+def test_ema_bases_are_averaged_over_processes(tmp_path):
+    """torchrun 2 processes (gloo): each rank sees other data, both end with the same bases, the moving
+    average of the mean over ranks of their batch-mean μ (mmseg's reduce_mean)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "ema_ddp.py"
+    script.write_text(
+        "import torch, torch.distributed as dist, torch.nn.functional as F\n"
+        "from segkit.models.heads.context_blocks import EMAModule\n"
+        "dist.init_process_group('gloo')\n"
+        "r = dist.get_rank()\n"
+        "torch.manual_seed(0)\n"
+        "m = EMAModule(8, num_bases=4, num_stages=2, momentum=0.5).train()\n"
+        "b0 = m.bases.clone()\n"
+        "x = torch.randn(2, 8, 3, 3, generator=torch.Generator().manual_seed(100 + r))\n"
+        "mu, _ = m.em(x.reshape(2, 8, 9))\n"
+        "local = mu.mean(0, keepdim=True)\n"
+        "m(x)\n"
+        "parts = [torch.empty_like(local) for _ in range(2)]\n"
+        "dist.all_gather(parts, local)\n"
+        "assert not torch.allclose(parts[0], parts[1])\n"
+        "expected = 0.5 * b0 + 0.5 * F.normalize((parts[0] + parts[1]) / 2, dim=1)\n"
+        "assert torch.allclose(m.bases, expected, atol=1e-6)\n"
+        "both = [torch.empty_like(m.bases) for _ in range(2)]\n"
+        "dist.all_gather(both, m.bases)\n"
+        "assert torch.equal(both[0], both[1])\n"
+        "print('ok', r)\n"
+    )
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run(
+        [torchrun, "--nproc_per_node=2", "--master_port=29541", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("ok") == 2
