@@ -250,13 +250,9 @@ def _existing(work_dir: Path) -> str | None:
 
 def _load_pretrain_checkpoint(path: Path) -> dict:
     """A ``last.pth`` of :func:`pretrain`, read safely (``weights_only``); :class:`CheckpointError` naming the file."""
-    import pickle
+    from segkit.engine.trainer import load_state_file
 
-    try:
-        ck = torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise CheckpointError(f"{path}: unreadable checkpoint ({first})") from None
+    ck = load_state_file(path)
     if not (isinstance(ck, dict) and ck.get("kind") == "pretrain" and {"model", "optimizer", "epoch"} <= set(ck)):
         raise CheckpointError(f"{path}: not a segkit pretrain checkpoint (no model / optimizer / epoch inside)")
     return ck

@@ -751,15 +751,20 @@ def existing_run(work_dir: Path) -> str | None:
     return ", ".join(parts) or None
 
 
-def _load_training_checkpoint(path: Path) -> dict:
-    """A segkit training checkpoint, read safely (``weights_only``); :class:`CheckpointError` naming the file."""
+def load_state_file(path: Path):
+    """``torch.load(path, weights_only=True)`` on the CPU; :class:`CheckpointError` naming the file if unreadable."""
     import pickle
 
     try:
-        ck = torch.load(str(path), map_location="cpu", weights_only=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise CheckpointError(f"{path}: unreadable checkpoint ({first})") from None
+
+
+def _load_training_checkpoint(path: Path) -> dict:
+    """A segkit training checkpoint, read safely (``weights_only``); :class:`CheckpointError` naming the file."""
+    ck = load_state_file(path)
     if not (isinstance(ck, dict) and ck.get("segkit_checkpoint") and {"model", "optimizer", "iteration"} <= set(ck)):
         raise CheckpointError(f"{path}: not a segkit training checkpoint (no optimizer / iteration inside)")
     return ck

@@ -231,11 +231,10 @@ def load_samples(
     if (images is None) == (dataset is None):
         raise ValueError("give either image files or a dataset")
     if images is not None:
-        items = ({"image": read_image(p), "label": None, "image_path": str(p)} for p in list_images(images))
-        total = len(list_images(images))
+        files = list_images(images)
+        items = ({"image": read_image(p), "label": None, "image_path": str(p)} for p in files)
     else:
-        total = len(dataset)
-        items = (dataset[i] for i in range(total))
+        items = (dataset[i] for i in range(len(dataset)))
     for i, item in enumerate(items):
         if limit is not None and i >= limit:
             return
