@@ -261,6 +261,8 @@ def test_ema_bases_are_averaged_over_processes(tmp_path):
         "dist.all_gather(both, m.bases)\n"
         "assert torch.equal(both[0], both[1])\n"
         "print('ok', r)\n"
+        "dist.barrier()\n"
+        "dist.destroy_process_group()  # without it gloo's teardown can abort the process at exit\n"
     )
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
