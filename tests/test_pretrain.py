@@ -188,6 +188,12 @@ def test_resume_is_exact(tmp_path, monkeypatch):
         pretrain(cfg, resume="auto", progress=False)
     with pytest.raises(WorkDirError, match="already holds a run"):
         pretrain(cfg, progress=False)
+    pretrain(cfg, progress=False, overwrite=True)  # the finished run is moved aside, not lost
+    work = Path(cfg.work_dir)
+    (moved,) = work.parent.glob(f"{work.name}.prev-*")
+    kept = torch.load(moved / "last.pth", weights_only=True)
+    assert kept["epoch"] == 2 and all(torch.equal(kept["model"][k], b["model"][k]) for k in b["model"])
+    assert (work / "last.pth").exists()
 
 
 @pytest.mark.parametrize("name, seg_model", [("mscan-t", "segnext-t"), ("mit-b0", "segformer-b0")])

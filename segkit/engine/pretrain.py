@@ -285,9 +285,9 @@ def pretrain(cfg: PretrainConfig, resume: str | None = None, progress: bool = Tr
     )
     from segkit.engine.trainer import (
         WeightEMA,
-        WorkDirError,
         _init_distributed,
         _worker_init,
+        claim_work_dir,
         resolve_device,
         save_checkpoint,
     )
@@ -308,17 +308,9 @@ def pretrain(cfg: PretrainConfig, resume: str | None = None, progress: bool = Tr
     work_dir = Path(cfg.work_dir)
     ck = None
     if resume is None:
-        previous = _existing(work_dir)
-        if previous and not overwrite:
-            raise WorkDirError(
-                f"{work_dir} already holds a run ({previous}); nothing was changed. Continue it with --resume auto, "
-                f"start over with --overwrite (the old run is moved to {work_dir}.prev-<time>), "
-                f"or use another --work-dir"
-            )
-        if previous and is_main:
-            moved = work_dir.with_name(f"{work_dir.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}")
-            work_dir.rename(moved)
-            print(f"--overwrite: moved the previous run ({previous}) to {moved}", flush=True)
+        claim_work_dir(
+            work_dir, _existing(work_dir), overwrite, is_main=is_main, world=world, elsewhere="use another --work-dir"
+        )
     else:
         path = work_dir / "last.pth" if resume == "auto" else Path(resume)
         if not path.exists():

@@ -360,19 +360,14 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
     work_dir = Path(tc.work_dir)
     ck, ckpt_path = None, None
     if resume is None:
-        previous = existing_run(work_dir)
-        if previous and not overwrite:
-            raise WorkDirError(
-                f"{work_dir} already holds a run ({previous}); nothing was changed. Continue it with --resume auto, "
-                f"start over with --overwrite (the old run is moved to {work_dir}.prev-<time>), or train into "
-                f"another folder (--set train.work_dir=...)"
-            )
-        if previous:
-            _barrier(world)  # every rank has looked before rank 0 moves the old run away
-            if is_main:
-                moved = work_dir.with_name(f"{work_dir.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}")
-                work_dir.rename(moved)
-                print(f"--overwrite: moved the previous run ({previous}) to {moved}", flush=True)
+        claim_work_dir(
+            work_dir,
+            existing_run(work_dir),
+            overwrite,
+            is_main=is_main,
+            world=world,
+            elsewhere="train into another folder (--set train.work_dir=...)",
+        )
     else:
         ckpt_path, ck = resolve_resume(work_dir, resume, log=print if is_main else None)
         if ck is not None:
@@ -749,6 +744,32 @@ def existing_run(work_dir: Path) -> str | None:
     if not parts and (work_dir / "train_log.jsonl").exists():
         parts.append("a train_log.jsonl")
     return ", ".join(parts) or None
+
+
+def claim_work_dir(
+    work_dir: Path, previous: str | None, overwrite: bool, *, is_main: bool, world: int, elsewhere: str
+) -> None:
+    """Make ``work_dir`` free for a new run: refuse, or move the previous run aside.
+
+    ``previous`` describes the run already in ``work_dir`` (``None`` = nothing there). Without
+    ``overwrite`` a previous run raises :class:`WorkDirError` and nothing is touched (the message
+    offers ``--resume auto``, ``--overwrite`` and ``elsewhere``, e.g. "use another --work-dir").
+    With it, rank 0 renames the folder to ``<work_dir>.prev-<YYYYmmdd-HHMMSS>`` after every rank
+    has looked (a barrier under torchrun): a finished run is never deleted. Shared by
+    :func:`train` and :func:`segkit.engine.pretrain.pretrain`.
+    """
+    if not previous:
+        return
+    if not overwrite:
+        raise WorkDirError(
+            f"{work_dir} already holds a run ({previous}); nothing was changed. Continue it with --resume auto, "
+            f"start over with --overwrite (the old run is moved to {work_dir}.prev-<time>), or {elsewhere}"
+        )
+    _barrier(world)  # every rank has looked before rank 0 moves the old run away
+    if is_main:
+        moved = work_dir.with_name(f"{work_dir.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}")
+        work_dir.rename(moved)
+        print(f"--overwrite: moved the previous run ({previous}) to {moved}", flush=True)
 
 
 def load_state_file(path: Path):
