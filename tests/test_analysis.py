@@ -145,6 +145,28 @@ def test_mit_attention_map_reproduces_the_module_output():
     assert torch.allclose(expect, out[0, qy * w + qx], atol=1e-5)
 
 
+def test_beit_attention_map_reproduces_the_module_output():
+    """One head, random q/v biases and relative position table: map (+ the [CLS] remainder) × values = output."""
+    from segkit.models.backbones.beit import BEiTAttention
+
+    torch.manual_seed(0)
+    m = BEiTAttention(16, num_heads=1, window_size=(4, 5)).eval()
+    with torch.no_grad():
+        for p in (m.q_bias, m.v_bias, m.relative_position_bias_table):
+            p.normal_()
+    for h, w in [(4, 5), (3, 6)]:  # the window the table was made for, and a resized table
+        x = torch.randn(1, 1 + h * w, 16)
+        with torch.no_grad():
+            out = m(x, h, w)
+            r = A._attention_of(m, (x, h, w), out, (16 * h, 16 * w), (9, 13), None)
+            qy, qx = r["query_token"]
+            v = F.linear(x, m.qkv.weight[32:], m.v_bias)[0]
+            a = r["maps"].flatten()
+            expect = m.proj((1 - a.sum()) * v[0] + a @ v[1:])
+        assert r["maps"].shape == (1, h, w) and 0 < float(a.sum()) < 1
+        assert torch.allclose(expect, out[0, 1 + qy * w + qx], atol=1e-5)
+
+
 def test_dca_class_query_maps_reproduce_the_cross_attention_output():
     from segkit.models.heads.rsseg.dca import CrossAttention
 
@@ -160,7 +182,7 @@ def test_dca_class_query_maps_reproduce_the_cross_attention_output():
     assert torch.allclose(expect, out[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["segformer-b0", "rsseg-vit-ti", "segmenter-vit-b"])
+@pytest.mark.parametrize("name", ["segformer-b0", "rsseg-vit-ti", "segmenter-vit-b", "beit-linear-b"])
 def test_attention_maps_of_zoo_models(name):
     torch.manual_seed(0)
     model = build_model(name, num_classes=4)
@@ -172,6 +194,8 @@ def test_attention_maps_of_zoo_models(name):
         mass = maps.flatten(1).sum(1)
         if name == "segmenter-vit-b":  # joint attention: the rest of the mass is on the class tokens
             assert ((mass > 0.5) & (mass < 1)).all()
+        elif name == "beit-linear-b":  # the rest of the mass is on [CLS]
+            assert ((mass > 0) & (mass < 1)).all() and res[k]["kind"] == "pixel_query"
         else:
             assert torch.allclose(mass, torch.ones(maps.shape[0]), atol=1e-4)
         if res[k]["kind"] == "class_query":

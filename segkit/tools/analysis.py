@@ -396,7 +396,8 @@ def _feature_stats(f: torch.Tensor) -> dict:
 def _kind(module: nn.Module) -> str | None:
     """Which attention a module computes, by type: ``"class_query"`` (RSSeg DCA / mask decoder
     cross-attention; Segmenter's joint self-attention) or ``"pixel_query"`` (MiT efficient
-    self-attention, ViT self-attention), else ``None``."""
+    self-attention, ViT and BEiT self-attention), else ``None``."""
+    from segkit.models.backbones.beit import BEiTAttention
     from segkit.models.backbones.mit import EfficientSelfAttention
     from segkit.models.backbones.vit import Attention as ViTAttention
     from segkit.models.heads.rsseg.dca import CrossAttention
@@ -404,7 +405,7 @@ def _kind(module: nn.Module) -> str | None:
 
     if isinstance(module, (CrossAttention, SegmenterAttention)):
         return "class_query"
-    if isinstance(module, (EfficientSelfAttention, ViTAttention)):
+    if isinstance(module, (EfficientSelfAttention, ViTAttention, BEiTAttention)):
         return "pixel_query"
     return None
 
@@ -422,8 +423,8 @@ def attention_layers(model: nn.Module) -> list[str]:
             last[n.split(".")[1] if n.count(".") >= 2 else n] = n
     if not last:
         raise ValueError(
-            "the model has no attention module segkit can read (RSSeg DCA / Segmenter decoders, MiT, ViT); "
-            "BEiT and CSWin attention are not supported"
+            "the model has no attention module segkit can read (RSSeg DCA / Segmenter decoders, MiT, ViT, BEiT); "
+            "CSWin's stripe attention is not supported"
         )
     return list(last.values())
 
@@ -436,12 +437,26 @@ def _probs(q: torch.Tensor, k: torch.Tensor, scale) -> torch.Tensor:
 
 
 def _attention_of(module: nn.Module, args: tuple, output, image_hw, query_yx, num_class_tokens: int | None) -> dict:
+    from segkit.models.backbones.beit import BEiTAttention
     from segkit.models.backbones.mit import EfficientSelfAttention, map_to_tokens, tokens_to_map
     from segkit.models.backbones.vit import Attention as ViTAttention
     from segkit.models.heads.rsseg.dca import CrossAttention
     from segkit.models.heads.vit_baselines import SelfAttention as SegmenterAttention
 
     H, W = image_hw
+    if isinstance(module, BEiTAttention):  # q/v biases and the relative position bias, [CLS] first
+        x, h, w = args[:3]
+        b, n, c = x.shape
+        d = c // module.num_heads
+        bias = torch.cat([module.q_bias, torch.zeros_like(module.v_bias), module.v_bias])
+        qkv = F.linear(x, module.qkv.weight, bias).reshape(b, n, 3, module.num_heads, d).permute(2, 0, 3, 1, 4)
+        extra = n - h * w
+        qy, qx = min(int(query_yx[0] * h / H), h - 1), min(int(query_yx[1] * w / W), w - 1)
+        i = extra + qy * w + qx
+        logits = (qkv[0][:, :, i : i + 1].float() @ qkv[1].float().transpose(-2, -1)) * d**-0.5
+        logits = logits + module.relative_position_bias(h, w)[:, i : i + 1].float()
+        attn = logits.softmax(-1).mean(1)  # (B, 1, n): the rest of the mass is on [CLS]
+        return {"kind": "pixel_query", "maps": attn[0, :, extra:].reshape(1, h, w), "query_token": [qy, qx]}
     if isinstance(module, CrossAttention):  # output (out, q, k) with q, k as used in the logits
         _, q, k = output
         attn = _probs(q.float(), k.float(), module.logit_scale())  # (B, K, N)
@@ -496,7 +511,8 @@ def attention_maps(
     ``k`` over the patch tokens, heads averaged; RSSeg Fig. 7; in Segmenter's joint attention the
     maps sum to less than 1, the rest falling on the class tokens). Pixel-query modules give the
     attention of the token under ``query_yx`` (network-input pixels, default the centre) over
-    the keys — for MiT the ``sr_ratio``-reduced key grid (SegFormer eq. 2).
+    the keys — for MiT the ``sr_ratio``-reduced key grid (SegFormer eq. 2); for BEiT with its
+    relative position bias, the maps summing to less than 1 (the rest on the [CLS] token).
 
     Returns ``{layer: {"kind", "maps": (M, h, w) float tensor (rows sum to 1 over the grid),
     "entropy": [M] normalised entropies (1 = uniform), "query_token": [y, x] (pixel queries)}}``
