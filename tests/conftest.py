@@ -11,6 +11,8 @@ Under ``CI=true`` every skipped test also fails the run unless its name is in
 
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,15 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("SEGKIT_DATA") or REPO.parent / "shared" / "data")
 IN_CI = os.environ.get("CI", "").lower() == "true"
+# torchrun subprocesses: one thread per rank, CPU only
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def torchrun_command(nproc: int, *args: str) -> list[str]:
+    """``torchrun --standalone --nproc_per_node N ARGS…`` (``--standalone``: a free local port, no fixed one)."""
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    return [torchrun, "--standalone", "--nproc_per_node", str(nproc), *args]
+
 
 # Tests that may skip even in CI, and why (matched against the start of the test name).
 SKIP_ALLOWED = {

@@ -2,7 +2,6 @@
 with the same global batch, and only one set of files is written."""
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import TORCHRUN_ENV as ENV
+from conftest import torchrun_command
 from PIL import Image
-
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
 
 
 def cfg_dict(root: Path, work_dir: Path) -> dict:
@@ -54,18 +53,13 @@ NO_TORCHRUN = pytest.mark.skipif(
 )
 
 
-def _torchrun() -> str:
-    return shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-
-
 @NO_TORCHRUN
 def test_torchrun_two_ranks_match_single_process(synthetic_split, tmp_path):
-    torchrun = _torchrun()
     ddp_cfg, single_cfg = tmp_path / "ddp.yaml", tmp_path / "single.yaml"
     ddp_cfg.write_text(yaml.safe_dump(cfg_dict(synthetic_split, tmp_path / "ddp")))
     single_cfg.write_text(yaml.safe_dump(cfg_dict(synthetic_split, tmp_path / "single")))
     r = subprocess.run(
-        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "segkit", "train", str(ddp_cfg), "--no-progress"],
+        torchrun_command(2, "-m", "segkit", "train", str(ddp_cfg), "--no-progress"),
         env=ENV,
         capture_output=True,
         text=True,
@@ -110,7 +104,7 @@ def test_torchrun_bad_label_stops_every_rank_with_the_file_named(synthetic_split
     cfg = tmp_path / "ddp.yaml"
     cfg.write_text(yaml.safe_dump(cfg_dict(synthetic_split, tmp_path / "ddp")))
     r = subprocess.run(
-        [_torchrun(), "--standalone", "--nproc_per_node", "2", "-m", "segkit", "train", str(cfg), "--no-progress"],
+        torchrun_command(2, "-m", "segkit", "train", str(cfg), "--no-progress"),
         env=ENV,
         capture_output=True,
         text=True,

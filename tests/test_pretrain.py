@@ -258,20 +258,18 @@ def test_cli_pretrain_bad_data_and_success(tmp_path):
 def test_torchrun_two_processes(tmp_path):
     """torchrun --nproc_per_node 2 (gloo, CPU): both ranks train on their shards, rank 0 writes the files once,
     and the validation counts are summed over the ranks."""
-    import os
-    import shutil
+    from conftest import TORCHRUN_ENV, torchrun_command
 
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
     data = make_folder(tmp_path / "data", n_train=4, n_val=3)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     args = ["mit-b0", "--data", str(data), "--epochs", "1", "--input-size", "32", "--batch-size", "3"]
     sets = ["--set", "rand_augment=null", "erase_prob=0", "num_workers=0", "warmup_epochs=0", "cooldown_epochs=0"]
     r = subprocess.run(
-        [torchrun, "--nproc_per_node=2", "--master_port=29533", "-m", "segkit", "pretrain", *args, *sets]
-        + ["--work-dir", str(tmp_path / "w"), "--no-progress"],
+        torchrun_command(
+            2, "-m", "segkit", "pretrain", *args, *sets, "--work-dir", str(tmp_path / "w"), "--no-progress"
+        ),
         capture_output=True,
         text=True,
-        env=env,
+        env=TORCHRUN_ENV,
         timeout=300,
     )
     assert r.returncode == 0, r.stderr[-3000:]

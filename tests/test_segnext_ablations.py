@@ -233,11 +233,9 @@ def test_hamburger_without_ham_in():
 def test_ema_bases_are_averaged_over_processes(tmp_path):
     """torchrun 2 processes (gloo): each rank sees other data, both end with the same bases, the moving
     average of the mean over ranks of their batch-mean μ (mmseg's reduce_mean)."""
-    import os
-    import shutil
     import subprocess
-    import sys
-    from pathlib import Path
+
+    from conftest import TORCHRUN_ENV, torchrun_command
 
     script = tmp_path / "ema_ddp.py"
     script.write_text(
@@ -264,13 +262,11 @@ def test_ema_bases_are_averaged_over_processes(tmp_path):
         "dist.barrier()\n"
         "dist.destroy_process_group()  # without it gloo's teardown can abort the process at exit\n"
     )
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     r = subprocess.run(
-        [torchrun, "--nproc_per_node=2", "--master_port=29541", str(script)],
+        torchrun_command(2, str(script)),
         capture_output=True,
         text=True,
-        env=env,
+        env=TORCHRUN_ENV,
         timeout=180,
     )
     assert r.returncode == 0, r.stderr[-3000:]

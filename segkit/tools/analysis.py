@@ -436,6 +436,12 @@ def _probs(q: torch.Tensor, k: torch.Tensor, scale) -> torch.Tensor:
     return ((q @ k.transpose(-2, -1)) * scale).softmax(-1).mean(1)
 
 
+def _query_token(query_yx, grid_hw, image_hw) -> tuple[int, int]:
+    """The token of an ``(h, w)`` grid under network-input pixel ``query_yx`` of an ``(H, W)`` input."""
+    (h, w), (H, W) = grid_hw, image_hw
+    return min(int(query_yx[0] * h / H), h - 1), min(int(query_yx[1] * w / W), w - 1)
+
+
 def _attention_of(module: nn.Module, args: tuple, output, image_hw, query_yx, num_class_tokens: int | None) -> dict:
     from segkit.models.backbones.beit import BEiTAttention
     from segkit.models.backbones.mit import EfficientSelfAttention, map_to_tokens, tokens_to_map
@@ -443,17 +449,13 @@ def _attention_of(module: nn.Module, args: tuple, output, image_hw, query_yx, nu
     from segkit.models.heads.rsseg.dca import CrossAttention
     from segkit.models.heads.vit_baselines import SelfAttention as SegmenterAttention
 
-    H, W = image_hw
     if isinstance(module, BEiTAttention):  # q/v biases and the relative position bias, [CLS] first
         x, h, w = args[:3]
-        b, n, c = x.shape
-        d = c // module.num_heads
-        bias = torch.cat([module.q_bias, torch.zeros_like(module.v_bias), module.v_bias])
-        qkv = F.linear(x, module.qkv.weight, bias).reshape(b, n, 3, module.num_heads, d).permute(2, 0, 3, 1, 4)
-        extra = n - h * w
-        qy, qx = min(int(query_yx[0] * h / H), h - 1), min(int(query_yx[1] * w / W), w - 1)
+        q, k, _ = module.project_qkv(x)
+        extra = x.shape[1] - h * w
+        qy, qx = _query_token(query_yx, (h, w), image_hw)
         i = extra + qy * w + qx
-        logits = (qkv[0][:, :, i : i + 1].float() @ qkv[1].float().transpose(-2, -1)) * d**-0.5
+        logits = (q[:, :, i : i + 1].float() @ k.float().transpose(-2, -1)) * q.shape[-1] ** -0.5
         logits = logits + module.relative_position_bias(h, w)[:, i : i + 1].float()
         attn = logits.softmax(-1).mean(1)  # (B, 1, n): the rest of the mass is on [CLS]
         return {"kind": "pixel_query", "maps": attn[0, :, extra:].reshape(1, h, w), "query_token": [qy, qx]}
@@ -492,8 +494,7 @@ def _attention_of(module: nn.Module, args: tuple, output, image_hw, query_yx, nu
         kh, kw = h, w
     else:
         raise ValueError(f"{type(module).__name__} is not an attention module segkit can read")
-    qy = min(int(query_yx[0] * h / H), h - 1)
-    qx = min(int(query_yx[1] * w / W), w - 1)
+    qy, qx = _query_token(query_yx, (h, w), image_hw)
     attn = _probs(q[:, :, qy * w + qx : qy * w + qx + 1].float(), k.float(), d**-0.5)  # (B, 1, N')
     return {"kind": "pixel_query", "maps": attn[0].reshape(1, kh, kw), "query_token": [qy, qx]}
 

@@ -214,11 +214,16 @@ class BEiTAttention(nn.Module):
         n = h * w + 1
         return table[index.reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
 
-    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    def project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(B, N, C)`` → q, k, v, each ``(B, heads, N, C/heads)`` (q and v biased, k not)."""
         b, n, c = x.shape
         bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
         qkv = F.linear(x, self.qkv.weight, bias)
-        q, k, v = qkv.reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        return qkv.reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.project_qkv(x)
         mask = self.relative_position_bias(h, w).unsqueeze(0).to(q.dtype)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
