@@ -78,9 +78,10 @@ class OptimConfig:
     parameter name, longest first, first match wins), under which MSCAN's stem BNs and the head's
     GroupNorms *do* decay (docs/protocols.md, "Weight decay"). We default to the type rule because the
     substring rule's exemptions depend on attribute names, not on what the parameter is.
-    ``no_decay_1d`` also exempts every 1-D parameter (biases, LHF logits, DCA scales), the
-    BEiT/timm fine-tuning convention used by the RSSeg configs; the SegFormer/SegNeXt reference
-    decays biases, so it is off by default.
+    ``no_decay_1d`` also exempts every 1-D parameter (biases, DCA scales), the BEiT/timm
+    fine-tuning convention used by the RSSeg configs; the SegFormer/SegNeXt reference decays
+    biases, so it is off by default. The LHF logits (``LearnableHighPass.weight``) are 4-D
+    ``(C, 1, k, k)`` and decay like every convolution weight (docs/rsseg.md).
     """
 
     name: str = "adamw"
@@ -106,6 +107,9 @@ class ScheduleConfig:
     warmup_ratio: float = 1e-6
     power: float = 1.0
     min_lr: float = 0.0
+    # Wall-clock budget (seconds, or "8m" / "2h30m"): the run is sized to it, the schedule above
+    # being its shape (segkit/engine/budget.py). null = iteration-based (exactly reproducible).
+    time_budget: Optional[Any] = None
 
 
 @dataclass
@@ -207,6 +211,23 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def origin(self, key: str) -> str:
+        """Where the value of the dotted ``key`` came from, for messages: ``"--set KEY=VALUE"`` when a command-line
+        override set it (or a section above it, or a key under it), else the config file (``""`` for a config
+        built from a dict). Set by :func:`load_config`."""
+        for item_key, item in (getattr(self, "_overrides", None) or {}).items():
+            if _related(key, item_key):
+                return f"--set {item}"
+        return str(getattr(self, "_path", "") or "")
+
+    def error(self, key: str, message: str) -> ConfigError:
+        """A :class:`ConfigError` ``"<origin>: <key>: <message>"`` (:meth:`origin`), raised where a value turns out
+        wrong only when the run uses it (the data set's class count against ``model_args.num_classes``)."""
+        where = self.origin(key)
+        err = ConfigError(f"{where + ': ' if where else ''}{key}: {message}")
+        err.key = key
+        return err
+
     def validate(self) -> "Config":
         """Cross-field checks; raises :class:`ConfigError` naming the field."""
         from segkit.models.zoo import MODELS
@@ -224,6 +245,8 @@ class Config:
             "model",
             f"unknown model {self.model!r}{suggest(self.model, MODELS)}; `segkit models` lists them",
         )
+        self._check_model_args()
+        self._check_data_specs()
         tt, sc, tc = self.train_transform, self.schedule, self.train
         need(
             len(tt.crop_size) == 2 and all(_pos_int(v) for v in tt.crop_size),
@@ -248,7 +271,7 @@ class Config:
             "test_transform.scale",
             f"must be null or [long, short] with positive integers, got {ts}",
         )
-        need(self.optim.lr > 0, "optim.lr", f"must be > 0, got {self.optim.lr}")
+        need(0 < self.optim.lr < float("inf"), "optim.lr", f"must be a finite number > 0, got {self.optim.lr}")
         need(self.optim.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.optim.weight_decay}")
         need(self.optim.head_lr_mult > 0, "optim.head_lr_mult", f"must be > 0, got {self.optim.head_lr_mult}")
         need(self.optim.grad_clip is None or self.optim.grad_clip > 0, "optim.grad_clip", "must be null or > 0")
@@ -267,6 +290,8 @@ class Config:
                 UserWarning,
                 stacklevel=3,
             )
+        if sc.time_budget is not None:
+            parse_duration(sc.time_budget)  # ConfigError naming schedule.time_budget
         need(0 < sc.warmup_ratio <= 1, "schedule.warmup_ratio", f"must be in (0, 1], got {sc.warmup_ratio}")
         need(sc.power > 0, "schedule.power", f"must be > 0, got {sc.power}")
         need(0 <= sc.min_lr < self.optim.lr, "schedule.min_lr", f"must be >= 0 and below optim.lr, got {sc.min_lr}")
@@ -323,6 +348,44 @@ class Config:
         self._warn_crop_padding()
         return self
 
+    # model_args keys the run sets itself: from the data set (with data.train) or from another config key
+    RUN_SETS = {
+        "class_names": "the class names come from data.train",
+        "palette": "the palette comes from data.train",
+        "ignore_index": "the ignore index comes from data.train",
+        "loss_avg": "set train.loss_avg instead",
+    }
+
+    def _check_model_args(self) -> None:
+        """``model_args``: keywords the model's builder takes (checked without building it), none that the run
+        overrides (``loss_avg``; with ``data.train`` the class names, palette and ignore index, whose values come
+        from the data set; ``num_classes`` is compared with the data set's count when the run builds the model)."""
+        from segkit.errors import UsageError
+        from segkit.models.zoo import check_model_args
+
+        args = self.model_args
+        for k, why in self.RUN_SETS.items():
+            if k in args and (k == "loss_avg" or self.data.train is not None):
+                err = ConfigError(f"model_args.{k}: the run sets this itself ({why}); remove it")
+                err.key = f"model_args.{k}"
+                raise err
+        try:
+            check_model_args(self.model, **{k: v for k, v in args.items() if k != "num_classes"})
+        except (UsageError, TypeError, ValueError) as e:
+            named = [k for k in args if repr(k) in str(e)]
+            err = ConfigError(f"model_args: {e}")
+            err.key = f"model_args.{named[0]}" if len(named) == 1 else "model_args"
+            raise err from None
+
+    def _check_data_specs(self) -> None:
+        """``data.train`` / ``val`` / ``test``: a known dataset type and the keys it takes (no file is read)."""
+        from segkit.data.build import check_spec
+
+        for split in ("train", "val", "test"):
+            spec = getattr(self.data, split)
+            if spec is not None:
+                check_spec(spec, where=f"data.{split}")
+
     def _warn_crop_padding(self) -> None:
         """Warn (naming the key) when the crop is larger than the resized training images: every
         crop is then mostly padding. Image size after the random resize is at most the keep-ratio
@@ -374,6 +437,33 @@ def _build(cls, data: Any, path: str):
     return cls(**kwargs)
 
 
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(value, key: str = "schedule.time_budget") -> float:
+    """Seconds from ``600``, ``"600"``, ``"90s"``, ``"8m"``, ``"2h30m"``, ``"1h 5m 30s"`` or ``"2.5h"``.
+
+    Raises :class:`ConfigError` naming ``key`` for anything else or a value <= 0.
+    """
+    import math
+    import re
+
+    bad = ConfigError(f"{key}: expected seconds or a duration like '8m' / '2h30m', got {value!r}")
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = str(value).strip().lower().replace(" ", "")
+        if not re.fullmatch(r"(?:\d+(?:\.\d+)?[hms])+|\d+(?:\.\d+)?", text):
+            raise bad
+        pairs = re.findall(r"(\d+(?:\.\d+)?)([hms])", text)
+        seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in pairs) if pairs else float(text)
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ConfigError(f"{key}: must be > 0 seconds, got {value!r}")
+    return seconds
+
+
 def _coerce(value: Any, ftype: str, key: str) -> Any:
     """Check ``value`` against the field annotation; numbers written as strings (YAML 1.1 reads
     ``6e-5`` as a string) are converted. Raises :class:`ConfigError` naming ``key``."""
@@ -417,10 +507,14 @@ def config_from_dict(data: dict) -> Config:
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``key.sub=value`` overrides (values parsed with ``yaml.safe_load``) to a config dict."""
     for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key.sub=value")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip() or any(not part for part in key.strip().split(".")):
+            raise ConfigError(f"--set {item}: expected KEY=VALUE with a dotted key, e.g. optim.lr=1e-3")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({problem}); quote it") from None
         if isinstance(value, str):  # YAML 1.1 reads 3e-4 as a string
             try:
                 value = float(value) if any(c in value for c in ".eE") else int(value)
@@ -428,10 +522,11 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 pass
         node = data
         parts = key.strip().split(".")
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {p} is not a section")
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(f"--set {item}: {where} is a value ({node!r}), not a section with keys")
         node[parts[-1]] = value
     return data
 
@@ -444,7 +539,7 @@ def resolve_config_path(name: str | Path) -> Path:
 
     ``camvid/segnext-t`` → ``segkit/configs/camvid/segnext-t.yaml``.
 
-    Raises ``FileNotFoundError`` listing where it looked.
+    Raises :class:`~segkit.errors.NotFoundError` (a ``FileNotFoundError``) naming the nearest shipped configs.
     """
     path = Path(name)
     if path.is_file():
@@ -452,12 +547,19 @@ def resolve_config_path(name: str | Path) -> Path:
     for cand in (PACKAGED / str(name), PACKAGED / f"{name}.yaml"):
         if cand.is_file():
             return cand
-    import difflib
+    from segkit.errors import NotFoundError
+    from segkit.utils import nearest_names
 
     shipped = sorted(q.relative_to(PACKAGED).with_suffix("").as_posix() for q in PACKAGED.rglob("*.yaml"))
-    close = difflib.get_close_matches(str(name).removesuffix(".yaml"), shipped, n=3, cutoff=0.6)
+    wanted = str(name).removesuffix(".yaml")
+    close = (
+        nearest_names(wanted, shipped)
+        or [  # a shipped config's name without its data set folder
+            s for s in shipped if s.split("/")[-1] in nearest_names(wanted.split("/")[-1], [s.split("/")[-1]])
+        ][:3]
+    )
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    raise FileNotFoundError(f"{name}: no such config file, nor a shipped config of that name{hint}")
+    raise NotFoundError(f"{name}: no such config file, nor a shipped config of that name{hint}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -476,13 +578,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     set_keys = {item.split("=", 1)[0].strip(): item for item in overrides or [] if "=" in item}
     data = apply_overrides(data, overrides or [])
     try:
-        return config_from_dict(data)
+        cfg = config_from_dict(data)
     except ConfigError as e:
         key = getattr(e, "key", None) or _key_of(str(e))
-        item = next((v for k, v in set_keys.items() if key and (key == k or key.startswith(k + "."))), None)
+        item = next((v for k, v in set_keys.items() if key and _related(key, k)), None)
         if item is not None:  # the bad value came from the command line, not from the file
             raise ConfigError(f"--set {item}: {e}") from None
         raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+    cfg._path, cfg._overrides = path, set_keys
+    return cfg
+
+
+def _related(key: str, other: str) -> bool:
+    """Whether dotted keys ``key`` and ``other`` are the same, or one lies under the other."""
+    return key == other or key.startswith(other + ".") or other.startswith(key + ".")
 
 
 def _key_of(message: str) -> str | None:

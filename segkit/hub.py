@@ -34,7 +34,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from segkit.errors import CheckpointError, SegkitError
+from segkit.errors import CheckpointError, NotFoundError, SegkitError, UnknownNameError
 from segkit.models.family import Pretrained
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -70,7 +70,7 @@ def entry(name: str) -> Pretrained:
 
     reg = registry()
     if name not in reg:
-        raise KeyError(
+        raise UnknownNameError(
             f"no pretrained weights named {name!r}{suggest(name, reg)}; `segkit models --pretrained` lists them"
         )
     return reg[name]
@@ -132,21 +132,32 @@ def download_hub(repo_id: str, filenames: tuple[str, ...], revision: str | None 
     from segkit.utils import require
 
     hub = require("huggingface_hub", "hub", "loading weights from the Hugging Face Hub")
+    import logging
+
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     local_only = offline()
     problems = []
-    for filename in filenames:
-        try:
-            return Path(hub.hf_hub_download(repo_id, filename, revision=revision, local_files_only=local_only))
-        except (EntryNotFoundError, LocalEntryNotFoundError):
-            problems.append(f"{filename}: not found")
-        except Exception as e:  # network errors, unknown or gated repository …
-            if type(e).__name__ in ("RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError"):
-                raise DownloadError(
-                    f"hf://{repo_id}: no such repository (or revision), or no access to it on the Hugging Face Hub"
-                ) from None
-            problems.append(f"{filename}: {type(e).__name__}")
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry warnings ("… thrown while requesting HEAD …"): the reason comes below
+    try:
+        for filename in filenames:
+            try:
+                return Path(hub.hf_hub_download(repo_id, filename, revision=revision, local_files_only=local_only))
+            except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError in some versions: first)
+                reach = "" if local_only else ", and the Hub cannot be reached (offline?)"
+                problems.append(f"{filename}: not in the local cache{reach}")
+            except EntryNotFoundError:
+                problems.append(f"{filename}: not in the repository")
+            except Exception as e:  # network errors, unknown or gated repository …
+                if type(e).__name__ in ("RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError"):
+                    raise DownloadError(
+                        f"hf://{repo_id}: no such repository (or revision), or no access to it on the Hugging Face Hub"
+                    ) from None
+                problems.append(f"{filename}: {type(e).__name__}")
+    finally:
+        hub_log.setLevel(level)
     where = "the Hugging Face cache (offline mode)" if local_only else "the Hugging Face Hub"
     raise DownloadError(
         f"hf://{repo_id}: none of {list(filenames)} could be fetched from {where} "
@@ -290,7 +301,7 @@ def resolve_weights(spec: str | os.PathLike) -> Path:
         return fetch(entry(str(spec)))
     if HUB_ID.match(str(spec)):
         return download_hub(str(spec), ("model.safetensors", "pytorch_model.bin"))
-    raise FileNotFoundError(
+    raise NotFoundError(
         f"{spec}: neither a file, a folder, a registry name (segkit models --pretrained) nor a Hub repo id"
     )
 
@@ -321,16 +332,56 @@ def load_model(spec: str | os.PathLike, map_location="cpu"):
     return _remote(spec, map_location)
 
 
-def _remote(spec, map_location):
-    if str(spec) in registry():
-        return load_registry_model(str(spec), map_location)
-    if HUB_ID.match(str(spec)) and not str(spec).startswith((".", "/")):
-        return load_hub_model(str(spec), map_location)
-    from segkit.models.zoo import suggest
+class UnknownSpecError(UnknownNameError, FileNotFoundError):
+    """A model spec that is neither a file nor a name segkit knows, written as a name: a usage mistake (exit 2;
+    the nearest names suggested), and still the ``FileNotFoundError`` that :func:`from_pretrained` documents."""
 
-    raise FileNotFoundError(
-        f"{spec}: no such file or folder, and not a registry name{suggest(str(spec), registry())} "
-        f"or a Hub repo id (org/name); `segkit models --pretrained` lists the registry"
+
+# what a checkpoint path looks like, when it is not there: a folder in it, or a weights / config suffix
+_PATH_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".onnx", ".json", ".yaml", ".yml")
+
+
+def looks_like_path(spec) -> bool:
+    """Whether ``spec`` is written as a file path (a separator or a weights file suffix) rather than a name."""
+    text = str(spec)
+    return os.sep in text or "/" in text or text.startswith(".") or Path(text).suffix.lower() in _PATH_SUFFIXES
+
+
+def _remote(spec, map_location):
+    text = str(spec)
+    if text in registry():
+        return load_registry_model(text, map_location)
+    if HUB_ID.match(text) and not text.startswith((".", "/")):
+        if Path(text).parent.is_dir():  # "work/final" with work/ here: a mistyped local path, not a Hub repo
+            raise NotFoundError(f"{spec}: no such file or folder (in {Path(text).parent})")
+        try:
+            return load_hub_model(text, map_location)
+        except DownloadError as e:
+            raise DownloadError(f"{spec}: no local file or folder of that name; as a Hub repo id: {e}") from None
+    raise unknown_spec_error(spec)
+
+
+def unknown_spec_error(spec, zoo: bool = False) -> Exception:
+    """The error for a model spec that is nothing segkit knows: :class:`~segkit.errors.NotFoundError` (exit 1) when
+    it is written as a path, :class:`~segkit.errors.UnknownNameError` (exit 2) when it is a name; the nearest
+    registry names are suggested (and zoo model names with ``zoo``, where a zoo name is accepted too)."""
+    from segkit.models.zoo import MODELS
+    from segkit.utils import nearest_names
+
+    close = (nearest_names(str(spec), MODELS) if zoo else []) + nearest_names(str(spec), registry())
+    hint = f" (did you mean {', '.join(close[:4])}?)" if close else ""
+    also = "a zoo model, " if zoo else ""
+    listed = "`segkit models` lists the zoo, `segkit models --pretrained` the registry"
+    if looks_like_path(spec):
+        return NotFoundError(f"{spec}: no such file or folder{hint}")
+    arch = (
+        " (it names a zoo architecture, whose weights come from a checkpoint or a registry name)"
+        if not zoo and str(spec).lower() in MODELS
+        else ""
+    )
+    return UnknownSpecError(
+        f"{spec!r}: not {also}a checkpoint file or folder, a registry name or a Hub repo id (org/name){arch}{hint}; "
+        f"{listed}"
     )
 
 

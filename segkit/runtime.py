@@ -138,6 +138,46 @@ def cpu_bf16_native() -> bool:
     return "AMX" in str(torch.backends.cpu.get_cpu_capability()).upper()
 
 
+DEVICES = "auto, cpu, cuda or cuda:N"  # what segkit accepts wherever a device is named
+
+
+def resolve_device(name, what: str = "device"):
+    """The ``torch.device`` for ``name``: ``auto`` (CUDA when available, else the CPU), ``cpu``, ``cuda``,
+    ``cuda:N`` (or a ``torch.device`` of those types); one check for the CLI's ``--device``, the config's
+    ``train.device`` and the Python API's ``device=``. ``what`` names the setting in messages.
+
+    Raises :class:`segkit.errors.UsageError` (exit 2) for any other name, listing what segkit accepts, and
+    :class:`segkit.errors.DeviceError` (exit 1) for a CUDA device this machine does not have (a CPU-only
+    build, no driver, ``cuda:3`` with two GPUs), saying what there is.
+    """
+    import re
+
+    import torch
+
+    from segkit.errors import DeviceError, UsageError
+
+    if isinstance(name, torch.device):
+        name = str(name)
+    text = str(name).strip().lower() if isinstance(name, str) else None
+    if text is None or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        raise UsageError(f"{what} {name!r}: segkit accepts {DEVICES}")
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(text)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                f"this PyTorch {torch.__version__} is a CPU-only build"
+                if torch.version.cuda is None
+                else f"no CUDA GPU is visible (PyTorch {torch.__version__} built with CUDA {torch.version.cuda})"
+            )
+            raise DeviceError(f"{what} {name}: CUDA is not available on this machine: {why}; use cpu or auto")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(f"{what} {name}: only {count} CUDA device(s) visible (cuda:0 … cuda:{count - 1})")
+    return dev
+
+
 def check_amp(amp: str | None, device, what: str = "--amp") -> None:
     """Refuse an autocast dtype this device does not run fast, with the reason.
 

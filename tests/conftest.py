@@ -36,7 +36,6 @@ def torchrun_command(nproc: int, *args: str) -> list[str]:
 # Tests that may skip even in CI, and why (matched against the start of the test name).
 SKIP_ALLOWED = {
     "test_cuda_refused_without_cuda": "checks the refusal on a machine WITHOUT CUDA; skips where CUDA exists",
-    "test_bf16_labels_agree_with_float32_on_camvid": "needs native bfloat16 (refused elsewhere, tested separately)",
 }
 
 

@@ -134,6 +134,39 @@ def test_resume_auto_in_an_empty_or_mistyped_work_dir_says_it_starts_fresh(tmp_p
     assert "does not exist; starting a fresh run" in capsys.readouterr().out
 
 
+def test_resume_auto_with_every_checkpoint_damaged_is_refused_like_a_plain_rerun(tmp_path, synthetic_split, capsys):
+    """A finished run whose iter_*.pth are all damaged: --resume auto refuses (exit 2, nothing touched)
+    instead of starting a fresh run into final/ and the old log; --overwrite moves the run aside."""
+    import subprocess
+
+    work = tmp_path / "work"
+    cfg = write_cfg(tmp_path / "cfg.yaml", tiny_cfg(synthetic_split, work))
+    assert cli(["train", str(cfg), "--no-progress"]) == 0
+    for ck in work.glob("iter_*.pth"):
+        ck.write_bytes(ck.read_bytes()[:1000])
+    before = hashes(work)
+    capsys.readouterr()
+    rc = cli(["train", str(cfg), "--no-progress", "--resume", "auto"])
+    out, err = capsys.readouterr()
+    assert rc == 2 and "Traceback" not in err
+    assert str(work) in err and "final/" in err and "--overwrite" in err and "no readable checkpoint" in err
+    assert "skipping" in out and "starting a fresh run" not in out
+    assert hashes(work) == before  # final/, best.pth, the log: all as they were
+    # an interrupted save's temporary file is removed (and named) when the run starts over
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = work / f".iter_6.pth.{dead.pid}.tmp"
+    stale.write_bytes(b"x" * 2048)
+    assert cli(["train", str(cfg), "--no-progress", "--resume", "auto", "--overwrite"]) == 0
+    out = capsys.readouterr().out
+    (moved,) = [p for p in tmp_path.iterdir() if p.name.startswith("work.prev-")]
+    assert f"removed {stale} (2.0 kB)" in out and not (moved / stale.name).exists()
+    assert hashes(moved) == before and f"to {moved}" in out
+    assert (work / "final" / "model.safetensors").is_file()  # the new run's
+    new_log, old_log = ((d / "train_log.jsonl").read_text().splitlines() for d in (work, moved))
+    assert len(new_log) == len(old_log)  # a log of its own, not appended to the old run's
+
+
 def test_resume_from_a_checkpoint_of_another_model_is_refused_before_the_data_scan(finished_run, tmp_path, capsys):
     work, cfg = finished_run
     other = yaml.safe_load(cfg.read_text())
@@ -242,7 +275,8 @@ def test_crop_much_larger_than_the_images_warns_with_the_padding_share(synthetic
 
 
 def test_a_step_that_cannot_fit_in_memory_fails_with_an_estimate(synthetic_split, tmp_path):
-    """Crop 6000² at batch 2 on 480×360 images: an estimate and exit 2, not an OOM kill (exit 137)."""
+    """Crop 6000² at batch 2 on 480×360 images: an estimate and exit 1 (out of memory is the environment, not a
+    usage mistake: issue 21 item 4), not an OOM kill (exit 137)."""
     cfg = tiny_cfg(synthetic_split, tmp_path / "w")
     cfg["train_transform"] = {"scale": [480, 360], "crop_size": [6000, 6000]}
     cfg["train"]["check_data"] = False
@@ -254,7 +288,7 @@ def test_a_step_that_cannot_fit_in_memory_fails_with_an_estimate(synthetic_split
         text=True,
         timeout=300,
     )
-    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.returncode == 1, r.stderr[-2000:]
     assert "GiB" in r.stderr and "train.batch_size" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -476,3 +510,424 @@ def test_predict_segments_at_the_models_test_resize(finished_run, tmp_path, monk
     assert Image.open(tmp_path / "p" / "photo_label.png").size == (1440, 1080)
     meta = json.loads((work / "final" / "config.json").read_text())
     assert meta["train_config"]["test_transform"]["scale"] == [120, 90]
+
+
+# ----------------------------------------------------------------------------- 9. no input skipped or mis-read
+def _video(path: Path, frames: int = 8, size=(64, 48)) -> Path:
+    """A small mp4v video written with OpenCV's VideoWriter: grey levels with a moving white bar."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, size)
+    assert writer.isOpened()
+    for i in range(frames):
+        frame = np.full((size[1], size[0], 3), i * 30, np.uint8)
+        frame[10:20, 5 * i : 5 * i + 10] = 255
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def _frames(path: Path) -> int:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    return n
+
+
+def test_a_folder_with_videos_segments_them_and_lists_what_it_skips(
+    finished_run, synthetic_split_module, tmp_path, capsys
+):
+    work, _ = finished_run
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "photo.png").write_bytes((synthetic_split_module / "images" / "test" / "test_000.png").read_bytes())
+    _video(folder / "clip.mp4")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "more").mkdir()
+    rc, err = run(capsys, "predict", work / "final", folder, "--out", tmp_path / "out")
+    assert rc == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "clip_overlay.mp4",
+        "photo_label.png",
+        "photo_overlay.png",
+    ]
+    assert _frames(tmp_path / "out" / "clip_overlay.mp4") == 8  # every frame of the video
+    warning = next(line for line in err.splitlines() if "warning" in line)
+    assert "skipped" in warning and "notes.txt" in warning and "more" in warning and "not searched" in warning
+
+
+def test_a_video_with_undecodable_frames_names_them_and_exits_1(finished_run, tmp_path, capsys):
+    work, _ = finished_run
+    data = bytearray(_video(tmp_path / "clip.mp4").read_bytes())
+    mid = len(data) // 2
+    data[mid - 200 : mid + 200] = b"\xab" * 400  # damage the middle of the stream
+    bad = tmp_path / "damaged.mp4"
+    bad.write_bytes(bytes(data))
+    rc, err = run(capsys, "predict", work / "final", bad, "--out", tmp_path / "out")
+    assert rc == 1, err
+    msg = err.strip().splitlines()[-1]
+    assert str(bad) in msg and "could not be decoded" in msg and "of 8" in msg
+    out = tmp_path / "out" / "damaged_overlay.mp4"
+    kept = _frames(out)
+    assert 0 < kept < 8 and f"wrote the {kept} readable frame(s) to {out}" in msg  # the readable frames, named
+    frames = msg.split("frame(s) ")[1].split(" of 8")[0]  # "5-7": the missing ones, counting from 0
+    assert frames.startswith(str(kept)) and frames.endswith("7")
+
+
+def test_a_video_and_a_camera_together_are_two_inputs(finished_run, tmp_path, capsys):
+    work, _ = finished_run
+    video = _video(tmp_path / "clip.mp4")
+    rc, err = run(capsys, "predict", work / "final", video, "--source", "0", "--out", tmp_path / "out")
+    assert rc == 2 and "two inputs" in err and str(video) in err and "--source 0" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_set_of_a_key_that_the_run_overrides_is_an_error_naming_it(synthetic_split, tmp_path, capsys):
+    """model_args.num_classes used to be ignored (the data set's 5 classes won): now it is refused, naming the
+    key and where it came from; the same for the class names, and a value equal to the data set's is fine."""
+    cfg = write_cfg(tmp_path / "c.yaml", tiny_cfg(synthetic_split, tmp_path / "w"))
+    rc, err = run(capsys, "train", cfg, "--set", "model_args.num_classes=7", "--no-progress")
+    assert rc == 2 and "--set model_args.num_classes=7" in err and "5 classes" in err
+    assert not (tmp_path / "w" / "iter_2.pth").exists()
+    rc, err = run(capsys, "train", cfg, "--set", "model_args.class_names=[a,b,c,d,e]")
+    assert rc == 2 and "--set model_args.class_names" in err and "data.train" in err
+    from segkit.config import load_config
+
+    assert load_config(cfg, ["model_args.num_classes=5"]).model_args["num_classes"] == 5
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_max_images_below_one_is_a_usage_error(finished_run, synthetic_split_module, capsys, value):
+    work, _ = finished_run
+    with pytest.raises(SystemExit) as e:
+        cli(["eval", str(work / "final"), "--data", str(synthetic_split_module), "--max-images", value])
+    assert e.value.code == 2 and f"--max-images: must be >= 1, got {value}" in capsys.readouterr().err
+    from segkit.engine.evaluator import evaluate
+
+    dataset = segkit.data.build_dataset({"type": "split", "root": str(synthetic_split_module), "split": "test"})
+    with pytest.raises(segkit.UsageError, match="max_images must be >= 1"):
+        evaluate(segkit.load_model(work / "final"), dataset, max_images=int(value), progress=False)
+
+
+def test_pil_images_in_every_mode_give_the_labels_of_their_file(tmp_path):
+    """The same picture as a PIL image and as a file: the same labels (16-bit scaled, not saturated to white)."""
+    torch.manual_seed(0)
+    seg = segkit.Segmenter(segkit.build_model("segformer-b0", num_classes=5, decoder_dim=32), device="cpu")
+    rng = np.random.default_rng(0)
+    rgb = np.zeros((64, 96, 3), np.uint8)
+    rgb[:32], rgb[32:, 48:] = [200, 40, 90], [20, 180, 60]
+    rgb = np.clip(rgb + rng.normal(0, 25, rgb.shape), 0, 255).astype(np.uint8)
+    gray16 = (rgb.mean(2) * 257).astype(np.uint16)
+    images = {
+        "I;16": Image.fromarray(gray16),
+        "I": Image.fromarray(gray16.astype(np.int32)),
+        "F": Image.fromarray(gray16.astype(np.float32) / 65535),
+        "1": Image.fromarray(rgb).convert("1"),
+        "LA": Image.fromarray(rgb).convert("LA"),
+        "P": Image.fromarray(rgb).convert("P"),
+        "CMYK": Image.fromarray(rgb).convert("CMYK"),
+    }
+    with pytest.warns(UserWarning):  # each conversion is named
+        for mode, image in images.items():
+            path = tmp_path / f"{mode.replace(';', '')}.{'tif' if mode in ('I', 'F', 'CMYK') else 'png'}"
+            image.save(path)
+            assert Image.open(path).mode == image.mode == mode
+            from_file, from_object = seg(path).label, seg(image).label
+            assert np.array_equal(from_file, from_object), mode
+    saturated = np.asarray(images["I;16"].convert("RGB"))  # what the old conversion fed the model: white
+    assert (saturated == 255).mean() > 0.95
+    assert np.abs(seg(images["I;16"]).image[..., 0].astype(int) - rgb.mean(2)).max() <= 1
+
+
+def test_zero_size_inputs_are_named(tmp_path):
+    seg = segkit.Segmenter(segkit.build_model("segformer-b0", num_classes=5, decoder_dim=32), device="cpu")
+    for i, empty in enumerate(
+        [np.zeros((0, 0, 3), np.uint8), np.zeros((10, 0, 3), np.uint8), torch.zeros(3, 0, 8, dtype=torch.uint8)]
+    ):
+        with pytest.raises(segkit.DataError, match=r"input 0: empty image .*\(0 pixels\)"):
+            seg(empty)
+    with pytest.raises(segkit.DataError, match=r"input 1: empty image \(0x0 pixels\)"):
+        seg([np.zeros((40, 40, 3), np.uint8), Image.new("RGB", (0, 0))])
+
+
+def test_pretrain_on_a_single_class_folder_is_refused(tmp_path, capsys):
+    for split in ("train", "val"):
+        (tmp_path / "data" / split / "cat").mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(np.full((40, 40, 3), 60 * i, np.uint8)).save(tmp_path / "data" / split / "cat" / f"{i}.png")
+    rc, err = run(
+        capsys,
+        "pretrain",
+        "mit-b0",
+        "--data",
+        tmp_path / "data",
+        "--epochs",
+        "1",
+        "--set",
+        "warmup_epochs=0",
+        "--work-dir",
+        tmp_path / "w",
+        "--no-progress",
+    )
+    assert rc == 1 and "only one class folder holds images (cat)" in err and "at least 2 classes" in err
+    assert not (tmp_path / "w" / "last.pth").exists()
+
+
+def test_whole_mode_on_a_huge_image_is_refused_before_starting(finished_run, tmp_path, capsys, monkeypatch):
+    """An image whose whole-image inference needs more memory than there is: refused before the first image
+    (here 64 MiB are "available"), with the estimate and slide inference as the way on; slide then works."""
+    import segkit.engine.memory as memory
+
+    work, _ = finished_run
+    photo = tmp_path / "scan.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (1024, 1280, 3), dtype=np.uint8)).save(photo)
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: 64 * 2**20)
+    ran = []
+    orig = segkit.Segmentor.predict
+    monkeypatch.setattr(
+        segkit.Segmentor,
+        "predict",
+        lambda self, x, **kw: ran.append((kw.get("mode"), tuple(x.shape[-2:]))) or orig(self, x, **kw),
+    )
+    args = ["predict", work / "final", photo, "--scale", "0"]
+    rc, err = run(capsys, *args, "--mode", "whole", "--out", tmp_path / "a")
+    assert rc == 1 and str(photo) in err and "GiB" in err and "--mode slide" in err
+    assert all(h * w <= 256 * 256 for _, (h, w) in ran)  # only the small memory probe ran, no image
+    assert list((tmp_path / "a").iterdir()) == []
+    ran.clear()
+    rc, err = run(capsys, *args, "--mode", "slide", "--crop", "256", "256", "--out", tmp_path / "b")
+    assert rc == 0 and ran == [("slide", (1024, 1280))] and (tmp_path / "b" / "scan_label.png").is_file()
+
+
+# ----------------------------------------------------------------------------- 10. messages name the cause
+def test_a_full_disk_names_the_file_and_what_was_kept(synthetic_split, tmp_path, capsys, monkeypatch):
+    """ENOSPC while torch.save writes a checkpoint (PyTorch reports it as `inline_container.cc … unexpected pos`):
+    the message names the file, says nothing was written there, the partial file is gone, the run's other files stay."""
+    import errno
+    import io
+
+    import segkit.utils
+
+    class FullDisk(io.FileIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def full_for_checkpoints(path, mode="r", *args, **kwargs):
+        return FullDisk(path, "wb") if ".iter_2.pth" in str(path) else open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(segkit.utils, "open", full_for_checkpoints, raising=False)
+    work = tmp_path / "w"
+    cfg = write_cfg(tmp_path / "c.yaml", tiny_cfg(synthetic_split, work, eval_interval=100))
+    rc, err = run(capsys, "train", cfg, "--no-progress")
+    target = work / "iter_2.pth"
+    assert rc == 1 and f"no space left on device writing {target}; nothing was written to {target}" in err
+    assert "inline_container" not in err and "unexpected pos" not in err
+    assert not target.exists() and not list(work.glob(".*.tmp"))  # no partial file left behind
+    assert (work / "config.yaml").is_file() and (work / "train_log.jsonl").is_file()
+    # the API raises the same OutputError (an OSError with errno ENOSPC)
+    with pytest.raises(segkit.errors.OutputError, match="no space left on device writing") as e:
+        with segkit.utils.atomic_open(tmp_path / ".iter_2.pth.data") as f:
+            f.write(b"x")
+    assert e.value.errno == errno.ENOSPC
+
+
+def test_resume_auto_over_damaged_checkpoints_says_what_each_is(tmp_path, synthetic_split, capsys):
+    """Text, a truncated file and a pickle with code where iter_*.pth are: each skipped with "not a checkpoint",
+    "truncated" or "refused", never PyTorch's advice to set weights_only=False."""
+    work = tmp_path / "work"
+    cfg = write_cfg(tmp_path / "cfg.yaml", tiny_cfg(synthetic_split, work, eval_interval=100))
+    assert cli(["train", str(cfg), "--no-progress"]) == 0
+    good = (work / "iter_4.pth").read_bytes()
+    (work / "iter_2.pth").write_text("not weights\n")
+    (work / "iter_4.pth").write_bytes(good[: len(good) // 3])
+    torch.save({"model": {}, "x": _Evil()}, work / "iter_6.pth")
+    capsys.readouterr()
+    rc = cli(["train", str(cfg), "--no-progress", "--resume", "auto"])
+    out, err = capsys.readouterr()
+    lines = {name: next(line for line in out.splitlines() if name in line) for name in ("iter_2", "iter_4", "iter_6")}
+    assert "not a checkpoint" in lines["iter_2"] and "truncated or corrupt" in lines["iter_4"]
+    assert "refused" in lines["iter_6"] and "weights_only=False" not in out + err and "Traceback" not in err
+    assert rc == 2 and "no readable checkpoint" in err  # the finished run is refused, as without --resume
+
+
+def test_did_you_mean_by_edit_distance_over_the_right_list(finished_run, synthetic_split_module, tmp_path, capsys):
+    work, cfg = finished_run
+    for args in (
+        ["flops", "segformer-bo"],
+        ["convert", work / "iter_2.pth", tmp_path / "c", "--model", "segformer-bo"],
+    ):
+        rc, err = run(capsys, *args)
+        assert rc == 2 and "(did you mean segformer-b0?)" in err  # the model, not b5/b4/b3 (difflib's choice)
+    rc, err = run(capsys, "train", cfg, "--set", "model=segformer-bo")
+    assert rc == 2 and "(did you mean segformer-b0?)" in err
+    # where a checkpoint is expected: registry names (a model name alone is not a checkpoint)
+    image = next((synthetic_split_module / "images" / "test").iterdir())
+    for name in ("segformer-bo", "segformer-b0"):
+        rc, err = run(capsys, "predict", name, image, "--out", tmp_path / "p")
+        assert rc == 2 and "did you mean segformer-b0_ade20k-512, segformer-b0_cityscapes-1024?" in err
+    rc, err = run(capsys, "analyze", "layers", "segformer-bo")  # takes a zoo name or a checkpoint: both lists
+    assert rc == 2 and "did you mean segformer-b0, segformer-b0_ade20k-512" in err
+    rc, err = run(capsys, "pretrain", "mscan_t", "--data", tmp_path)
+    assert rc == 2 and "did you mean mscan-t?" in err  # an encoder name where an encoder is expected
+    from segkit.utils import edit_distance
+
+    assert edit_distance("segformer-bo", "segformer-b0") < edit_distance("segformer-bo", "segformer-b5")
+
+
+def test_a_bad_set_key_blames_set_not_the_file(finished_run, capsys):
+    _, cfg = finished_run
+    for item, key in (
+        ("model_args.decoder_dm=64", "did you mean decoder_dim?"),
+        ("data.train.roott=x", "did you mean root?"),
+        ("data.train.type=splt", "did you mean split?"),
+        ("optim.lr.x=1", "optim.lr is a value"),
+        ("train.batch_size=[1", "not valid YAML"),
+        ("optimlr", "expected KEY=VALUE"),
+    ):
+        rc, err = run(capsys, "train", cfg, "--set", item)
+        assert rc == 2 and f"--set {item}:" in err and key in err and str(cfg) not in err, err
+    bad = yaml.safe_load(cfg.read_text())
+    bad["model_args"]["decoder_dm"] = 64
+    rc, err = run(capsys, "train", write_cfg(cfg.with_name("bad.yaml"), bad))
+    assert rc == 2 and "bad.yaml: model_args" in err and "--set" not in err  # in the file: the file is named
+
+
+def test_a_wrong_device_lists_what_segkit_accepts(finished_run, synthetic_split_module, tmp_path, capsys):
+    work, cfg = finished_run
+    image = next((synthetic_split_module / "images" / "test").iterdir())
+    rc, err = run(capsys, "predict", work / "final", image, "--out", tmp_path / "p", "--device", "cdua")
+    assert rc == 2 and "--device 'cdua': segkit accepts auto, cpu, cuda or cuda:N" in err
+    assert "xla" not in err and "privateuseone" not in err  # not PyTorch's internal device types
+    rc, err = run(capsys, "train", cfg, "--set", "train.device=gpu")
+    assert rc == 2 and "train.device" in err and "cuda" in err
+    with pytest.raises(segkit.UsageError, match="device 'gpu': segkit accepts auto, cpu, cuda or cuda:N"):
+        segkit.Segmenter(segkit.load_model(work / "final"), device="gpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_refused_without_cuda_in_the_api_as_in_the_cli(finished_run, synthetic_split_module, tmp_path, capsys):
+    work, _ = finished_run
+    image = next((synthetic_split_module / "images" / "test").iterdir())
+    rc, err = run(capsys, "predict", work / "final", image, "--out", tmp_path / "p", "--device", "cuda")
+    assert rc == 1 and "--device cuda: CUDA is not available on this machine" in err  # the environment: 1
+    with pytest.raises(segkit.errors.DeviceError) as e:
+        segkit.Segmenter(segkit.load_model(work / "final"), device="cuda")
+    assert isinstance(e.value, RuntimeError) and not isinstance(e.value, AssertionError)
+    assert str(e.value).split(": ", 1)[1] == err.strip().split("--device cuda: ", 1)[1]  # the same message
+
+
+def test_analyze_layer_index_out_of_range_names_the_valid_ones(finished_run, synthetic_split_module, tmp_path, capsys):
+    work, _ = finished_run
+    image = next((synthetic_split_module / "images" / "test").iterdir())
+    args = ["analyze", "features", work / "final", "--images", image, "--device", "cpu"]
+    rc, err = run(capsys, *args, "--layer", "backbone#9", "--out", tmp_path / "a")
+    assert rc == 2 and "'backbone#9'" in err and "4 stages" in err and "#0, #1, #2, #3" in err
+    rc, err = run(capsys, *args, "--layer", "backbon", "--out", tmp_path / "b")
+    assert rc == 2 and "did you mean backbone," in err
+
+
+def test_unknown_colour_errors_name_where_the_value_came_from(tmp_path, capsys):
+    colours = _colour_layout(tmp_path / "raw", stray_colour=True)
+    spec = {
+        "type": "folder",
+        "images_dir": str(tmp_path / "raw"),
+        "labels_dir": str(tmp_path / "raw"),
+        "label_suffix": "_mask.png",
+        "label_colours": colours,
+    }
+    (tmp_path / "raw" / "meta.json").write_text(json.dumps({"unknown_colour": "ignor"}))
+    with pytest.raises(segkit.DataError, match=r"raw/meta.json \(unknown_colour\): unknown_colour must be"):
+        segkit.data.build_dataset(spec)
+    (tmp_path / "raw" / "meta.json").unlink()
+    cfg = tiny_cfg(tmp_path, tmp_path / "w")
+    cfg["data"] = {"train": {**spec, "unknown_colour": 300}}
+    rc, err = run(capsys, "train", write_cfg(tmp_path / "colour.yaml", cfg))
+    assert rc == 2 and "colour.yaml: data.train.unknown_colour: unknown_colour must be" in err and "300" in err
+    with pytest.raises(segkit.DataError, match=r"not in the palette .*set unknown_colour: ignore"):
+        segkit.data.build_dataset(spec)[1]
+
+
+def test_videos_that_cannot_be_opened_say_why(finished_run, tmp_path, capsys):
+    work, _ = finished_run
+    data = _video(tmp_path / "clip.mp4").read_bytes()
+    cases = {
+        "empty.mp4": (b"", "the file is empty"),
+        "notes.mp4": (b"hello, not a video\n" * 20, "not a video container"),
+        "cut.mp4": (data[: len(data) // 2], "without its 'moov' index: truncated"),
+    }
+    for name, (content, why) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        rc, err = run(capsys, "predict", work / "final", tmp_path / name, "--out", tmp_path / f"out_{name}")
+        assert rc == 1 and f"{tmp_path / name}: cannot open this video with OpenCV: " in err and why in err, err
+
+
+def test_out_under_a_missing_or_read_only_location_names_the_path_and_reason(
+    finished_run, synthetic_split_module, tmp_path, capsys
+):
+    work, _ = finished_run
+    image = next((synthetic_split_module / "images" / "test").iterdir())
+    rc, err = run(capsys, "predict", work / "final", image, "--out", "/proc/segkit-mount/out")
+    assert rc == 1 and "--out /proc/segkit-mount/out: cannot create /proc/segkit-mount (" in err
+    assert "/proc is the deepest folder of the path that exists" in err
+    from segkit.utils import _mount_parent
+
+    assert _mount_parent(Path("/mnt")) and _mount_parent(Path("/media/me")) and not _mount_parent(tmp_path)
+
+
+# ----------------------------------------------------------------------------- 11. one exit-code policy
+def test_exit_codes_are_one_policy_in_every_command(finished_run, synthetic_split_module, tmp_path, capsys):
+    """0 success; 1 bad data, file or environment; 2 usage (an unknown model is 2 in train, flops, convert,
+    benchmark and analyze alike; a missing file is 1 wherever one is read)."""
+    work, cfg = finished_run
+    image = next((synthetic_split_module / "images" / "test").iterdir())
+    usage = [
+        ["flops", "nope-b0"],
+        ["convert", work / "iter_2.pth", tmp_path / "c", "--model", "nope-b0"],
+        ["train", cfg, "--set", "model=nope-b0"],
+        ["benchmark", "nope-b0"],
+        ["analyze", "layers", "nope-b0"],
+        ["pretrain", "nope-b0", "--data", tmp_path],
+    ]
+    for args in usage:
+        rc, err = run(capsys, *args)
+        assert rc == 2 and "nope-b0" in err and len(err.strip().splitlines()) == 1, (args, err)
+    missing = tmp_path / "missing.pth"
+    for args in (
+        ["eval", missing, "--data", synthetic_split_module],
+        ["predict", missing, image, "--out", tmp_path / "p"],
+        ["predict", work / "final", tmp_path / "missing.png", "--out", tmp_path / "p"],
+        ["convert", missing, tmp_path / "c2", "--model", "segformer-b0"],
+        ["export", missing, "--out", tmp_path / "m.onnx"],
+    ):
+        rc, err = run(capsys, *args)
+        assert rc == 1 and "missing" in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
+def test_api_errors_for_user_mistakes_are_segkit_errors_and_builtin_types(finished_run, tmp_path):
+    from segkit.errors import NotFoundError, SegkitError, UnknownNameError, UsageError, UsageTypeError
+
+    work, _ = finished_run
+    model = segkit.load_model(work / "final")
+    cases = [
+        (lambda: segkit.build_model("segformer-bo"), (UnknownNameError, KeyError), "did you mean segformer-b0?"),
+        (lambda: segkit.build_model("segformer-b0", 0), (UsageError, ValueError), "num_classes must be >= 1"),
+        (lambda: segkit.build_model("segformer-b0", 3, decoder_dm=1), (UsageTypeError, TypeError), "decoder_dim"),
+        (lambda: segkit.Segmenter(model, mode="tiles"), (UsageError, ValueError), "mode must be"),
+        (lambda: segkit.Segmenter(model, device="cpu")(42), (UsageTypeError, TypeError), "got int"),
+        (lambda: segkit.load_model(tmp_path / "nope"), (NotFoundError, FileNotFoundError), "nope"),
+        (lambda: segkit.data.io.read_image(tmp_path / "no.png"), (NotFoundError, FileNotFoundError), "no.png"),
+        (lambda: segkit.data.build_dataset({"type": "splt"}), (UsageError, ValueError), "did you mean split?"),
+        (lambda: segkit.config.load_config("camvid/segnxt-t"), (NotFoundError, FileNotFoundError), "segnext-t"),
+        (lambda: model.predict(torch.zeros(3, 64, 64)), (UsageError, ValueError), "(B, 3, H, W)"),
+    ]
+    for call, types, text in cases:
+        with pytest.raises(SegkitError) as e:
+            call()
+        assert all(isinstance(e.value, t) for t in types) and text in str(e.value), (types, e.value)
+    # the same message as the command line (which adds "segkit <command>: error: ")
+    with pytest.raises(UnknownNameError) as e:
+        segkit.build_model("nope-b0")
+    assert str(e.value) == "unknown model 'nope-b0'; `segkit models` lists them"

@@ -147,7 +147,7 @@ def test_raw_numpy_items_are_normalised_with_model_stats():
     assert res["mIoU"] == pytest.approx(100.0)
 
 
-def test_matches_plain_forward_and_absent_class_nan():
+def test_matches_plain_forward_and_absent_class_rules():
     labels = random_labels(SIZES, seed=2)
     for lab in labels:  # class 2 never in the ground truth
         lab[lab == 2] = 0
@@ -157,10 +157,20 @@ def test_matches_plain_forward_and_absent_class_nan():
     res = evaluate(model, ds, progress=False)
     ref = manual_matrix(model, ds)
     assert np.array_equal(np.array(res["confusion_matrix"]), ref)
-    assert math.isnan(res["IoU"][2])
     tp, gt, pr = np.diag(ref), ref.sum(1), ref.sum(0)
-    iou = tp[:2] / (gt[:2] + pr[:2] - tp[:2])
+    assert gt[2] == 0 and pr[2] > 0  # predicted, never in the ground truth
+    iou = tp / (gt + pr - tp)
+    # default: mmseg's rule, class 2 scores IoU 0 and counts in the mean
+    assert res["settings"]["absent"] == "union"
+    assert res["IoU"][2] == 0.0
     assert res["mIoU"] == pytest.approx(100 * iou.mean())
+    # "gt": class 2 left out
+    res_gt = evaluate(model, ds, progress=False, absent="gt")
+    assert res_gt["confusion_matrix"] == res["confusion_matrix"] and res_gt["settings"]["absent"] == "gt"
+    assert math.isnan(res_gt["IoU"][2])
+    assert res_gt["mIoU"] == pytest.approx(100 * iou[:2].mean())
+    with pytest.raises(ValueError, match="absent"):
+        evaluate(model, ds, progress=False, absent="mmseg")
 
 
 def test_whole_equals_slide_when_window_covers_image():

@@ -206,7 +206,7 @@ def test_predict_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         predict_paths(model, tmp_path / "missing.png", tmp_path / "out", progress=False)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="no image files"):
+    with pytest.raises(ValueError, match="no image or video files .* in folder .*empty"):
         predict_paths(model, tmp_path / "empty", tmp_path / "out", progress=False)
     with pytest.raises(ValueError, match="mode"):
         predict_paths(model, tmp_path, tmp_path / "out", mode="tiles", progress=False)

@@ -162,22 +162,22 @@ def _cfg(tmp_path, data, name="mscan-t", **kw):
 
 def test_resume_is_exact(tmp_path, monkeypatch):
     """2 epochs in one go == epoch 1, a kill right after its checkpoint, then --resume auto."""
-    import segkit.engine.trainer as T
-    from segkit.engine.trainer import WorkDirError
+    import segkit.engine.pretrain as P
+    from segkit.engine.runs import WorkDirError
 
     data = make_folder(tmp_path / "data", n_train=4, n_val=2)
     full = pretrain(_cfg(tmp_path / "a", data), progress=False)
     cfg = _cfg(tmp_path / "b", data)
-    real = T.save_checkpoint
+    real = P.save_checkpoint
 
     def save_then_die(path, payload):
         real(path, payload)
         raise KeyboardInterrupt  # as a kill -9 after the write
 
-    monkeypatch.setattr(T, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(P, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         pretrain(cfg, progress=False)
-    monkeypatch.setattr(T, "save_checkpoint", real)
+    monkeypatch.setattr(P, "save_checkpoint", real)
     assert torch.load(Path(cfg.work_dir) / "last.pth", weights_only=True)["epoch"] == 1
     pretrain(cfg, resume="auto", progress=False)
     a = torch.load(Path(full["work_dir"]) / "last.pth", weights_only=True)
@@ -194,6 +194,29 @@ def test_resume_is_exact(tmp_path, monkeypatch):
     kept = torch.load(moved / "last.pth", weights_only=True)
     assert kept["epoch"] == 2 and all(torch.equal(kept["model"][k], b["model"][k]) for k in b["model"])
     assert (work / "last.pth").exists()
+
+
+def test_resume_auto_without_a_checkpoint_in_a_finished_run_is_refused(tmp_path):
+    """--resume auto that finds no last.pth treats the work dir as a plain re-run does: a finished run
+    (encoder/, the log) is refused with nothing touched, and --overwrite moves it aside intact."""
+    from segkit.engine.runs import WorkDirError
+
+    data = make_folder(tmp_path / "data", n_train=4, n_val=2)
+    cfg = _cfg(tmp_path, data)
+    pretrain(cfg, progress=False)
+    work = Path(cfg.work_dir)
+    (work / "last.pth").unlink()
+
+    def contents(folder):
+        return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    before = contents(work)
+    with pytest.raises(WorkDirError, match="encoder"):
+        pretrain(cfg, resume="auto", progress=False)
+    assert contents(work) == before
+    pretrain(cfg, resume="auto", progress=False, overwrite=True)
+    (moved,) = work.parent.glob(f"{work.name}.prev-*")
+    assert contents(moved) == before and (work / "last.pth").is_file()
 
 
 @pytest.mark.parametrize("name, seg_model", [("mscan-t", "segnext-t"), ("mit-b0", "segformer-b0")])

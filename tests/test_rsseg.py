@@ -435,7 +435,7 @@ def test_dca_literal_losses_on_a_hand_made_case():
     three region embeddings — the ``dca-literal`` preset."""
     from segkit.models.rsseg.builders import PLAIN_ABLATIONS
 
-    assert PLAIN_ABLATIONS["dca-literal"] == dict(label_downsample="nearest", mask_absent=False)
+    assert PLAIN_ABLATIONS["dca-literal"] == dict(label_downsample="nearest", mask_absent=False, decoder_heads=1)
     labels = torch.tensor([[[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 0, 0], [255, 1, 0, 0]]])
     # cell centres (1,1), (1,3), (3,1), (3,3) -> classes 0, 1, 1, 0
     keys = [[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [3.0, 1.0]]
@@ -471,3 +471,90 @@ def test_dca_literal_losses_on_a_hand_made_case():
     assert p2r.item() == pytest.approx(p2r_hand, rel=1e-5)
     # the default (masked) differs here: the zero embedding of class 2 leaves the softmax
     assert abs(dca.patch_to_region_loss(k, regions, weights, scale).item() - p2r_hand) > 1e-5
+
+
+def test_dca_literal_config_builds_a_single_head_decoder():
+    """The shipped ``ade20k/rsseg-vit-b_dca-literal`` config: one head over the full width C = 768
+    (eq. 12's ``Q_norm ∈ R^{B,N_class,C}``), one ``1/s``; 11 parameters fewer than the full
+    model's 12 per-head scales, everything else identical."""
+    from segkit.config import load_config
+    from segkit.models.layers import skip_init
+
+    cfg = load_config("ade20k/rsseg-vit-b_dca-literal")
+    assert cfg.model == "rsseg-vit-b" and cfg.model_args["decoder_heads"] == 1
+    with torch.device("meta"), skip_init():
+        literal = build_model(cfg.model, 150, **cfg.model_args)
+        full = build_model("rsseg-vit-b", 150, img_size=512)
+    dec = literal.decode_head.decoder
+    assert (dec.label_downsample, dec.mask_absent) == ("nearest", False)
+    assert [layer.attn.num_heads for layer in dec.layers] == [1]
+    assert dec.layers[0].attn.inv_scale.shape == (1,)
+    assert [layer.attn.num_heads for layer in full.decode_head.decoder.layers] == [12]  # default C/64
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(full) - count(literal) == 11
+    assert literal.arch["decoder_heads"] == 1
+
+
+def test_dca_literal_model_matches_eqs_12_to_15_by_hand():
+    """The decoder of a model built with the ``dca-literal`` preset, against RSSeg eqs. 12–15
+    written out by hand for ONE head over the full channel dimension C. The encoder width 192
+    would give 3 heads by default, so a multi-head preset fails here (per-head L2 norms and
+    scales give other attention maps and other losses).
+
+    Labels 4×6 on a 2×3 token grid (stride 2): cell centres hold classes [0, 1, 2, 2, 255, 1];
+    class 3 appears only off-centre, so nearest down-sampling makes it absent (its query is
+    skipped, its zero region embedding stays among the softmax candidates); cell 4 is ignored.
+    """
+    torch.manual_seed(0)
+    model = build_model(
+        "rsseg-vit-b", 4, embed_dim=192, depth=4, num_heads=3, lsb_dim=16, sasm_groups=4,
+        **PLAIN_ABLATIONS["dca-literal"],
+    )  # fmt: skip
+    dec = model.decode_head.decoder
+    layer = dec.layers[0]
+    attn = layer.attn
+    assert len(dec.layers) == 1 and attn.num_heads == 1
+    with torch.no_grad():
+        attn.inv_scale.fill_(7.5)  # a learnt-looking 1/s, not the initial 10
+    c = 192
+
+    def lin(m, x):
+        return x @ m.weight.T + m.bias
+
+    def eq12(queries, tokens):  # Softmax(Q_norm K_normᵀ / s) V, then the output projection
+        qn = F.normalize(lin(attn.q, queries), dim=-1)  # L2 over all C channels
+        kn = F.normalize(lin(attn.k, tokens), dim=-1)
+        a = torch.softmax(qn @ kn.T * attn.inv_scale[0], dim=-1)
+        return lin(attn.proj, a @ lin(attn.v, tokens)), qn, kn
+
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        # eq. 12 on small random queries (5) and tokens (7)
+        queries, tokens = torch.randn(5, c, generator=g), torch.randn(7, c, generator=g)
+        out, q, k = attn(queries[None], tokens[None])
+        out_hand, qn, kn = eq12(queries, tokens)
+        torch.testing.assert_close(out[0], out_hand, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(q[0, 0], qn, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(k[0, 0], kn, atol=1e-5, rtol=1e-5)
+
+        # the decoder with labels: the same attention inside the layer, and the two DCA losses
+        feats = torch.randn(1, c, 2, 3, generator=g)
+        labels = torch.tensor([[[3, 0, 1, 1, 2, 2], [0, 0, 1, 1, 2, 2], [2, 2, 0, 0, 1, 1], [2, 2, 0, 255, 1, 1]]])
+        _, losses = dec(feats, None, labels, (4, 6))
+        x = lin(dec.dec_proj, feats.flatten(2)[0].T)  # (N = 6, C) decoder input tokens
+        _, qn, kn = eq12(layer.norm_q(dec.cls_emb[0]), layer.norm_kv(x))
+        centre = [0, 1, 2, 2, 255, 1]  # labels[2i + 1, 2j + 1]
+        gt = torch.zeros(4, 6)  # Flatten(GT), hard one-hot
+        for n, cls in enumerate(centre):
+            if cls != 255:
+                gt[cls, n] = 1.0
+        re = gt @ kn  # eq. 13: RE = Flatten(GT) K_norm
+        re_norm = torch.stack([r / r.norm() if r.norm() > 0 else r for r in re])  # class 3: zero vector
+        s_inv = attn.inv_scale[0]
+        sim_q = (qn @ re_norm.T * s_inv).log_softmax(-1)  # eq. 14, softmax over all 4 regions
+        sim_p = (kn @ re_norm.T * s_inv).log_softmax(-1)  # eq. 15
+        q2r_hand = -torch.stack([sim_q[i, i] for i in (0, 1, 2)]).mean()  # the absent class's query skipped
+        p2r_hand = -torch.stack([sim_p[n, cls] for n, cls in enumerate(centre) if cls != 255]).mean()
+    assert set(losses) == {"loss_q2r", "loss_p2r"}
+    torch.testing.assert_close(losses["loss_q2r"], q2r_hand, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(losses["loss_p2r"], p2r_hand, atol=1e-5, rtol=1e-5)

@@ -125,3 +125,56 @@ def test_no_reference_to_files_outside_the_repository():
                     if pattern.search(line):
                         offenders.append(f"{path.relative_to(REPO)}:{i}: {line.strip()[:100]}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_every_cli_command_lives_in_its_own_module():
+    """``segkit/cli/`` is a package: one module per command (its options, example and work), the shared
+    options in ``common.py``, and the dispatch in ``__init__.py``; nothing else."""
+    import argparse
+
+    from segkit.cli import COMMANDS, build_parser
+
+    assert not (PKG / "cli.py").exists()
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    modules = {}
+    for name, parser in sub.choices.items():
+        module = parser.get_default("fn").__module__
+        assert module.startswith("segkit.cli.") and module != "segkit.cli.common", (name, module)
+        assert sys.modules[module].NAME == name, (name, module)
+        modules[name] = module
+    assert len(set(modules.values())) == len(modules), modules  # no module serves two commands
+    assert [command.__name__ for command in COMMANDS] == list(modules.values())
+    files = {module_name(p) for p in (PKG / "cli").glob("*.py")}
+    assert files == set(modules.values()) | {"segkit.cli", "segkit.cli.common"}, files
+
+
+def function_lengths(path: Path) -> dict[str, int]:
+    """``{qualified name: lines}`` of every function and method in ``path`` (docstring included)."""
+    out = {}
+
+    def walk(node, prefix=""):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                out[prefix + child.name] = child.end_lineno - child.lineno + 1
+                walk(child, f"{prefix}{child.name}.")
+            elif isinstance(child, ast.ClassDef):
+                walk(child, f"{prefix}{child.name}.")
+
+    walk(ast.parse(path.read_text()))
+    return out
+
+
+def test_training_loops_are_made_of_short_steps():
+    """The trainer (and pretraining) read as named steps: no function over 80 lines (the loop of
+    ``train()`` was one 333-line function), and ``Trainer`` has the steps a reader looks for."""
+    from segkit.engine.pretrain import Pretrainer
+    from segkit.engine.trainer import Trainer
+
+    for name in ("trainer.py", "pretrain.py"):
+        lengths = function_lengths(PKG / "engine" / name)
+        assert lengths, name
+        long = {f: n for f, n in lengths.items() if n > 80}
+        assert not long, f"segkit/engine/{name}: functions over 80 lines: {long}"
+    for cls in (Trainer, Pretrainer):
+        for step in ("prepare", "fit", "step", "log", "evaluate", "checkpoint", "finish"):
+            assert callable(getattr(cls, step, None)), (cls.__name__, step)

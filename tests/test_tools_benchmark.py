@@ -44,10 +44,19 @@ def test_result_fields_and_fps(b0):
     assert b0.training  # training flag restored
 
 
-def test_slide_mode_and_bf16(b0):
-    res = benchmark(
-        b0, (64, 96), mode="slide", crop_size=(64, 64), stride=(32, 32), amp="bf16", warmup=0, runs=1, threads=1
-    )
+@pytest.mark.parametrize("native", [True, False], ids=["bf16-native", "no-bf16"])
+def test_slide_mode_and_bf16(b0, monkeypatch, native):
+    """Both branches on every CPU: the capability check is faked (on a CPU without avx512_bf16 /
+    amx_bf16 the "native" branch runs PyTorch's emulated bfloat16, slower but the same path)."""
+    import segkit.runtime as runtime
+
+    monkeypatch.setattr(runtime, "cpu_bf16_native", lambda: native)
+    kw = dict(mode="slide", crop_size=(64, 64), stride=(32, 32), amp="bf16", warmup=0, runs=1, threads=1)
+    if not native:
+        with pytest.raises(BenchmarkError, match="no native bfloat16"):
+            benchmark(b0, (64, 96), **kw)
+        return
+    res = benchmark(b0, (64, 96), **kw)
     assert res["settings"]["crop_size"] == [64, 64] and res["settings"]["stride"] == [32, 32]
     assert res["settings"]["amp"] == "bf16" and res["fps"] > 0
 
@@ -67,7 +76,7 @@ def test_slide_mode_and_bf16(b0):
         (dict(runs=0), "runs must be >= 1"),
         (dict(warmup=-1), "warmup must be >= 0"),
         (dict(threads=0), "threads must be >= 1"),
-        (dict(device="mps"), "device must be"),
+        (dict(device="mps"), "segkit accepts auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_refusals(b0, kwargs, match):
@@ -78,7 +87,9 @@ def test_refusals(b0, kwargs, match):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
 def test_cuda_refused_without_cuda(b0):
-    with pytest.raises(BenchmarkError, match="CUDA is not available"):
+    from segkit.errors import DeviceError  # the environment (exit 1), the same error as every command's --device
+
+    with pytest.raises(DeviceError, match="CUDA is not available"):
         benchmark(b0, (64, 64), device="cuda")
 
 
@@ -141,7 +152,8 @@ def test_cli_benchmark_json_and_refusal(tmp_path, capsys):
     res = json.loads(path.read_text())
     assert res["model"] == "segnext-t" and res["num_classes"] == 3 and len(res["latency_ms"]["all"]) == 2
     assert "FPS" in capsys.readouterr().out
-    assert main(["benchmark", "segnext-t", "--shape", "64", "64", "--batch", "0"]) == 2
-    assert "batch must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["benchmark", "segnext-t", "--shape", "64", "64", "--batch", "0"])
+    assert exit_.value.code == 2 and "--batch: must be >= 1, got 0" in capsys.readouterr().err
     assert main(["benchmark", "no-such-model"]) == 2
     assert "neither a zoo model" in capsys.readouterr().err

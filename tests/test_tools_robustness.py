@@ -145,6 +145,7 @@ def test_evaluate_robustness_two_images(synthetic_split, tmp_path):
     res = R.evaluate_robustness(model, ds, tf, out_dir=tmp_path, **kw)
     assert list(res["miou"]) == ["gaussian_noise", "fog"]  # table order = the papers' order
     assert set(res["miou"]["fog"]) == {"3"} and res["num_images"] == 2
+    assert res["settings"]["absent"] == "union"  # mmseg's rule, as segkit.engine.evaluator.evaluate
     assert res["corr"] == pytest.approx((res["miou"]["fog"]["3"] + res["miou"]["gaussian_noise"]["3"]) / 2)
     assert res["retention"] == pytest.approx(100 * res["corr"] / res["clean"])
     assert any(v["3"] != res["clean"] for v in res["miou"].values()), "corruptions did not change any prediction"
@@ -181,6 +182,8 @@ def test_bad_robustness_requests(synthetic_split):
         R.evaluate_robustness(model, ds, tf, corruptions=["elastic_transform"], progress=False)
     with pytest.raises(ValueError, match="severities"):
         R.evaluate_robustness(model, ds, tf, corruptions=["fog"], severities=[0], progress=False)
+    with pytest.raises(ValueError, match="absent"):
+        R.evaluate_robustness(model, ds, tf, corruptions=["fog"], absent="all", progress=False)
 
 
 def test_cli_robustness(synthetic_split, tmp_path, capsys):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from segkit.errors import CheckpointError
+from segkit.errors import CheckpointError, NotFoundError
 
 WRAPPER_KEYS = ("state_dict", "model", "model_state", "module")
 
@@ -41,9 +41,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         for name in ("model.safetensors", "pytorch_model.bin", "model.pth"):
             if (path / name).is_file():
                 return read_state_dict(path / name)
-        raise FileNotFoundError(f"{path}: folder holds no model.safetensors or pytorch_model.bin")
+        raise NotFoundError(f"{path}: folder holds no model.safetensors or pytorch_model.bin")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
+        raise NotFoundError(f"{path}: no such checkpoint file")
     kind = file_kind(path)
     if kind == "safetensors" or path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -220,7 +220,9 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path, strict: bool = Tru
         if problems:
             raise CheckpointError(
                 f"{path} does not fit {getattr(model, 'name', type(model).__name__)} "
-                f"(format {fmt}): " + "; ".join(problems) + ". Pass strict=False to load what fits."
+                f"(format {fmt}): "
+                + "; ".join(problems)
+                + ". Pass strict=False (segkit convert --non-strict) to load what fits."
             )
     result = model.load_state_dict(to_load, strict=False)
     # A model's load hook may fill keys from loaded ones (RSSeg's local patch embedding is
@@ -266,7 +268,7 @@ def from_pretrained(directory: str | Path, map_location: str | torch.device = "c
     directory = Path(directory)
     cfg_path = directory / "config.json"
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{directory}: no config.json (expected a folder written by save_pretrained)")
+        raise NotFoundError(f"{directory}: no config.json (expected a folder written by save_pretrained)")
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("format") != "segkit":
         raise CheckpointError(f"{cfg_path}: not a segkit config (format={cfg.get('format')!r})")
@@ -301,7 +303,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
     if path.is_dir() or (path.suffix == ".safetensors" and (path.parent / "config.json").is_file()):
         return from_pretrained(path if path.is_dir() else path.parent, map_location)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file or folder")
+        raise NotFoundError(f"{path}: no such checkpoint file or folder")
     if file_kind(path) == "safetensors":
         raise CheckpointError(
             f"{path}: a bare .safetensors file has no model description; give the folder that "

@@ -12,10 +12,11 @@ Quick start::
 """
 
 from segkit.data import meta
+from segkit.data.build import DATASETS, build_dataset
 from segkit.data.checks import DatasetReport, check_dataset
+from segkit.data.convert import convert_to_split_layout
 from segkit.data.datasets import (
     ADE20K,
-    DATASETS,
     DEFAULT_DATA_DIR,
     ISAID,
     Cityscapes,
@@ -26,7 +27,6 @@ from segkit.data.datasets import (
     PascalVOC,
     SegDataset,
     SplitDataset,
-    build_dataset,
     data_dir,
     make_label_lut,
     resolve_root,
@@ -55,6 +55,7 @@ from segkit.data.transforms import (
 )
 
 __all__ = [
+    "convert_to_split_layout",
     "DataError",
     "read_image",
     "read_label",

@@ -30,6 +30,7 @@ import numpy as np
 
 from segkit.data.datasets import SegDataset, size_mismatch_message
 from segkit.data.io import DataError, probe_image
+from segkit.errors import UsageError
 
 __all__ = ["check_dataset", "DatasetReport"]
 
@@ -53,6 +54,7 @@ class DatasetReport:
     problem_kinds: dict = field(default_factory=dict)  # {kind: count}
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    raw_values: list[int] = field(default_factory=list)  # values found in the stored labels (before the convention)
 
     @property
     def ok(self) -> bool:
@@ -152,7 +154,7 @@ def _scan_sample(dataset: SegDataset, i: int, decode_images: bool) -> _SampleRes
     image_path, label_path = dataset.samples[i]
     info = None
     try:
-        info = probe_image(image_path, decode=decode_images)
+        info = probe_image(image_path, decode=decode_images, data=dataset.image_bytes(i))
         res.size, res.conversion = (info.width, info.height), info.conversion
     except DataError as e:
         res.problems.append((_kind_of(str(e), "image"), str(e)))
@@ -187,6 +189,42 @@ def _group_colour_masks(problems: list[tuple[str, str]]) -> list[tuple[str, str]
     return [(k, m) for k, m in problems if k != "colour mask"] + [("colour mask", summary)]
 
 
+def training_trap(report: DatasetReport, dataset: SegDataset) -> str | None:
+    """Why training on ``dataset`` would learn nothing useful, or ``None``: the binary-mask traps.
+
+    * labels hold exactly {0, 255}, 255 is the ignore value only by default (not declared in the
+      spec or ``meta.json``) and the classes were discovered: the foreground would be ignored and
+      the model would learn one class (mmseg's and transformers' ``ignore_index=255`` trap);
+    * {0, 1} masks with ``reduce_zero_label``: 0 becomes ignore, one class is left;
+    * any discovered class list of length 1.
+
+    ``segkit train`` refuses with this message; ``segkit check-data`` shows the same as a warning.
+    """
+    raw = set(report.raw_values)
+    discovered = bool(getattr(dataset, "classes_discovered", False))
+    declared = bool(getattr(dataset, "ignore_declared", True))
+    name = dataset.name
+    if raw == {0, 255} and report.ignore_index == 255 and dataset.label_lut is None and not declared and discovered:
+        return (
+            f"{name}: the labels hold only 0 and 255, and 255 is the ignore value by default, so every "
+            f"foreground pixel would be ignored and the model would learn a single class. If 255 marks the "
+            f"foreground of binary masks, map it: label_map: {{255: 1}} with classes: [background, foreground]; "
+            f"if 255 really means 'ignore', say so: ignore_index: 255 (and give the classes)"
+        )
+    if raw <= {0, 1, 255} and 1 in raw and dataset.reduce_zero_label and len(dataset.classes) <= 1:
+        return (
+            f"{name}: the labels hold only 0 and 1 and reduce_zero_label maps 0 to ignore, so one class is "
+            f"left to learn; binary masks with 0 = background need reduce_zero_label: false and classes: "
+            f"[background, foreground]"
+        )
+    if discovered and len(dataset.classes) == 1:
+        return (
+            f"{name}: only one class was found in the labels ({dataset.classes[0]}); a model cannot learn "
+            f"anything from one class. Check the label values (segkit check-data), or give classes: [...]"
+        )
+    return None
+
+
 def check_dataset(
     dataset: SegDataset,
     num_classes: int | None = None,
@@ -214,20 +252,28 @@ def check_dataset(
     t0 = time.perf_counter()
     k = int(num_classes if num_classes is not None else dataset.num_classes)
     if not 1 <= k <= 256:
-        raise ValueError(f"num_classes must be in 1..256 for uint8 labels, got {k}")
-    ignore = dataset.ignore_index
-    lut = dataset.label_lut if dataset.label_lut is not None else np.arange(256, dtype=np.uint8)
-    valid = np.zeros(256, bool)
-    valid[:k] = True
-    n = len(dataset)
+        raise UsageError(f"num_classes must be in 1..256 for uint8 labels, got {k}")
+    tally = _Tally(dataset, k)
     workers = workers or min(8, 2 * (os.cpu_count() or 1))
+    _scan_samples(dataset, decode_images, workers, progress, tally.add)
+    report = tally.report(t0)
+    if report.problems and raise_on_error:
+        kinds = ", ".join(f"{kind}: {c}" for kind, c in report.problem_kinds.items())
+        listed = "\n".join(f"  - {m}" for m in report.problems[:max_listed])
+        more = f"\n  ... and {len(report.problems) - max_listed} more" if len(report.problems) > max_listed else ""
+        err = DataError(
+            f"{dataset.name}: {len(report.problems)} problem(s) in {report.num_samples} samples ({kinds}):\n"
+            f"{listed}{more}"
+        )
+        err.report = report
+        raise err
+    return report
 
-    train_counts = np.zeros(256, np.int64)
-    image_counts = np.zeros(256, np.int64)
-    raw_present = np.zeros(256, bool)
-    sizes: Counter = Counter()
-    conversions: Counter = Counter()
-    problems: list[tuple[str, str]] = []
+
+def _scan_samples(dataset: SegDataset, decode_images: bool, workers: int, progress: bool, add) -> None:
+    """Scan every sample on a pool of ``workers`` threads and hand the results, in sample order, to
+    ``add(i, result)`` (with a tqdm bar if ``progress``); an interruption cancels the queued files."""
+    n = len(dataset)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -241,34 +287,7 @@ def check_dataset(
                     res, futures[i] = futures[i].result(), None  # drop finished futures (large datasets)
                     if bar is not None:
                         bar.update(1)
-                    problems += res.problems
-                    if res.size is not None:
-                        sizes[res.size] += 1
-                    if res.conversion:
-                        conversions[res.conversion] += 1
-                    if res.raw_counts is None:
-                        continue
-                    raw_present |= res.raw_counts > 0
-                    per_train = np.bincount(lut, weights=res.raw_counts, minlength=256).astype(np.int64)
-                    train_counts += per_train
-                    image_counts += per_train > 0
-                    bad = np.flatnonzero((per_train > 0) & ~valid)
-                    bad = bad[bad != ignore]
-                    if len(bad):
-                        raw_bad = [int(v) for v in np.flatnonzero(res.raw_counts) if np.isin(lut[v], bad)]
-                        conv = (
-                            ""
-                            if dataset.label_lut is None
-                            else f" (stored values {raw_bad} before the label convention)"
-                        )
-                        problems.append(
-                            (
-                                "out-of-range values",
-                                f"{dataset.samples[i][1]}: label values {bad.tolist()}{conv} outside "
-                                f"[0, {k}) and not the ignore value {ignore}; "
-                                f"{int(per_train[bad].sum())} pixels",
-                            )
-                        )
+                    add(i, res)
             except BaseException:  # e.g. Ctrl-C: do not wait for the queued files
                 for f in futures:
                     if f is not None:
@@ -278,55 +297,101 @@ def check_dataset(
         if bar is not None:
             bar.close()
 
-    pixel_counts = train_counts[:k].copy()
-    out_of_range = int(train_counts[~valid].sum() - (0 if valid[ignore] else train_counts[ignore]))
-    names = list(dataset.classes[:k]) + [f"class_{i}" for i in range(len(dataset.classes), k)]
-    warn: list[str] = []
-    if conversions:
-        warn.append(
-            f"{sum(conversions.values())} image(s) are not 8-bit RGB and will be converted when read: "
-            + ", ".join(f"{c} ({m})" for c, m in conversions.items())
-        )
-    raw_values = np.flatnonzero(raw_present)
-    if n and set(raw_values.tolist()) == {0, 255} and ignore == 255 and dataset.label_lut is None:
-        warn.append(
-            "labels contain only 0 and 255; 255 is the ignore value. If 255 marks the foreground of "
-            "binary masks, pass label_map={255: 1} (and 2 classes)."
-        )
-    bad_ids = [int(v) for v in np.flatnonzero(train_counts) if not valid[v] and v != ignore]
-    if bad_ids and bad_ids == [k] and not dataset.reduce_zero_label and train_counts[0] == 0:
-        warn.append(
-            f"the labels use 1..{k} and never 0: they look 1-based; reduce_zero_label=True maps k -> k-1 "
-            "(and 0 -> ignore)."
-        )
-    missing = [i for i in range(k) if pixel_counts[i] == 0]
-    if missing and len(missing) < k:
-        shown = ", ".join(f"{i} {names[i]}" for i in missing[:20]) + (" ..." if len(missing) > 20 else "")
-        warn.append(f"{len(missing)} class(es) never occur: {shown}")
 
-    problems = _group_colour_masks(problems)
-    report = DatasetReport(
-        name=dataset.name,
-        num_samples=n,
-        num_classes=k,
-        ignore_index=ignore,
-        class_names=names,
-        pixel_counts=pixel_counts,
-        image_counts=image_counts[:k].copy(),
-        ignore_pixels=int(train_counts[ignore]),
-        out_of_range_pixels=out_of_range,
-        image_sizes=dict(sizes),
-        conversions=dict(conversions),
-        problems=[m for _, m in problems],
-        problem_kinds=dict(Counter(kind for kind, _ in problems)),
-        warnings=warn,
-        seconds=time.perf_counter() - t0,
-    )
-    if problems and raise_on_error:
-        kinds = ", ".join(f"{kind}: {c}" for kind, c in report.problem_kinds.items())
-        listed = "\n".join(f"  - {m}" for _, m in problems[:max_listed])
-        more = f"\n  ... and {len(problems) - max_listed} more" if len(problems) > max_listed else ""
-        err = DataError(f"{dataset.name}: {len(problems)} problem(s) in {n} samples ({kinds}):\n{listed}{more}")
-        err.report = report
-        raise err
-    return report
+class _Tally:
+    """What :func:`check_dataset` adds up over the samples: pixel and label counts per train id
+    (256 bins, after the dataset's label convention), stored values seen, image sizes,
+    conversions and problems; then the warnings and the :class:`DatasetReport`."""
+
+    def __init__(self, dataset: SegDataset, k: int):
+        self.dataset, self.k = dataset, k
+        self.ignore = dataset.ignore_index
+        self.lut = dataset.label_lut if dataset.label_lut is not None else np.arange(256, dtype=np.uint8)
+        self.valid = np.zeros(256, bool)
+        self.valid[:k] = True
+        self.train_counts = np.zeros(256, np.int64)
+        self.image_counts = np.zeros(256, np.int64)
+        self.raw_present = np.zeros(256, bool)
+        self.sizes: Counter = Counter()
+        self.conversions: Counter = Counter()
+        self.problems: list[tuple[str, str]] = []  # [(kind, message)]
+
+    def add(self, i: int, res: _SampleResult) -> None:
+        """Count sample ``i``; label values outside ``[0, k) ∪ {ignore}`` are a problem naming the file."""
+        self.problems += res.problems
+        if res.size is not None:
+            self.sizes[res.size] += 1
+        if res.conversion:
+            self.conversions[res.conversion] += 1
+        if res.raw_counts is None:
+            return
+        self.raw_present |= res.raw_counts > 0
+        per_train = np.bincount(self.lut, weights=res.raw_counts, minlength=256).astype(np.int64)
+        self.train_counts += per_train
+        self.image_counts += per_train > 0
+        bad = np.flatnonzero((per_train > 0) & ~self.valid)
+        bad = bad[bad != self.ignore]
+        if len(bad):
+            raw_bad = [int(v) for v in np.flatnonzero(res.raw_counts) if np.isin(self.lut[v], bad)]
+            conv = "" if self.dataset.label_lut is None else f" (stored values {raw_bad} before the label convention)"
+            self.problems.append(
+                (
+                    "out-of-range values",
+                    f"{self.dataset.samples[i][1]}: label values {bad.tolist()}{conv} outside "
+                    f"[0, {self.k}) and not the ignore value {self.ignore}; "
+                    f"{int(per_train[bad].sum())} pixels",
+                )
+            )
+
+    def warnings(self, names: list[str]) -> list[str]:
+        """Not errors: images converted when read, 0/255 binary-looking or 1-based-looking labels,
+        classes that never occur."""
+        dataset, k, ignore, train_counts = self.dataset, self.k, self.ignore, self.train_counts
+        warn: list[str] = []
+        if self.conversions:
+            warn.append(
+                f"{sum(self.conversions.values())} image(s) are not 8-bit RGB and will be converted when read: "
+                + ", ".join(f"{c} ({m})" for c, m in self.conversions.items())
+            )
+        raw_values = np.flatnonzero(self.raw_present)
+        if len(dataset) and set(raw_values.tolist()) == {0, 255} and ignore == 255 and dataset.label_lut is None:
+            warn.append(
+                "labels contain only 0 and 255; 255 is the ignore value. If 255 marks the foreground of "
+                "binary masks, pass label_map={255: 1} (and 2 classes)."
+            )
+        bad_ids = [int(v) for v in np.flatnonzero(train_counts) if not self.valid[v] and v != ignore]
+        if bad_ids and bad_ids == [k] and not dataset.reduce_zero_label and train_counts[0] == 0:
+            warn.append(
+                f"the labels use 1..{k} and never 0: they look 1-based; reduce_zero_label=True maps k -> k-1 "
+                "(and 0 -> ignore)."
+            )
+        missing = [i for i in range(k) if train_counts[i] == 0]
+        if missing and len(missing) < k:
+            shown = ", ".join(f"{i} {names[i]}" for i in missing[:20]) + (" ..." if len(missing) > 20 else "")
+            warn.append(f"{len(missing)} class(es) never occur: {shown}")
+        return warn
+
+    def report(self, t0: float) -> DatasetReport:
+        """The :class:`DatasetReport` (problems grouped: one entry for all colour masks; ``seconds`` since ``t0``)."""
+        dataset, k, ignore, train_counts, valid = self.dataset, self.k, self.ignore, self.train_counts, self.valid
+        names = list(dataset.classes[:k]) + [f"class_{i}" for i in range(len(dataset.classes), k)]
+        warn = self.warnings(names)
+        problems = _group_colour_masks(self.problems)
+        return DatasetReport(
+            name=dataset.name,
+            num_samples=len(dataset),
+            num_classes=k,
+            ignore_index=ignore,
+            class_names=names,
+            pixel_counts=train_counts[:k].copy(),
+            image_counts=self.image_counts[:k].copy(),
+            ignore_pixels=int(train_counts[ignore]),
+            out_of_range_pixels=int(train_counts[~valid].sum() - (0 if valid[ignore] else train_counts[ignore])),
+            image_sizes=dict(self.sizes),
+            conversions=dict(self.conversions),
+            problems=[m for _, m in problems],
+            problem_kinds=dict(Counter(kind for kind, _ in problems)),
+            warnings=warn,
+            seconds=time.perf_counter() - t0,
+            raw_values=[int(v) for v in np.flatnonzero(self.raw_present)],
+        )

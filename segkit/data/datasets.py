@@ -24,7 +24,6 @@ Construction scans directories or reads split lists but does not open any file; 
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import random
@@ -37,6 +36,7 @@ import numpy as np
 
 from segkit.data import meta
 from segkit.data.io import IMAGE_SUFFIXES, DataError, read_image, read_label
+from segkit.errors import UsageError
 
 __all__ = [
     "SegDataset",
@@ -49,8 +49,6 @@ __all__ = [
     "COCOStuff164k",
     "COCOStuff10k",
     "ISAID",
-    "DATASETS",
-    "build_dataset",
     "make_label_lut",
 ]
 
@@ -68,7 +66,7 @@ def make_label_lut(reduce_zero_label: bool = False, label_map: Mapping[int, int]
     lut = np.arange(256, dtype=np.int64)
     for old, new in (label_map or {}).items():
         if not (0 <= int(old) <= 255 and 0 <= int(new) <= 255):
-            raise ValueError(f"label_map entries must map 0..255 to 0..255, got {old} -> {new}")
+            raise DataError(f"label_map entries must map 0..255 to 0..255, got {old} -> {new}")
         lut[int(old)] = int(new)
     if reduce_zero_label:
         lut = np.where(lut == 0, 255, np.where(lut == 255, 255, lut - 1))
@@ -113,14 +111,14 @@ class SegDataset:
         self.samples: list[Sample] = [(str(i), None if l is None else str(l)) for i, l in samples]
         self.classes = [str(c) for c in classes]
         if not self.classes:
-            raise ValueError(f"{name}: no class names given")
+            raise DataError(f"{name}: no class names given")
         if palette is None:
             palette = meta.default_palette(len(self.classes))
         self.palette = [[int(v) for v in c] for c in palette]
         if len(self.palette) != len(self.classes):
-            raise ValueError(f"{name}: palette has {len(self.palette)} colours for {len(self.classes)} classes")
+            raise DataError(f"{name}: palette has {len(self.palette)} colours for {len(self.classes)} classes")
         if not 0 <= int(ignore_index) <= 255:
-            raise ValueError(f"{name}: ignore_index must be in 0..255 (labels are uint8), got {ignore_index}")
+            raise DataError(f"{name}: ignore_index must be in 0..255 (labels are uint8), got {ignore_index}")
         self.ignore_index = int(ignore_index)
         self.reduce_zero_label = bool(reduce_zero_label)
         self.label_map = {int(k): int(v) for k, v in (label_map or {}).items()} or None
@@ -131,6 +129,8 @@ class SegDataset:
         self.unknown_colour = unknown_colour
         self.label_hint = ""  # how to change the expected label file name (for error messages)
         self._cache: list | None = None
+        self.classes_discovered = False  # the class list was read off the label values (FolderDataset)
+        self.ignore_declared = True  # ignore_index was given (spec / meta.json), not taken by default
 
     @property
     def num_classes(self) -> int:
@@ -168,7 +168,18 @@ class SegDataset:
             raise DataError(
                 f"{label_path}: label file not found (expected for image {image_path}){getattr(self, 'label_hint', '')}"
             )
-        return read_label(label_path, colours=self.label_colours, unknown_colour=self.unknown_colour)
+        return read_label(
+            label_path,
+            colours=self.label_colours,
+            unknown_colour=self.unknown_colour,
+            unknown_hint=" (to map such pixels to the ignore index, set unknown_colour: ignore in the data set spec "
+            "or its meta.json; a class id maps them to that class)",
+        )
+
+    def image_bytes(self, i: int) -> bytes | None:
+        """The encoded image of sample ``i`` when it does not live in the file ``samples[i][0]``
+        (an embedded or in-memory image); ``None`` (the default) reads the file."""
+        return None
 
     def apply_label_convention(self, label: np.ndarray) -> np.ndarray:
         """Raw label values -> train ids (``label_map`` then ``reduce_zero_label``)."""
@@ -191,7 +202,7 @@ class SegDataset:
             for image, label in ex.map(self.load, range(len(self))):
                 total += image.nbytes + (0 if label is None else label.nbytes)
                 if total > max_bytes:
-                    raise ValueError(f"{self.name}: preloading would exceed max_bytes={max_bytes:,}")
+                    raise UsageError(f"{self.name}: preloading would exceed max_bytes={max_bytes:,}")
                 image.setflags(write=False)
                 if label is not None:
                     label.setflags(write=False)
@@ -209,7 +220,7 @@ class SegDataset:
         if self._cache is not None:
             return self._cache[i]
         image_path, label_path = self.samples[i]
-        image = read_image(image_path)
+        image = read_image(image_path, data=self.image_bytes(i))
         if label_path is None:
             return image, None
         label = self.read_raw_label(i)
@@ -439,13 +450,35 @@ class SplitDataset(SegDataset):
             transform=transform,
             name=f"{info.get('name', root.name)}/{split}",
             label_colours=colour_table,
-            unknown_colour=_unknown_colour(info.get("unknown_colour", "error"), info.get("ignore_index", 255)),
+            unknown_colour=_unknown_colour(
+                info.get("unknown_colour", "error"), info.get("ignore_index", 255), f"{meta_path} (unknown_colour)"
+            ),
         )
         self.root, self.split = str(root), split
         self.label_hint = f" (meta.json layout.label is {layout['label']!r})"
 
 
 # -------------------------------------------------------------------------------- generic folder
+def seeded_split(items: list, split: str | None, val_fraction: float = 0.2, seed: int = 0) -> list:
+    """``items`` (all for ``split`` None / ``"all"``), or the ``"train"`` / ``"val"`` part of a random
+    split with ``val_fraction`` of them (at least one) in val, drawn with ``random.Random(seed)``:
+    deterministic, independent of the global random state, the same for every run. Order kept.
+
+    Raises ``ValueError`` for another split name or ``val_fraction`` outside (0, 1).
+    """
+    if split in (None, "all"):
+        return list(items)
+    if split not in ("train", "val"):
+        raise UsageError(f"split must be None, 'all', 'train' or 'val', got {split!r}")
+    if not 0.0 < val_fraction < 1.0:
+        raise UsageError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(items) * val_fraction)) if len(items) > 1 else 0
+    chosen = sorted(order[:n_val] if split == "val" else order[n_val:])
+    return [items[i] for i in chosen]
+
+
 def _find_meta(*dirs: Path) -> Path | None:
     for d in dirs:
         for cand in (d / "meta.json", d.parent / "meta.json", d.parent.parent / "meta.json"):
@@ -538,6 +571,7 @@ class FolderDataset(SegDataset):
                 info = json.loads(Path(meta_path).read_text())
             except (OSError, json.JSONDecodeError) as e:
                 raise DataError(f"{meta_path}: cannot read meta.json ({e})") from None
+        ignore_declared = ignore_index is not None or "ignore_index" in info
         ignore_index = int(ignore_index if ignore_index is not None else info.get("ignore_index", 255))
         reduce_zero_label = bool(
             reduce_zero_label if reduce_zero_label is not None else info.get("reduce_zero_label", False)
@@ -548,7 +582,8 @@ class FolderDataset(SegDataset):
             classes = [f"class_{i}" for i in range(classes)]
         if classes is None:
             classes = info.get("classes")
-        if classes is None and not (label_colours is not None or info.get("label_colours")):
+        discovered = classes is None and not (label_colours is not None or info.get("label_colours"))
+        if discovered:
             classes = _discover_classes(samples, ignore_index, make_label_lut(reduce_zero_label, label_map), images_dir)
         if palette is None:
             palette = info.get("palette")
@@ -563,16 +598,7 @@ class FolderDataset(SegDataset):
         if palette is None and colour_table is not None and len(colour_table) == len(classes or ()):
             palette = colour_table
 
-        if split not in (None, "all"):
-            if split not in ("train", "val"):
-                raise ValueError(f"split must be None, 'all', 'train' or 'val', got {split!r}")
-            if not 0.0 < val_fraction < 1.0:
-                raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-            order = list(range(len(samples)))
-            random.Random(seed).shuffle(order)
-            n_val = max(1, round(len(samples) * val_fraction)) if len(samples) > 1 else 0
-            chosen = sorted(order[:n_val] if split == "val" else order[n_val:])
-            samples = [samples[i] for i in chosen]
+        samples = seeded_split(samples, split, val_fraction, seed)
         super().__init__(
             samples,
             classes,
@@ -583,9 +609,14 @@ class FolderDataset(SegDataset):
             transform=transform,
             name=name or info.get("name") or f"{images_dir.name}" + (f"/{split}" if split else ""),
             label_colours=colour_table,
-            unknown_colour=_unknown_colour(info.get("unknown_colour", unknown_colour), ignore_index),
+            unknown_colour=_unknown_colour(
+                info.get("unknown_colour", unknown_colour),
+                ignore_index,
+                f"{meta_path} (unknown_colour)" if "unknown_colour" in info else "the data set spec (unknown_colour)",
+            ),
         )
         self.split = split
+        self.classes_discovered, self.ignore_declared = discovered, ignore_declared
         if labels_dir is not None:
             self.label_hint = f" (label_suffix is {label_suffix!r})"
 
@@ -610,13 +641,23 @@ def _colour_table(label_colours, colour_labels: bool, palette, where) -> list[li
     return table
 
 
-def _unknown_colour(value, ignore_index: int):
-    """``"error"`` (default), ``"ignore"`` (→ ``ignore_index``) or a class id for mask colours not in the table."""
-    if value == "ignore":
-        return int(ignore_index)
-    if value == "error" or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255):
-        return value
-    raise DataError(f"unknown_colour must be 'error', 'ignore' or a class id 0..255, got {value!r}")
+UNKNOWN_COLOUR_VALUES = "'error', 'ignore' or a class id 0..255"
+
+
+def unknown_colour_problem(value) -> str | None:
+    """What is wrong with an ``unknown_colour`` value, or ``None`` when it is ``"error"``, ``"ignore"`` or 0..255."""
+    if value in ("error", "ignore") or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255):
+        return None
+    return f"unknown_colour must be {UNKNOWN_COLOUR_VALUES}, got {value!r}"
+
+
+def _unknown_colour(value, ignore_index: int, where: str = "the data set spec"):
+    """``"error"`` (default), ``"ignore"`` (→ ``ignore_index``) or a class id for mask colours not in the table.
+    A :class:`DataError` naming ``where`` the value came from (a ``meta.json``, the data set spec) otherwise."""
+    problem = unknown_colour_problem(value)
+    if problem is not None:
+        raise DataError(f"{where}: {problem}")
+    return int(ignore_index) if value == "ignore" else value
 
 
 def _discover_classes(samples: list[Sample], ignore_index: int, lut: np.ndarray | None, where) -> list[str]:
@@ -696,7 +737,7 @@ class Cityscapes(SegDataset):
         root = Path(root)
         split = _split_alias(split, {"training": "train", "validation": "val"}, ("train", "val", "test"), "Cityscapes")
         if label_type not in ("trainIds", "labelIds"):
-            raise ValueError(f"label_type must be 'trainIds' or 'labelIds', got {label_type!r}")
+            raise UsageError(f"label_type must be 'trainIds' or 'labelIds', got {label_type!r}")
         images = _scan(_require_dir(root / "leftImg8bit" / split, "Cityscapes leftImg8bit"), "_leftImg8bit.png")
         suffix = {"trainIds": "_gtFine_labelTrainIds.png", "labelIds": "_gtFine_labelIds.png"}[label_type]
         labels = _scan(_require_dir(root / "gtFine" / split, "Cityscapes gtFine"), suffix)
@@ -758,7 +799,7 @@ class PascalContext(SegDataset):
         self, root: str | os.PathLike, split: str = "train", transform: Callable | None = None, num_classes: int = 59
     ):
         if num_classes not in (59, 60):
-            raise ValueError(f"Pascal Context has 59 or 60 classes, got {num_classes}")
+            raise UsageError(f"Pascal Context has 59 or 60 classes, got {num_classes}")
         root = _descend(_descend(Path(root), "VOCdevkit"), "VOC2010")
         ids = _read_list(root / "ImageSets" / "SegmentationContext" / f"{split}.txt")
         samples = [
@@ -807,7 +848,7 @@ class COCOStuff164k(SegDataset):
             labels = _scan(ann, ".png", exclude=("_labelTrainIds.png",))
             label_map = {**{i: 255 for i in meta.COCO_STUFF_UNUSED_IDS}, **meta.COCO_STUFF164K_ID_TO_TRAINID}
         else:
-            raise ValueError(f"label_type must be 'trainIds' or 'raw', got {label_type!r}")
+            raise UsageError(f"label_type must be 'trainIds' or 'raw', got {label_type!r}")
         super().__init__(
             _pair(images, labels, f"COCO-Stuff 164k {root}/{split}"),
             meta.COCO_STUFF_CLASSES,
@@ -871,58 +912,3 @@ class ISAID(SegDataset):
             label_colours=meta.ISAID_COLOURS,
             unknown_colour=unknown_colour,
         )
-
-
-# ------------------------------------------------------------------------------- factory
-DATASETS: dict[str, type[SegDataset]] = {
-    "split": SplitDataset,
-    "folder": FolderDataset,
-    "ade20k": ADE20K,
-    "cityscapes": Cityscapes,
-    "voc": PascalVOC,
-    "pascal_voc": PascalVOC,
-    "pascal_context": PascalContext,
-    "coco_stuff164k": COCOStuff164k,
-    "coco_stuff10k": COCOStuff10k,
-    "isaid": ISAID,
-}
-
-
-def build_dataset(cfg: Mapping, transform: Callable | None = None) -> SegDataset:
-    """Build a dataset from a small dict, e.g. ``{"type": "split", "root": "${SEGKIT_DATA}/camvid",
-    "split": "train"}`` or ``{"type": "ade20k", "root": ..., "split": "validation"}``.
-
-    ``type`` is a key of :data:`DATASETS`; the other keys are the constructor arguments. Path
-    values (``root``, ``images_dir``, ``labels_dir``) go through :func:`resolve_root`; a root
-    that does not exist is a :class:`DataError` that says where segkit looked and how to set
-    ``SEGKIT_DATA``.
-
-    Raises:
-        ValueError: missing/unknown ``type``, or keys the dataset does not take (all named).
-    """
-    cfg = dict(cfg)
-    kind = cfg.pop("type", None)
-    if kind not in DATASETS:
-        raise ValueError(f"dataset config needs 'type' in {sorted(DATASETS)}, got {kind!r}")
-    cls = DATASETS[kind]
-    params = inspect.signature(cls.__init__).parameters
-    allowed = [p for p in params if p not in ("self", "transform")]
-    unknown = sorted(k for k in cfg if k not in allowed)
-    if unknown:
-        raise ValueError(f"dataset type {kind!r}: unknown key(s) {unknown}; allowed: {allowed}")
-    missing = [
-        p
-        for p, v in params.items()
-        if p not in ("self", "transform")
-        and v.default is inspect.Parameter.empty
-        and v.kind is not inspect.Parameter.VAR_KEYWORD
-        and p not in cfg
-    ]
-    if missing:
-        raise ValueError(f"dataset type {kind!r}: missing key(s) {missing}")
-    for key in ("root", "images_dir", "labels_dir"):
-        if isinstance(cfg.get(key), (str, os.PathLike)):
-            if not resolve_root(cfg[key]).exists():
-                raise DataError(missing_root_message(cfg[key]))
-            cfg[key] = str(resolve_root(cfg[key]))
-    return cls(**cfg, transform=transform)

@@ -34,12 +34,13 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from segkit.errors import DataError
+from segkit.errors import DataError, UsageError
 
 __all__ = [
     "DataError",
     "IMAGE_SUFFIXES",
     "read_image",
+    "pil_to_rgb",
     "read_label",
     "probe_image",
     "ImageInfo",
@@ -74,7 +75,9 @@ def _read_bytes(path: str | os.PathLike) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
+        from segkit.errors import NotFoundError
+
+        raise NotFoundError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataError(f"{path}: is a directory, expected an image file") from None
     except OSError as e:
@@ -139,19 +142,43 @@ def _gray16_to_uint8(arr: np.ndarray, path) -> np.ndarray:
     return ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def _float_gray_to_uint8(arr: np.ndarray, path) -> np.ndarray:
+    """A 32-bit float gray image (mode ``F``) to 8 bits by its value range, with a warning naming the rule:
+    0..1 → × 255; 0..255 → as is; 0..65535 → × 255 / 65535 (16-bit data stored as float). NaN or values
+    outside 0..65535 are a :class:`DataError` (no guess)."""
+    if arr.size == 0 or not np.isfinite(arr).all():
+        raise DataError(f"{path}: 32-bit float image (mode 'F') with NaN or infinite values")
+    lo, hi = float(arr.min()), float(arr.max())
+    for top, rule in (
+        (1.0, "0..1, scaled by 255"),
+        (255.0, "0..255, rounded"),
+        (65535.0, "0..65535, scaled by 255/65535"),
+    ):
+        if lo >= 0 and hi <= top:
+            _warn("float", f"{path}: 32-bit float image (mode F) read as values {rule}")
+            return np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+    raise DataError(
+        f"{path}: 32-bit float image (mode 'F') with values {lo:g}..{hi:g}: not 0..1, 0..255 or 0..65535, so "
+        "segkit does not guess a conversion; convert it to 8-bit RGB first"
+    )
+
+
+def read_image(path: str | os.PathLike, data: bytes | None = None) -> np.ndarray:
     """Read an image as ``uint8 (H, W, 3)`` RGB.
 
-    EXIF orientation is applied. Grayscale (L, 1, LA), RGBA, palette (P), CMYK/YCbCr and
-    16-bit images (gray ``I;16``/``I`` or 48-bit RGB PNG) are converted to 8-bit RGB with a
-    ``UserWarning`` naming the file and the conversion (alpha is dropped, 16-bit values are
-    scaled by 255/65535).
+    ``data``: the file's bytes when they do not come from ``path`` (an image embedded in an
+    annotation file, a Hugging Face dataset row); ``path`` then only names it in messages.
+
+    EXIF orientation is applied. Grayscale (L, 1, LA), RGBA, palette (P), CMYK/YCbCr,
+    16-bit images (gray ``I;16``/``I`` or 48-bit RGB PNG) and 32-bit float gray (``F``, by its value
+    range: 0..1, 0..255 or 0..65535) are converted to 8-bit RGB with a ``UserWarning`` naming the
+    file and the conversion (alpha is dropped, 16-bit values are scaled by 255/65535).
 
     Raises:
         DataError: missing, empty, unreadable, truncated or corrupt file, or an unsupported
-            mode (32-bit float); the message starts with the path.
+            mode (float values outside those ranges); the message starts with the path.
     """
-    data = _read_bytes(path)
+    data = _read_bytes(path) if data is None else data
     img = _open(path, data)
     orientation = _orientation(img)
     if img.mode == "RGB" and orientation == 1 and _looks_complete(data, img.format) and not _is_16bit_rgb(img):
@@ -162,6 +189,24 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if orientation != 1:
         img = ImageOps.exif_transpose(img)
     return _to_rgb(img, path)
+
+
+def pil_to_rgb(img: Image.Image, name: str | os.PathLike = "image") -> np.ndarray:
+    """A ``PIL.Image`` as ``uint8 (H, W, 3)`` RGB by the conversion :func:`read_image` applies to files, so a
+    picture gives the same pixels (and labels) as an image object as from its file: grayscale (``L``, ``1``,
+    ``LA``), 16- and 32-bit integer gray (``I;16``, ``I``: scaled by 255/65535, not clipped), palette (``P``),
+    RGBA, CMYK … with the same one-line ``UserWarning`` naming ``name``. EXIF orientation is not applied (the
+    pixels are taken as the object holds them).
+
+    Float gray (``F``) is read by its value range (0..1, 0..255 or 0..65535; :func:`read_image` does the same).
+
+    Raises :class:`DataError` naming ``name`` for an empty image (0 pixels), a mode segkit does not read (a
+    float image with values outside those ranges) or an image that cannot be decoded.
+    """
+    img = _decode(name, img)
+    if img.width == 0 or img.height == 0:
+        raise DataError(f"{name}: empty image ({img.width}x{img.height} pixels)")
+    return _to_rgb(img, name)
 
 
 def _to_rgb(img: Image.Image, path) -> np.ndarray:
@@ -187,11 +232,17 @@ def _to_rgb(img: Image.Image, path) -> np.ndarray:
     if mode in ("CMYK", "YCbCr", "LAB", "HSV", "I;16S"):
         _warn("colour-space", f"{path}: {mode} image converted to RGB")
         return np.ascontiguousarray(np.asarray(img.convert("RGB")))
+    if mode == "F":
+        return cv2.cvtColor(_float_gray_to_uint8(np.asarray(img), path), cv2.COLOR_GRAY2RGB)
     raise DataError(f"{path}: unsupported image mode {mode!r} (expected 8-bit RGB, grayscale, RGBA, palette or 16-bit)")
 
 
 def read_label(
-    path: str | os.PathLike, colours: Sequence[Sequence[int]] | None = None, unknown_colour: str | int = "error"
+    path: str | os.PathLike,
+    colours: Sequence[Sequence[int]] | None = None,
+    unknown_colour: str | int = "error",
+    data: bytes | None = None,
+    unknown_hint: str = "",
 ) -> np.ndarray:
     """Read a single-channel class-index label map as ``uint8 (H, W)``.
 
@@ -203,11 +254,14 @@ def read_label(
     mask is then converted with :func:`colour_to_index` (``unknown_colour`` as there) instead of
     being refused.
 
+    ``data``: the file's bytes when they do not come from ``path`` (as for :func:`read_image`).
+    ``unknown_hint``: appended to the message about colours outside the table (how the caller maps them).
+
     Raises:
         DataError: missing/unreadable/truncated file; a 3-channel colour mask (the message says
             how to convert it with the palette); 16-bit values above 255; float labels.
     """
-    data = _read_bytes(path)
+    data = _read_bytes(path) if data is None else data
     img = _open(path, data)
     orientation = _orientation(img)
     if img.mode == "L" and orientation == 1 and _looks_complete(data, img.format):
@@ -234,7 +288,7 @@ def read_label(
     if mode in ("RGB", "RGBA", "RGBX"):
         rgb = np.asarray(img)[:, :, :3]
         if colours is not None:
-            return colour_to_index(rgb, colours, unknown=unknown_colour, path=path)
+            return colour_to_index(rgb, colours, unknown=unknown_colour, path=path, hint=unknown_hint)
         if np.array_equal(rgb[:, :, 0], rgb[:, :, 1]) and np.array_equal(rgb[:, :, 0], rgb[:, :, 2]):
             _warn("label-3ch", f"{path}: label stored as {mode} with three equal channels; using one channel")
             return np.ascontiguousarray(rgb[:, :, 0])
@@ -269,6 +323,7 @@ def colour_to_index(
     palette: Sequence[Sequence[int]],
     unknown: str | int = "error",
     path: str | os.PathLike | None = None,
+    hint: str | None = None,
 ) -> np.ndarray:
     """Convert an RGB colour mask ``uint8 (H, W, 3)`` to class indices ``uint8 (H, W)``.
 
@@ -278,17 +333,18 @@ def colour_to_index(
 
     Raises:
         ValueError: the palette has duplicate colours (cannot be inverted) or more than 256 entries.
-        DataError: unknown colours with ``unknown="error"``; ``path`` (if given) names the file.
+        DataError: unknown colours with ``unknown="error"``; ``path`` (if given) names the file, ``hint``
+            (default: the ``unknown`` argument) says how to map them instead.
     """
     mask = np.asarray(mask)
     if mask.ndim != 3 or mask.shape[2] < 3:
-        raise ValueError(f"expected an (H, W, 3) RGB mask, got shape {mask.shape}")
+        raise UsageError(f"expected an (H, W, 3) RGB mask, got shape {mask.shape}")
     pal = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
     if len(pal) > 256:
-        raise ValueError(f"palette has {len(pal)} colours; at most 256 fit in a uint8 label")
+        raise UsageError(f"palette has {len(pal)} colours; at most 256 fit in a uint8 label")
     pal_codes = (pal[:, 0] << 16) | (pal[:, 1] << 8) | pal[:, 2]
     if len(np.unique(pal_codes)) != len(pal_codes):
-        raise ValueError("palette has duplicate colours, so colour -> class is ambiguous")
+        raise UsageError("palette has duplicate colours, so colour -> class is ambiguous")
     order = np.argsort(pal_codes)
     sorted_codes = pal_codes[order]
     codes = _rgb_codes(mask[..., :3])
@@ -300,7 +356,8 @@ def colour_to_index(
             bad, cnt = np.unique(codes[~known], return_counts=True)
             top = ", ".join(f"{_code_to_rgb(c)} x{n}" for c, n in sorted(zip(bad, cnt), key=lambda t: -t[1])[:8])
             where = f"{path}: " if path is not None else ""
-            raise DataError(f"{where}{len(bad)} colour(s) not in the palette ({int(cnt.sum())} pixels): {top}")
+            hint = hint or " (unknown=<class id>, e.g. 255 = ignore, maps them instead)"
+            raise DataError(f"{where}{len(bad)} colour(s) not in the palette ({int(cnt.sum())} pixels): {top}{hint}")
         out[~known] = int(unknown)
     return out
 
@@ -350,7 +407,7 @@ class ImageInfo:
     conversion: str | None
 
 
-def probe_image(path: str | os.PathLike, decode: bool = False) -> ImageInfo:
+def probe_image(path: str | os.PathLike, decode: bool = False, data: bytes | None = None) -> ImageInfo:
     """Check an image file without (fully) decoding it.
 
     Reads the header and runs the end-of-file integrity check; a file that fails it (or any
@@ -359,7 +416,7 @@ def probe_image(path: str | os.PathLike, decode: bool = False) -> ImageInfo:
     Raises:
         DataError: missing, unreadable, truncated or corrupt file.
     """
-    data = _read_bytes(path)
+    data = _read_bytes(path) if data is None else data  # data: the bytes, as for read_image
     img = _open(path, data)
     orientation = _orientation(img)
     if decode or not _looks_complete(data, img.format):

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from segkit.data.meta import IMAGENET_MEAN, IMAGENET_STD
 from segkit.data.transforms import TestTransform
+from segkit.errors import UsageError
 
 # Defaults of the reference test pipeline (also the defaults of segkit.config's sections).
 DEFAULT_TEST_SCALE = (2048, 512)
@@ -57,13 +58,20 @@ class TestProtocol:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"test mode must be one of {MODES}, got {self.mode!r}")
+            raise UsageError(f"test mode must be one of {MODES}, got {self.mode!r}")
         self.scale = _pair_or_none(self.scale, "scale")
         self.crop_size = _pair_or_none(self.crop_size, "crop_size")
         self.stride = _pair_or_none(self.stride, "stride")
         self.train_crop = _pair_or_none(self.train_crop, "train_crop")
         self.scales = tuple(float(s) for s in self.scales)
         self.size_divisor = int(self.size_divisor) if self.size_divisor else None
+        if not all(s > 0 and s != float("inf") for s in self.scales):  # NaN fails s > 0
+            raise UsageError(f"test scales must be positive ratios, got {list(self.scales)} (--scales / eval.scales)")
+        if self.crop_size and self.stride and any(s > c for s, c in zip(self.stride, self.crop_size)):
+            raise UsageError(
+                f"slide stride {self.stride} is larger than the window {self.crop_size} (--stride / --crop): pixels "
+                f"between the windows would get no prediction; use a stride <= the window"
+            )
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -98,6 +106,17 @@ class TestProtocol:
         if explicit:
             return cls(**dict(explicit)) if not isinstance(explicit, TestProtocol) else explicit
         return cls.from_config(getattr(model, "train_config", None))
+
+    @staticmethod
+    def origin(model) -> str | None:
+        """Where :meth:`of` takes ``model``'s protocol from: ``"stored"`` (its ``test_protocol``),
+        ``"training config"`` (its ``train_config``), or ``None`` — neither, so segkit's defaults
+        (the papers' ADE20K protocol: keep-ratio :data:`DEFAULT_TEST_SCALE`, whole inference)."""
+        if getattr(model, "test_protocol", None):
+            return "stored"
+        if getattr(model, "train_config", None):
+            return "training config"
+        return None
 
     def replace(self, **changes) -> "TestProtocol":
         """A copy with the given fields changed; ``None`` values leave a field as it is."""
@@ -154,7 +173,7 @@ def _pair_or_none(value, name: str) -> Optional[tuple[int, int]]:
     if len(value) == 1:
         value = value * 2
     if len(value) != 2 or any(int(v) <= 0 for v in value):
-        raise ValueError(f"{name} must be a positive int or pair, got {value!r}")
+        raise UsageError(f"{name} must be a positive int or pair, got {value!r}")
     return int(value[0]), int(value[1])
 
 

@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 
 from segkit.data.meta import IMAGENET_MEAN, IMAGENET_STD
+from segkit.errors import DataError, UsageError
 
 # The encoders (MiT, MSCAN, ViT, CSWin) downsample 32x: the smallest image side segkit feeds them.
 MIN_SIDE = 32
@@ -188,7 +189,7 @@ def _pair(x, name: str) -> tuple[int, int]:
     if isinstance(x, (int, np.integer)):
         return int(x), int(x)
     if len(x) != 2:
-        raise ValueError(f"{name} must be an int or a pair, got {x!r}")
+        raise UsageError(f"{name} must be an int or a pair, got {x!r}")
     return int(x[0]), int(x[1])
 
 
@@ -228,7 +229,7 @@ class TrainTransform:
         self.scale = None if scale is None else _pair(scale, "scale")
         self.ratio_range = None if ratio_range is None else (float(ratio_range[0]), float(ratio_range[1]))
         if self.ratio_range is not None and not 0 < self.ratio_range[0] <= self.ratio_range[1]:
-            raise ValueError(f"ratio_range must satisfy 0 < lo <= hi, got {ratio_range}")
+            raise UsageError(f"ratio_range must satisfy 0 < lo <= hi, got {ratio_range}")
         self.crop_size = _pair(crop_size, "crop_size")
         self.cat_max_ratio = float(cat_max_ratio)
         self.flip_prob = float(flip_prob)
@@ -256,9 +257,9 @@ class TrainTransform:
 
     def __call__(self, image: np.ndarray, label: np.ndarray | None) -> dict:
         if label is None:
-            raise ValueError("TrainTransform needs a label")
+            raise UsageError("TrainTransform needs a label")
         if image.shape[:2] != label.shape[:2]:
-            raise ValueError(f"image {image.shape[:2]} and label {label.shape[:2]} differ in size")
+            raise DataError(f"image {image.shape[:2]} and label {label.shape[:2]} differ in size")
         if self.scale is not None:
             target = random_scale(self.scale, self.ratio_range) if self.ratio_range else self.scale
             h, w = rescale_size(image.shape[0], image.shape[1], target)

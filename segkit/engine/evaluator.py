@@ -17,10 +17,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from segkit.errors import DataError
 from segkit.models.fuse import for_inference
 from segkit.runtime import autocast, check_amp
 
-from .metrics import ConfusionMatrix, format_table
+from .metrics import ABSENT_RULES, ConfusionMatrix, format_table
 
 
 def _dist_info() -> tuple[int, int]:
@@ -39,20 +40,20 @@ def _prepare(model, item: dict, index: int, device: torch.device) -> tuple[torch
     """
     where = item.get("image_path", f"item {index}")
     if "image" not in item or "label" not in item:
-        raise ValueError(f"dataset item {index} ({where}) lacks 'image' or 'label'; got keys {sorted(item)}")
+        raise DataError(f"dataset item {index} ({where}) lacks 'image' or 'label'; got keys {sorted(item)}")
     image, label = item["image"], item["label"]
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"{where}: numpy image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+            raise DataError(f"{where}: numpy image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
         image = model.normalize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device))
     else:
         image = torch.as_tensor(image)
         if image.ndim != 3 or image.shape[0] != 3 or not image.dtype.is_floating_point:
-            raise ValueError(f"{where}: image tensor must be float (3, H, W), got {image.dtype} {tuple(image.shape)}")
+            raise DataError(f"{where}: image tensor must be float (3, H, W), got {image.dtype} {tuple(image.shape)}")
         image = image[None].to(device, torch.float32)
     label = torch.as_tensor(np.ascontiguousarray(label) if isinstance(label, np.ndarray) else label)
     if label.ndim != 2:
-        raise ValueError(f"{where}: label must be (H, W), got shape {tuple(label.shape)}")
+        raise DataError(f"{where}: label must be (H, W), got shape {tuple(label.shape)}")
     return image, label.to(device, torch.int64)
 
 
@@ -78,6 +79,7 @@ def evaluate(
     class_names: Sequence[str] | None = None,
     amp: str | None = None,
     on_image: Callable[[torch.Tensor, torch.Tensor], None] | None = None,
+    absent: str = "union",
 ) -> dict:
     """Evaluate ``model`` on ``dataset`` and return the metrics.
 
@@ -107,6 +109,11 @@ def evaluate(
         on_image: called as ``on_image(pred, label)`` with each image's ``(H, W)`` int64 prediction
             and label (on ``device``) after it is counted — for extra statistics over the same
             predictions (e.g. :func:`segkit.tools.analysis.object_size_iou`).
+        absent: how classes absent from the ground truth count in the class means, passed to
+            :func:`~segkit.engine.metrics.metrics_from_matrix`: ``"union"`` (default,
+            mmsegmentation's rule: a metric is NaN only where its denominator is 0, so a class
+            predicted but never in the ground truth scores IoU 0) or ``"gt"`` (every class
+            without ground-truth pixels left out). Checked before any image is run.
 
     Under ``torch.distributed`` each rank evaluates images ``rank::world_size`` and the
     confusion matrices (and image counts) are summed with ``all_reduce``; every rank returns
@@ -114,20 +121,64 @@ def evaluate(
 
     Returns:
         dict with the :func:`~segkit.engine.metrics.metrics_from_matrix` entries (percentages
-        0–100, NaN for classes absent from the ground truth), ``"per_class"`` (Markdown
+        0–100, NaN for the classes ``absent`` leaves out), ``"per_class"`` (Markdown
         table), ``"confusion_matrix"`` (K×K nested list), ``"num_images"``, ``"time_s"``
         (wall time of this rank) and ``"sec_per_image"``; plus the evaluation settings.
 
-    Raises ``ValueError`` if the dataset's class count differs from the model's, for a
-    malformed item, or for label values outside ``[0, K)`` (naming the image file).
+    Raises :class:`~segkit.errors.UsageError` for ``max_images < 1`` or an unknown ``absent`` rule (before
+    any image is run), :class:`~segkit.errors.DataError` (a ``ValueError``) if the dataset's class count
+    differs from the model's, for an empty dataset, a malformed item, or label values outside ``[0, K)``
+    (naming the image file).
     """
-    device = torch.device(device)
+    from segkit.errors import UsageError
+    from segkit.runtime import resolve_device
+
+    if absent not in ABSENT_RULES:
+        raise UsageError(f"absent must be one of {ABSENT_RULES} ('union': mmseg's rule), got {absent!r}")
+    if max_images is not None and (isinstance(max_images, bool) or int(max_images) < 1):
+        raise UsageError(f"max_images must be >= 1 (or None for all images), got {max_images!r}")
+    if len(dataset) == 0:
+        raise DataError(f"dataset {getattr(dataset, 'name', '')!r} holds no images: nothing to evaluate")
+    device = resolve_device(device)
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = model.module
+    num_classes, ignore_index, class_names = _class_info(model, dataset, class_names)
+
+    rank, world = _dist_info()
+    indices, loader = _rank_loader(dataset, max_images, rank, world, num_workers)
+    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
+
+    check_amp(amp, device)
+    predict_kwargs = dict(
+        mode=mode, crop_size=crop_size, stride=stride, scales=scales, flip=flip, window_batch=window_batch
+    )
+    show_bar = progress and rank == 0
+    elapsed = _predict_all(model, loader, indices, cm, device, amp, predict_kwargs, on_image, show_bar)
+    num_images = _sum_over_ranks(cm, len(indices), world)
+
+    result = cm.compute(absent=absent)
+    result["per_class"] = format_table(result, class_names)
+    result["confusion_matrix"] = cm.matrix.cpu().tolist()
+    result["num_images"] = num_images
+    result["time_s"] = elapsed
+    result["sec_per_image"] = elapsed / max(len(indices), 1)
+    result["settings"] = _settings(predict_kwargs, amp, absent, max_images, world, dataset)
+    if class_names is not None:
+        result["class_names"] = list(class_names)
+
+    if out_dir is not None and rank == 0:
+        write_results(result, out_dir)
+    return result
+
+
+def _class_info(model, dataset, class_names) -> tuple[int, int, Sequence[str] | None]:
+    """``(num_classes, ignore_index, class_names)`` of an evaluation: the model's class count (the
+    dataset's must match it: ``ValueError``), the dataset's ignore index, and the table names
+    (``class_names``, else the dataset's, else the model's; ``None`` where their count is wrong)."""
     num_classes = int(model.num_classes)
     ds_classes = getattr(dataset, "num_classes", None)
     if ds_classes is not None and int(ds_classes) != num_classes:
-        raise ValueError(
+        raise DataError(
             f"dataset {getattr(dataset, 'name', '')!r} has {ds_classes} classes but the model predicts {num_classes}"
         )
     ignore_index = int(getattr(dataset, "ignore_index", getattr(model, "ignore_index", 255)))
@@ -135,8 +186,12 @@ def evaluate(
         class_names = getattr(dataset, "classes", None) or getattr(model, "class_names", None)
     if class_names is not None and len(class_names) != num_classes:
         class_names = None
+    return num_classes, ignore_index, class_names
 
-    rank, world = _dist_info()
+
+def _rank_loader(dataset, max_images, rank: int, world: int, num_workers: int):
+    """``(indices, loader)``: the dataset indices this rank evaluates (``rank::world`` of the first
+    ``max_images``) and a batch-size-1 DataLoader over them yielding the items themselves."""
     n_total = len(dataset) if max_images is None else min(len(dataset), int(max_images))
     indices = list(range(n_total))[rank::world]
     loader = torch.utils.data.DataLoader(
@@ -146,9 +201,15 @@ def evaluate(
         num_workers=num_workers,
         collate_fn=_first,
     )
-    cm = ConfusionMatrix(num_classes, ignore_index=ignore_index, device=device)
+    return indices, loader
 
-    check_amp(amp, device)
+
+def _predict_all(
+    model, loader, indices: list[int], cm: ConfusionMatrix, device, amp, predict_kwargs, on_image, show_bar
+) -> float:
+    """Predict every image of ``loader`` (dataset indices ``indices``) and count it in ``cm``; returns the
+    wall time in seconds. The model runs in eval mode (its training flag restored afterwards), fused
+    where it can be, under ``torch.inference_mode()``."""
     was_training = model.training
     model.to(device).eval()
     runner = for_inference(model)  # BN / layer-scale folded copy where the model has any (SegNeXt)
@@ -156,26 +217,14 @@ def evaluate(
     try:
         from tqdm.auto import tqdm
 
-        bar = tqdm(loader, total=len(indices), desc="eval", disable=not progress or rank != 0, dynamic_ncols=True)
+        bar = tqdm(loader, total=len(indices), desc="eval", disable=not show_bar, dynamic_ncols=True)
         with torch.inference_mode():
             for j, item in enumerate(bar):
                 i = indices[j]
                 image, label = _prepare(model, item, i, device)
                 with autocast(amp, device):
-                    pred = runner.predict(
-                        image,
-                        mode=mode,
-                        crop_size=crop_size,
-                        stride=stride,
-                        scales=scales,
-                        flip=flip,
-                        out_size=label.shape[-2:],
-                        window_batch=window_batch,
-                    )
-                try:
-                    cm.update(pred[0], label)
-                except ValueError as e:
-                    raise ValueError(f"{item.get('label_path', f'item {i}')}: {e}") from None
+                    pred = runner.predict(image, out_size=label.shape[-2:], **predict_kwargs)
+                _count(cm, pred[0], label, item, i)
                 if on_image is not None:
                     on_image(pred[0], label)
         bar.close()
@@ -183,9 +232,21 @@ def evaluate(
             torch.cuda.synchronize(device)
     finally:
         model.train(was_training)
-    elapsed = time.perf_counter() - start
+    return time.perf_counter() - start
 
-    count = torch.tensor([len(indices)], dtype=torch.int64, device=cm.matrix.device)
+
+def _count(cm: ConfusionMatrix, pred: torch.Tensor, label: torch.Tensor, item: dict, index: int) -> None:
+    """Add one ``(H, W)`` prediction and label to ``cm``; a bad label value names the label file."""
+    try:
+        cm.update(pred, label)
+    except ValueError as e:
+        raise DataError(f"{item.get('label_path', f'item {index}')}: {e}") from None
+
+
+def _sum_over_ranks(cm: ConfusionMatrix, num_local: int, world: int) -> int:
+    """Under ``torch.distributed`` (``world > 1``) sum ``cm`` over the ranks in place; returns the
+    number of images evaluated by all ranks together."""
+    count = torch.tensor([num_local], dtype=torch.int64, device=cm.matrix.device)
     if world > 1:
         import torch.distributed as dist
 
@@ -193,31 +254,24 @@ def evaluate(
         if dist.get_backend() == "nccl" and not count.is_cuda:
             count = count.cuda()
         dist.all_reduce(count)
-    num_images = int(count.item())
+    return int(count.item())
 
-    result = cm.compute()
-    result["per_class"] = format_table(result, class_names)
-    result["confusion_matrix"] = cm.matrix.cpu().tolist()
-    result["num_images"] = num_images
-    result["time_s"] = elapsed
-    result["sec_per_image"] = elapsed / max(len(indices), 1)
-    result["settings"] = {
-        "mode": mode,
+
+def _settings(predict_kwargs: dict, amp, absent: str, max_images, world: int, dataset) -> dict:
+    """The evaluation settings recorded in the result (JSON-ready)."""
+    crop_size, stride = predict_kwargs["crop_size"], predict_kwargs["stride"]
+    return {
+        "mode": predict_kwargs["mode"],
         "crop_size": list(crop_size) if crop_size is not None else None,
         "stride": list(stride) if stride is not None else None,
-        "scales": list(scales),
-        "flip": bool(flip),
+        "scales": list(predict_kwargs["scales"]),
+        "flip": bool(predict_kwargs["flip"]),
         "amp": amp,
+        "absent": absent,
         "max_images": max_images,
         "world_size": world,
         "dataset": getattr(dataset, "name", None),
     }
-    if class_names is not None:
-        result["class_names"] = list(class_names)
-
-    if out_dir is not None and rank == 0:
-        write_results(result, out_dir)
-    return result
 
 
 def write_results(result: dict, out_dir: str | Path) -> list[Path]:

@@ -8,17 +8,15 @@ in memory, never the logits or predictions.
 Conventions (our choices, stated here once):
 
 * **Percentages.** Every metric is reported on the 0–100 scale, as in the papers' tables.
-* **Absent classes.** A class with no ground-truth pixel in the evaluated set gets ``NaN`` for
-  every per-class metric and is left out of the class means (``mIoU`` …), even if it was
-  predicted somewhere. This is the default ``absent="gt"``. mmsegmentation instead gives a
-  metric ``NaN`` only when its own denominator is 0 (IoU: union = 0), so a class absent from
-  the ground truth but falsely predicted counts as IoU 0 there and lowers its mIoU. On full
-  benchmark splits every class occurs and the two agree; on subsets (a few images, a
-  ``max_images`` run) ours is the mean over the classes that can be scored. ``absent="union"``
-  reproduces the mmseg rule.
-* **Precision with no prediction.** With ``absent="gt"``, a class present in the ground truth
-  but never predicted has precision 0 (``tp = 0``; scikit-learn's ``zero_division=0``), recall
-  0 and F-score 0.
+* **Classes absent from the ground truth** (``absent``, see :func:`metrics_from_matrix`).
+  ``"union"`` (default) is mmsegmentation's rule (``total_area_to_metrics`` in
+  ``mmseg/core/evaluation/metrics.py``), under which the papers' numbers were produced: each
+  metric is computed from the dataset totals and is ``NaN`` (left out of its class mean) only
+  where its own denominator is 0 — a class never in the ground truth but predicted somewhere
+  scores IoU 0 and lowers mIoU; a class in neither is left out. ``"gt"`` leaves out every class
+  with no ground-truth pixel, even if it was predicted: the mean over the classes that occur.
+  On full benchmark splits where every class occurs, the two give the same mIoU, mAcc and
+  mDice; they can differ on subsets (a few images, ``max_images``) — docs/protocols.md.
 * **F-score** uses ``beta = 1`` by default: ``(1 + b²)·tp / ((1 + b²)·tp + b²·fn + fp)``, the
   same as ``(1 + b²)·P·R / (b²·P + R)``. With ``beta = 1`` it equals Dice.
 """
@@ -29,6 +27,8 @@ import math
 from typing import Sequence
 
 import torch
+
+from segkit.errors import DataError, UsageError
 
 METRIC_NAMES = ("IoU", "Acc", "Dice", "Fscore", "Precision", "Recall")
 
@@ -49,7 +49,7 @@ class ConfusionMatrix:
 
     def __init__(self, num_classes: int, ignore_index: int = 255, device: str | torch.device = "cpu"):
         if int(num_classes) < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            raise UsageError(f"num_classes must be >= 1, got {num_classes}")
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
         self.matrix = torch.zeros((self.num_classes, self.num_classes), dtype=torch.int64, device=device)
@@ -67,10 +67,10 @@ class ConfusionMatrix:
         """
         pred, label = torch.as_tensor(pred), torch.as_tensor(label)
         if pred.shape != label.shape:
-            raise ValueError(f"prediction shape {tuple(pred.shape)} != label shape {tuple(label.shape)}")
+            raise UsageError(f"prediction shape {tuple(pred.shape)} != label shape {tuple(label.shape)}")
         for name, t in (("prediction", pred), ("label", label)):
             if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-                raise ValueError(f"{name} must be an integer tensor, got {t.dtype}")
+                raise UsageError(f"{name} must be an integer tensor, got {t.dtype}")
         k = self.num_classes
         pred = pred.reshape(-1).to(self.matrix.device, torch.int64)
         label = label.reshape(-1).to(self.matrix.device, torch.int64)
@@ -81,9 +81,9 @@ class ConfusionMatrix:
         bad = (label < 0) | (label >= k)
         if bool(bad.any()):
             values = torch.unique(label[bad])[:10].tolist()
-            raise ValueError(f"label values {values} outside [0, {k}) and not ignore_index={self.ignore_index}")
+            raise DataError(f"label values {values} outside [0, {k}) and not ignore_index={self.ignore_index}")
         if bool(((pred < 0) | (pred >= k)).any()):
-            raise ValueError(f"prediction values outside [0, {k}): min {int(pred.min())}, max {int(pred.max())}")
+            raise UsageError(f"prediction values outside [0, {k}): min {int(pred.min())}, max {int(pred.max())}")
         self.matrix += torch.bincount(label * k + pred, minlength=k * k).view(k, k)
 
     def all_reduce(self) -> None:
@@ -99,7 +99,7 @@ class ConfusionMatrix:
         else:
             dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
 
-    def compute(self, beta: float = 1.0, absent: str = "gt") -> dict:
+    def compute(self, beta: float = 1.0, absent: str = "union") -> dict:
         """Metrics of the current matrix; see :func:`metrics_from_matrix`."""
         return metrics_from_matrix(self.matrix, beta=beta, absent=absent)
 
@@ -109,7 +109,10 @@ def _nanmean(values: torch.Tensor) -> float:
     return float(valid.mean()) if valid.numel() else math.nan
 
 
-def metrics_from_matrix(matrix: torch.Tensor, beta: float = 1.0, absent: str = "gt") -> dict:
+ABSENT_RULES = ("union", "gt")
+
+
+def metrics_from_matrix(matrix: torch.Tensor, beta: float = 1.0, absent: str = "union") -> dict:
     """Segmentation metrics (percentages, 0–100) from a ``(K, K)`` confusion matrix.
 
     Per class ``c`` with ``tp = M[c, c]``, ``gt = Σ_p M[c, p]`` (row), ``pr = Σ_g M[g, c]`` (column):
@@ -120,23 +123,40 @@ def metrics_from_matrix(matrix: torch.Tensor, beta: float = 1.0, absent: str = "
     Args:
         matrix: ``(K, K)`` counts, rows = ground truth, columns = prediction.
         beta: F-score β (1 → F1).
-        absent: ``"gt"`` (default): classes with no ground-truth pixel are NaN in every
-            per-class list and excluded from the means; precision is 0 for a class with
-            ground truth but no prediction. ``"union"``: mmseg rule, each metric NaN only where
-            its own denominator is 0 (F-score computed from P and R as mmseg does, so NaN where
-            P or R is NaN and where both are 0).
+        absent: which classes a metric leaves out (``NaN`` per class, skipped by the class
+            means); aAcc is the same under both.
+
+            * ``"union"`` (default) — mmsegmentation's rule (``total_area_to_metrics``,
+              ``mmseg/core/evaluation/metrics.py``; the papers' tables): every metric is its
+              formula above on the dataset totals, ``NaN`` only where its own denominator is 0.
+              IoU and Dice: NaN iff ``gt + pr = 0`` (the class is in neither ground truth nor
+              prediction); a class predicted but never in the ground truth scores IoU 0 and
+              Dice 0 and counts in the means. Acc = Recall: NaN iff ``gt = 0``. Precision: NaN
+              iff ``pr = 0`` (also for a class in the ground truth that is never predicted).
+              Fscore: from P and R as mmseg's ``f_score``, ``(1 + β²)·P·R / (β²·P + R)``, so
+              NaN where P or R is NaN and where ``tp = 0`` (0/0): left out of mFscore.
+            * ``"gt"`` — leave out every class with no ground-truth pixel (``gt = 0``) from
+              every per-class metric, even if it was predicted: the means are over the classes
+              that occur. For the others IoU, Dice, Acc = Recall are as above (never NaN);
+              Precision is 0 where ``pr = 0`` (scikit-learn's ``zero_division=0``) and Fscore
+              uses the ``tp``/``fn``/``fp`` form above, so it is 0 (not NaN) where ``tp = 0``.
+
+            Acc = Recall (so mAcc, mRecall) and aAcc are the same under both rules. Where every
+            class has ground-truth pixels, IoU and Dice agree too; Precision / Fscore still
+            differ for a class never predicted / never hit (NaN under ``"union"``, 0 under
+            ``"gt"``).
 
     Returns:
         ``{"aAcc", "mIoU", "mAcc", "mDice", "mFscore", "mPrecision", "mRecall"}`` (floats; NaN
         if no class can be scored) plus per-class lists ``"IoU", "Acc", "Dice", "Fscore",
-        "Precision", "Recall"`` (length K, NaN for absent classes), ``"gt_pixels"`` and
+        "Precision", "Recall"`` (length K, NaN where left out), ``"gt_pixels"`` and
         ``"pred_pixels"`` (per-class int counts) and ``"num_pixels"`` (non-ignored pixels).
     """
-    if absent not in ("gt", "union"):
-        raise ValueError(f"absent must be 'gt' or 'union', got {absent!r}")
+    if absent not in ABSENT_RULES:
+        raise UsageError(f"absent must be one of {ABSENT_RULES} ('union': mmseg's rule), got {absent!r}")
     m = torch.as_tensor(matrix).detach().cpu().to(torch.float64)
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
-        raise ValueError(f"confusion matrix must be square (K, K), got {tuple(m.shape)}")
+        raise UsageError(f"confusion matrix must be square (K, K), got {tuple(m.shape)}")
     tp = m.diag()
     gt = m.sum(dim=1)
     pr = m.sum(dim=0)
@@ -183,7 +203,7 @@ def format_table(result: dict, class_names: Sequence[str] | None = None, digits:
     k = len(result["IoU"])
     names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(k)]
     if len(names) != k:
-        raise ValueError(f"{len(names)} class names given for {k} classes")
+        raise UsageError(f"{len(names)} class names given for {k} classes")
     header = ["Class", *METRIC_NAMES]
     has_pixels = "gt_pixels" in result
     if has_pixels:

@@ -50,7 +50,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from segkit.errors import CheckpointError, ConfigError
+from segkit.engine.runs import (
+    WeightEMA,
+    barrier,
+    claim_work_dir,
+    load_state_file,
+    save_checkpoint,
+    setup_runtime,
+    worker_init,
+    write_run_config,
+)
+from segkit.errors import CheckpointError, ConfigError, DataError
 from segkit.utils import atomic_write_bytes
 
 OFFICIAL_NAMES = {"mscan": "mscan_{v}", "mit": "mit_{v}"}
@@ -250,8 +260,6 @@ def _existing(work_dir: Path) -> str | None:
 
 def _load_pretrain_checkpoint(path: Path) -> dict:
     """A ``last.pth`` of :func:`pretrain`, read safely (``weights_only``); :class:`CheckpointError` naming the file."""
-    from segkit.engine.trainer import load_state_file
-
     ck = load_state_file(path)
     if not (isinstance(ck, dict) and ck.get("kind") == "pretrain" and {"model", "optimizer", "epoch"} <= set(ck)):
         raise CheckpointError(f"{path}: not a segkit pretrain checkpoint (no model / optimizer / epoch inside)")
@@ -259,274 +267,348 @@ def _load_pretrain_checkpoint(path: Path) -> dict:
 
 
 # ----------------------------------------------------------------------------- the loop
+class Pretrainer:
+    """One pretraining run, epoch by epoch, in the named steps of :class:`segkit.engine.trainer.Trainer`:
+    :meth:`prepare` (device, work dir, data, model, optimiser, resume), per epoch :meth:`train_epoch`
+    (made of :meth:`step`), :meth:`evaluate`, :meth:`log` and :meth:`checkpoint`, then :meth:`finish`
+    (the encoder files and the summary). Device, work-dir policy, checkpoint files and weight EMA
+    are :mod:`segkit.engine.runs`', shared with segmentation training.
+    """
+
+    def __init__(self, cfg: PretrainConfig, resume: str | None = None, progress: bool = True, overwrite: bool = False):
+        self.cfg, self.resume, self.progress, self.overwrite = cfg, resume, progress, overwrite
+        self.t_start = time.time()
+        self.start_epoch, self.best, self.history = 0, {"top1": -1.0}, []
+
+    # ------------------------------------------------------------------ prepare
+    def prepare(self) -> None:
+        cfg = self.cfg
+        self.rt = setup_runtime(cfg.device, cfg.threads, cfg.amp, what="amp")
+        self.work_dir = Path(cfg.work_dir)
+        self.ck = self._claim_or_resume()
+        if self.rt.is_main:
+            write_run_config(self.work_dir, dataclasses.asdict(cfg))
+        self._build_data()
+        self._build_model()
+        self.total_epochs = cfg.epochs + cfg.cooldown_epochs
+        self.iters_per_epoch = max(len(self.train_ds) // self.total_batch, 1)
+        self.num_workers = min(cfg.num_workers, os.cpu_count() or 1)
+        if self.rt.is_main:
+            print(
+                f"pretrain {cfg.model}: {len(self.train_ds)} train / {len(self.val_ds)} val images, {self.k} classes, "
+                f"{self.total_epochs} epochs x {self.iters_per_epoch} iterations, batch {self.total_batch}, "
+                f"lr {self.base_lr:.3g}, amp {self.rt.amp}",
+                flush=True,
+            )
+
+    def _claim_or_resume(self) -> dict | None:
+        cfg, rt = self.cfg, self.rt
+        if self.resume is None:
+            claim_work_dir(
+                self.work_dir,
+                _existing(self.work_dir),
+                self.overwrite,
+                is_main=rt.is_main,
+                world=rt.world,
+                elsewhere="use another --work-dir",
+            )
+            return None
+        path = self.work_dir / "last.pth" if self.resume == "auto" else Path(self.resume)
+        if not path.exists():
+            if self.resume != "auto":
+                raise CheckpointError(f"{path}: no such checkpoint")
+            if rt.is_main:
+                print(f"--resume auto: no {path}", flush=True)
+            claim_work_dir(  # nothing to continue: claimed as without --resume (a finished run is refused)
+                self.work_dir,
+                _existing(self.work_dir),
+                self.overwrite,
+                is_main=rt.is_main,
+                world=rt.world,
+                elsewhere="use another --work-dir",
+                resumable=False,
+            )
+            if rt.is_main:
+                print(f"--resume auto: starting a fresh run in {self.work_dir}", flush=True)
+            return None
+        ck = _load_pretrain_checkpoint(path)
+        if ck["config"]["model"] != cfg.model:
+            raise CheckpointError(f"{path} is a pretrain checkpoint of {ck['config']['model']}, not of {cfg.model}")
+        if int(ck["epoch"]) >= cfg.epochs + cfg.cooldown_epochs:
+            raise CheckpointError(
+                f"{path}: the run is already finished ({ck['epoch']} epochs); its encoder/ holds the weights"
+            )
+        if rt.is_main:
+            from segkit.utils import remove_stale_temporaries
+
+            remove_stale_temporaries(self.work_dir, log=print)
+        return ck
+
+    def _build_data(self) -> None:
+        from segkit.data.classification import ClassificationEvalTransform, ClassificationTrainTransform, ImageFolder
+
+        cfg = self.cfg
+        train_tf = ClassificationTrainTransform(
+            cfg.input_size,
+            scale=cfg.crop_scale,
+            hflip=cfg.hflip,
+            rand_augment=cfg.rand_augment,
+            erase_prob=cfg.erase_prob,
+        )
+        self.train_ds = ImageFolder(cfg.data, cfg.train_split, transform=train_tf)
+        self.val_ds = ImageFolder(
+            cfg.data,
+            cfg.val_split,
+            transform=ClassificationEvalTransform(cfg.input_size, cfg.eval_crop_ratio),
+            classes=self.train_ds.classes,
+        )
+        n = self.train_ds.num_classes
+        filled = [c for c in self.train_ds.classes if c not in set(self.train_ds.empty_classes)]
+        if len(filled) < 2:
+            which = f"only one class folder holds images ({filled[0]})" if filled else "no class folder holds images"
+            raise DataError(
+                f"{Path(cfg.data) / cfg.train_split}: {which}; a classifier needs at least 2 classes (with one, the "
+                f"loss is 0 from the first step and nothing is learnt): add a folder per class, "
+                f"<data>/{cfg.train_split}/<class>/<image>"
+            )
+        self.k = cfg.num_classes or n
+        if self.k != n:
+            raise ConfigError(f"num_classes: {self.k}, but {cfg.data}/{cfg.train_split} has {n} class folders")
+        if self.ck is not None and int(self.ck["num_classes"]) != self.k:
+            raise CheckpointError(f"the resume checkpoint has {self.ck['num_classes']} classes, the data {self.k}")
+        if self.rt.is_main and self.train_ds.empty_classes:
+            print(f"warning: class folders without images: {self.train_ds.empty_classes[:10]}", flush=True)
+
+    def _build_model(self) -> None:
+        """Classifier, AdamW (lr scaled by the total batch / 512), EMA, scaler; restored from the checkpoint."""
+        from segkit.models.zoo import build_classifier
+
+        cfg, rt, ck = self.cfg, self.rt, self.ck
+        torch.manual_seed(cfg.seed)
+        self.model = build_classifier(cfg.model, self.k, drop_path_rate=cfg.drop_path).to(rt.device)
+        self.total_batch = cfg.batch_size * rt.world
+        self.base_lr = cfg.lr * self.total_batch / 512.0
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, cfg.weight_decay), lr=self.base_lr, betas=(0.9, 0.999), eps=1e-8
+        )
+        self.ema = WeightEMA(self.model, cfg.ema_decay) if cfg.ema else None
+        self.scaler = torch.amp.GradScaler("cuda") if rt.amp == "fp16" else None
+        if ck is not None:
+            self.model.load_state_dict(ck["model"])
+            self.optimizer.load_state_dict(ck["optimizer"])
+            if self.ema is not None and ck.get("ema") is not None:
+                self.ema.load_state_dict(ck["ema"])
+            if self.scaler is not None and ck.get("scaler") is not None:
+                self.scaler.load_state_dict(ck["scaler"])
+            self.start_epoch, self.best = int(ck["epoch"]), dict(ck["best"])
+            if rt.is_main:
+                print(f"resumed from {self.work_dir / 'last.pth'} after epoch {self.start_epoch}", flush=True)
+        self.net = self.model
+        if rt.world > 1:
+            ids = [rt.device.index] if rt.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict:
+        self.prepare()
+        for epoch in range(self.start_epoch, self.total_epochs):
+            record = self.train_epoch(epoch)
+            if (epoch + 1) % self.cfg.eval_interval == 0 or epoch + 1 == self.total_epochs:
+                record.update(self.evaluate(epoch))
+            self.history.append(record)
+            if self.rt.is_main:
+                self.log(record)
+                self.checkpoint(epoch)
+            barrier(self.rt.world)
+        return self.finish()
+
+    def _epoch_loader(self, epoch: int):
+        """Re-seeds Python / NumPy / torch from ``(seed, epoch)`` (exact resume at epoch boundaries)
+        and returns the epoch's DataLoader (a DistributedSampler shard under torchrun)."""
+        cfg, rt = self.cfg, self.rt
+        seed = cfg.seed * 100003 + epoch
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        if rt.world > 1:
+            sampler = torch.utils.data.DistributedSampler(
+                self.train_ds, rt.world, rt.rank, shuffle=True, seed=cfg.seed, drop_last=True
+            )
+            sampler.set_epoch(epoch)
+        else:
+            sampler = torch.utils.data.RandomSampler(self.train_ds, generator=gen)
+        return torch.utils.data.DataLoader(
+            self.train_ds,
+            batch_size=cfg.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            drop_last=len(self.train_ds) >= self.total_batch,
+            generator=gen,
+            worker_init_fn=worker_init,
+            persistent_workers=False,
+        )
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One epoch of :meth:`step` with the lr of :func:`lr_at`; returns its log record (mean loss, lr, time)."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        loader = self._epoch_loader(epoch)
+        mix_rng = np.random.default_rng([cfg.seed, epoch, self.rt.rank])
+        self.net.train()
+        desc = f"epoch {epoch + 1}/{self.total_epochs}"
+        bar = tqdm(loader, desc=desc, disable=not self.progress or not self.rt.is_main, dynamic_ncols=True)
+        loss_sum, steps, t0 = 0.0, 0, time.time()
+        lr = lr_at(epoch, cfg, self.base_lr)
+        for i, (images, labels) in enumerate(bar):
+            t = epoch + (i / len(loader) if cfg.sched_on == "iter" else 0.0)
+            lr = lr_at(t, cfg, self.base_lr)
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            loss_sum += self.step(images, labels, mix_rng, where=f"epoch {epoch + 1} iteration {i}")
+            steps += 1
+            bar.set_postfix(loss=f"{loss_sum / steps:.3f}", lr=f"{lr:.2e}")
+        bar.close()
+        return {"epoch": epoch + 1, "lr": lr, "loss": loss_sum / max(steps, 1), "epoch_time_s": time.time() - t0}
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, mix_rng, where: str) -> float:
+        """One optimiser step: ``images`` (B, 3, S, S) float, ``labels`` (B,) int64 class ids; Mixup /
+        CutMix or smoothed one-hot targets, soft-target cross-entropy in float32. Returns the loss;
+        RuntimeError naming ``where`` for a NaN/Inf loss."""
+        from segkit.data.classification import mixup_cutmix, smooth_one_hot, soft_target_cross_entropy
+        from segkit.runtime import autocast
+
+        cfg, rt, k = self.cfg, self.rt, self.k
+        images, labels = images.to(rt.device, non_blocking=True), labels.to(rt.device, non_blocking=True)
+        if cfg.mixup > 0 or cfg.cutmix > 0:
+            images, targets, _ = mixup_cutmix(
+                images,
+                labels,
+                k,
+                mixup_alpha=cfg.mixup,
+                cutmix_alpha=cfg.cutmix,
+                prob=cfg.mixup_prob,
+                switch_prob=cfg.mixup_switch_prob,
+                smoothing=cfg.smoothing,
+                rng=mix_rng,
+            )
+        else:
+            targets = smooth_one_hot(labels, k, cfg.smoothing)
+        with autocast(rt.amp, rt.device):
+            logits = self.net(images)
+        loss = soft_target_cross_entropy(logits, targets)  # float32
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"{where}: the loss is {loss.item()} (lower lr, or amp: null)")
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return float(loss.detach())
+
+    def evaluate(self, epoch: int) -> dict:
+        """Top-1 / top-5 / loss on the validation split (and of the EMA weights); updates the best."""
+        cfg, rt = self.cfg, self.rt
+        res = evaluate_classifier(
+            self.model,
+            self.val_ds,
+            batch_size=cfg.batch_size,
+            device=rt.device,
+            amp=rt.amp,
+            num_workers=self.num_workers,
+        )
+        out = {f"val_{m}": res[m] for m in ("top1", "top5", "loss")}
+        out["val_images"] = res["n"]
+        if self.ema is not None:
+            res_ema = evaluate_classifier(
+                self.ema.module, self.val_ds, batch_size=cfg.batch_size, device=rt.device, amp=rt.amp
+            )
+            out.update({f"ema_{m}": res_ema[m] for m in ("top1", "top5")})
+        if res["top1"] > self.best["top1"]:
+            self.best = {"top1": res["top1"], "top5": res["top5"], "epoch": epoch + 1}
+        return out
+
+    def log(self, record: dict) -> None:
+        """The epoch's record to ``train_log.jsonl`` and one line on screen (rank 0)."""
+        with open(self.work_dir / "train_log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        msg = f"epoch {record['epoch']}: loss {record['loss']:.4f}"
+        if "val_top1" in record:
+            msg += f", val top-1 {record['val_top1']:.2f} top-5 {record['val_top5']:.2f}"
+        if "ema_top1" in record:
+            msg += f" (EMA {record['ema_top1']:.2f})"
+        print(msg, flush=True)
+
+    def checkpoint(self, epoch: int) -> None:
+        """``last.pth`` after epoch ``epoch`` (0-based), atomically: all that resume needs."""
+        payload = {
+            "kind": "pretrain",
+            "config": dataclasses.asdict(self.cfg),
+            "num_classes": self.k,
+            "classes": self.train_ds.classes,
+            "epoch": epoch + 1,
+            "best": self.best,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
+        save_checkpoint(self.work_dir / "last.pth", payload)
+
+    def finish(self) -> dict:
+        """The summary; on rank 0 the encoder files (``encoder/``, :func:`export_encoder`)."""
+        final = self.history[-1] if self.history else {}
+        summary = {
+            "model": self.cfg.model,
+            "segmentation_model": self.model.segmentation_model,
+            "num_classes": self.k,
+            "classes": self.train_ds.classes,
+            "epochs": self.total_epochs,
+            "val_top1": final.get("val_top1"),
+            "val_top5": final.get("val_top5"),
+            "chance_top1": 100.0 / self.k,
+            "best": self.best,
+            "work_dir": str(self.work_dir),
+            "time_s": time.time() - self.t_start,
+        }
+        if self.rt.is_main:
+            paths = export_encoder(self.model, self.work_dir / "encoder", meta=summary)
+            if self.ema is not None:
+                paths += export_encoder(self.ema.module, self.work_dir / "encoder", suffix="_ema")
+            summary["encoder_files"] = [str(p) for p in paths]
+        return summary
+
+
 def pretrain(cfg: PretrainConfig, resume: str | None = None, progress: bool = True, overwrite: bool = False) -> dict:
-    """Train ``cfg.model``'s classifier on ``cfg.data`` (module docstring); returns a summary dict.
+    """Train ``cfg.model``'s classifier on ``cfg.data`` (module docstring, :class:`Pretrainer`); returns a summary.
 
     ``resume``: ``"auto"`` or a path — continue from ``last.pth`` (exact at epoch boundaries).
     Without it a work dir that already holds a run is refused (nothing touched) unless
     ``overwrite``, which moves the old run to ``<work_dir>.prev-<time>``.
 
     Raises:
-        segkit.engine.trainer.WorkDirError: see above.
+        segkit.engine.runs.WorkDirError: see above.
         segkit.errors.CheckpointError: unreadable resume file, another model / class count, or a
             run that is already finished.
         segkit.errors.DataError: a missing or malformed image folder.
     """
-    import torch.distributed as dist
-    from tqdm import tqdm
-
-    from segkit.data.classification import (
-        ClassificationEvalTransform,
-        ClassificationTrainTransform,
-        ImageFolder,
-        mixup_cutmix,
-        smooth_one_hot,
-        soft_target_cross_entropy,
-    )
-    from segkit.engine.trainer import (
-        WeightEMA,
-        _init_distributed,
-        _worker_init,
-        claim_work_dir,
-        resolve_device,
-        save_checkpoint,
-    )
-    from segkit.models.zoo import build_classifier
-    from segkit.runtime import autocast, check_amp, resolve_amp
-
-    t_start = time.time()
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    amp = resolve_amp(cfg.amp, device)
-    check_amp(amp, device, what="amp")
-    rank, world = _init_distributed(device)
-    is_main = rank == 0
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-        torch.cuda.set_device(device)
-    work_dir = Path(cfg.work_dir)
-    ck = None
-    if resume is None:
-        claim_work_dir(
-            work_dir, _existing(work_dir), overwrite, is_main=is_main, world=world, elsewhere="use another --work-dir"
-        )
-    else:
-        path = work_dir / "last.pth" if resume == "auto" else Path(resume)
-        if not path.exists():
-            if resume != "auto":
-                raise CheckpointError(f"{path}: no such checkpoint")
-            if is_main:
-                print(f"--resume auto: no {path} yet, starting a fresh run", flush=True)
-        else:
-            ck = _load_pretrain_checkpoint(path)
-            if ck["config"]["model"] != cfg.model:
-                raise CheckpointError(f"{path} is a pretrain checkpoint of {ck['config']['model']}, not of {cfg.model}")
-            if int(ck["epoch"]) >= cfg.epochs + cfg.cooldown_epochs:
-                raise CheckpointError(
-                    f"{path}: the run is already finished ({ck['epoch']} epochs); its encoder/ holds the weights"
-                )
-    if is_main:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        import yaml
-
-        (work_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-
-    # ---------------- data
-    train_tf = ClassificationTrainTransform(
-        cfg.input_size,
-        scale=cfg.crop_scale,
-        hflip=cfg.hflip,
-        rand_augment=cfg.rand_augment,
-        erase_prob=cfg.erase_prob,
-    )
-    train_ds = ImageFolder(cfg.data, cfg.train_split, transform=train_tf)
-    val_ds = ImageFolder(
-        cfg.data,
-        cfg.val_split,
-        transform=ClassificationEvalTransform(cfg.input_size, cfg.eval_crop_ratio),
-        classes=train_ds.classes,
-    )
-    k = cfg.num_classes or train_ds.num_classes
-    if k != train_ds.num_classes:
-        raise ConfigError(
-            f"num_classes: {k}, but {cfg.data}/{cfg.train_split} has {train_ds.num_classes} class folders"
-        )
-    if ck is not None and int(ck["num_classes"]) != k:
-        raise CheckpointError(f"the resume checkpoint has {ck['num_classes']} classes, the data {k}")
-    if is_main and train_ds.empty_classes:
-        print(f"warning: class folders without images: {train_ds.empty_classes[:10]}", flush=True)
-
-    # ---------------- model / optimiser
-    torch.manual_seed(cfg.seed)
-    model = build_classifier(cfg.model, k, drop_path_rate=cfg.drop_path).to(device)
-    total_batch = cfg.batch_size * world
-    base_lr = cfg.lr * total_batch / 512.0
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=base_lr, betas=(0.9, 0.999), eps=1e-8)
-    ema = WeightEMA(model, cfg.ema_decay) if cfg.ema else None
-    scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-    start_epoch, best, history = 0, {"top1": -1.0}, []
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        if ema is not None and ck.get("ema") is not None:
-            ema.load_state_dict(ck["ema"])
-        if scaler is not None and ck.get("scaler") is not None:
-            scaler.load_state_dict(ck["scaler"])
-        start_epoch, best = int(ck["epoch"]), dict(ck["best"])
-        if is_main:
-            print(f"resumed from {work_dir / 'last.pth'} after epoch {start_epoch}", flush=True)
-    net = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    total_epochs = cfg.epochs + cfg.cooldown_epochs
-    iters_per_epoch = max(len(train_ds) // total_batch, 1)
-    log_path = work_dir / "train_log.jsonl"
-    num_workers = min(cfg.num_workers, os.cpu_count() or 1)
-    if is_main:
-        print(
-            f"pretrain {cfg.model}: {len(train_ds)} train / {len(val_ds)} val images, {k} classes, "
-            f"{total_epochs} epochs x {iters_per_epoch} iterations, batch {total_batch}, lr {base_lr:.3g}, amp {amp}",
-            flush=True,
-        )
-    for epoch in range(start_epoch, total_epochs):
-        seed = cfg.seed * 100003 + epoch
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        if world > 1:
-            sampler = torch.utils.data.DistributedSampler(
-                train_ds, world, rank, shuffle=True, seed=cfg.seed, drop_last=True
-            )
-            sampler.set_epoch(epoch)
-        else:
-            sampler = torch.utils.data.RandomSampler(train_ds, generator=gen)
-        loader = torch.utils.data.DataLoader(
-            train_ds,
-            batch_size=cfg.batch_size,
-            sampler=sampler,
-            num_workers=num_workers,
-            drop_last=len(train_ds) >= total_batch,
-            generator=gen,
-            worker_init_fn=_worker_init,
-            persistent_workers=False,
-        )
-        mix_rng = np.random.default_rng([cfg.seed, epoch, rank])
-        net.train()
-        desc = f"epoch {epoch + 1}/{total_epochs}"
-        bar = tqdm(loader, desc=desc, disable=not progress or not is_main, dynamic_ncols=True)
-        loss_sum, steps, t0 = 0.0, 0, time.time()
-        lr = lr_at(epoch, cfg, base_lr)
-        for i, (images, labels) in enumerate(bar):
-            t = epoch + (i / len(loader) if cfg.sched_on == "iter" else 0.0)
-            lr = lr_at(t, cfg, base_lr)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            if cfg.mixup > 0 or cfg.cutmix > 0:
-                images, targets, _ = mixup_cutmix(
-                    images,
-                    labels,
-                    k,
-                    mixup_alpha=cfg.mixup,
-                    cutmix_alpha=cfg.cutmix,
-                    prob=cfg.mixup_prob,
-                    switch_prob=cfg.mixup_switch_prob,
-                    smoothing=cfg.smoothing,
-                    rng=mix_rng,
-                )
-            else:
-                targets = smooth_one_hot(labels, k, cfg.smoothing)
-            with autocast(amp, device):
-                logits = net(images)
-            loss = soft_target_cross_entropy(logits, targets)  # float32
-            if not torch.isfinite(loss):
-                raise RuntimeError(
-                    f"epoch {epoch + 1} iteration {i}: the loss is {loss.item()} (lower lr, or amp: null)"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            if ema is not None:
-                ema.update(model)
-            loss_sum += float(loss.detach())
-            steps += 1
-            bar.set_postfix(loss=f"{loss_sum / steps:.3f}", lr=f"{lr:.2e}")
-        bar.close()
-        record = {"epoch": epoch + 1, "lr": lr, "loss": loss_sum / max(steps, 1), "epoch_time_s": time.time() - t0}
-        last_epoch = epoch + 1 == total_epochs
-        if (epoch + 1) % cfg.eval_interval == 0 or last_epoch:
-            res = evaluate_classifier(
-                model, val_ds, batch_size=cfg.batch_size, device=device, amp=amp, num_workers=num_workers
-            )
-            record.update({f"val_{m}": res[m] for m in ("top1", "top5", "loss")}, val_images=res["n"])
-            if ema is not None:
-                res_ema = evaluate_classifier(ema.module, val_ds, batch_size=cfg.batch_size, device=device, amp=amp)
-                record.update({f"ema_{m}": res_ema[m] for m in ("top1", "top5")})
-            if res["top1"] > best["top1"]:
-                best = {"top1": res["top1"], "top5": res["top5"], "epoch": epoch + 1}
-        history.append(record)
-        if is_main:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            msg = f"epoch {epoch + 1}: loss {record['loss']:.4f}"
-            if "val_top1" in record:
-                msg += f", val top-1 {record['val_top1']:.2f} top-5 {record['val_top5']:.2f}"
-            if "ema_top1" in record:
-                msg += f" (EMA {record['ema_top1']:.2f})"
-            print(msg, flush=True)
-            payload = {
-                "kind": "pretrain",
-                "config": dataclasses.asdict(cfg),
-                "num_classes": k,
-                "classes": train_ds.classes,
-                "epoch": epoch + 1,
-                "best": best,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "scaler": scaler.state_dict() if scaler is not None else None,
-            }
-            save_checkpoint(work_dir / "last.pth", payload)
-        if world > 1:
-            dist.barrier()
-
-    final = history[-1] if history else {}
-    summary = {
-        "model": cfg.model,
-        "segmentation_model": model.segmentation_model,
-        "num_classes": k,
-        "classes": train_ds.classes,
-        "epochs": total_epochs,
-        "val_top1": final.get("val_top1"),
-        "val_top5": final.get("val_top5"),
-        "chance_top1": 100.0 / k,
-        "best": best,
-        "work_dir": str(work_dir),
-        "time_s": time.time() - t_start,
-    }
-    if is_main:
-        paths = export_encoder(model, work_dir / "encoder", meta=summary)
-        if ema is not None:
-            paths += export_encoder(ema.module, work_dir / "encoder", suffix="_ema")
-        summary["encoder_files"] = [str(p) for p in paths]
-    return summary
+    return Pretrainer(cfg, resume=resume, progress=progress, overwrite=overwrite).fit()
 
 
 __all__ = [
     "PretrainConfig",
+    "Pretrainer",
     "accuracy",
     "evaluate_classifier",
     "export_encoder",

@@ -29,6 +29,8 @@ from segkit.runtime import autocast, check_amp
 
 # images above this many pixels (after the test resize) use slide inference when mode="auto"
 AUTO_SLIDE_PIXELS = 1024 * 1024
+# how the Python API words the output policy (segkit.utils.claim_output)
+_API_POLICY = {"flag": "overwrite=True", "elsewhere": "save under another stem or directory"}
 
 
 @dataclass
@@ -40,6 +42,8 @@ class SegResult:
         classes: class names (index = class id). palette: RGB colour per class (0–255).
         image: the ``(H, W, 3)`` uint8 RGB image that was segmented.
         path: the file it came from, if any.
+        name: the default stem of :meth:`save`: the file's stem, ``image_0000``, ``image_0001`` … (the
+            input's index in the call) for in-memory inputs; unique within one call of :class:`Segmenter`.
     """
 
     label: np.ndarray
@@ -47,6 +51,7 @@ class SegResult:
     palette: list[list[int]]
     image: np.ndarray
     path: str | None = None
+    name: str | None = None
     _probs: Any = field(default=None, repr=False)
 
     def probs(self) -> np.ndarray:
@@ -76,55 +81,94 @@ class SegResult:
         order = np.argsort(-counts)
         return {self.classes[i]: float(counts[i] / total) for i in order if counts[i]}
 
-    def save(self, directory: str | os.PathLike, stem: str | None = None, alpha: float = 0.5) -> list[Path]:
+    def save(
+        self, directory: str | os.PathLike, stem: str | None = None, alpha: float = 0.5, overwrite: bool = False
+    ) -> list[Path]:
         """Write ``<stem>_label.png`` (palette PNG of class indices) and ``<stem>_overlay.png`` (overlay + legend).
 
-        ``stem`` defaults to the source file's stem (``"image"`` for in-memory inputs). Returns the paths.
+        ``stem`` defaults to :attr:`name` (the source file's stem; ``image_0000``, ``image_0001`` … by
+        index in the call for in-memory inputs). An existing file is never silently replaced: it raises
+        :class:`~segkit.errors.OutputExistsError` naming it before anything is written, unless
+        ``overwrite=True``, which moves it to ``<stem>_label.prev-<time>.png`` first (and prints where).
+        Returns the paths.
         """
-        from segkit.utils import atomic_write_bytes
+        from segkit.errors import UsageError
+        from segkit.utils import atomic_write_bytes, claim_output
 
         from .visualize import label_png, png_bytes
 
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        stem = stem or (Path(self.path).stem if self.path else "image")
+        stem = stem or self.name or (Path(self.path).stem if self.path else "image")
+        if "/" in stem or os.sep in stem or stem in (".", ".."):
+            raise UsageError(f"stem {stem!r}: a file name, not a path (the files go into directory={str(directory)!r})")
         label_path, overlay_path = directory / f"{stem}_label.png", directory / f"{stem}_overlay.png"
+        for path in (label_path, overlay_path):  # both checked before either is written
+            claim_output(path, overwrite=overwrite, what="", kind="file", **_API_POLICY)
         atomic_write_bytes(label_path, png_bytes(label_png(self.label, self.palette)))
         atomic_write_bytes(overlay_path, png_bytes(self.overlay(alpha, legend=True)))
         return [label_path, overlay_path]
 
 
 def _device(device) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    from segkit.runtime import resolve_device
+
+    return resolve_device("auto" if device is None else device, what="device")
 
 
 def to_rgb(x, index: int = 0) -> tuple[np.ndarray, str | None]:
     """``(uint8 (H, W, 3) RGB, path or None)`` from a path, ``PIL.Image``, ``(H, W, 3)`` uint8 array or
-    ``(3, H, W)`` uint8 tensor. Raises ``TypeError`` / ``ValueError`` naming the input and what it got."""
-    from segkit.data.io import read_image
+    ``(3, H, W)`` uint8 tensor.
+
+    A ``PIL.Image`` goes through the conversion of image files (:func:`segkit.data.io.pil_to_rgb`), so it
+    gives the same labels as its file: 16-bit gray (``I;16``, ``I``) is scaled, not saturated to white;
+    ``1``, ``L``, ``LA``, ``P``, ``RGBA``, ``CMYK`` become RGB with a warning naming the input.
+
+    Raises :class:`~segkit.errors.UsageTypeError` (a ``TypeError``) for another type,
+    :class:`~segkit.errors.UsageError` (a ``ValueError``) for an array or tensor of another dtype or shape,
+    :class:`~segkit.errors.DataError` for an empty image (0 pixels) or an unreadable file (naming it)."""
+    from segkit.data.io import pil_to_rgb, read_image
+    from segkit.errors import DataError, UsageError, UsageTypeError
 
     if isinstance(x, (str, os.PathLike)):
+        if not str(x).strip():
+            raise UsageError(f"input {index}: an empty path")
         return read_image(x), str(x)
     if isinstance(x, torch.Tensor):
         if x.dtype != torch.uint8 or x.ndim != 3 or x.shape[0] != 3:
-            raise ValueError(f"input {index}: a tensor must be uint8 (3, H, W) RGB, got {x.dtype} {tuple(x.shape)}")
+            raise UsageError(f"input {index}: a tensor must be uint8 (3, H, W) RGB, got {x.dtype} {tuple(x.shape)}")
+        if x.numel() == 0:
+            raise DataError(f"input {index}: empty image tensor of shape {tuple(x.shape)} (0 pixels)")
         return np.ascontiguousarray(x.permute(1, 2, 0).cpu().numpy()), None
     if isinstance(x, np.ndarray):
         if x.dtype != np.uint8 or x.ndim != 3 or x.shape[2] != 3:
-            raise ValueError(f"input {index}: an array must be uint8 (H, W, 3) RGB, got {x.dtype} {x.shape}")
+            raise UsageError(f"input {index}: an array must be uint8 (H, W, 3) RGB, got {x.dtype} {x.shape}")
+        if x.size == 0:
+            raise DataError(f"input {index}: empty image array of shape {x.shape} (0 pixels)")
         return np.ascontiguousarray(x), None
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover
         Image = None
     if Image is not None and isinstance(x, Image.Image):
-        return np.asarray(x.convert("RGB")), None
-    raise TypeError(
+        return pil_to_rgb(x, f"input {index}"), None
+    raise UsageTypeError(
         f"input {index}: expected a path, PIL.Image, uint8 (H, W, 3) array or uint8 (3, H, W) tensor, "
         f"got {type(x).__name__}"
     )
+
+
+def default_names(paths: Sequence[str | None]) -> list[str]:
+    """Output stems of one call's inputs, unique within it: a file's stem (``a_jpg`` / ``a_png`` when
+    stems clash, :func:`segkit.utils.output_stems`), ``image_<index:04d>`` for an in-memory input (no
+    path); a name still taken twice gets ``_<index:04d>`` appended."""
+    from segkit.utils import output_stems
+
+    names = [f"image_{i:04d}" for i in range(len(paths))]
+    files = [i for i, p in enumerate(paths) if p]
+    for i, stem in zip(files, output_stems([paths[i] for i in files])):
+        names[i] = stem
+    taken = {n for n in names if names.count(n) > 1}
+    return [f"{n}_{i:04d}" if n in taken else n for i, n in enumerate(names)]
 
 
 class Segmenter:
@@ -162,8 +206,12 @@ class Segmenter:
             from segkit.hub import load_model
 
             model = load_model(model)
+        from segkit.errors import UsageError
+
         if mode not in (None, "auto", "whole", "slide"):
-            raise ValueError(f"mode must be None, 'auto', 'whole' or 'slide', got {mode!r}")
+            raise UsageError(f"mode must be None, 'auto', 'whole' or 'slide', got {mode!r}")
+        if isinstance(window_batch, bool) or int(window_batch) < 1:
+            raise UsageError(f"window_batch must be >= 1, got {window_batch!r}")
         self.device = _device(device)
         check_amp(amp, self.device)
         self.model = model.to(self.device).eval()
@@ -175,6 +223,7 @@ class Segmenter:
         self.auto = mode == "auto"
         self.window_batch = int(window_batch)
         self.transform = self.protocol.transform(model.mean, model.std)
+        self._per_pixel: float | None | bool = False  # whole-image memory per input pixel, measured on first use
 
     @property
     def classes(self) -> list[str]:
@@ -194,11 +243,41 @@ class Segmenter:
             kw["crop_size"], kw["stride"] = self.protocol.window()
         return kw
 
+    def check_memory(self, sizes: Sequence[tuple[int, int]], names: Sequence[str] | None = None) -> None:
+        """Refuse, before any work, images whose whole-image inference would not fit in memory: ``sizes`` are
+        the images' ``(H, W)`` (before the test resize), ``names`` name them in the message. On the CPU,
+        :func:`segkit.engine.memory.check_inference_fits` with a probe of this model (measured once, when a
+        network input above :data:`AUTO_SLIDE_PIXELS` pixels is first seen; smaller ones are not checked, nor
+        images that this segmenter runs with slide inference). Raises :class:`~segkit.errors.InsufficientMemoryError`
+        (a ``MemoryError``; exit status 1) saying so and suggesting slide inference."""
+        from segkit.engine.memory import check_inference_fits, inference_bytes_per_pixel
+
+        if self.device.type != "cpu" or not sizes:
+            return
+        net = [self.transform.output_size(int(h), int(w)) if h and w else (0, 0) for h, w in sizes]  # 0: unknown
+        whole = [  # small inputs always fit: the probe is made only for those above AUTO_SLIDE_PIXELS
+            i for i, hw in enumerate(net) if hw[0] * hw[1] > AUTO_SLIDE_PIXELS and self._kwargs(hw)["mode"] == "whole"
+        ]
+        if not whole:
+            return
+        largest = max(whole, key=lambda i: net[i][0] * net[i][1])
+        if self._per_pixel is False:
+            self._per_pixel = inference_bytes_per_pixel(self.runner, {"bf16": torch.bfloat16}.get(self.amp))
+        h, w = sizes[largest]
+        what = f"{names[largest]} ({h}x{w} px)" if names else f"a {h}x{w} image"
+        check_inference_fits(self._per_pixel, net[largest], what=what)
+
     @torch.inference_mode()
     def labels(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Label maps of ``(H, W, 3)`` uint8 RGB images, each at its own size (same-size images batched)."""
+        """Label maps of ``(H, W, 3)`` uint8 RGB images, each at its own size (same-size images batched).
+
+        A whole-image inference that cannot fit in memory is refused before it runs (:meth:`check_memory`;
+        a CUDA out-of-memory error is reported the same way): :class:`~segkit.errors.InsufficientMemoryError`."""
+        from segkit.errors import InsufficientMemoryError
+
         out: list[np.ndarray | None] = [None] * len(images)
         groups: dict[tuple, list[int]] = {}
+        self.check_memory([img.shape[:2] for img in images])
         inputs = [self.transform(img)["image"] for img in images]
         for i, (img, x) in enumerate(zip(images, inputs)):
             groups.setdefault((tuple(x.shape), img.shape[:2]), []).append(i)
@@ -209,8 +288,17 @@ class Segmenter:
             for start in range(0, len(idx), step):
                 chunk = idx[start : start + step]
                 x = torch.stack([inputs[i] for i in chunk]).to(self.device)
-                with self._autocast():
-                    pred = self.runner.predict(x, out_size=size, window_batch=self.window_batch, **kw)
+                try:
+                    with self._autocast():
+                        pred = self.runner.predict(x, out_size=size, window_batch=self.window_batch, **kw)
+                except torch.OutOfMemoryError as e:
+                    first = (str(e).splitlines() or [""])[0][:160]
+                    raise InsufficientMemoryError(
+                        f"{kw['mode']} inference of {len(chunk)} image(s) of {size[0]}x{size[1]} px (network input "
+                        f"{shape[-2]}x{shape[-1]}) ran out of {self.device.type.upper()} memory ({first}); use slide "
+                        f"inference (--mode slide) with a smaller --crop, a test resize (--scale), or fewer images "
+                        f"per call"
+                    ) from None
                 for i, lab in zip(chunk, pred.to(dtype).cpu().numpy()):
                     out[i] = lab
         return out
@@ -236,11 +324,12 @@ class Segmenter:
                 palette=self.palette,
                 image=img,
                 path=path,
+                name=name,
                 _probs=(lambda img=img: self.probabilities(img)),
             )
-            for (img, path), lab in zip(decoded, labels)
+            for (img, path), lab, name in zip(decoded, labels, default_names([path for _, path in decoded]))
         ]
         return results[0] if single else results
 
 
-__all__ = ["Segmenter", "SegResult", "to_rgb", "AUTO_SLIDE_PIXELS"]
+__all__ = ["Segmenter", "SegResult", "default_names", "to_rgb", "AUTO_SLIDE_PIXELS"]

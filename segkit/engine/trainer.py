@@ -1,8 +1,11 @@
 """Iteration-based trainer implementing the reference recipe (SegFormer §4.1, SegNeXt §4.1; docs/protocols.md).
 
-Read top to bottom: :func:`train` sets up (device, seed, data, model, optimiser, schedule),
-optionally resumes, then runs the loop — forward/backward, logging, periodic evaluation and
-checkpointing — and finishes with a final evaluation, ``final/`` (safetensors) and a plot.
+Read top to bottom: the data order (:class:`SeededSamples`, :class:`TrainBatchSampler`), what a
+config builds (datasets, model, class weights), then :class:`Trainer`, the loop in named steps —
+``prepare`` (device, seed, work dir, data, model, optimiser, resume), ``step``, ``log``,
+``evaluate``, ``checkpoint``, ``finish`` — and last the helpers for resume and the run's files.
+What training and :mod:`segkit.engine.pretrain` share (device / process setup, the work-dir
+policy, checkpoint files, weight EMA) lives in :mod:`segkit.engine.runs`.
 
 Reproducibility: every training sample's augmentation is seeded from ``(seed, epoch, index)``
 (:class:`SeededSamples`), the sample order of epoch *e* from ``seed + e``, and the model-side
@@ -17,6 +20,7 @@ divide); only rank 0 writes files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -30,9 +34,23 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from segkit.config import Config
-from segkit.errors import CheckpointError, UsageError
-from segkit.utils import atomic_open
+from segkit.config import Config, parse_duration
+from segkit.engine import budget as _budget
+from segkit.engine.budget import TimeBudget
+from segkit.engine.runs import (
+    WeightEMA,
+    WorkDirError,
+    claim_work_dir,
+    load_state_file,
+    resolve_device,
+    save_checkpoint,
+    setup_runtime,
+    worker_init,
+    write_run_config,
+)
+from segkit.errors import CheckpointError, ConfigError, DataError, NotFoundError, UsageError
+
+_worker_init = worker_init  # the name tests and older code import
 
 
 class NonFiniteLossError(RuntimeError):
@@ -85,9 +103,9 @@ class TrainBatchSampler:
         self, num_samples: int, global_batch: int, seed: int, start_iter: int = 0, rank: int = 0, world_size: int = 1
     ):
         if global_batch % world_size:
-            raise ValueError(f"train.batch_size={global_batch} is not divisible by the {world_size} ranks")
+            raise ConfigError(f"train.batch_size={global_batch} is not divisible by the {world_size} ranks")
         if num_samples < global_batch:
-            raise ValueError(f"dataset has {num_samples} samples, fewer than train.batch_size={global_batch}")
+            raise DataError(f"dataset has {num_samples} samples, fewer than train.batch_size={global_batch}")
         self.n, self.batch, self.seed = num_samples, global_batch, seed
         self.start_iter, self.rank, self.per_rank = start_iter, rank, global_batch // world_size
         self.iters_per_epoch = num_samples // global_batch
@@ -102,41 +120,6 @@ class TrainBatchSampler:
                 mine = chunk[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
                 yield [(epoch, i) for i in mine]
                 it += 1
-
-
-class WeightEMA:
-    """Exponential moving average of a model's weights (``train.ema``; timm ``ModelEmaV2`` semantics).
-
-    ``module`` is a frozen eval-mode copy of the model whose floating-point state (parameters and
-    BatchNorm running statistics) follows ``decay_t · ema + (1 − decay_t) · current`` after every
-    optimiser step, ``decay_t = min(decay, (1 + t) / (10 + t))``; integer buffers are copied.
-    """
-
-    def __init__(self, model: nn.Module, decay: float):
-        import copy
-
-        self.decay = float(decay)
-        self.updates = 0
-        self.module = copy.deepcopy(model).eval()
-        for p in self.module.parameters():
-            p.requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for e, m in zip(self.module.state_dict().values(), model.state_dict().values()):
-            if e.dtype.is_floating_point:
-                e.mul_(d).add_(m.detach(), alpha=1.0 - d)
-            else:
-                e.copy_(m)
-
-    def state_dict(self) -> dict:
-        return {"weights": self.module.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.module.load_state_dict(state["weights"])
-        self.updates = int(state["updates"])
 
 
 class _LossModule(nn.Module):
@@ -163,15 +146,7 @@ def compile_for_training(model) -> None:
     model.decode_head.compile()
 
 
-# ----------------------------------------------------------------------------- helpers
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name} but CUDA is not available")
-    return torch.device(name)
-
-
+# ----------------------------------------------------------------------------- what a config builds
 def rng_state() -> dict:
     """All RNG states as tensors / plain values (loadable with ``torch.load(weights_only=True)``)."""
     np_state = np.random.get_state()
@@ -197,15 +172,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """``torch.save`` through :func:`segkit.utils.atomic_open` (temporary file, fsync, atomic rename).
-
-    A kill at any moment leaves the previous checkpoint under its name intact and loadable.
-    """
-    with atomic_open(path) as f:
-        torch.save(payload, f)
-
-
 def _seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -214,15 +180,6 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-def _init_distributed(device: torch.device) -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size()
 
 
 def build_train_data(cfg: Config, mean=None, std=None, train_ds=None):
@@ -249,7 +206,7 @@ def build_train_data(cfg: Config, mean=None, std=None, train_ds=None):
         std=std,
     )
     if cfg.data.train is None:
-        raise ValueError("config has no data.train dataset")
+        raise cfg.error("data.train", "the config names no training data set")
     if train_ds is None:
         train_ds = build_dataset(cfg.data.train, transform=train_tf)
     else:
@@ -284,7 +241,7 @@ def median_frequency_weights(pixel_counts, power: float = 1.0) -> list[float]:
     counts = np.asarray(pixel_counts, dtype=np.float64)
     present = counts > 0
     if not present.any():
-        raise ValueError("median_freq class weights: the training labels contain no labelled pixel")
+        raise DataError("median_freq class weights: the training labels contain no labelled pixel")
     if not present.all():
         warnings.warn(
             f"median_freq class weights: classes {np.flatnonzero(~present).tolist()} have no training "
@@ -307,6 +264,13 @@ def build_model_from_config(cfg: Config, dataset=None):
     num_classes = cfg.model_args.get("num_classes")
     args = {k: v for k, v in cfg.model_args.items() if k != "num_classes"}
     if dataset is not None:
+        if num_classes is not None and num_classes != dataset.num_classes:  # the data set's count wins: say so
+            raise cfg.error(
+                "model_args.num_classes",
+                f"{num_classes}, but data.train ({getattr(dataset, 'name', '') or 'the training set'}) has "
+                f"{dataset.num_classes} classes; the class count comes from the data set: remove the key "
+                f"(or describe the classes in the data set: classes / meta.json)",
+            )
         num_classes = dataset.num_classes
         meta = dict(class_names=dataset.classes, palette=dataset.palette, ignore_index=dataset.ignore_index)
     model = build_model(cfg.model, num_classes or 150, loss_avg=cfg.train.loss_avg, **meta, **args)
@@ -318,8 +282,491 @@ def build_model_from_config(cfg: Config, dataset=None):
 
 
 # ----------------------------------------------------------------------------- the loop
+class Trainer:
+    """One segmentation training run of ``cfg``, in named steps (the shape of Lightning's ``fit_loop``).
+
+    :meth:`fit` = :meth:`prepare` (device, seed, work dir, data, model, optimiser, resume, loader),
+    then until ``schedule.max_iters``: :meth:`step` (forward, loss, backward, optimiser),
+    :meth:`log`, and at the configured intervals :meth:`evaluate` and :meth:`checkpoint`; then
+    :meth:`finish` (last checkpoint, final evaluation, ``final/``, curves, summary). SIGTERM /
+    SIGINT during the loop write a checkpoint and stop after the current step.
+
+    Attributes set by :meth:`prepare` and read by the steps: ``rt`` (:class:`Runtime`), ``work_dir``,
+    ``train_ds`` / ``val_ds``, ``model`` (the :class:`Segmentor` being trained), ``eval_model``
+    (its weight average with ``train.ema``, else the model itself), ``optimizer``, ``scheduler``,
+    ``scaler``, ``ema``, ``train_module`` (DDP-wrapped under torchrun), ``loader``, ``it`` (the
+    number of optimiser steps done), ``best_miou``, ``skipped``.
+    """
+
+    def __init__(self, cfg: Config, resume: str | Path | None = None, progress: bool = True, overwrite: bool = False):
+        self.cfg, self.resume, self.progress, self.overwrite = cfg, resume, progress, overwrite
+        self.t_start, self.t_monotonic = time.time(), _budget.now()
+        self.it, self.best_miou, self.skipped = 0, -1.0, 0
+        self.budget: TimeBudget | None = None
+        self.last_eval: dict = {}  # the latest validation result (for the model card of final/)
+        self.last_good: Path | None = None
+        self.stop_signal: int | None = None
+        self.writer = self.log_f = self.bar = None
+
+    # ------------------------------------------------------------------ prepare
+    def prepare(self) -> None:
+        """Everything before the first step, in this order (the order fixes the RNG draws)."""
+        tc = self.cfg.train
+        self.rt = setup_runtime(tc.device, tc.threads, tc.amp, what="train.amp")
+        _seed_everything(tc.seed, tc.deterministic)
+        self.work_dir = Path(tc.work_dir)
+        self.ckpt_path, self.ck = self._claim_or_resume()
+        if self.rt.is_main:
+            write_run_config(self.work_dir, self.cfg.to_dict())
+        self._build_data_and_model()
+        self._build_optimisation()
+        if self.ck is not None:
+            self._restore(self.ck)
+        self._build_loader()
+        if self.rt.is_main:
+            self.writer = _tensorboard(self.work_dir) if tc.tensorboard else None
+            self.log_f = open(self.work_dir / "train_log.jsonl", "a")
+            self.last_good = _latest_checkpoint(self.work_dir)
+
+    def _claim_or_resume(self) -> tuple[Path | None, dict | None]:
+        """Without ``resume``: the work dir must be free (or ``overwrite`` moves the old run aside).
+        With it: the checkpoint to continue from, checked against the config; ``--resume auto`` that
+        finds none claims the work dir as a run without ``resume`` would (a finished run whose
+        checkpoints are all damaged is refused, or moved aside with ``overwrite``). Temporary files
+        left by interrupted saves are removed (one line each)."""
+        rt = self.rt
+        if self.resume is None:
+            claim_work_dir(
+                self.work_dir,
+                existing_run(self.work_dir),
+                self.overwrite,
+                is_main=rt.is_main,
+                world=rt.world,
+                elsewhere="train into another folder (--set train.work_dir=...)",
+            )
+            return None, None
+        path, ck = resolve_resume(self.work_dir, self.resume, log=print if rt.is_main else None)
+        if ck is None:  # --resume auto with nothing to continue: the work dir is claimed as without --resume
+            existed = self.work_dir.is_dir()
+            claim_work_dir(
+                self.work_dir,
+                existing_run(self.work_dir),
+                self.overwrite,
+                is_main=rt.is_main,
+                world=rt.world,
+                elsewhere="train into another folder (--set train.work_dir=...)",
+                resumable=False,
+            )
+            if existed and rt.is_main:
+                print(f"--resume auto: starting a fresh run in {self.work_dir}", flush=True)
+            return None, None
+        check_resume_checkpoint(path, ck, self.cfg)
+        if rt.is_main:
+            from segkit.utils import remove_stale_temporaries
+
+            remove_stale_temporaries(self.work_dir, log=print)
+        return path, ck
+
+    def _build_data_and_model(self) -> None:
+        """Datasets (transforms normalise with the model's own mean/std), the model, the label scan,
+        class weights and loss options; the model on its device."""
+        from segkit.data import build_dataset
+
+        cfg, tc, rt = self.cfg, self.cfg.train, self.rt
+        if cfg.data.train is None:
+            raise cfg.error("data.train", "the config names no training data set")
+        train_ds = build_dataset(cfg.data.train)  # class names/palette for the model; transform set below
+        ck = self.ck
+        if ck is not None and int(ck["meta"].get("num_classes", train_ds.num_classes)) != train_ds.num_classes:
+            raise CheckpointError(
+                f"{self.ckpt_path} holds a {ck['meta']['num_classes']}-class model, but data.train "
+                f"({getattr(train_ds, 'name', '')}) has {train_ds.num_classes} classes"
+            )
+        model = build_model_from_config(cfg, train_ds)
+        self.train_ds, self.val_ds = build_train_data(cfg, model.mean, model.std, train_ds=train_ds)
+        report = None
+        if tc.check_data or tc.class_weight == "median_freq":  # the weights need the pixel counts
+            report = _scan_labels(self.train_ds, rt.rank, rt.world)
+            if rt.is_main and tc.check_data:
+                print(report)
+        if tc.class_weight is not None:
+            weights = (
+                median_frequency_weights(report.pixel_counts, tc.class_weight_power)
+                if tc.class_weight == "median_freq"
+                else [float(v) for v in tc.class_weight]
+            )
+            model.set_class_weight(weights)
+            if rt.is_main:
+                print("class weights: " + ", ".join(f"{n} {w:.3g}" for n, w in zip(model.class_names, weights)))
+        model.set_loss_options(tc.ohem_thresh, tc.ohem_min_kept, tc.dice_weight)
+        if rt.is_main and tc.amp == "auto":
+            print(f"train.amp=auto: {'bf16 autocast' if rt.amp else 'float32'} on {rt.device.type}", flush=True)
+        if tc.preload:  # decoded samples kept in memory (shared with workers); saves the decode per sample
+            self.train_ds.preload()
+            if self.val_ds is not None:
+                self.val_ds.preload()
+        self.model = self._place_model(model)
+
+    def _place_model(self, model):
+        """The model on the device (channels-last, SyncBatchNorm as configured), after the memory check."""
+        tc, rt = self.cfg.train, self.rt
+        model = model.to(rt.device)
+        if tc.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if rt.world > 1 and tc.sync_bn and rt.device.type != "cuda":
+            raise ConfigError(
+                "train.sync_bn=true needs CUDA (torch's SyncBatchNorm does not run on CPU); on CPU each "
+                "rank normalises over its own share of the batch — set train.sync_bn=false"
+            )
+        if rt.world > 1 and tc.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if tc.memory_check and rt.device.type == "cpu":
+            from segkit.engine.memory import check_step_fits
+
+            # ranks of a CPU run share the machine: the whole global batch is resident at once
+            check_step_fits(
+                model, self.cfg.train_transform.crop_size, tc.batch_size, {"bf16": torch.bfloat16}.get(rt.amp)
+            )
+        return model
+
+    def _build_optimisation(self) -> None:
+        """Optimiser, poly schedule (sized by :class:`TimeBudget` with ``schedule.time_budget``) and
+        (fp16) gradient scaler."""
+        from segkit.engine.optim import build_optimizer, build_scheduler
+
+        cfg, tc = self.cfg, self.cfg.train
+        self.schedule = cfg.schedule  # what the LR scheduler reads; a budget rewrites the copy's length
+        if cfg.schedule.time_budget is not None:
+            self.schedule = dataclasses.replace(cfg.schedule)
+            interval = tc.checkpoint_interval or tc.eval_interval
+            seconds = parse_duration(cfg.schedule.time_budget)
+            self.budget = TimeBudget(seconds, self.schedule, tc.eval_interval, interval, started=self.t_monotonic)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, self.schedule, cfg.optim.lr)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=(self.rt.amp == "fp16"))
+
+    @property
+    def max_iters(self) -> int:
+        """The run's length: ``schedule.max_iters``, or with a time budget its current estimate."""
+        return int(self.schedule.max_iters)
+
+    def _restore(self, ck: dict) -> None:
+        """Model, optimiser, schedule, scaler, counters and RNG states from a training checkpoint."""
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.scheduler.load_state_dict(ck["scheduler"])
+        if "scaler" in ck and ck["scaler"]:
+            self.scaler.load_state_dict(ck["scaler"])
+        self.it, self.best_miou, self.skipped = ck["iteration"], ck.get("best_metric", -1.0), ck.get("skipped_steps", 0)
+        if self.budget is not None:  # the same schedule: seconds consumed and the length estimated so far
+            self.budget.load_state_dict(ck["budget"], self.it)
+        set_rng_state(ck["rng"])
+        if self.rt.is_main:
+            print(f"resumed from {self.ckpt_path} at iteration {self.it}")
+            with open(self.work_dir / "train_log.jsonl", "a") as f:
+                f.write(json.dumps({"type": "resume", "iter": self.it, "from": str(self.ckpt_path)}) + "\n")
+
+    def _build_loader(self) -> None:
+        """Weight EMA, ``torch.compile``, the DDP wrapper and the seeded batch stream from ``self.it``."""
+        tc, rt, ck = self.cfg.train, self.rt, self.ck
+        self.ema = WeightEMA(self.model, tc.ema) if tc.ema else None
+        if self.ema is not None and ck is not None:
+            if "ema" not in ck:
+                raise CheckpointError(f"{self.ckpt_path}: train.ema is set but this checkpoint holds no weight average")
+            self.ema.load_state_dict(ck["ema"])
+        self.eval_model = self.ema.module if self.ema is not None else self.model  # what validation and final/ use
+        if tc.compile:
+            compile_for_training(self.model)  # inductor; see TrainConfig.compile for what it costs
+        self.train_module = _LossModule(self.model)
+        if rt.world > 1:
+            self.train_module = nn.parallel.DistributedDataParallel(
+                self.train_module,
+                device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+                find_unused_parameters=False,
+            )
+        sampler = TrainBatchSampler(len(self.train_ds), tc.batch_size, tc.seed, self.it, rt.rank, rt.world)
+        self.loader = torch.utils.data.DataLoader(
+            SeededSamples(self.train_ds, tc.seed),
+            batch_sampler=sampler,
+            num_workers=tc.num_workers,
+            pin_memory=rt.device.type == "cuda",
+            persistent_workers=tc.num_workers > 0,
+            worker_init_fn=worker_init,
+            # own generator: creating the iterator must not consume the global
+            # torch RNG, whose state the checkpoint restores (exact resume)
+            generator=torch.Generator().manual_seed(tc.seed),
+        )
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict:
+        """:meth:`prepare`, the loop, :meth:`finish`; returns the summary (best / final mIoU, paths, wall time)."""
+        from tqdm import tqdm
+
+        self.prepare()
+        self.model.train()
+        data_iter = iter(self.loader)
+        self.bar = tqdm(
+            total=self.max_iters,
+            initial=self.it,
+            disable=not (self.progress and self.rt.is_main),
+            desc=f"train {self.cfg.model}",
+            dynamic_ncols=True,
+            smoothing=0.05,
+        )
+        old_handlers = self._catch_signals()
+        try:
+            while self.it < self.max_iters:
+                started = _budget.now()
+                losses = self.step(*next(data_iter))
+                if losses is None:  # a skipped non-finite step: no logging, evaluation or checkpoint
+                    continue
+                if self.budget is not None:
+                    self._follow_budget(_budget.now() - started)
+                self.log(losses)
+                if self._at_intervals():
+                    break
+        finally:
+            self.bar.close()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        return self.finish()
+
+    def _follow_budget(self, step_seconds: float) -> None:
+        """Time budget: re-estimate the run's length; end it here once the budget is spent."""
+        budget = self.budget
+        before = budget.total
+        budget.step_done(self.it, step_seconds)
+        if budget.out_of_time() and self.it < budget.total:
+            budget.stop_now(self.it)
+            if self.rt.is_main:
+                from tqdm import tqdm
+
+                tqdm.write(f"time budget of {budget.seconds:.0f} s spent at iteration {self.it}: finishing")
+        if budget.total != before and self.bar is not None:
+            self.bar.total = budget.total
+            self.bar.refresh()
+        if self.rt.world > 1:  # every rank runs the same length: rank 0's estimate decides
+            n = torch.tensor([budget.total], dtype=torch.int64, device=self.rt.device)
+            dist.broadcast(n, src=0)
+            if int(n) != budget.total:
+                budget.stop_now(int(n))
+
+    def _catch_signals(self) -> dict:
+        """SIGTERM / SIGINT set :attr:`stop_signal` (the loop checkpoints and stops); main thread only."""
+
+        def on_signal(signum, frame):
+            self.stop_signal = signum
+
+        if not _in_main_thread():
+            return {}
+        return {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> dict | None:
+        """One optimiser step on a batch: ``images`` (B, 3, H, W) float, ``labels`` (B, H, W) int64.
+
+        Returns the loss terms (0-d tensors, ``"loss"`` their weighted sum), or ``None`` when the
+        loss was NaN/Inf on any rank and ``train.on_nonfinite == "skip"`` (the step counts, the
+        weights stay). Raises :class:`NonFiniteLossError` for such a loss with ``"stop"``.
+        """
+        tc, rt = self.cfg.train, self.rt
+        images = images.to(rt.device, non_blocking=True)
+        labels = labels.to(rt.device, non_blocking=True)
+        if tc.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(rt.amp)
+        with torch.autocast(rt.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            losses = self.train_module(images, labels)
+        loss = losses["loss"]
+        finite = torch.isfinite(loss.detach())
+        if rt.world > 1:
+            flag = finite.float().to(rt.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = flag.bool()
+        self.optimizer.zero_grad(set_to_none=True)
+        if not bool(finite):
+            if tc.on_nonfinite == "stop":
+                raise NonFiniteLossError(
+                    f"non-finite loss ({float(loss.detach()):.4g}) at iteration {self.it + 1}; last good checkpoint: "
+                    f"{self.last_good or 'none written yet'}. Lower optim.lr, enable optim.grad_clip, or set "
+                    f"train.on_nonfinite=skip to skip such steps."
+                )
+            self.skipped += 1
+            self.it += 1
+            self.scheduler.step()
+            self.bar.update(1)
+            return None
+        self.scaler.scale(loss).backward()
+        if self.cfg.optim.grad_clip:
+            from segkit.engine.optim import clip_grad
+
+            self.scaler.unscale_(self.optimizer)
+            clip_grad(self.model, self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.scheduler.step()
+        self.it += 1
+        return losses
+
+    def log(self, losses: dict) -> None:
+        """Progress bar every step; loss terms and lr to ``train_log.jsonl`` (and TensorBoard) every
+        ``train.log_interval`` steps and at the last. Rank 0 only."""
+        if not self.rt.is_main:
+            return
+        it, max_iters = self.it, self.max_iters
+        group = self.optimizer.param_groups[0]
+        lr = group["lr"] / group.get("lr_mult", 1.0)
+        self.bar.update(1)
+        if it % self.cfg.train.log_interval == 0 or it == max_iters:
+            vals = {k: float(v.detach()) for k, v in losses.items()}
+            self.bar.set_postfix(loss=f"{vals['loss']:.3f}", lr=f"{lr:.2e}")
+            rec = {"type": "train", "iter": it, "lr": lr, **vals, "time": round(time.time() - self.t_start, 2)}
+            self.log_f.write(json.dumps(rec) + "\n")
+            self.log_f.flush()
+            if self.writer:
+                for k, v in vals.items():
+                    self.writer.add_scalar(f"train/{k}", v, it)
+                self.writer.add_scalar("train/lr", lr, it)
+
+    def _at_intervals(self) -> bool:
+        """Evaluation and checkpoint at their intervals (not at the last step: :meth:`finish` does
+        those); on a caught signal, a checkpoint. Returns True when the loop must stop."""
+        tc, it, max_iters = self.cfg.train, self.it, self.max_iters
+        if self._due(tc.eval_interval) and it < max_iters:
+            started = _budget.now()
+            self.evaluate()
+            if self.budget is not None:
+                self.budget.eval_done(it, _budget.now() - started)
+        if self._due(tc.checkpoint_interval or tc.eval_interval) and it < max_iters:
+            self.checkpoint()
+        if self.stop_signal is None:
+            return False
+        path = self.checkpoint()
+        if self.rt.is_main:
+            from tqdm import tqdm
+
+            tqdm.write(f"received signal {self.stop_signal}: saved {path}, exiting")
+        return True
+
+    def _due(self, interval: int) -> bool:
+        """Step ``it`` is a multiple of ``interval``; with a time budget, crosses that fraction of the run."""
+        if self.budget is not None:
+            return self.budget.due(self.it, interval)
+        return self.it % interval == 0
+
+    def evaluate(self) -> float | None:
+        """Validation mIoU of :attr:`eval_model` on ``data.val`` with ``cfg.eval`` (``None`` without
+        ``data.val``); logged, and ``best.pth`` written when it is the best so far."""
+        from segkit.engine.evaluator import evaluate
+
+        if self.val_ds is None:
+            return None
+        ec, it, rt = self.cfg.eval, self.it, self.rt
+        res = evaluate(
+            self.eval_model,
+            self.val_ds,
+            mode=ec.mode,
+            crop_size=ec.crop_size,
+            stride=ec.stride,
+            scales=ec.scales,
+            flip=ec.flip,
+            device=rt.device,
+            progress=False,
+            max_images=self.cfg.train.eval_max_images,
+        )
+        self.model.train()
+        miou = float(res["mIoU"])
+        self.last_eval = {k: v for k, v in res.items() if k != "confusion_matrix"}
+        self.last_eval["iteration"] = it
+        if rt.is_main:
+            self._log_eval(res, miou)
+            if miou > self.best_miou:
+                self.best_miou = miou
+                self.checkpoint(best=True)
+        return miou
+
+    def _log_eval(self, res: dict, miou: float) -> None:
+        from tqdm import tqdm
+
+        it = self.it
+        rec = {"iter": it, "mIoU": miou, "aAcc": float(res["aAcc"]), "mAcc": float(res["mAcc"])}
+        self.log_f.write(json.dumps({"type": "eval", **rec}) + "\n")
+        self.log_f.flush()
+        tqdm.write(f"[eval] iter {it}: mIoU {miou:.2f}  aAcc {res['aAcc']:.2f}  mAcc {res['mAcc']:.2f}")
+        if self.writer:
+            self.writer.add_scalar("val/mIoU", miou, it)
+            self.writer.add_scalar("val/aAcc", float(res["aAcc"]), it)
+            _log_overlays(self.writer, self.eval_model, self.val_ds, self.cfg.train.vis_images, it, self.rt.device)
+
+    def checkpoint(self, best: bool = False) -> Path | None:
+        """Write ``iter_<it>.pth`` (keeping the last ``train.keep_last``) or ``best.pth``, atomically;
+        rank 0 only (``None`` elsewhere). Holds everything an exact resume needs."""
+        if not self.rt.is_main:
+            return None
+        payload = {
+            "segkit_checkpoint": 1,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "iteration": self.it,
+            "best_metric": self.best_miou,
+            "skipped_steps": self.skipped,
+            "rng": rng_state(),
+            "config": self.cfg.to_dict(),
+            "meta": self.model.config(),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+            **({"budget": self.budget.state_dict()} if self.budget is not None else {}),
+        }
+        path = self.work_dir / ("best.pth" if best else f"iter_{self.it}.pth")
+        save_checkpoint(path, payload)
+        if not best:
+            self.last_good = path
+            for p in _iter_checkpoints(self.work_dir)[: -self.cfg.train.keep_last]:
+                p.unlink(missing_ok=True)
+        return path
+
+    # ------------------------------------------------------------------ finish
+    def finish(self) -> dict:
+        """After the loop: unless stopped by a signal, the last checkpoint, the final evaluation and
+        ``final/`` (the evaluated weights + training config + last validation) with ``curves.png``.
+        Writes the summary line of ``train_log.jsonl`` and returns the summary."""
+        rt = self.rt
+        summary = {"iterations": self.it, "skipped_steps": self.skipped}
+        if self.stop_signal is not None:  # the run did not finish: the caller says so (segkit train exits 128+N)
+            summary["stopped_by_signal"] = int(self.stop_signal)
+        if rt.world > 1:
+            summary["ranks_max_weight_diff"] = _rank_weight_divergence(self.model, rt.device)
+        if self.stop_signal is None:
+            self.checkpoint()
+            final_miou = self.evaluate()
+            if rt.is_main:
+                self.eval_model.train_config = self.cfg.to_dict()  # segkit eval of final/ uses its test protocol
+                self.eval_model.eval_results = dict(self.last_eval) or None  # the final validation, for the card
+                self.eval_model.save_pretrained(self.work_dir / "final")
+                _plot_curves(self.work_dir)
+            summary.update(final_mIoU=final_miou)
+        if self.budget is not None:
+            b = self.budget
+            summary.update(
+                time_budget_s=b.seconds, budget_used_s=round(b.elapsed(), 1), s_per_iter=b.seconds_per_iter()
+            )
+        summary.update(
+            best_mIoU=self.best_miou if self.best_miou >= 0 else None,
+            work_dir=str(self.work_dir),
+            wall_time_s=round(time.time() - self.t_start, 1),
+        )
+        if rt.is_main:
+            self.log_f.write(json.dumps({"type": "summary", **summary}) + "\n")
+            self.log_f.close()
+            if self.writer:
+                self.writer.close()
+        return summary
+
+
 def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, overwrite: bool = False) -> dict:
-    """Train ``cfg.model`` as configured; returns a summary dict (best mIoU, paths, wall time).
+    """Train ``cfg.model`` as configured (:class:`Trainer`); returns a summary dict (best mIoU, paths, wall time).
 
     Writes into ``cfg.train.work_dir``: ``iter_<N>.pth`` (last ``keep_last``), ``best.pth``,
     ``final/`` (``model.safetensors`` + ``config.json``), ``train_log.jsonl``, ``config.yaml``,
@@ -338,321 +785,10 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
         NonFiniteLossError: the loss became NaN/Inf and ``train.on_nonfinite == "stop"``.
         segkit.data.DataError: the labels fail the guard-rail scan.
     """
-    from tqdm import tqdm
-
-    from segkit.engine.evaluator import evaluate
-    from segkit.engine.optim import build_optimizer, build_scheduler, clip_grad
-    from segkit.runtime import check_amp, resolve_amp
-
-    tc = cfg.train
-    t_start = time.time()
-    device = resolve_device(tc.device)
-    if tc.threads:
-        torch.set_num_threads(tc.threads)
-    amp = resolve_amp(tc.amp, device)  # "auto": bf16 where native, else float32
-    check_amp(amp, device, what="train.amp")  # fp16 needs CUDA; bf16 a GPU or a CPU with native bfloat16
-    rank, world = _init_distributed(device)
-    is_main = rank == 0
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-        torch.cuda.set_device(device)
-    _seed_everything(tc.seed, tc.deterministic)
-    work_dir = Path(tc.work_dir)
-    ck, ckpt_path = None, None
-    if resume is None:
-        claim_work_dir(
-            work_dir,
-            existing_run(work_dir),
-            overwrite,
-            is_main=is_main,
-            world=world,
-            elsewhere="train into another folder (--set train.work_dir=...)",
-        )
-    else:
-        ckpt_path, ck = resolve_resume(work_dir, resume, log=print if is_main else None)
-        if ck is not None:
-            check_resume_checkpoint(ckpt_path, ck, cfg)
-    if is_main:
-        work_dir.mkdir(parents=True, exist_ok=True)
-        import yaml
-
-        (work_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-    # ---------------- data (transforms normalise with the model's own mean/std)
-    from segkit.data import build_dataset
-
-    if cfg.data.train is None:
-        raise ValueError("config has no data.train dataset")
-    train_ds = build_dataset(cfg.data.train)  # class names/palette for the model; transform set below
-    if ck is not None and int(ck["meta"].get("num_classes", train_ds.num_classes)) != train_ds.num_classes:
-        raise CheckpointError(
-            f"{ckpt_path} holds a {ck['meta']['num_classes']}-class model, but data.train "
-            f"({getattr(train_ds, 'name', '')}) has {train_ds.num_classes} classes"
-        )
-    model = build_model_from_config(cfg, train_ds)
-    train_ds, val_ds = build_train_data(cfg, model.mean, model.std, train_ds=train_ds)
-    report = None
-    if tc.check_data or tc.class_weight == "median_freq":  # the weights need the pixel counts
-        report = _scan_labels(train_ds, rank, world)
-        if is_main and tc.check_data:
-            print(report)
-    if tc.class_weight is not None:
-        weights = (
-            median_frequency_weights(report.pixel_counts, tc.class_weight_power)
-            if tc.class_weight == "median_freq"
-            else [float(v) for v in tc.class_weight]
-        )
-        model.set_class_weight(weights)
-        if is_main:
-            print("class weights: " + ", ".join(f"{n} {w:.3g}" for n, w in zip(model.class_names, weights)))
-    model.set_loss_options(tc.ohem_thresh, tc.ohem_min_kept, tc.dice_weight)
-    if is_main and tc.amp == "auto":
-        print(f"train.amp=auto: {'bf16 autocast' if amp else 'float32'} on {device.type}", flush=True)
-    if tc.preload:  # decoded samples kept in memory (shared with workers); saves the decode per sample
-        train_ds.preload()
-        if val_ds is not None:
-            val_ds.preload()
-    model = model.to(device)
-    if tc.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if world > 1 and tc.sync_bn and device.type != "cuda":
-        raise ValueError(
-            "train.sync_bn=true needs CUDA (torch's SyncBatchNorm does not run on CPU); on CPU each "
-            "rank normalises over its own share of the batch — set train.sync_bn=false"
-        )
-    if world > 1 and tc.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if tc.memory_check and device.type == "cpu":
-        from segkit.engine.memory import check_step_fits
-
-        # ranks of a CPU run share the machine: the whole global batch is resident at once
-        check_step_fits(model, cfg.train_transform.crop_size, tc.batch_size, {"bf16": torch.bfloat16}.get(amp))
-
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.schedule, cfg.optim.lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=(amp == "fp16"))
-    start_iter, best_miou, skipped = 0, -1.0, 0
-    history: list[dict] = []
-
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        if "scaler" in ck and ck["scaler"]:
-            scaler.load_state_dict(ck["scaler"])
-        start_iter, best_miou, skipped = ck["iteration"], ck.get("best_metric", -1.0), ck.get("skipped_steps", 0)
-        set_rng_state(ck["rng"])
-        if is_main:
-            print(f"resumed from {ckpt_path} at iteration {start_iter}")
-            with open(work_dir / "train_log.jsonl", "a") as f:
-                f.write(json.dumps({"type": "resume", "iter": start_iter, "from": str(ckpt_path)}) + "\n")
-
-    ema = WeightEMA(model, tc.ema) if tc.ema else None
-    if ema is not None and ck is not None:
-        if "ema" not in ck:
-            raise CheckpointError(f"{ckpt_path}: train.ema is set but this checkpoint holds no weight average")
-        ema.load_state_dict(ck["ema"])
-    eval_model = ema.module if ema is not None else model  # what validation scores and final/ holds
-    if tc.compile:
-        compile_for_training(model)  # inductor; see TrainConfig.compile for what it costs
-    train_module = _LossModule(model)
-    if world > 1:
-        train_module = nn.parallel.DistributedDataParallel(
-            train_module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
-        )
-    sampler = TrainBatchSampler(len(train_ds), tc.batch_size, tc.seed, start_iter, rank, world)
-    loader = torch.utils.data.DataLoader(
-        SeededSamples(train_ds, tc.seed),
-        batch_sampler=sampler,
-        num_workers=tc.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=tc.num_workers > 0,
-        worker_init_fn=_worker_init,
-        # own generator: creating the iterator must not consume the global
-        # torch RNG, whose state the checkpoint restores (exact resume)
-        generator=torch.Generator().manual_seed(tc.seed),
-    )
-    writer = _tensorboard(work_dir) if (is_main and tc.tensorboard) else None
-    log_f = open(work_dir / "train_log.jsonl", "a") if is_main else None
-    last_good = _latest_checkpoint(work_dir) if is_main else None
-
-    stop = {"signal": None}
-
-    def _on_signal(signum, frame):
-        stop["signal"] = signum
-
-    old_handlers = (
-        {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if _in_main_thread() else {}
-    )
-
-    def checkpoint(it: int, best: bool = False) -> Path | None:
-        nonlocal last_good
-        if not is_main:
-            return None
-        payload = {
-            "segkit_checkpoint": 1,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "iteration": it,
-            "best_metric": best_miou,
-            "skipped_steps": skipped,
-            "rng": rng_state(),
-            "config": cfg.to_dict(),
-            "meta": model.config(),
-            **({"ema": ema.state_dict()} if ema is not None else {}),
-        }
-        path = work_dir / ("best.pth" if best else f"iter_{it}.pth")
-        save_checkpoint(path, payload)
-        if not best:
-            last_good = path
-            old = sorted(work_dir.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
-            for p in old[: -tc.keep_last]:
-                p.unlink(missing_ok=True)
-        return path
-
-    last_eval: dict = {}  # the latest validation result (for the model card of final/)
-
-    def run_eval(it: int) -> float | None:
-        nonlocal best_miou
-        if val_ds is None:
-            return None
-        ec = cfg.eval
-        res = evaluate(
-            eval_model,
-            val_ds,
-            mode=ec.mode,
-            crop_size=ec.crop_size,
-            stride=ec.stride,
-            scales=ec.scales,
-            flip=ec.flip,
-            device=device,
-            progress=False,
-            max_images=tc.eval_max_images,
-        )
-        model.train()
-        miou = float(res["mIoU"])
-        last_eval.clear()
-        last_eval.update({k: v for k, v in res.items() if k != "confusion_matrix"}, iteration=it)
-        if is_main:
-            rec = {"iter": it, "mIoU": miou, "aAcc": float(res["aAcc"]), "mAcc": float(res["mAcc"])}
-            history.append(rec)
-            log_f.write(json.dumps({"type": "eval", **rec}) + "\n")
-            log_f.flush()
-            tqdm.write(f"[eval] iter {it}: mIoU {miou:.2f}  aAcc {res['aAcc']:.2f}  mAcc {res['mAcc']:.2f}")
-            if writer:
-                writer.add_scalar("val/mIoU", miou, it)
-                writer.add_scalar("val/aAcc", float(res["aAcc"]), it)
-                _log_overlays(writer, eval_model, val_ds, tc.vis_images, it, device)
-            if miou > best_miou:
-                best_miou = miou
-                checkpoint(it, best=True)
-        return miou
-
-    model.train()
-    data_iter = iter(loader)
-    bar = tqdm(
-        total=cfg.schedule.max_iters,
-        initial=start_iter,
-        disable=not (progress and is_main),
-        desc=f"train {cfg.model}",
-        dynamic_ncols=True,
-        smoothing=0.05,
-    )
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    it = start_iter
-    try:
-        while it < cfg.schedule.max_iters:
-            images, labels = next(data_iter)
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            if tc.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                losses = train_module(images, labels)
-            loss = losses["loss"]
-            finite = torch.isfinite(loss.detach())
-            if world > 1:
-                flag = finite.float().to(device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-                finite = flag.bool()
-            optimizer.zero_grad(set_to_none=True)
-            if not bool(finite):
-                if tc.on_nonfinite == "stop":
-                    raise NonFiniteLossError(
-                        f"non-finite loss ({float(loss.detach()):.4g}) at iteration {it + 1}; last good checkpoint: "
-                        f"{last_good or 'none written yet'}. Lower optim.lr, enable optim.grad_clip, or set "
-                        f"train.on_nonfinite=skip to skip such steps."
-                    )
-                skipped += 1
-                it += 1
-                scheduler.step()
-                bar.update(1)
-                continue
-            scaler.scale(loss).backward()
-            if cfg.optim.grad_clip:
-                scaler.unscale_(optimizer)
-                clip_grad(model, cfg.optim.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            if ema is not None:
-                ema.update(model)
-            scheduler.step()
-            it += 1
-            lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0)
-            if is_main:
-                bar.update(1)
-                if it % tc.log_interval == 0 or it == cfg.schedule.max_iters:
-                    vals = {k: float(v.detach()) for k, v in losses.items()}
-                    bar.set_postfix(loss=f"{vals['loss']:.3f}", lr=f"{lr:.2e}")
-                    rec = {"type": "train", "iter": it, "lr": lr, **vals, "time": round(time.time() - t_start, 2)}
-                    log_f.write(json.dumps(rec) + "\n")
-                    log_f.flush()
-                    if writer:
-                        for k, v in vals.items():
-                            writer.add_scalar(f"train/{k}", v, it)
-                        writer.add_scalar("train/lr", lr, it)
-            interval_ckpt = tc.checkpoint_interval or tc.eval_interval
-            if it % tc.eval_interval == 0 and it < cfg.schedule.max_iters:
-                run_eval(it)
-            if it % interval_ckpt == 0 and it < cfg.schedule.max_iters:
-                checkpoint(it)
-            if stop["signal"] is not None:
-                path = checkpoint(it)
-                if is_main:
-                    tqdm.write(f"received signal {stop['signal']}: saved {path}, exiting")
-                break
-    finally:
-        bar.close()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
-
-    summary = {"iterations": it, "skipped_steps": skipped}
-    if world > 1:
-        summary["ranks_max_weight_diff"] = _rank_weight_divergence(model, device)
-    if stop["signal"] is None:
-        checkpoint(it)
-        final_miou = run_eval(it)
-        if is_main:
-            eval_model.train_config = cfg.to_dict()  # segkit eval of final/ then uses this test resize and eval mode
-            eval_model.eval_results = dict(last_eval) or None  # the final validation, for the model card
-            eval_model.save_pretrained(work_dir / "final")
-            _plot_curves(work_dir)
-        summary.update(final_mIoU=final_miou)
-    summary.update(
-        best_mIoU=best_miou if best_miou >= 0 else None,
-        work_dir=str(work_dir),
-        wall_time_s=round(time.time() - t_start, 1),
-    )
-    if is_main:
-        log_f.write(json.dumps({"type": "summary", **summary}) + "\n")
-        log_f.close()
-        if writer:
-            writer.close()
-    return summary
+    return Trainer(cfg, resume=resume, progress=progress, overwrite=overwrite).fit()
 
 
+# ----------------------------------------------------------------------------- resume and the run's files
 def _scan_labels(dataset, rank: int, world: int):
     """The guard-rail label scan (:func:`segkit.data.check_dataset`), run on rank 0 only.
 
@@ -662,12 +798,17 @@ def _scan_labels(dataset, rank: int, world: int):
     matters for large data sets on a shared disk.
     """
     from segkit.data import DataError, check_dataset
+    from segkit.data.checks import training_trap
 
     outcome: list = [None]
     error = None
     if rank == 0:
         try:
-            outcome[0] = ("ok", check_dataset(dataset, progress=False))
+            report = check_dataset(dataset, progress=False)
+            trap = training_trap(report, dataset)
+            if trap:
+                raise DataError(trap)
+            outcome[0] = ("ok", report)
         except Exception as e:  # noqa: BLE001 - re-raised below on rank 0, reported on the others
             error = e
             outcome[0] = ("data_error" if isinstance(e, DataError) else "error", f"{type(e).__name__}: {e}")
@@ -693,16 +834,6 @@ def _rank_weight_divergence(model: nn.Module, device: torch.device) -> float:
     return float(diff)
 
 
-def _worker_init(worker_id: int) -> None:
-    """DataLoader workers: one torch thread each, so they do not oversubscribe the cores.
-
-    OpenCV's thread count is left alone: ``cv2.setNumThreads`` in a forked worker deadlocks once
-    the parent has started OpenCV's pthreads pool (OpenCV 5.0, e.g. after the label scan resized
-    real images), and the worker then never delivers a batch (tests/test_reliability.py).
-    """
-    torch.set_num_threads(1)
-
-
 def _in_main_thread() -> bool:
     import threading
 
@@ -725,10 +856,6 @@ def _latest_checkpoint(work_dir: Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
-class WorkDirError(UsageError):
-    """The work dir already holds a run and neither ``--resume`` nor ``--overwrite`` was given."""
-
-
 def existing_run(work_dir: Path) -> str | None:
     """A short description of the run already in ``work_dir`` (``None`` when it holds none)."""
     if not work_dir.is_dir():
@@ -746,43 +873,6 @@ def existing_run(work_dir: Path) -> str | None:
     return ", ".join(parts) or None
 
 
-def claim_work_dir(
-    work_dir: Path, previous: str | None, overwrite: bool, *, is_main: bool, world: int, elsewhere: str
-) -> None:
-    """Make ``work_dir`` free for a new run: refuse, or move the previous run aside.
-
-    ``previous`` describes the run already in ``work_dir`` (``None`` = nothing there). Without
-    ``overwrite`` a previous run raises :class:`WorkDirError` and nothing is touched (the message
-    offers ``--resume auto``, ``--overwrite`` and ``elsewhere``, e.g. "use another --work-dir").
-    With it, rank 0 renames the folder to ``<work_dir>.prev-<YYYYmmdd-HHMMSS>`` after every rank
-    has looked (a barrier under torchrun): a finished run is never deleted. Shared by
-    :func:`train` and :func:`segkit.engine.pretrain.pretrain`.
-    """
-    if not previous:
-        return
-    if not overwrite:
-        raise WorkDirError(
-            f"{work_dir} already holds a run ({previous}); nothing was changed. Continue it with --resume auto, "
-            f"start over with --overwrite (the old run is moved to {work_dir}.prev-<time>), or {elsewhere}"
-        )
-    _barrier(world)  # every rank has looked before rank 0 moves the old run away
-    if is_main:
-        moved = work_dir.with_name(f"{work_dir.name}.prev-{time.strftime('%Y%m%d-%H%M%S')}")
-        work_dir.rename(moved)
-        print(f"--overwrite: moved the previous run ({previous}) to {moved}", flush=True)
-
-
-def load_state_file(path: Path):
-    """``torch.load(path, weights_only=True)`` on the CPU; :class:`CheckpointError` naming the file if unreadable."""
-    import pickle
-
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise CheckpointError(f"{path}: unreadable checkpoint ({first})") from None
-
-
 def _load_training_checkpoint(path: Path) -> dict:
     """A segkit training checkpoint, read safely (``weights_only``); :class:`CheckpointError` naming the file."""
     ck = load_state_file(path)
@@ -795,14 +885,18 @@ def resolve_resume(work_dir: Path, resume, log=print) -> tuple[Path | None, dict
     """``(path, checkpoint)`` to resume from, or ``(None, None)`` to start fresh.
 
     ``resume="auto"``: the newest ``iter_*.pth`` of ``work_dir`` that reads; unreadable ones are
-    skipped, each named with the reason; with none the run starts fresh and ``log`` says why.
+    skipped, each named with the reason; with none ``log`` says why and ``(None, None)`` comes back
+    (the caller then claims the work dir as a run without ``--resume`` does: a previous run there is
+    refused or moved aside, :meth:`Trainer._claim_or_resume`).
     A path: that checkpoint (:class:`CheckpointError` naming it when it cannot be read).
     """
     log = log or (lambda *a, **k: None)
     if str(resume) != "auto":
         path = Path(resume)
+        if path.is_dir():
+            raise UsageError(f"--resume {path}: is a folder; give a checkpoint file (iter_<N>.pth), or --resume auto")
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: checkpoint to resume from not found")
+            raise NotFoundError(f"{path}: checkpoint to resume from not found")
         return path, _load_training_checkpoint(path)
     skipped = []
     for path in reversed(_iter_checkpoints(work_dir)):
@@ -817,34 +911,44 @@ def resolve_resume(work_dir: Path, resume, log=print) -> tuple[Path | None, dict
         return path, ck
     if skipped:
         log(
-            f"--resume auto: no readable checkpoint in {work_dir} ({len(skipped)} unreadable); starting a fresh run",
+            f"--resume auto: no readable checkpoint in {work_dir} ({len(skipped)} unreadable)",
             flush=True,
         )
     elif not work_dir.is_dir():
         log(f"--resume auto: {work_dir} does not exist; starting a fresh run", flush=True)
     else:
-        log(f"--resume auto: no checkpoint (iter_*.pth) in {work_dir}; starting a fresh run", flush=True)
+        log(f"--resume auto: no checkpoint (iter_*.pth) in {work_dir}", flush=True)
     return None, None
 
 
 def check_resume_checkpoint(path: Path, ck: dict, cfg: Config) -> None:
-    """Refuse a checkpoint of another model, or one already at the end of the schedule (two-line messages)."""
+    """Refuse a checkpoint of another model, or one already at the end of the schedule (two-line messages);
+    with ``schedule.time_budget``, one of a run without a budget or whose budget is spent."""
     meta = ck.get("meta") or {}
     if meta.get("model") and str(meta["model"]).lower() != cfg.model.lower():
         raise CheckpointError(
             f"{path} holds a {meta['model']} ({meta.get('num_classes', '?')} classes),\n"
             f"but the config builds {cfg.model}: resume a checkpoint of the same model, or drop --resume"
         )
+    if cfg.schedule.time_budget is not None:
+        state = ck.get("budget")
+        if not state:
+            raise CheckpointError(
+                f"{path} comes from a run without schedule.time_budget:\nresume it with its own schedule "
+                f"(--set schedule.time_budget=null), or start a budgeted run without --resume"
+            )
+        seconds = parse_duration(cfg.schedule.time_budget)
+        if float(state["consumed"]) >= seconds:
+            raise CheckpointError(
+                f"{path} is at iteration {ck['iteration']} after {float(state['consumed']):.0f} s, the end of its "
+                f"time budget ({seconds:.0f} s):\nnothing to resume (raise schedule.time_budget to train further)"
+            )
+        return
     if int(ck["iteration"]) >= cfg.schedule.max_iters:
         raise CheckpointError(
             f"{path} is at iteration {ck['iteration']}, already at or past schedule.max_iters="
             f"{cfg.schedule.max_iters}:\nnothing to resume (raise schedule.max_iters to train further)"
         )
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
 
 
 def _tensorboard(work_dir: Path):
@@ -899,3 +1003,26 @@ def _plot_curves(work_dir: Path) -> None:
     fig.tight_layout()
     fig.savefig(work_dir / "curves.png", dpi=100)
     plt.close(fig)
+
+
+__all__ = [  # with the names of segkit.engine.runs that callers import from here
+    "NonFiniteLossError",
+    "SeededSamples",
+    "TrainBatchSampler",
+    "Trainer",
+    "WeightEMA",
+    "WorkDirError",
+    "build_model_from_config",
+    "build_test_transform",
+    "build_train_data",
+    "check_resume_checkpoint",
+    "claim_work_dir",
+    "compile_for_training",
+    "existing_run",
+    "load_state_file",
+    "median_frequency_weights",
+    "resolve_device",
+    "resolve_resume",
+    "save_checkpoint",
+    "train",
+]

@@ -13,6 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
+from segkit.errors import UsageError
+
 IGNORE_COLOUR = (0, 0, 0)
 
 
@@ -25,7 +27,7 @@ def label_png(label, palette: Sequence[Sequence[int]]):
     from PIL import Image
 
     if len(palette) > 256:
-        raise ValueError(f"{len(palette)} classes do not fit an 8-bit label PNG")
+        raise UsageError(f"{len(palette)} classes do not fit an 8-bit label PNG")
     img = Image.fromarray(np.asarray(label).astype(np.uint8), mode="L").convert("P")
     flat = [int(v) for colour in palette for v in colour]
     img.putpalette(flat + [0] * (768 - len(flat)))
@@ -50,23 +52,23 @@ def _as_label(label) -> np.ndarray:
         label = label.detach().cpu().numpy()
     label = np.asarray(label)
     if label.ndim != 2:
-        raise ValueError(f"label map must be 2-D (H, W), got shape {label.shape}")
+        raise UsageError(f"label map must be 2-D (H, W), got shape {label.shape}")
     if not np.issubdtype(label.dtype, np.integer):
-        raise ValueError(f"label map must hold integers, got dtype {label.dtype}")
+        raise UsageError(f"label map must hold integers, got dtype {label.dtype}")
     return label
 
 
 def _as_image(image) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
+        raise UsageError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
     return image
 
 
 def _palette_array(palette: Sequence[Sequence[int]]) -> np.ndarray:
     pal = np.asarray(palette, dtype=np.int64)
     if pal.ndim != 2 or pal.shape[1] != 3 or pal.min(initial=0) < 0 or pal.max(initial=0) > 255:
-        raise ValueError(f"palette must be a list of [r, g, b] triples in 0-255, got shape {pal.shape}")
+        raise UsageError(f"palette must be a list of [r, g, b] triples in 0-255, got shape {pal.shape}")
     return pal.astype(np.uint8)
 
 
@@ -81,7 +83,7 @@ def colorize(label, palette: Sequence[Sequence[int]], ignore_index: int = 255) -
     ignore = label == ignore_index
     bad = ~ignore & ((label < 0) | (label >= len(pal)))
     if bad.any():
-        raise ValueError(
+        raise UsageError(
             f"label values {np.unique(label[bad])[:10].tolist()} have no colour "
             f"(palette of {len(pal)}, ignore_index={ignore_index})"
         )
@@ -99,9 +101,9 @@ def overlay(image, label, palette: Sequence[Sequence[int]], alpha: float = 0.5, 
     image = _as_image(image)
     label = _as_label(label)
     if image.shape[:2] != label.shape:
-        raise ValueError(f"image size {image.shape[:2]} != label size {label.shape}")
+        raise UsageError(f"image size {image.shape[:2]} != label size {label.shape}")
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise UsageError(f"alpha must be in [0, 1], got {alpha}")
     colour = colorize(label, palette, ignore_index).astype(np.float32)
     blended = (1.0 - alpha) * image.astype(np.float32) + alpha * colour
     out = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
@@ -150,7 +152,7 @@ def legend(
     pal = _palette_array(palette)
     for c in class_ids:
         if not (0 <= int(c) < min(len(pal), len(class_names))):
-            raise ValueError(f"class id {c} has no name/colour ({len(class_names)} names, {len(pal)} colours)")
+            raise UsageError(f"class id {c} has no name/colour ({len(class_names)} names, {len(pal)} colours)")
     font = _font(font_size)
     texts = [f"{int(c)} {class_names[int(c)]}" for c in class_ids] or ["(no class)"]
     pad, swatch = 6, row_height - 6
@@ -253,11 +255,11 @@ def plot_confusion_matrix(
 
     m = np.asarray(matrix.detach().cpu() if hasattr(matrix, "detach") else matrix, dtype=np.float64)
     if m.ndim != 2 or m.shape[0] != m.shape[1]:
-        raise ValueError(f"confusion matrix must be square (K, K), got shape {m.shape}")
+        raise UsageError(f"confusion matrix must be square (K, K), got shape {m.shape}")
     k = m.shape[0]
     names = list(class_names) if class_names is not None else [str(i) for i in range(k)]
     if len(names) != k:
-        raise ValueError(f"{len(names)} class names given for a {k}x{k} confusion matrix")
+        raise UsageError(f"{len(names)} class names given for a {k}x{k} confusion matrix")
     if normalize:
         rows = m.sum(axis=1, keepdims=True)
         m = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)

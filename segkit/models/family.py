@@ -28,7 +28,9 @@ to ``config.json`` and ``from_pretrained`` feeds back to the same builder.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -123,6 +125,8 @@ class Family:
     citation: str = ""
     # ImageNet classifiers of the family's encoders (``segkit pretrain``): name → builder(num_classes, **kw)
     classifiers: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    # parameters of each model with K classes = base + K * per_class: name → (base, per_class)
+    param_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
     notes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -133,20 +137,80 @@ class Family:
             )
 
 
+class _ArgumentsChecked(Exception):
+    """Raised by :func:`split_kwargs` inside :func:`checking_arguments`: the builder's arguments are valid."""
+
+
+_checking = threading.local()
+
+
+@contextlib.contextmanager
+def checking_arguments():
+    """Within this context a builder stops (:class:`_ArgumentsChecked`) once :func:`split_kwargs` has accepted
+    its keyword arguments: what :func:`segkit.models.zoo.check_model_args` uses to check a config's
+    ``model_args`` without building the network."""
+    _checking.on = True
+    try:
+        yield
+    finally:
+        _checking.on = False
+
+
 def split_kwargs(arch_cls, kwargs: dict, builder: str) -> tuple[Any, dict]:
     """``(arch_cls(**switches), meta)`` from a builder's keyword arguments.
 
     ``meta`` holds the :data:`META_KEYS` that are not ``None``; every other keyword must be a
-    field of the dataclass ``arch_cls``. Raises ``TypeError`` naming unknown keywords and the
-    valid ones.
+    field of the dataclass ``arch_cls``. Raises :class:`~segkit.errors.UsageTypeError` (a ``TypeError``)
+    naming unknown keywords, the nearest valid one and the valid ones.
     """
+    from segkit.errors import UsageTypeError
+    from segkit.utils import suggest
+
     meta = {k: kwargs[k] for k in META_KEYS if kwargs.get(k) is not None}
     rest = {k: v for k, v in kwargs.items() if k not in META_KEYS}
     names = {f.name for f in dataclasses.fields(arch_cls)}
     unknown = sorted(set(rest) - names)
     if unknown:
-        raise TypeError(f"{builder} got unknown argument(s): {unknown}; architecture switches: {sorted(names)}")
-    return arch_cls(**rest), meta
+        hint = suggest(unknown[0], names) if len(unknown) == 1 else ""
+        raise UsageTypeError(
+            f"{builder} got unknown argument(s): {unknown}{hint}; architecture switches: {sorted(names)}"
+        )
+    _check_values(rest, builder)
+    arch = arch_cls(**rest)
+    if getattr(_checking, "on", False):
+        raise _ArgumentsChecked
+    return arch, meta
+
+
+# switches whose values have a range whatever the family: rates in [0, 1), sizes >= 1 (a 0-wide decoder would
+# build and train silently into a model that predicts one constant class)
+_RATES = ("drop_path_rate", "dropout", "decoder_dropout")
+_SIZES = (
+    "decoder_dim",
+    "ham_channels",
+    "md_r",
+    "embed_dim",
+    "lsb_dim",
+    "dim",
+    "head_dim",
+    "expand",
+    "train_steps",
+    "eval_steps",
+)
+
+
+def _check_values(kwargs: dict, builder: str) -> None:
+    """:class:`~segkit.errors.UsageError` naming a switch given out of its range (:data:`_RATES`, :data:`_SIZES`)."""
+    from segkit.errors import UsageError
+
+    for key, v in kwargs.items():
+        if v is None:
+            continue
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if key in _RATES and not (number and 0 <= v < 1):
+            raise UsageError(f"{builder}: {key} must be a rate in [0, 1), got {v!r}")
+        if key in _SIZES and not (number and float(v).is_integer() and v >= 1):
+            raise UsageError(f"{builder}: {key} must be an integer >= 1, got {v!r}")
 
 
 def arch_dict(arch) -> dict:

@@ -531,6 +531,18 @@ def build_mit_classifier(
 CLASSIFIERS = {f"mit-{v}": partial(build_mit_classifier, v) for v in VARIANTS}
 
 
+# Parameters with K classes = base + K * per_class (only the classifier, and the class embeddings of
+# Segmenter / RSSeg, depend on K): what `segkit models` prints without building anything. Checked
+# against meta-device builds by tests/test_cli.py::test_models_parameter_table_matches_the_builds.
+PARAM_COUNTS: dict[str, tuple[int, int]] = {
+    "segformer-b0": (3714144, 257),
+    "segformer-b1": (13677248, 257),
+    "segformer-b2": (27346624, 769),
+    "segformer-b3": (47222464, 769),
+    "segformer-b4": (63993024, 769),
+    "segformer-b5": (84593344, 769),
+}
+
 FAMILY = Family(
     name="segformer",
     paper="SegFormer: Simple and Efficient Design for Semantic Segmentation with Transformers "
@@ -540,6 +552,7 @@ FAMILY = Family(
     flops_convention="mmcv",
     paper_rows=PAPER_ROWS,
     configs=configs,
+    param_counts=PARAM_COUNTS,
     pretrained=PRETRAINED,
     classifiers=CLASSIFIERS,
     citation="@inproceedings{xie2021segformer, title={SegFormer: Simple and Efficient Design for Semantic "
@@ -549,6 +562,7 @@ FAMILY = Family(
 
 __all__ = [
     "FAMILY",
+    "PARAM_COUNTS",
     "VARIANTS",
     "MIT_VARIANTS",
     "SegFormerArch",

@@ -22,10 +22,30 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from segkit.data.meta import IMAGENET_MEAN, IMAGENET_STD, default_palette
+from segkit.errors import UsageError, UsageTypeError
 
 from .contract import DecodeHead, Features
 from .inference import Taps, argmax_classes, labels_for_rows, resize, resize_argmax, slide_windows
 from .losses import BANDED_LOSS_MIN_CLASSES, dice_loss, ohem_pixel_weights, upsampled_cross_entropy
+
+
+def _check_inference_args(mode, crop_size, stride, scales) -> None:
+    """:class:`~segkit.errors.UsageError` for inference arguments that cannot give a prediction for every pixel:
+    an unknown mode, slide without a window, a stride larger than the window (pixels between windows would get
+    none), a scale that is not positive."""
+    import math
+
+    if mode not in ("whole", "slide"):
+        raise UsageError(f"mode must be 'whole' or 'slide', got {mode!r}")
+    if mode == "slide" and crop_size is None:
+        raise UsageError("slide inference needs crop_size=(h, w)")
+    if mode == "slide" and stride is not None and any(int(s) > int(c) for s, c in zip(stride, crop_size)):
+        raise UsageError(
+            f"slide stride {tuple(stride)} is larger than the window {tuple(crop_size)} (--stride / --crop): pixels "
+            f"between the windows would get no prediction; use a stride <= the window"
+        )
+    if any(not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0) for v in scales):
+        raise UsageError(f"test scales must be positive ratios, got {list(scales)} (--scales)")
 
 
 class Segmentor(nn.Module):
@@ -73,15 +93,15 @@ class Segmentor(nn.Module):
     ):
         super().__init__()
         if not isinstance(decode_head, DecodeHead):
-            raise TypeError(
+            raise UsageTypeError(
                 f"decode_head must be a segkit.models.contract.DecodeHead, got {type(decode_head).__name__}"
             )
         if loss_avg not in ("valid", "all"):
-            raise ValueError(f"loss_avg must be 'valid' or 'all', got {loss_avg!r}")
+            raise UsageError(f"loss_avg must be 'valid' or 'all', got {loss_avg!r}")
         if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class names given for num_classes={num_classes}")
+            raise UsageError(f"{len(class_names)} class names given for num_classes={num_classes}")
         if palette is not None and len(palette) != num_classes:
-            raise ValueError(f"palette has {len(palette)} colours for num_classes={num_classes}")
+            raise UsageError(f"palette has {len(palette)} colours for num_classes={num_classes}")
         self.backbone = backbone
         self.decode_head = decode_head
         self.num_classes = int(num_classes)
@@ -121,7 +141,7 @@ class Segmentor(nn.Module):
         """The encoder's :class:`~segkit.models.contract.Features` for normalised ``(B, 3, H, W)`` images."""
         features = self.backbone(images)
         if not isinstance(features, Features):
-            raise TypeError(
+            raise UsageTypeError(
                 f"the encoder {type(self.backbone).__name__} returned {type(features).__name__}; "
                 f"an encoder must return segkit.models.contract.Features"
             )
@@ -134,7 +154,7 @@ class Segmentor(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K, H, W)`` at input resolution (bilinear, align_corners=False)."""
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+            raise UsageError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         return resize(self.encode_decode(images), images.shape[-2:], self.align_corners)
 
     # --------------------------------------------------------------------- loss
@@ -148,7 +168,7 @@ class Segmentor(nn.Module):
         Returns a dict of scalar tensors whose key ``"loss"`` is the total to back-propagate.
         """
         if labels.ndim != 3:
-            raise ValueError(f"expected labels of shape (B, H, W), got {tuple(labels.shape)}")
+            raise UsageError(f"expected labels of shape (B, H, W), got {tuple(labels.shape)}")
         if self.is_fused:
             raise RuntimeError("a fused model (Segmentor.fused()) is for inference only; train the original model")
         labels = labels.long()
@@ -188,7 +208,7 @@ class Segmentor(nn.Module):
             return
         w = torch.as_tensor([float(v) for v in weights], dtype=torch.float32)
         if w.numel() != self.num_classes or bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
-            raise ValueError(
+            raise UsageError(
                 f"class weights must be {self.num_classes} finite non-negative numbers, got {list(weights)}"
             )
         param = next(self.parameters(), None)
@@ -208,9 +228,9 @@ class Segmentor(nn.Module):
         a threshold outside (0, 1], a negative ``ohem_min_kept`` or ``dice_weight``.
         """
         if ohem_thresh is not None and not 0 < float(ohem_thresh) <= 1:
-            raise ValueError(f"ohem_thresh must be in (0, 1], got {ohem_thresh}")
+            raise UsageError(f"ohem_thresh must be in (0, 1], got {ohem_thresh}")
         if int(ohem_min_kept) < 0 or float(dice_weight) < 0:
-            raise ValueError(f"ohem_min_kept and dice_weight must be >= 0, got {ohem_min_kept}, {dice_weight}")
+            raise UsageError(f"ohem_min_kept and dice_weight must be >= 0, got {ohem_min_kept}, {dice_weight}")
         self.ohem = None if ohem_thresh is None else (float(ohem_thresh), int(ohem_min_kept))
         self.dice_weight = float(dice_weight)
 
@@ -274,10 +294,7 @@ class Segmentor(nn.Module):
         Probabilities of every (scale, flip) pass are resized to ``out_size`` and averaged
         (reference aug_test). Raises ``ValueError`` on an unknown mode or missing crop size.
         """
-        if mode not in ("whole", "slide"):
-            raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
-        if mode == "slide" and crop_size is None:
-            raise ValueError("slide inference needs crop_size=(h, w)")
+        _check_inference_args(mode, crop_size, stride, scales)
         out_size = tuple(out_size) if out_size is not None else tuple(images.shape[-2:])
         total = None
         n = 0
@@ -315,7 +332,7 @@ class Segmentor(nn.Module):
         peak memory is bounded by the window batch plus that buffer, not by the number of windows.
         """
         if window_batch < 1:
-            raise ValueError(f"window_batch must be >= 1, got {window_batch}")
+            raise UsageError(f"window_batch must be >= 1, got {window_batch}")
         b, _, h, w = images.shape
         acc_device = torch.device("cpu") if accumulate_on_cpu else images.device
         logits_sum = torch.zeros((b, self.num_classes, h, w), dtype=torch.float32, device=acc_device)
@@ -355,7 +372,7 @@ class Segmentor(nn.Module):
         window is normalised on the fly (the full image is never converted to float).
         """
         if window_batch < 1:
-            raise ValueError(f"window_batch must be >= 1, got {window_batch}")
+            raise UsageError(f"window_batch must be >= 1, got {window_batch}")
         crop_size = tuple(int(c) for c in crop_size)
         stride = tuple(int(s) for s in (stride or crop_size))
         b, _, h, w = images.shape
@@ -438,10 +455,7 @@ class Segmentor(nn.Module):
         (:mod:`segkit.models.inference`). With ``scales`` / ``flip`` the softmax probabilities of
         all passes are averaged first, as the reference (``inference``).
         """
-        if mode not in ("whole", "slide"):
-            raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
-        if mode == "slide" and crop_size is None:
-            raise ValueError("slide inference needs crop_size=(h, w)")
+        _check_inference_args(mode, crop_size, stride, scales)
         if tuple(scales) != (1.0,) or flip:
             return self.inference(
                 images,
@@ -457,7 +471,7 @@ class Segmentor(nn.Module):
         if mode == "slide":
             return self.slide_predict(images, crop_size, stride or crop_size, window_batch, accumulate_on_cpu, out_size)
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+            raise UsageError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         size = tuple(images.shape[-2:])
         out_size = tuple(out_size) if out_size is not None else size
         return resize_argmax(self.encode_decode(images), [size, out_size], align_corners=self.align_corners)

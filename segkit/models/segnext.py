@@ -513,6 +513,28 @@ def build_mscan_classifier(
 CLASSIFIERS = {f"mscan-{v}": partial(build_mscan_classifier, v) for v in VARIANTS}
 
 
+# Parameters with K classes = base + K * per_class (only the classifier, and the class embeddings of
+# Segmenter / RSSeg, depend on K): what `segkit models` prints without building anything. Checked
+# against meta-device builds by tests/test_cli.py::test_models_parameter_table_matches_the_builds.
+PARAM_COUNTS: dict[str, tuple[int, int]] = {
+    "segnext-t": (4224864, 257),
+    "segnext-s": (13894336, 257),
+    "segnext-b": (27559360, 513),
+    "segnext-l": (48772800, 1025),
+    "segnext-b-cc": (27887681, 513),
+    "segnext-b-ema": (27296704, 513),
+    "segnext-b-nl": (27559616, 513),
+    "segnext-t-mlp-decoder": (4298336, 257),
+    "segnext-t-last-stage-head": (4167520, 257),
+    "segnext-t-with-stage1": (4233056, 257),
+    "segnext-t-lka": (4170464, 257),
+    "segnext-s-lka": (13802944, 257),
+    "segnext-t-msca-head": (4318816, 257),
+    "segnext-s-msca-head": (13988288, 257),
+    "segnext-b-msca-head": (27878336, 513),
+    "segnext-l-msca-head": (49935040, 1025),
+}
+
 FAMILY = Family(
     name="segnext",
     paper="SegNeXt: Rethinking Convolutional Attention Design for Semantic Segmentation (Guo et al., NeurIPS 2022)",
@@ -521,6 +543,7 @@ FAMILY = Family(
     flops_convention="torchprofile",
     paper_rows=PAPER_ROWS,
     configs=configs,
+    param_counts=PARAM_COUNTS,
     pretrained=PRETRAINED,
     classifiers=CLASSIFIERS,
     citation="@inproceedings{guo2022segnext, title={SegNeXt: Rethinking Convolutional Attention Design for "
@@ -530,6 +553,7 @@ FAMILY = Family(
 
 __all__ = [
     "FAMILY",
+    "PARAM_COUNTS",
     "VARIANTS",
     "MSCAN_VARIANTS",
     "SegNeXtArch",

@@ -29,7 +29,6 @@ names with their output shapes.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from segkit.errors import UnknownNameError, UsageError
 from segkit.models.contract import Features
 
 # ============================================================================= hooks
@@ -54,20 +54,23 @@ def parse_layer(spec: str) -> tuple[str, int | None]:
     try:
         return name, int(index)
     except ValueError:
-        raise ValueError(f"layer {spec!r}: the part after '#' must be an integer index") from None
+        raise UsageError(f"layer {spec!r}: the part after '#' must be an integer index") from None
 
 
 def get_module(model: nn.Module, name: str) -> nn.Module:
     """The sub-module called ``name`` in ``model.named_modules()`` (``""`` = the model itself).
 
-    Raises ``KeyError`` naming the closest module names when there is none.
+    Raises :class:`~segkit.errors.UnknownNameError` (a ``KeyError``) naming the closest module names when there
+    is none.
     """
+    from segkit.utils import nearest_names
+
     modules = dict(model.named_modules())
     if name in modules:
         return modules[name]
-    close = difflib.get_close_matches(name, list(modules), n=5, cutoff=0.5)
+    close = nearest_names(name, list(modules), n=5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise KeyError(f"model has no module {name!r}{hint} (list them with `segkit analyze layers MODEL`)")
+    raise UnknownNameError(f"model has no module {name!r}{hint} (list them with `segkit analyze layers MODEL`)")
 
 
 class _Stop(Exception):
@@ -133,21 +136,38 @@ def token_grid(n: int, image_hw: Sequence[int]) -> tuple[int, int, int]:
     raise ValueError(f"cannot lay {n} tokens out as a grid with the aspect ratio of a {H}x{W} input")
 
 
-def as_map(output, image_hw: Sequence[int], index: int | None = None) -> torch.Tensor:
+def _pick(items, index: int | None, default: int, spec: str, what: str):
+    if index is None:
+        return items[default]
+    n = len(items)
+    if not -n <= index < n:
+        raise UsageError(
+            f"layer {spec or f'#{index}'!r}: index {index} is out of range; this module outputs {n} {what}: valid "
+            f"indices {', '.join(f'#{i}' for i in range(n))} (or #-1 … #-{n} from the end)"
+        )
+    return items[index]
+
+
+def as_map(output, image_hw: Sequence[int], index: int | None = None, spec: str = "") -> torch.Tensor:
     """A hooked module's output as a ``(B, C, h, w)`` float map.
 
     ``Features`` → ``stages[index]`` (default the last); list / tuple → ``output[index]``
     (default the first); ``(B, C, h, w)`` as is; ``(B, N, C)`` tokens → map on the grid of
-    :func:`token_grid` (leading class tokens dropped). Raises ``ValueError`` otherwise.
+    :func:`token_grid` (leading class tokens dropped). ``spec`` (``"backbone#9"``) names the layer in
+    messages. Raises :class:`~segkit.errors.UsageError` for an index out of range (listing the valid
+    ones) or on a single tensor, ``ValueError`` for an output that is no map.
     """
     if isinstance(output, Features):
-        output = output.stages[-1 if index is None else index]
+        output = _pick(output.stages, index, -1, spec, "stages")
     elif isinstance(output, (list, tuple)):
-        output = output[0 if index is None else index]
+        output = _pick(output, index, 0, spec, "outputs")
         if isinstance(output, Features):
             output = output.stages[-1]
     elif index is not None:
-        raise ValueError(f"'#{index}' picks from a list/tuple/Features output, this output is a single tensor")
+        raise UsageError(
+            f"layer {spec or f'#{index}'!r}: '#{index}' picks from a list/tuple/Features output, this output is a "
+            f"single tensor (drop the '#{index}')"
+        )
     if not torch.is_tensor(output):
         raise ValueError(f"output is a {type(output).__name__}, not a tensor")
     if output.ndim == 4:
@@ -229,7 +249,7 @@ def load_samples(
     if transform is None:
         transform = TestProtocol.of(model).transform(model.mean, model.std)
     if (images is None) == (dataset is None):
-        raise ValueError("give either image files or a dataset")
+        raise UsageError("give either image files or a dataset")
     if images is not None:
         files = list_images(images)
         items = ({"image": read_image(p), "label": None, "image_path": str(p)} for p in files)
@@ -289,7 +309,7 @@ def effective_receptive_field(
                 continue
             with torch.enable_grad(), capture(model, [m for m, _ in layer_names], stop=True) as out:
                 run_until(model, x)
-                maps = [as_map(out[m], size, i) for m, i in layer_names]
+                maps = [as_map(out[m], size, i, spec) for spec, (m, i) in zip(layers, layer_names)]
                 centres = [F.relu(f[0, :, f.shape[-2] // 2, f.shape[-1] // 2].float()).sum() for f in maps]
                 for spec, f, c in zip(layers, maps, centres):
                     (g,) = torch.autograd.grad(c, x, retain_graph=True)
@@ -300,7 +320,7 @@ def effective_receptive_field(
     finally:
         model.train(was)
     if n == 0:
-        raise ValueError("no image to compute the ERF on")
+        raise UsageError("no image to compute the ERF on")
     result: dict = {"image_size": list(size), "num_images": n, "skipped": skipped}
     for spec in layers:
         erf = sums[spec] / n
@@ -352,7 +372,7 @@ def feature_maps(model: nn.Module, sample: Sample, layers: Sequence[str]) -> dic
         with torch.no_grad(), capture(model, [m for m, _ in layer_names], stop=True) as out:
             run_until(model, sample.image)
             hw = sample.image.shape[-2:]
-            maps = {spec: as_map(out[m], hw, i)[0].float() for spec, (m, i) in zip(layers, layer_names)}
+            maps = {spec: as_map(out[m], hw, i, spec)[0].float() for spec, (m, i) in zip(layers, layer_names)}
     finally:
         model.train(was)
     return {spec: _feature_stats(f) for spec, f in maps.items()}
@@ -422,7 +442,7 @@ def attention_layers(model: nn.Module) -> list[str]:
         if k == "pixel_query":
             last[n.split(".")[1] if n.count(".") >= 2 else n] = n
     if not last:
-        raise ValueError(
+        raise UsageError(
             "the model has no attention module segkit can read (RSSeg DCA / Segmenter decoders, MiT, ViT, BEiT); "
             "CSWin's stripe attention is not supported"
         )
@@ -493,7 +513,7 @@ def _attention_of(module: nn.Module, args: tuple, output, image_hw, query_yx, nu
         q, k = qkv[0][:, :, extra:], qkv[1][:, :, extra:]
         kh, kw = h, w
     else:
-        raise ValueError(f"{type(module).__name__} is not an attention module segkit can read")
+        raise UsageError(f"{type(module).__name__} is not an attention module segkit can read")
     qy, qx = _query_token(query_yx, (h, w), image_hw)
     attn = _probs(q[:, :, qy * w + qx : qy * w + qx + 1].float(), k.float(), d**-0.5)  # (B, 1, N')
     return {"kind": "pixel_query", "maps": attn[0].reshape(1, kh, kw), "query_token": [qy, qx]}
@@ -525,9 +545,14 @@ def attention_maps(
     layers = list(layers) if layers else attention_layers(model)
     H, W = sample.image.shape[-2:]
     query_yx = tuple(query_yx) if query_yx is not None else (H // 2, W // 2)
+    if not (0 <= query_yx[0] < H and 0 <= query_yx[1] < W):
+        raise UsageError(
+            f"query pixel {list(query_yx)} (--query Y X) is outside the {H}x{W} network input: give 0 <= Y < {H}, "
+            f"0 <= X < {W}"
+        )
     for name in layers:
         if _kind(get_module(model, name)) is None:
-            raise ValueError(
+            raise UsageError(
                 f"{name} ({type(get_module(model, name)).__name__}) is not an attention module segkit can read; "
                 f"attention modules of this model: {', '.join(n for n, m in model.named_modules() if _kind(m))}"
             )
@@ -546,7 +571,7 @@ def attention_maps(
             run_until(model, sample.image)
             for name in layers:
                 if name not in out:
-                    raise ValueError(f"{name} did not run in the forward pass")
+                    raise UsageError(f"{name} did not run in the forward pass")
                 args, output = out[name]
                 module = get_module(model, name)
                 r = _attention_of(module, args, output, (H, W), query_yx, class_tokens.get(id(module)))
@@ -576,7 +601,7 @@ def grad_cam(model: nn.Module, sample: Sample, layer: str, class_index: int) -> 
     try:
         with torch.enable_grad(), capture(model, [name]) as out:
             logits = model.encode_decode(sample.image)
-            a = as_map(out[name], sample.image.shape[-2:], index)
+            a = as_map(out[name], sample.image.shape[-2:], index, layer)
             mask = logits.argmax(1, keepdim=True) == class_index
             target_pixels = int(mask.sum())
             sel = logits[:, class_index : class_index + 1]
@@ -629,7 +654,7 @@ class ObjectSizeCounter:
     def __init__(self, num_classes: int, thresholds: Sequence[int] = DEFAULT_SIZE_THRESHOLDS, ignore_index: int = 255):
         small, large = (int(t) for t in thresholds)
         if not 0 < small <= large:
-            raise ValueError(f"size thresholds must satisfy 0 < small <= large, got {list(thresholds)}")
+            raise UsageError(f"size thresholds must satisfy 0 < small <= large, got {list(thresholds)}")
         self.k, self.thresholds, self.ignore_index = int(num_classes), (small, large), int(ignore_index)
         self.tp = np.zeros((self.k, 3), np.int64)
         self.gt = np.zeros((self.k, 3), np.int64)
@@ -671,7 +696,11 @@ class ObjectSizeCounter:
 
     def compute(self) -> dict:
         """Per bucket ``{"IoU": [K] % (NaN where the class has no object of that size), "mIoU",
-        "gt_pixels", "tp_pixels", "fp_pixels", "objects"}`` plus ``"fp_no_object"`` and totals."""
+        "gt_pixels", "tp_pixels", "fp_pixels", "objects"}`` plus ``"fp_no_object"`` and totals.
+
+        A bucket's false positives all belong to objects in it, so a class with no object of a
+        size has no pixel of that bucket at all (union 0): the IoU is NaN under both of
+        :func:`~segkit.engine.metrics.metrics_from_matrix`'s ``absent`` rules."""
         out: dict = {"thresholds": list(self.thresholds)}
         for b, name in enumerate(BUCKETS):
             den = self.gt[:, b] + self.fp[:, b]
@@ -703,8 +732,8 @@ def object_size_iou(
     thresholds: Sequence[int] = DEFAULT_SIZE_THRESHOLDS,
     **evaluate_kwargs,
 ) -> dict:
-    """Evaluate ``model`` on ``dataset`` (:func:`segkit.engine.evaluator.evaluate`, same arguments)
-    and group the IoU by object size (:class:`ObjectSizeCounter`).
+    """Evaluate ``model`` on ``dataset`` (:func:`segkit.engine.evaluator.evaluate`, same arguments,
+    ``absent`` included: the overall metrics) and group the IoU by object size (:class:`ObjectSizeCounter`).
 
     Returns the evaluator's result with ``"sizes"`` added (:meth:`ObjectSizeCounter.compute`).
     """

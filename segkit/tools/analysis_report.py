@@ -18,6 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from segkit.errors import UsageError
 from segkit.tools import analysis as A
 from segkit.utils import atomic_open, atomic_write_bytes, json_safe
 
@@ -68,7 +69,7 @@ def resolve_classes(model, classes: Sequence[str] | None) -> list[int]:
         elif c in names:
             out.append(names.index(c))
         else:
-            raise ValueError(f"unknown class {c!r}: give an index 0..{k - 1} or one of {names or 'no names'}")
+            raise UsageError(f"unknown class {c!r}: give an index 0..{k - 1} or one of {names or 'no names'}")
     return out
 
 

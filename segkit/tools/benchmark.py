@@ -118,22 +118,14 @@ def machine_info(device: str | torch.device = "cpu") -> dict:
 
 # ----------------------------------------------------------------------------- checks
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``cpu`` / ``cuda`` / ``cuda:N`` as a ``torch.device``; ``BenchmarkError`` if unusable here."""
+    """``cpu`` / ``cuda`` / ``cuda:N`` as a ``torch.device`` (:func:`segkit.runtime.resolve_device`):
+    ``BenchmarkError`` for another name, :class:`~segkit.errors.DeviceError` for CUDA this machine lacks."""
+    from segkit.runtime import resolve_device as resolve
+
     try:
-        dev = torch.device(device)
-    except RuntimeError as e:
-        raise BenchmarkError(f"unknown device {device!r}: {e}") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise BenchmarkError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise BenchmarkError(
-                "--device cuda requested but CUDA is not available here "
-                f"(torch {torch.__version__}, built with CUDA {torch.version.cuda}); use --device cpu"
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise BenchmarkError(f"{device}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    return dev
+        return resolve(device, what="--device")
+    except UsageError as e:
+        raise BenchmarkError(str(e)) from None
 
 
 def check_request(
@@ -192,6 +184,28 @@ def _image_input(model, path: str, h: int, w: int) -> torch.Tensor:
     return TestTransform(scale=None, size_divisor=None, mean=model.mean, std=model.std)(rgb)["image"][None]
 
 
+def _runner_and_input(
+    model, dev: torch.device, image: str | None, batch: int, h: int, w: int, seed: int, channels_last, compile
+) -> tuple[torch.nn.Module, torch.Tensor]:
+    """What is timed (step 1 of the module doc): the model in eval mode on ``dev`` as inference entry
+    points run it (optionally ``channels_last``, ``torch.compile``-d) and the ``(batch, 3, H, W)``
+    float32 input on ``dev``: ``image`` resized, normalised and repeated, or random normal values
+    from ``torch.Generator().manual_seed(seed)``."""
+    model.eval().to(dev)
+    runner = for_inference(model)  # what inference entry points run (fused copy for SegNeXt)
+    if image is not None:
+        x = _image_input(model, image, h, w).repeat(batch, 1, 1, 1).to(dev)
+    else:
+        gen = torch.Generator().manual_seed(int(seed))
+        x = torch.randn((batch, 3, h, w), generator=gen).to(dev)
+    if channels_last:
+        runner.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    if compile:
+        runner.compile()
+    return runner, x
+
+
 def benchmark(
     model,
     shape: Sequence[int] = (512, 512),
@@ -248,110 +262,132 @@ def benchmark(
         torch.set_num_threads(int(threads))
     was_training = model.training
     try:
-        model.eval().to(dev)
-        runner = for_inference(model)  # what inference entry points run (fused copy for SegNeXt)
-        if image is not None:
-            x = _image_input(model, image, h, w).repeat(int(batch), 1, 1, 1).to(dev)
-        else:
-            gen = torch.Generator().manual_seed(int(seed))
-            x = torch.randn((int(batch), 3, h, w), generator=gen).to(dev)
-        if channels_last:
-            runner.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
-        if compile:
-            runner.compile()
+        runner, x = _runner_and_input(model, dev, image, int(batch), h, w, seed, channels_last, compile)
         amp_ctx = autocast(amp, dev)
         kwargs = dict(mode=mode, crop_size=crop_size, stride=stride, window_batch=int(window_batch))
-
-        def sync():
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
 
         def call():
             with amp_ctx:
                 return runner.predict(x, **kwargs)
 
+        memory = _PeakMemory(dev)
         with torch.inference_mode():
-            if dev.type == "cpu":
-                peak_reset = _reset_peak_rss()
-                rss_before = _proc_kb("VmRSS")
-            try:
-                out = call()  # first call doubles as the shape check
-            except (RuntimeError, ValueError) as e:
-                raise BenchmarkError(
-                    f"{getattr(model, 'name', type(model).__name__)} cannot run on a "
-                    f"{batch}x3x{h}x{w} input in {mode} mode: {e}"
-                ) from e
-            if tuple(out.shape) != (int(batch), h, w):
-                raise BenchmarkError(f"model returned a prediction of shape {tuple(out.shape)} for input {h}x{w}")
-            del out
-            for _ in range(max(int(warmup) - 1, 0)):
-                call()
-            sync()
-            if dev.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(dev)
-                base_alloc = torch.cuda.memory_allocated(dev)
-            times = []
-            for _ in range(int(runs)):
-                sync()
-                t0 = time.perf_counter()
-                call()
-                sync()
-                times.append((time.perf_counter() - t0) * 1e3)
-        if dev.type == "cuda":
-            memory = {
-                "peak_mb": torch.cuda.max_memory_allocated(dev) / 2**20,
-                "peak_reserved_mb": torch.cuda.max_memory_reserved(dev) / 2**20,
-                "before_runs_mb": base_alloc / 2**20,
-                "method": "torch.cuda.max_memory_allocated over the timed runs (weights included)",
-            }
-        else:
-            hwm = _proc_kb("VmHWM")
-            memory = {
-                "peak_mb": (hwm - rss_before) / 1024 if hwm is not None and rss_before is not None else None,
-                "peak_rss_mb": hwm / 1024 if hwm is not None else None,
-                "rss_before_mb": rss_before / 1024 if rss_before is not None else None,
-                "peak_reset": peak_reset,
-                "method": "/proc/self/status VmHWM (reset by clear_refs=5) minus VmRSS, before the first call",
-            }
-        median = statistics.median(times)
-        result = {
-            "model": getattr(model, "name", type(model).__name__),
-            "num_classes": getattr(model, "num_classes", None),
-            "params": sum(p.numel() for p in model.parameters()),
-            "settings": {
-                "shape": [h, w],
-                "batch": int(batch),
-                "mode": mode,
-                "crop_size": list(crop_size) if crop_size else None,
-                "stride": list(stride) if stride and mode == "slide" else None,
-                "device": str(dev),
-                "amp": amp,
-                "channels_last": bool(channels_last),
-                "compile": bool(compile),
-                "warmup": int(warmup),
-                "runs": int(runs),
-                "threads": torch.get_num_threads(),
-                "input": str(image) if image is not None else f"random normal, seed {seed}",
-                "timed": "Segmentor.predict under inference_mode",
-            },
-            "latency_ms": {
-                "median": median,
-                "mean": statistics.fmean(times),
-                "min": min(times),
-                "max": max(times),
-                "std": statistics.pstdev(times),
-                "all": times,
-            },
-            "fps": int(batch) / (median / 1e3),
-            "memory": memory,
-            "machine": machine_info(dev),
+            memory.before_first_call()
+            _first_call(call, getattr(model, "name", type(model).__name__), batch, h, w, mode)
+            times = _timed_calls(call, dev, int(warmup), int(runs), memory)
+        peak = memory.read()
+        settings = {
+            "shape": [h, w],
+            "batch": int(batch),
+            "mode": mode,
+            "crop_size": list(crop_size) if crop_size else None,
+            "stride": list(stride) if stride and mode == "slide" else None,
+            "device": str(dev),
+            "amp": amp,
+            "channels_last": bool(channels_last),
+            "compile": bool(compile),
+            "warmup": int(warmup),
+            "runs": int(runs),
+            "threads": torch.get_num_threads(),
+            "input": str(image) if image is not None else f"random normal, seed {seed}",
+            "timed": "Segmentor.predict under inference_mode",
         }
-        return result
+        return _report(model, settings, times, peak, dev)
     finally:
         if threads is not None:
             torch.set_num_threads(old_threads)
         model.train(was_training)
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _first_call(call, name: str, batch: int, h: int, w: int, mode: str) -> None:
+    """The first (untimed) call, which doubles as the check that the model takes the input and
+    returns ``(batch, H, W)`` labels; ``BenchmarkError`` (with the model's own error) otherwise."""
+    try:
+        out = call()
+    except (RuntimeError, ValueError) as e:
+        raise BenchmarkError(f"{name} cannot run on a {batch}x3x{h}x{w} input in {mode} mode: {e}") from e
+    if tuple(out.shape) != (int(batch), h, w):
+        raise BenchmarkError(f"model returned a prediction of shape {tuple(out.shape)} for input {h}x{w}")
+
+
+class _PeakMemory:
+    """Peak memory of the benchmarked calls, as step 6 of the module doc measures it: on the CPU
+    from just before the first call, on CUDA over the timed runs."""
+
+    def __init__(self, dev: torch.device):
+        self.dev = dev
+
+    def before_first_call(self) -> None:
+        if self.dev.type == "cpu":
+            self.peak_reset = _reset_peak_rss()
+            self.rss_before = _proc_kb("VmRSS")
+
+    def before_timed_runs(self) -> None:
+        if self.dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.dev)
+            self.base_alloc = torch.cuda.memory_allocated(self.dev)
+
+    def read(self) -> dict:
+        """``peak_mb`` (MiB; ``None`` where ``/proc`` cannot be read), the raw readings and the method."""
+        if self.dev.type == "cuda":
+            return {
+                "peak_mb": torch.cuda.max_memory_allocated(self.dev) / 2**20,
+                "peak_reserved_mb": torch.cuda.max_memory_reserved(self.dev) / 2**20,
+                "before_runs_mb": self.base_alloc / 2**20,
+                "method": "torch.cuda.max_memory_allocated over the timed runs (weights included)",
+            }
+        hwm, rss_before = _proc_kb("VmHWM"), self.rss_before
+        return {
+            "peak_mb": (hwm - rss_before) / 1024 if hwm is not None and rss_before is not None else None,
+            "peak_rss_mb": hwm / 1024 if hwm is not None else None,
+            "rss_before_mb": rss_before / 1024 if rss_before is not None else None,
+            "peak_reset": self.peak_reset,
+            "method": "/proc/self/status VmHWM (reset by clear_refs=5) minus VmRSS, before the first call",
+        }
+
+
+def _timed_calls(call, dev: torch.device, warmup: int, runs: int, memory: _PeakMemory) -> list[float]:
+    """The rest of the ``warmup`` calls, then ``runs`` timed calls (each bracketed by a CUDA
+    synchronisation, peak memory reset before them on CUDA); returns their latencies in ms."""
+    for _ in range(max(warmup - 1, 0)):
+        call()
+    _sync(dev)
+    memory.before_timed_runs()
+    times = []
+    for _ in range(runs):
+        _sync(dev)
+        t0 = time.perf_counter()
+        call()
+        _sync(dev)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _report(model, settings: dict, times: list[float], memory: dict, dev: torch.device) -> dict:
+    """The JSON-ready result of :func:`benchmark`: latency statistics (ms), FPS, memory, machine."""
+    median = statistics.median(times)
+    return {
+        "model": getattr(model, "name", type(model).__name__),
+        "num_classes": getattr(model, "num_classes", None),
+        "params": sum(p.numel() for p in model.parameters()),
+        "settings": settings,
+        "latency_ms": {
+            "median": median,
+            "mean": statistics.fmean(times),
+            "min": min(times),
+            "max": max(times),
+            "std": statistics.pstdev(times),
+            "all": times,
+        },
+        "fps": settings["batch"] / (median / 1e3),
+        "memory": memory,
+        "machine": machine_info(dev),
+    }
 
 
 def load_for_benchmark(model_or_ckpt: str, num_classes: int = 150, **build_kwargs):

@@ -57,6 +57,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from segkit.data.transforms import MIN_SIDE
+from segkit.errors import NotFoundError, UsageError
 from segkit.models.fuse import for_inference
 from segkit.utils import require
 
@@ -193,64 +194,18 @@ def export_onnx(
     onnx = require("onnx", "tools", "segkit export")
     require("onnxruntime", "tools", "segkit export (verification)")
     if logits_at not in LOGITS_AT:
-        raise ValueError(f"logits_at must be one of {sorted(LOGITS_AT)}, got {logits_at!r}")
-
+        raise UsageError(f"logits_at must be one of {sorted(LOGITS_AT)}, got {logits_at!r}")
     out = Path(out)
-    h, w = (int(v) for v in shape)
-    if min(h, w) < MIN_SIDE:
-        raise ValueError(f"export shape {h}x{w}: H and W must be >= {MIN_SIDE}")
-    if not MIN_OPSET <= int(opset) <= MAX_OPSET:
-        raise ValueError(
-            f"opset {opset} not supported: use {MIN_OPSET}..{MAX_OPSET} (>= 17 for LayerNormalization; "
-            f"the TorchScript exporter writes at most {MAX_OPSET})"
-        )
-    if check_image is not None and not Path(check_image).is_file():
-        raise FileNotFoundError(f"--check image {check_image} does not exist")
+    h, w = _check_args(shape, opset, check_image)
     out.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     original = model.cpu().eval()
     model = for_inference(original)  # BN / layer-scale folded copy where the model has any (SegNeXt)
     wrapper = LOGITS_AT[logits_at](model).eval()
-    axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
-    example = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
-    trace_warnings: list[str] = []
     try:
-        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
-            warnings.simplefilter("always")
-            try:
-                torch.onnx.export(
-                    wrapper,
-                    (example,),
-                    str(out),
-                    dynamo=False,
-                    opset_version=int(opset),
-                    input_names=["image"],
-                    output_names=["logits"],
-                    dynamic_axes={"image": axes, "logits": axes},
-                    do_constant_folding=True,
-                )
-            except Exception as e:
-                raise ExportError(
-                    f"torch.onnx.export failed for {getattr(model, 'name', type(model).__name__)}: "
-                    f"{type(e).__name__}: {e}"
-                ) from e
-        trace_warnings = sorted(
-            {
-                f"{Path(c.filename).name}:{c.lineno}: {str(c.message).splitlines()[0][:90]}"
-                for c in caught
-                if issubclass(c.category, torch.jit.TracerWarning)
-            }
-        )
-        proto = onnx.load(str(out), load_external_data=False)
-        for key, value in metadata(model, dynamic=dynamic, shape=(h, w), opset=opset, logits_at=logits_at).items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save(proto, str(out))
-        try:
-            onnx.checker.check_model(str(out))
-        except Exception as e:
-            raise ExportError(f"{out}: the ONNX checker rejects the exported graph: {e}") from e
-
+        name = getattr(model, "name", type(model).__name__)
+        trace_warnings = _trace(wrapper, name, out, h, w, dynamic=dynamic, opset=opset)
+        _add_metadata(onnx, out, metadata(model, dynamic=dynamic, shape=(h, w), opset=opset, logits_at=logits_at))
         report = {
             "path": str(out),
             "size_mb": out.stat().st_size / 2**20,
@@ -262,25 +217,10 @@ def export_onnx(
             "checks": [],
             "trace_warnings": trace_warnings,
         }
-        inputs = []
-        if verify:
-            gen = torch.Generator().manual_seed(1)
-            inputs.append(torch.randn(2, 3, h, w, generator=gen))
-            if dynamic:
-                inputs.append(torch.randn(1, 3, *second_size(h, w), generator=gen))
-        if check_image is not None:
-            from segkit.data.io import read_image
-
-            inputs.append(prepare_check_image(model, read_image(check_image), None if dynamic else (h, w)))
-        try:
-            sess = _ort_session(out) if inputs else None
-        except Exception as e:
-            raise ExportError(f"{out}: onnxruntime cannot load the exported graph: {e}") from None
-        for x in inputs:
-            report["checks"].append(_compare(wrapper, sess, x, atol, trace_warnings))
+        inputs = _check_inputs(model, h, w, dynamic=dynamic, verify=verify, check_image=check_image)
+        report["checks"] = _verify(out, wrapper, inputs, atol, trace_warnings)
         if check_image is not None:
             report["checks"][-1]["image"] = str(check_image)
-        del sess
         return report
     except BaseException:
         if out.exists():
@@ -288,6 +228,92 @@ def export_onnx(
         raise
     finally:
         original.train(was_training)
+
+
+def _check_args(shape: Sequence[int], opset: int, check_image) -> tuple[int, int]:
+    """``(H, W)`` of the export; ``ValueError`` for a side below ``MIN_SIDE`` or an unsupported opset,
+    ``FileNotFoundError`` for a missing ``check_image``."""
+    h, w = (int(v) for v in shape)
+    if min(h, w) < MIN_SIDE:
+        raise UsageError(f"export shape {h}x{w}: H and W must be >= {MIN_SIDE}")
+    if not MIN_OPSET <= int(opset) <= MAX_OPSET:
+        raise UsageError(
+            f"opset {opset} not supported: use {MIN_OPSET}..{MAX_OPSET} (>= 17 for LayerNormalization; "
+            f"the TorchScript exporter writes at most {MAX_OPSET})"
+        )
+    if check_image is not None and not Path(check_image).is_file():
+        raise NotFoundError(f"--check image {check_image} does not exist")
+    return h, w
+
+
+def _trace(wrapper: nn.Module, name: str, out: Path, h: int, w: int, *, dynamic: bool, opset: int) -> list[str]:
+    """Write ``wrapper`` traced on a ``(1, 3, H, W)`` example to ``out`` (the TorchScript exporter; batch,
+    and H, W if ``dynamic``, as dynamic axes); returns the tracer warnings as sorted ``file:line: message``."""
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
+    example = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        try:
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                str(out),
+                dynamo=False,
+                opset_version=int(opset),
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_axes={"image": axes, "logits": axes},
+                do_constant_folding=True,
+            )
+        except Exception as e:
+            raise ExportError(f"torch.onnx.export failed for {name}: {type(e).__name__}: {e}") from e
+    return sorted(
+        {
+            f"{Path(c.filename).name}:{c.lineno}: {str(c.message).splitlines()[0][:90]}"
+            for c in caught
+            if issubclass(c.category, torch.jit.TracerWarning)
+        }
+    )
+
+
+def _add_metadata(onnx, out: Path, props: dict[str, str]) -> None:
+    """Store ``props`` as the ``metadata_props`` of the ONNX file ``out``, then run the ONNX checker on it."""
+    proto = onnx.load(str(out), load_external_data=False)
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(out))
+    try:
+        onnx.checker.check_model(str(out))
+    except Exception as e:
+        raise ExportError(f"{out}: the ONNX checker rejects the exported graph: {e}") from e
+
+
+def _check_inputs(model, h: int, w: int, *, dynamic: bool, verify: bool, check_image) -> list[torch.Tensor]:
+    """The inputs the export is verified on: with ``verify`` random normal ``(2, 3, H, W)`` (and for a
+    dynamic export ``(1, 3, *second_size(H, W))``) from ``torch.Generator().manual_seed(1)``; then the
+    normalised ``check_image`` (resized to ``(H, W)`` unless ``dynamic``)."""
+    inputs = []
+    if verify:
+        gen = torch.Generator().manual_seed(1)
+        inputs.append(torch.randn(2, 3, h, w, generator=gen))
+        if dynamic:
+            inputs.append(torch.randn(1, 3, *second_size(h, w), generator=gen))
+    if check_image is not None:
+        from segkit.data.io import read_image
+
+        inputs.append(prepare_check_image(model, read_image(check_image), None if dynamic else (h, w)))
+    return inputs
+
+
+def _verify(out: Path, wrapper: nn.Module, inputs: list[torch.Tensor], atol: float, trace_warnings) -> list[dict]:
+    """Run ``inputs`` through onnxruntime (the file ``out``) and PyTorch (``wrapper``); one
+    :func:`_compare` entry per input. ``ExportError`` if onnxruntime cannot load the graph."""
+    try:
+        sess = _ort_session(out) if inputs else None
+    except Exception as e:
+        raise ExportError(f"{out}: onnxruntime cannot load the exported graph: {e}") from None
+    return [_compare(wrapper, sess, x, atol, trace_warnings) for x in inputs]
 
 
 def _compare(wrapper, sess, x: torch.Tensor, atol: float, trace_warnings: list[str]) -> dict:

@@ -90,6 +90,8 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from segkit.errors import UsageError
+
 MODES = ("paper", "torch", "mmcv", "torchprofile")
 
 # ------------------------------------------------------------------------------ op tables
@@ -351,10 +353,10 @@ def count_flops(
         ValueError: unknown ``mode``, or ``shape``/``batch`` not positive.
     """
     if mode not in MODES:
-        raise ValueError(f"unknown FLOP-count mode {mode!r}; choose from {MODES}")
+        raise UsageError(f"unknown FLOP-count mode {mode!r}; choose from {MODES}")
     shape = tuple(int(s) for s in shape)
     if len(shape) != 2 or min(shape) < 1 or batch < 1:
-        raise ValueError(f"shape must be (H, W) with positive sizes and batch >= 1, got shape={shape} batch={batch}")
+        raise UsageError(f"shape must be (H, W) with positive sizes and batch >= 1, got shape={shape} batch={batch}")
     resolved = paper_mode(model) if mode == "paper" else mode
     params = sum(p.numel() for p in model.parameters())
     first = next(iter(model.parameters()), None)

@@ -39,9 +39,14 @@ import numpy as np
 from segkit.data.interp import resize_argmax
 from segkit.data.protocol import TestProtocol
 from segkit.data.transforms import TestTransform
+from segkit.errors import CheckpointError, NotFoundError, UsageError
 from segkit.utils import IMAGE_SUFFIXES, list_images, output_stems, require  # noqa: F401 (re-exported)
 
 FORMAT = "segkit-onnx-1"
+
+
+class OnnxModelError(CheckpointError, ValueError):
+    """An ONNX file onnxruntime cannot load, or one that is not a segkit export; names the file (exit status 1)."""
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -59,19 +64,20 @@ def read_metadata(path: str | Path) -> dict:
 def _session(path, ort, threads: int | None = None, providers: Sequence[str] | None = None):
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such ONNX model file")
+        raise NotFoundError(f"{path}: no such ONNX model file")
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = int(threads)
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=list(providers or ["CPUExecutionProvider"]))
     except Exception as e:  # onnxruntime raises its own exception types
-        raise ValueError(f"{path}: onnxruntime cannot load this model: {e}") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise OnnxModelError(f"{path}: onnxruntime cannot load this model ({first})") from None
 
 
 def _decode_meta(raw: dict, path) -> dict:
     if raw.get("segkit_format") != FORMAT:
-        raise ValueError(
+        raise OnnxModelError(
             f"{path}: not a segkit ONNX export (metadata 'segkit_format' is "
             f"{raw.get('segkit_format')!r}, expected {FORMAT!r}); export it with `segkit export`"
         )
@@ -90,7 +96,7 @@ def _decode_meta(raw: dict, path) -> dict:
             meta[key] = json.loads(raw[key])
         meta["test_protocol"] = json.loads(raw["test_protocol"]) if "test_protocol" in raw else None
     except (KeyError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: malformed segkit metadata ({e})") from None
+        raise OnnxModelError(f"{path}: malformed segkit metadata ({e})") from None
     return meta
 
 
@@ -146,7 +152,7 @@ class OnnxSegmenter:
         """``uint8 (H, W, 3)`` → normalised float32 ``(1, 3, H', W')``."""
         image = np.asarray(image)
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
+            raise UsageError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
         return np.ascontiguousarray(self.transform(scale).to_array(image)[None])
 
     def logits(self, x: np.ndarray) -> np.ndarray:
@@ -170,24 +176,30 @@ def predict_paths_onnx(
     scale: Sequence[int] | None = None,
     threads: int | None = None,
     alpha: float = 0.5,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Segment an image or a folder of images with an exported model; write label + overlay PNGs.
 
     Output names as ``segkit predict``: ``<stem>_label.png``, ``<stem>_overlay.png`` (files
     sharing a stem get their suffix appended). ``scale`` overrides the exported test resize
-    (``0`` = none). Returns the written paths in input order. Raises ``FileNotFoundError`` /
+    (``0`` = none). An output file that already exists is refused before the first image is
+    segmented (:class:`~segkit.errors.OutputExistsError`) unless ``overwrite`` moves it aside
+    (:func:`segkit.utils.claim_output`). Returns the written paths in input order. Raises ``FileNotFoundError`` /
     ``ValueError`` naming the model or image at fault.
     """
     from segkit.data.io import read_image
     from segkit.engine.visualize import label_png, overlay_with_legend, png_bytes
-    from segkit.utils import atomic_write_bytes
+    from segkit.utils import atomic_write_bytes, claim_output
 
     model = OnnxSegmenter(model_path, threads=threads)
     if model.num_classes > 256:
-        raise ValueError(f"{model.num_classes} classes do not fit an 8-bit label PNG (max 256)")
+        raise UsageError(f"{model.num_classes} classes do not fit an 8-bit label PNG (max 256)")
     files = list_images(inputs)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    policy = {"what": "", "kind": "file", "flag": "overwrite=True", "elsewhere": "write to another directory"}
+    for stem in output_stems(files):  # every output name checked before the first image is segmented
+        for kind in ("label", "overlay"):
+            claim_output(out_dir / f"{stem}_{kind}.png", overwrite=overwrite, **policy)
     written = []
     for f, stem in zip(files, output_stems(files)):
         image = read_image(f)

@@ -64,6 +64,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from segkit.data.transforms import MIN_SIDE  # imagecorruptions also refuses sides below 32 px
+from segkit.errors import DataError, UsageError
 from segkit.utils import json_safe, require  # NaN -> null for JSON (shared with metrics.json)
 
 CORRUPTION_GROUPS: dict[str, tuple[str, ...]] = {
@@ -228,14 +229,14 @@ def corrupt(image: np.ndarray, corruption: str, severity: int, seed: int = 0, im
     from PIL import Image
 
     if corruption not in CORRUPTIONS:
-        raise ValueError(f"unknown corruption {corruption!r}; choose from {', '.join(CORRUPTIONS)}")
+        raise UsageError(f"unknown corruption {corruption!r}; choose from {', '.join(CORRUPTIONS)}")
     if int(severity) not in SEVERITIES or int(severity) != severity:
-        raise ValueError(f"severity must be an integer in 1..5, got {severity!r}")
+        raise UsageError(f"severity must be an integer in 1..5, got {severity!r}")
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
+        raise UsageError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
     if min(image.shape[:2]) < MIN_SIDE:
-        raise ValueError(f"image of size {image.shape[1]}x{image.shape[0]}: imagecorruptions needs H, W >= {MIN_SIDE}")
+        raise UsageError(f"image of size {image.shape[1]}x{image.shape[0]}: imagecorruptions needs H, W >= {MIN_SIDE}")
     fn = corruption_functions()[corruption]
     saved = np.random.get_state()
     try:
@@ -305,6 +306,7 @@ def evaluate_robustness(
     grid_severity: int = 3,
     window_batch: int = 4,
     amp: str | None = None,
+    absent: str = "union",
 ) -> dict:
     """mIoU of ``model`` on clean and corrupted versions of ``dataset``.
 
@@ -318,6 +320,8 @@ def evaluate_robustness(
         seed: see the module doc. max_images: first N images only.
         mode, crop_size, stride, window_batch: inference settings (``Segmentor.predict``).
         amp: autocast for the network (``None``, ``"bf16"``, ``"fp16"``; :func:`segkit.runtime.check_amp`).
+        absent: classes absent from the ground truth in the mIoU, ``"union"`` (default,
+            mmsegmentation's rule) or ``"gt"``: :func:`segkit.engine.metrics.metrics_from_matrix`.
         out_dir: if given, writes ``robustness.json``, ``robustness.md`` and
             ``corruptions_grid.png`` (first image under every corruption at ``grid_severity``).
 
@@ -329,20 +333,7 @@ def evaluate_robustness(
     Raises ``ValueError`` for an unknown corruption / bad severity / empty dataset and
     :class:`CorruptionError` if a corruption cannot run (nothing is skipped silently).
     """
-    from segkit.engine.evaluator import evaluate
-
-    corruptions = list(corruptions)
-    unknown = [c for c in corruptions if c not in CORRUPTIONS]
-    if unknown:
-        raise ValueError(f"unknown corruption(s) {unknown}; choose from {', '.join(CORRUPTIONS)}")
-    if not corruptions:
-        raise ValueError("no corruptions given")
-    corruptions = [c for c in CORRUPTIONS if c in corruptions]
-    severities = sorted({int(s) for s in severities})
-    if not severities or any(s not in SEVERITIES for s in severities):
-        raise ValueError(f"severities must be integers in 1..5, got {severities}")
-    if len(dataset) == 0 or (max_images is not None and max_images < 1):
-        raise ValueError("no images to evaluate (empty dataset or max_images < 1)")
+    corruptions, severities = _check_request(corruptions, severities, dataset, max_images)
     corruption_functions()  # fail now, not after the clean pass
 
     kw = dict(
@@ -354,22 +345,11 @@ def evaluate_robustness(
         max_images=max_images,
         window_batch=window_batch,
         amp=amp,
+        absent=absent,
     )
     n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
-    runs = [(None, 0)] + [(c, s) for c in corruptions for s in severities]
     start = time.perf_counter()
-    from tqdm.auto import tqdm
-
-    bar = tqdm(runs, desc="robustness", disable=not progress, dynamic_ncols=True)
-    miou: dict[str, dict[str, float]] = {}
-    clean = math.nan
-    for corruption, severity in bar:
-        bar.set_postfix_str("clean" if corruption is None else f"{corruption} s{severity}")
-        res = evaluate(model, CorruptedDataset(dataset, transform, corruption, severity or 3, seed), **kw)
-        if corruption is None:
-            clean = res["mIoU"]
-        else:
-            miou.setdefault(corruption, {})[str(severity)] = res["mIoU"]
+    clean, miou = _evaluate_all(model, dataset, transform, corruptions, severities, seed, progress, kw)
     elapsed = time.perf_counter() - start
 
     result = summarize(clean, miou)
@@ -382,25 +362,73 @@ def evaluate_robustness(
             "mode": mode,
             "crop_size": list(crop_size) if crop_size else None,
             "stride": list(stride) if stride else None,
+            "absent": absent,
             "transform": repr(transform),
             "model": getattr(model, "name", None),
             "dataset": getattr(dataset, "name", None),
         },
     )
     if out_dir is not None:
-        from segkit.utils import atomic_write_bytes
-
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out_dir / "robustness.json", (json.dumps(json_safe(result), indent=1) + "\n").encode())
-        md = (
-            f"mIoU (%) per corruption, mean over severities {severities}; {n} images, seed {seed}.\n\n"
-            f"{result['table']}\n\nGroup means (RSSeg Table 15 layout):\n\n{result['summary_table']}\n"
-        )
-        atomic_write_bytes(out_dir / "robustness.md", md.encode())
-        image, _ = dataset.load(0)
-        save_corruption_grid(image, out_dir / "corruptions_grid.png", severity=grid_severity, seed=seed)
+        _write_outputs(result, dataset, Path(out_dir), seed=seed, grid_severity=grid_severity)
     return result
+
+
+def _check_request(corruptions, severities, dataset, max_images) -> tuple[list[str], list[int]]:
+    """The corruptions in :data:`CORRUPTIONS` order and the sorted distinct severities;
+    ``ValueError`` for an unknown corruption, none, a severity outside 1–5 or no images."""
+    corruptions = list(corruptions)
+    unknown = [c for c in corruptions if c not in CORRUPTIONS]
+    if unknown:
+        raise UsageError(f"unknown corruption(s) {unknown}; choose from {', '.join(CORRUPTIONS)}")
+    if not corruptions:
+        raise UsageError("no corruptions given")
+    corruptions = [c for c in CORRUPTIONS if c in corruptions]
+    severities = sorted({int(s) for s in severities})
+    if not severities or any(s not in SEVERITIES for s in severities):
+        raise UsageError(f"severities must be integers in 1..5, got {severities}")
+    if len(dataset) == 0 or (max_images is not None and max_images < 1):
+        raise DataError("no images to evaluate (empty dataset or max_images < 1)")
+    return corruptions, severities
+
+
+def _evaluate_all(
+    model, dataset, transform, corruptions: list[str], severities: list[int], seed: int, progress: bool, kw: dict
+) -> tuple[float, dict[str, dict[str, float]]]:
+    """The clean pass, then every (corruption, severity) pass through :func:`evaluate` (``kw``: its
+    settings); returns the clean mIoU and ``{corruption: {str(severity): mIoU}}``."""
+    from tqdm.auto import tqdm
+
+    from segkit.engine.evaluator import evaluate
+
+    runs = [(None, 0)] + [(c, s) for c in corruptions for s in severities]
+    bar = tqdm(runs, desc="robustness", disable=not progress, dynamic_ncols=True)
+    miou: dict[str, dict[str, float]] = {}
+    clean = math.nan
+    for corruption, severity in bar:
+        bar.set_postfix_str("clean" if corruption is None else f"{corruption} s{severity}")
+        res = evaluate(model, CorruptedDataset(dataset, transform, corruption, severity or 3, seed), **kw)
+        if corruption is None:
+            clean = res["mIoU"]
+        else:
+            miou.setdefault(corruption, {})[str(severity)] = res["mIoU"]
+    return clean, miou
+
+
+def _write_outputs(result: dict, dataset, out_dir: Path, *, seed: int, grid_severity: int) -> None:
+    """``robustness.json`` (NaN → null), ``robustness.md`` (both tables) and ``corruptions_grid.png``
+    (the first image under every corruption at ``grid_severity``) in ``out_dir`` (created)."""
+    from segkit.utils import atomic_write_bytes
+
+    severities, n = result["severities"], result["num_images"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / "robustness.json", (json.dumps(json_safe(result), indent=1) + "\n").encode())
+    md = (
+        f"mIoU (%) per corruption, mean over severities {severities}; {n} images, seed {seed}.\n\n"
+        f"{result['table']}\n\nGroup means (RSSeg Table 15 layout):\n\n{result['summary_table']}\n"
+    )
+    atomic_write_bytes(out_dir / "robustness.md", md.encode())
+    image, _ = dataset.load(0)
+    save_corruption_grid(image, out_dir / "corruptions_grid.png", severity=grid_severity, seed=seed)
 
 
 def _mean(values) -> float:

@@ -12,7 +12,11 @@ tensors). The arithmetic is the reference's. Every module accepts contiguous or
 ``channels_last`` input. On CPU, :class:`MSCAN` switches its input to ``channels_last``
 (attribute ``cpu_channels_last``, default True): oneDNN's depth-wise and 1×1 convolutions are
 several times faster in that layout there, and the rest of the network (head included)
-follows the layout of its input. Other devices keep the caller's layout.
+follows the layout of its input. Other devices keep the caller's layout. The GELUs are
+:class:`~segkit.models.layers.ChannelsLastGELU`: ATen's GELU of a channels-last map is about
+1.5× slower than that of the same memory seen as a contiguous NHWC tensor (AVX-512 and AVX2
+alike, ``benchmarks/results/avx2_kernels.md``), so they run on that view (same values as the
+reference's NCHW GELU, bit for bit).
 
 Inference speed: :meth:`Segmentor.fused <segkit.models.segmentor.Segmentor.fused>` (used by
 segkit's inference entry points, :mod:`segkit.models.fuse`) returns an eval-only copy in which
@@ -31,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..contract import Features
-from ..layers import DropPath, drop_path_rates, init_weights_reference
+from ..layers import ChannelsLastGELU, DropPath, drop_path_rates, init_weights_reference
 
 
 def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,7 +93,7 @@ class StemConv(nn.Module):
         self.proj = nn.Sequential(
             nn.Conv2d(in_chans, out_chans // 2, 3, stride=2, padding=1),
             nn.BatchNorm2d(out_chans // 2),
-            nn.GELU(),
+            ChannelsLastGELU(),
             nn.Conv2d(out_chans // 2, out_chans, 3, stride=2, padding=1),
             nn.BatchNorm2d(out_chans),
         )
@@ -291,7 +295,7 @@ class SpatialAttention(nn.Module):
     def __init__(self, dim: int, unit: str = "msca", **msca_kwargs):
         super().__init__()
         self.proj_1 = nn.Conv2d(dim, dim, 1)
-        self.activation = nn.GELU()
+        self.activation = ChannelsLastGELU()
         self.spatial_gating_unit = spatial_unit(dim, unit, **msca_kwargs)
         self.proj_2 = nn.Conv2d(dim, dim, 1)
 
@@ -318,7 +322,7 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Conv2d(dim, hidden, 1)
         self.dwconv = DWConv(hidden)
-        self.act = nn.GELU()
+        self.act = ChannelsLastGELU()
         self.fc2 = nn.Conv2d(hidden, dim, 1)
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
 

@@ -32,6 +32,27 @@ from .configs import configs
 from .convert import convert
 from .paper import PAPER_ROWS
 
+# Parameters with K classes = base + K * per_class (only the classifier, and the class embeddings of
+# Segmenter / RSSeg, depend on K): what `segkit models` prints without building anything. Checked
+# against meta-device builds by tests/test_cli.py::test_models_parameter_table_matches_the_builds.
+PARAM_COUNTS: dict[str, tuple[int, int]] = {
+    "rsseg-vit-ti": (6579035, 194),
+    "rsseg-vit-b": (98686316, 770),
+    "rsseg-vit-l": (326894736, 1026),
+    "rsseg-beit-b": (98480300, 770),
+    "rsseg-beit-l": (327394960, 1026),
+    "rsseg-cswin-t": (22893441, 513),
+    "rsseg-cswin-s": (36127617, 513),
+    "vit-linear-ti": (5683392, 193),
+    "vit-linear-b": (86434560, 769),
+    "vit-linear-l": (304149504, 1025),
+    "beit-linear-b": (86228544, 769),
+    "beit-linear-l": (304649728, 1025),
+    "segmenter-vit-ti": (6684288, 194),
+    "segmenter-vit-b": (102382080, 770),
+    "segmenter-vit-l": (332490752, 1026),
+}
+
 FAMILY = Family(
     name="rsseg",
     paper="Representation Separation for Semantic Segmentation with Vision Transformers "
@@ -42,6 +63,7 @@ FAMILY = Family(
     paper_rows=PAPER_ROWS,
     paper_tolerance=0.02,
     configs=configs,
+    param_counts=PARAM_COUNTS,
     citation="@article{hong2022rsseg, title={Representation Separation for Semantic Segmentation with Vision "
     "Transformers}, author={Hong, Yuanduo and Pan, Huihui and Sun, Weichao and Yu, Xinghu and Gao, "
     "Huijun}, journal={arXiv preprint arXiv:2212.13764}, year={2022}}",
@@ -49,6 +71,7 @@ FAMILY = Family(
 
 __all__ = [
     "FAMILY",
+    "PARAM_COUNTS",
     "RSSEG_MODELS",
     "PLAIN_VARIANTS",
     "PYRAMID_VARIANTS",

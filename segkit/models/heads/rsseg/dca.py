@@ -25,8 +25,10 @@ Choices where the paper is silent (switches of :class:`MaskDecoder` / the builde
   +8.9 M parameters (= 15·C² for C = 768: a 12·C² layer + three C×C projections) and +3.5
   GFLOPs, which excludes Segmenter's 2-layer joint self-attention over patches and classes
   (+16 M, +11 GFLOPs).
-* **Heads.** The paper writes single-head formulas; we normalise Q and K per head (cosine
-  attention), learn one ``1/s`` per head, and compute both losses per head, averaged over heads.
+* **Heads.** The paper writes single-head formulas (eq. 12: ``Q_norm ∈ R^{B,N_class,C}``,
+  normalised over all C channels); we normalise Q and K per head (cosine attention), learn one
+  ``1/s`` per head, and compute both losses per head, averaged over heads. ``num_heads=1`` is
+  the paper's form (the builders' ``dca-literal`` preset, ``decoder_heads=1``).
 * **Absent classes.** Their queries are skipped (paper) and their (all-zero) region
   embeddings are also removed from the softmax candidates of both losses (``mask_absent``).
 * **Label down-sampling** to the token grid (``label_downsample``): ``"area"`` (default) — the

@@ -1,0 +1,89 @@
+"""``segkit eval``: evaluate a checkpoint under its test protocol (or the command line's overrides).
+
+The module is ``eval_`` so as not to shadow the builtin ``eval``."""
+
+from __future__ import annotations
+
+import sys
+
+from segkit.cli.common import (
+    AMP_HELP,
+    Formatter,
+    absent_arg,
+    claim_out,
+    default_protocol_note,
+    device,
+    eval_protocol_args,
+    examples,
+    non_negative_int,
+    overwrite_arg,
+    positive_float,
+    positive_int,
+    protocol_and_spec,
+    protocol_source,
+)
+from segkit.runtime import check_amp
+
+NAME = "eval"
+
+
+def add_parser(sub):
+    s = sub.add_parser(
+        NAME,
+        formatter_class=Formatter,
+        help="evaluate a checkpoint (mIoU, aAcc, mAcc, mDice, mFscore)",
+        epilog=examples("segkit eval work_dirs/run/final --data ${SEGKIT_DATA}/camvid --split test --out results"),
+    )
+    s.add_argument("checkpoint", help="a save_pretrained folder or a training checkpoint .pth")
+    eval_protocol_args(s)
+    s.add_argument(
+        "--scales", type=positive_float, nargs="+", help="multi-scale test ratios, e.g. 0.5 0.75 1.0 1.25 1.5 1.75"
+    )
+    s.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
+    s.add_argument("--out", help="folder for metrics.json and the confusion-matrix PNG")
+    overwrite_arg(s)
+    s.add_argument("--window-batch", type=positive_int, default=4, help="slide windows per forward")
+    s.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader workers reading and resizing images")
+    s.add_argument("--amp", choices=["bf16", "fp16"], help=AMP_HELP)
+    absent_arg(s)
+    return s
+
+
+def run(args) -> int:
+    from segkit import load_model
+    from segkit.data import build_dataset
+    from segkit.engine.evaluator import evaluate, write_results
+    from segkit.engine.metrics import format_table
+
+    if args.out:
+        claim_out(args, args.out)  # before the work: a bad or used --out must not cost the evaluation
+    dev = device(args.device)
+    check_amp(args.amp, dev)
+    model = load_model(args.checkpoint, map_location=dev)
+    protocol, spec = protocol_and_spec(args, model)
+    dataset = build_dataset(spec, transform=protocol.transform(model.mean, model.std))
+    note = default_protocol_note(args, model, args.checkpoint)
+    if note:
+        print(f"segkit eval: note: {note}", file=sys.stderr)
+    print(f"test protocol: {protocol.describe()} ({protocol_source(args, model)})", file=sys.stderr)
+    res = evaluate(
+        model,
+        dataset,
+        **protocol.inference_kwargs(),
+        device=dev,
+        max_images=args.max_images,
+        window_batch=args.window_batch,
+        num_workers=args.workers,
+        amp=args.amp,
+        absent=args.absent,
+    )
+    print(format_table(res, model.class_names))
+    print(
+        f"aAcc {res['aAcc']:.2f}  mIoU {res['mIoU']:.2f}  mAcc {res['mAcc']:.2f}  mDice {res['mDice']:.2f}  "
+        f"mFscore {res['mFscore']:.2f}",
+        flush=True,
+    )
+    if args.out:  # the metrics are on screen before anything is written
+        for path in write_results(res, args.out):
+            print(f"wrote {path}")
+    return 0
