@@ -513,8 +513,9 @@ def list_inputs(inputs: str | Path, videos: bool = True, warn: bool = True) -> t
     found_videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES]
     others = [p for p in files if p not in images and p not in found_videos]
     folders = [p for p in entries if p.is_dir()]
+    broken = [p for p in entries if p.is_symlink() and not p.exists()]
     taken = images + (found_videos if videos else [])
-    left = []
+    left = [f"{len(broken)} broken link(s) ({_names(broken)})"] if broken else []
     if found_videos and not videos:
         left.append(f"{len(found_videos)} video(s) ({_names(found_videos)}; only images are read here)")
     if others:

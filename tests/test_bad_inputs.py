@@ -931,3 +931,33 @@ def test_api_errors_for_user_mistakes_are_segkit_errors_and_builtin_types(finish
     with pytest.raises(UnknownNameError) as e:
         segkit.build_model("nope-b0")
     assert str(e.value) == "unknown model 'nope-b0'; `segkit models` lists them"
+
+
+def test_further_unusual_inputs_of_the_trials_are_refused_by_name(tmp_path, capsys):
+    """A few of docs/reliability.md's further trials that used to pass silently (or misleadingly)."""
+    from segkit.config import config_from_dict
+    from segkit.data.protocol import TestProtocol
+
+    model = segkit.build_model("segformer-b0", num_classes=5, decoder_dim=32)
+    seg = segkit.Segmenter(model, device="cpu")
+    result = seg(np.zeros((40, 40, 3), np.uint8))
+    with pytest.raises(segkit.UsageError, match="a file name, not a path"):
+        result.save(tmp_path / "out", stem="../escape")  # used to write outside the folder
+    assert not (tmp_path / "escape_label.png").exists()
+    with pytest.raises(segkit.UsageError, match="input 0: an empty path"):
+        seg("")
+    with pytest.raises(segkit.UsageError, match=r"stride \(200, 200\) is larger than the window \(64, 64\)"):
+        TestProtocol(mode="slide", crop_size=(64, 64), stride=(200, 200))  # gaps between windows
+    with pytest.raises(segkit.UsageError, match="stride"):
+        model.predict(torch.zeros(1, 3, 64, 64), mode="slide", crop_size=(32, 32), stride=(48, 48))
+    with pytest.raises(segkit.UsageError, match="scales must be positive"):
+        TestProtocol(scales=(0.0, 1.0))
+    with pytest.raises(segkit.UsageError, match="decoder_dim must be an integer >= 1, got 0"):
+        segkit.build_model("segformer-b0", num_classes=5, decoder_dim=0)  # used to train a 0-wide decoder
+    with pytest.raises(segkit.ConfigError, match="optim.lr: must be a finite number > 0, got inf"):
+        config_from_dict({"model": "segformer-b0", "optim": {"lr": float("inf")}})
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "x.png")
+    rc, err = run(capsys, "predict", "segformer-b0_ade20k-512", tmp_path / "x.png", "--out", "")
+    assert rc == 2 and "--out is empty" in err  # used to claim the current folder
+    rc, err = run(capsys, "models", "--filter", "zzz")
+    assert rc == 0 and "no model name contains 'zzz'" in err

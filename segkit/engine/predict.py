@@ -181,16 +181,21 @@ def predict_paths(
         written: list[Path] = []
         for path, stem in zip(tqdm(files, desc="predict", disable=not progress or not files), stems):
             written += seg(path).save(out_dir, stem, alpha=alpha)
-        problems = []
+        problems: list[VideoFramesError] = []
         for video, stem in zip(videos, video_stems):
             try:
                 written += predict_video(seg, video, out_dir, stem=stem, **video_kw)
             except VideoFramesError as e:  # the readable frames are written; the others are reported at the end
                 written += e.written
-                problems.append(str(e))
+                problems.append(e)
+        if len(problems) == 1 and len(videos) + len(files) == 1:
+            raise problems[0]
         if problems:
-            done = f"; {len(written)} file(s) written in all" if len(problems) < len(videos) + len(files) else ""
-            raise DataError("; ".join(problems) + done)
+            raise VideoFramesError(
+                "; ".join(map(str, problems)) + f"; {len(written)} file(s) written in all",
+                written,
+                [f for e in problems for f in e.frames],
+            )
         return written
     finally:
         model.train(was_training)
@@ -353,6 +358,7 @@ def predict_video(
         raise DataError(f"{source}: no frame could be read{why}")
     if total is not None and max_frames is None:
         bad += list(range(frame_index, total))  # the stream ended before the count of its header
+    _check_written_video(tmp_path, video_path, decoded)
     tmp_path.replace(video_path)
     written = [video_path, *written]
     if bad == [total - 1] and total is not None and decoded == total - 1:
@@ -370,6 +376,28 @@ def predict_video(
             bad,
         )
     return written
+
+
+def _check_written_video(tmp_path: Path, video_path: Path, frames: int) -> None:
+    """OpenCV's writer reports no write error (a full disk leaves a short or unreadable file): read the count
+    back; :class:`~segkit.errors.OutputError` naming the file (the partial one removed) when it falls short."""
+    import shutil
+
+    import cv2
+
+    from segkit.errors import OutputError
+
+    cap = cv2.VideoCapture(str(tmp_path))
+    found = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+    cap.release()
+    if found < frames:
+        free = shutil.disk_usage(tmp_path.parent).free
+        tmp_path.unlink(missing_ok=True)
+        why = "no space left on device" if free < 1 << 20 else "the written file does not read back"
+        raise OutputError(
+            f"{why} writing {video_path}: it holds {found} of the {frames} frames (the partial file was removed; "
+            f"{free} bytes free)"
+        )
 
 
 def _no_frame_reason(source, total) -> str:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from segkit.errors import UsageError
+
 
 class Classifier(nn.Module):
     """Encoder + global average pooling + Linear head.
@@ -48,7 +50,7 @@ class Classifier(nn.Module):
     ):
         super().__init__()
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            raise UsageError(f"num_classes must be >= 1, got {num_classes}")
         self.backbone = backbone
         self.num_classes = int(num_classes)
         self.name, self.segmentation_model = name, segmentation_model

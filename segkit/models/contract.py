@@ -58,6 +58,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
+from segkit.errors import UsageTypeError
+
 SegLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -77,7 +79,9 @@ class Features:
 
     def __post_init__(self) -> None:
         if not isinstance(self.stages, (list, tuple)) or not self.stages:
-            raise TypeError(f"Features.stages must be a non-empty list of tensors, got {type(self.stages).__name__}")
+            raise UsageTypeError(
+                f"Features.stages must be a non-empty list of tensors, got {type(self.stages).__name__}"
+            )
         self.stages = list(self.stages)
         if self.taps is not None:
             self.taps = list(self.taps)

@@ -34,6 +34,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Optional
 
+from segkit.errors import UsageError
+
 # Keywords every builder accepts besides its architecture switches; handed to the Segmentor.
 META_KEYS = ("class_names", "palette", "ignore_index", "mean", "std", "loss_avg")
 
@@ -131,7 +133,7 @@ class Family:
 
     def __post_init__(self) -> None:
         if self.flops_convention not in ("torch", "mmcv", "torchprofile"):
-            raise ValueError(
+            raise UsageError(
                 f"family {self.name}: flops_convention must be torch, mmcv or torchprofile, "
                 f"got {self.flops_convention!r}"
             )

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from segkit.errors import UsageError
+
 _INIT_FUNCTIONS = (
     "normal_",
     "trunc_normal_",
@@ -88,7 +90,7 @@ class DropPath(nn.Module):
     def __init__(self, drop_prob: float = 0.0):
         super().__init__()
         if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
+            raise UsageError(f"drop_prob must be in [0, 1), got {drop_prob}")
         self.drop_prob = float(drop_prob)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -176,6 +178,6 @@ class ConvModule(nn.Sequential):
         elif norm == "gn":
             self.gn = nn.GroupNorm(num_groups, out_channels)
         elif norm is not None:
-            raise ValueError(f"norm must be 'bn', 'gn' or None, got {norm!r}")
+            raise UsageError(f"norm must be 'bn', 'gn' or None, got {norm!r}")
         if act:
             self.activate = nn.ReLU(inplace=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from segkit.data.interp import composite_taps
+from segkit.errors import UsageError
 
 BAND_ELEMENTS = 1 << 20  # floats per band (rows × W × K): 4 MB, a few bands fit in L2/L3
 # Segmentor uses the banded loss from this many classes on: below, the full-resolution map is small and
@@ -210,11 +211,11 @@ def upsampled_cross_entropy(
     rounding (module docstring). Raises ``ValueError`` for mismatched shapes or an unknown ``avg``.
     """
     if logits.ndim != 4 or labels.ndim != 3 or logits.shape[0] != labels.shape[0]:
-        raise ValueError(
+        raise UsageError(
             f"expected logits (B, K, h, w) and labels (B, H, W), got {tuple(logits.shape)}, {tuple(labels.shape)}"
         )
     if avg not in ("valid", "all"):
-        raise ValueError(f"avg must be 'valid' or 'all', got {avg!r}")
+        raise UsageError(f"avg must be 'valid' or 'all', got {avg!r}")
     with torch.autocast(logits.device.type, enabled=False):
         w = None if weight is None else weight.float()
         return _UpsampledCE.apply(logits, labels.long(), w, int(ignore_index), avg, bool(align_corners))

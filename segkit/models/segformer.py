@@ -48,7 +48,7 @@ from typing import Optional
 
 import torch
 
-from segkit.errors import CheckpointError
+from segkit.errors import CheckpointError, UsageError
 
 from .backbones.mit import MixVisionTransformer
 from .classifier import Classifier
@@ -98,7 +98,7 @@ def build_segformer(variant: str, num_classes: int = 150, **kwargs) -> Segmentor
     Raises ``ValueError`` for an unknown variant and ``TypeError`` for an unknown keyword.
     """
     if variant not in VARIANTS:
-        raise ValueError(f"unknown SegFormer variant {variant!r}; choose from {sorted(VARIANTS)}")
+        raise UsageError(f"unknown SegFormer variant {variant!r}; choose from {sorted(VARIANTS)}")
     arch, meta = split_kwargs(SegFormerArch, kwargs, f"segformer-{variant}")
     v = VARIANTS[variant]
     arch.decoder_dim = arch.decoder_dim or v["decoder_dim"]
@@ -517,7 +517,7 @@ def build_mit_classifier(
     """MiT-``variant`` ImageNet classifier (SegFormer §3.1; official ``mix_transformer.py``): MiT + mean
     pooling of the normalised last stage + Linear. MiT-B0 with 1000 classes: 3,576,392 parameters."""
     if variant not in VARIANTS:
-        raise ValueError(f"unknown MiT variant {variant!r}; choose from {sorted(VARIANTS)}")
+        raise UsageError(f"unknown MiT variant {variant!r}; choose from {sorted(VARIANTS)}")
     encoder = MixVisionTransformer(**VARIANTS[variant]["encoder"], drop_path_rate=drop_path_rate)
     return Classifier(
         encoder,

@@ -48,7 +48,7 @@ from typing import Optional
 
 import torch
 
-from segkit.errors import CheckpointError
+from segkit.errors import CheckpointError, UsageError
 
 from .backbones.mscan import MSCAN
 from .classifier import Classifier
@@ -142,7 +142,7 @@ def build_segnext(variant: str, num_classes: int = 150, **kwargs) -> Segmentor:
     Raises ``ValueError`` for an unknown variant and ``TypeError`` for an unknown keyword.
     """
     if variant not in VARIANTS:
-        raise ValueError(f"unknown SegNeXt variant {variant!r}; choose from {sorted(VARIANTS)}")
+        raise UsageError(f"unknown SegNeXt variant {variant!r}; choose from {sorted(VARIANTS)}")
     arch, meta = split_kwargs(SegNeXtArch, kwargs, f"segnext-{variant}")
     v = VARIANTS[variant]
     arch.drop_path_rate = v["drop_path_rate"] if arch.drop_path_rate is None else arch.drop_path_rate
@@ -158,14 +158,14 @@ def build_segnext(variant: str, num_classes: int = 150, **kwargs) -> Segmentor:
     )
     if arch.decoder == "mlp":
         if arch.context != "ham" or tuple(arch.head_in_index) != (1, 2, 3):
-            raise ValueError("decoder='mlp' (SegFormer's All-MLP decoder) takes no context / head_in_index switch")
+            raise UsageError("decoder='mlp' (SegFormer's All-MLP decoder) takes no context / head_in_index switch")
         head = SegFormerHead(
             encoder.out_channels, embed_dim=arch.ham_channels, num_classes=num_classes, dropout=arch.dropout
         )
     elif arch.decoder == "ham":
         in_index = tuple(int(i) for i in arch.head_in_index)
         if not in_index or any(i not in range(4) for i in in_index) or list(in_index) != sorted(set(in_index)):
-            raise ValueError(f"head_in_index must be increasing stage indices in 0..3, got {list(arch.head_in_index)}")
+            raise UsageError(f"head_in_index must be increasing stage indices in 0..3, got {list(arch.head_in_index)}")
         head = LightHamHead(
             [encoder.out_channels[i] for i in in_index],
             ham_channels=arch.ham_channels,
@@ -181,7 +181,7 @@ def build_segnext(variant: str, num_classes: int = 150, **kwargs) -> Segmentor:
             context=arch.context,
         )
     else:
-        raise ValueError(f"unknown SegNeXt decoder {arch.decoder!r}; choose 'ham' (Fig. 3 c) or 'mlp' (Fig. 3 a)")
+        raise UsageError(f"unknown SegNeXt decoder {arch.decoder!r}; choose 'ham' (Fig. 3 c) or 'mlp' (Fig. 3 a)")
     return Segmentor(
         encoder, head, num_classes, name=f"segnext-{variant}", family="segnext", arch=arch_dict(arch), **meta
     )
@@ -499,7 +499,7 @@ def build_mscan_classifier(
     With 1000 classes the parameter counts are Table 3's 4.2 / 14.0 / 26.8 / 45.2 M.
     """
     if variant not in VARIANTS:
-        raise ValueError(f"unknown MSCAN variant {variant!r}; choose from {sorted(VARIANTS)}")
+        raise UsageError(f"unknown MSCAN variant {variant!r}; choose from {sorted(VARIANTS)}")
     encoder = MSCAN(**VARIANTS[variant]["encoder"], drop_path_rate=drop_path_rate)
     return Classifier(
         encoder,

@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from segkit.errors import UsageError
+
 from ..contract import Features
 from ..layers import DropPath, drop_path_rates, init_trunc_normal
 from .vit import Mlp, PatchEmbed, check_out_indices, layer_id_bert, pad_to_multiple, to_2tuple
@@ -157,7 +159,7 @@ def resize_rel_pos_table(
     sh, sw = 2 * int(src_window[0]) - 1, 2 * int(src_window[1]) - 1
     dh, dw = 2 * int(dst_window[0]) - 1, 2 * int(dst_window[1]) - 1
     if table.ndim != 2 or table.shape[0] != sh * sw + NUM_EXTRA_REL:
-        raise ValueError(
+        raise UsageError(
             f"relative position table of shape {tuple(table.shape)} does not fit a "
             f"{src_window[0]}x{src_window[1]} window ({sh * sw + NUM_EXTRA_REL} rows expected)"
         )
@@ -175,7 +177,7 @@ def resize_rel_pos_table(
         out = F.interpolate(g, size=(dh, dw), mode="bicubic", align_corners=False)
         out = out[0].permute(1, 2, 0).reshape(dh * dw, heads)
     else:
-        raise ValueError(f"table resize mode must be 'geometric' or 'bicubic', got {mode!r}")
+        raise UsageError(f"table resize mode must be 'geometric' or 'bicubic', got {mode!r}")
     return torch.cat([out.to(table.dtype), extra], dim=0)
 
 
@@ -191,7 +193,7 @@ class BEiTAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, window_size: tuple[int, int], table_resize: str = "bicubic"):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+            raise UsageError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.window_size = tuple(window_size)
         self.table_resize = table_resize
@@ -314,12 +316,12 @@ class BEiT(nn.Module):
     ):
         super().__init__()
         if table_resize not in ("bicubic", "geometric"):
-            raise ValueError(f"table_resize must be 'bicubic' or 'geometric', got {table_resize!r}")
+            raise UsageError(f"table_resize must be 'bicubic' or 'geometric', got {table_resize!r}")
         self.img_size = to_2tuple(img_size, "img_size")
         self.patch_size = int(patch_size)
         self.window_size = (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
         if min(self.window_size) < 1:
-            raise ValueError(f"img_size {self.img_size} is smaller than one patch of {patch_size}")
+            raise UsageError(f"img_size {self.img_size} is smaller than one patch of {patch_size}")
         self.grid_size = self.window_size
         self.embed_dim = int(embed_dim)
         self.num_layers = int(depth)
@@ -351,7 +353,7 @@ class BEiT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Features:
         if x.ndim != 4:
-            raise ValueError(f"expected input of shape (B, C, H, W), got {tuple(x.shape)}")
+            raise UsageError(f"expected input of shape (B, C, H, W), got {tuple(x.shape)}")
         x, (h, w) = self.patch_embed(pad_to_multiple(x, self.patch_size))
         b = x.shape[0]
         x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1)

@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from segkit.errors import UsageError
+
 from ..contract import Features
 from ..layers import DropPath, drop_path_rates, init_trunc_normal
 
@@ -67,9 +69,9 @@ class LePEAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, mode: str, split_size: int):
         super().__init__()
         if mode not in ("col", "row", "full"):
-            raise ValueError(f"mode must be 'col', 'row' or 'full', got {mode!r}")
+            raise UsageError(f"mode must be 'col', 'row' or 'full', got {mode!r}")
         if dim % num_heads:
-            raise ValueError(f"branch width {dim} is not divisible by its {num_heads} heads")
+            raise UsageError(f"branch width {dim} is not divisible by its {num_heads} heads")
         self.num_heads = num_heads
         self.mode = mode
         self.split_size = int(split_size)
@@ -130,7 +132,7 @@ class CSWinBlock(nn.Module):
             self.attns = nn.ModuleList([LePEAttention(dim, num_heads, "full", split_size)])
         else:
             if dim % 2 or num_heads % 2:
-                raise ValueError(f"a two-branch CSWin block needs an even width and head count, got {dim}, {num_heads}")
+                raise UsageError(f"a two-branch CSWin block needs an even width and head count, got {dim}, {num_heads}")
             self.attns = nn.ModuleList(
                 [
                     LePEAttention(dim // 2, num_heads // 2, "col", split_size),
@@ -236,18 +238,18 @@ class CSWin(nn.Module):
         super().__init__()
         for key, value in dict(depths=depths, num_heads=num_heads, split_size=split_size).items():
             if len(value) != 4:
-                raise ValueError(f"{key} must have 4 entries (one per stage), got {list(value)}")
+                raise UsageError(f"{key} must have 4 entries (one per stage), got {list(value)}")
         self.depths = [int(d) for d in depths]
         self.out_channels = [int(embed_dim) * 2**i for i in range(4)]
         self.out_indices = tuple(int(i) for i in out_indices)
         if not self.out_indices or any(i not in (0, 1, 2, 3) for i in self.out_indices):
-            raise ValueError(f"out_indices must be stage indices in 0..3, got {list(out_indices)}")
+            raise UsageError(f"out_indices must be stage indices in 0..3, got {list(out_indices)}")
         self.num_blocks = sum(self.depths)
         if tap_base not in (0, 1):
-            raise ValueError(f"tap_base must be 0 or 1, got {tap_base}")
+            raise UsageError(f"tap_base must be 0 or 1, got {tap_base}")
         taps = [int(t) - tap_base for t in tap_blocks]  # 0-based internally
         if any(t < 0 or t >= self.num_blocks for t in taps) or len(set(taps)) != len(taps):
-            raise ValueError(
+            raise UsageError(
                 f"tap_blocks {list(tap_blocks)} must be distinct {tap_base}-based block indices in "
                 f"[{tap_base}, {self.num_blocks - 1 + tap_base}] (depths {self.depths})"
             )
@@ -283,7 +285,7 @@ class CSWin(nn.Module):
 
     def _run(self, x: torch.Tensor, want_taps: bool) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         if x.ndim != 4:
-            raise ValueError(f"expected input of shape (B, C, H, W), got {tuple(x.shape)}")
+            raise UsageError(f"expected input of shape (B, C, H, W), got {tuple(x.shape)}")
         stem = self.stage1_conv_embed
         x = stem[0](x)
         h, w = x.shape[-2:]

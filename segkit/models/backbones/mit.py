@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from segkit.errors import UsageError
+
 from ..contract import Features
 from ..layers import DropPath, drop_path_rates, init_weights_reference
 
@@ -96,7 +98,7 @@ class EfficientSelfAttention(nn.Module):
     ):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise UsageError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.sr_ratio = sr_ratio
@@ -114,7 +116,7 @@ class EfficientSelfAttention(nn.Module):
         q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(1, 2)
         if self.sr_ratio > 1:
             if h < self.sr_ratio or w < self.sr_ratio:
-                raise ValueError(
+                raise UsageError(
                     f"feature map {h}x{w} is smaller than the sequence-reduction kernel {self.sr_ratio}: "
                     f"use a larger input (at least 29x29 pixels with the reference sr_ratios, as in the official code)"
                 )
@@ -235,7 +237,7 @@ class MixVisionTransformer(nn.Module):
         )
         for key, value in settings.items():
             if len(value) != 4:
-                raise ValueError(f"{key} must have 4 entries (one per stage), got {list(value)}")
+                raise UsageError(f"{key} must have 4 entries (one per stage), got {list(value)}")
         self.embed_dims = [int(d) for d in embed_dims]
         self.depths = [int(d) for d in depths]
         self.out_channels = list(self.embed_dims)

@@ -34,6 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from segkit.errors import UsageError
+
 from ..contract import Features
 from ..layers import ChannelsLastGELU, DropPath, drop_path_rates, init_weights_reference
 
@@ -224,7 +226,7 @@ class MSCA(nn.Module):
         super().__init__()
         self.kernel_sizes = tuple(int(k) for k in kernel_sizes)
         if any(k < 1 or k % 2 == 0 for k in self.kernel_sizes):
-            raise ValueError(f"MSCA kernel sizes must be odd and positive, got {list(kernel_sizes)}")
+            raise UsageError(f"MSCA kernel sizes must be odd and positive, got {list(kernel_sizes)}")
         self.attention = bool(attention)
         self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
         self._branches: list[tuple[str, str]] = []
@@ -280,9 +282,9 @@ def spatial_unit(dim: int, kind: str = "msca", **msca_kwargs) -> nn.Module:
         return MSCA(dim, **msca_kwargs)
     if kind == "lka":
         if msca_kwargs:
-            raise ValueError(f"MSCA switches {sorted(msca_kwargs)} do not apply to the LKA unit")
+            raise UsageError(f"MSCA switches {sorted(msca_kwargs)} do not apply to the LKA unit")
         return LKA(dim)
-    raise ValueError(f"unknown spatial attention unit {kind!r}; choose 'msca' or 'lka'")
+    raise UsageError(f"unknown spatial attention unit {kind!r}; choose 'msca' or 'lka'")
 
 
 class SpatialAttention(nn.Module):
@@ -466,9 +468,9 @@ class MSCAN(nn.Module):
                 kernel_sizes=msca_kernel_sizes, channel_mixing=msca_channel_mixing, attention=msca_attention
             )
         elif (tuple(msca_kernel_sizes), msca_channel_mixing, msca_attention) != ((7, 11, 21), True, True):
-            raise ValueError(f"the msca_* switches apply to attention_unit='msca', not {attention_unit!r}")
+            raise UsageError(f"the msca_* switches apply to attention_unit='msca', not {attention_unit!r}")
         if not (len(embed_dims) == len(depths) == len(mlp_ratios) == 4):
-            raise ValueError(
+            raise UsageError(
                 f"embed_dims, depths and mlp_ratios need 4 entries each, got "
                 f"{list(embed_dims)}, {list(depths)}, {list(mlp_ratios)}"
             )
@@ -494,7 +496,7 @@ class MSCAN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Features:
         if x.ndim != 4:
-            raise ValueError(f"MSCAN expects (B, C, H, W) input, got shape {tuple(x.shape)}")
+            raise UsageError(f"MSCAN expects (B, C, H, W) input, got shape {tuple(x.shape)}")
         if self.cpu_channels_last and x.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()

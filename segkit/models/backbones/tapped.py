@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from segkit.errors import UsageError
+
 from ..contract import Features
 from .vit import pad_to_multiple
 
@@ -32,7 +34,7 @@ class PlainEncoder(nn.Module):
     def __init__(self, vit: nn.Module, num_taps: int):
         super().__init__()
         if len(vit.out_indices) != num_taps + 1 or vit.out_indices[-1] != vit.num_layers - 1:
-            raise ValueError(
+            raise UsageError(
                 f"encoder out_indices {list(vit.out_indices)} must be the {num_taps} taps followed by "
                 f"the last block {vit.num_layers - 1}"
             )

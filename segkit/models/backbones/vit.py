@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from segkit.errors import UsageError
+
 from ..contract import Features
 from ..layers import DropPath, drop_path_rates, init_trunc_normal
 
@@ -45,7 +47,7 @@ def to_2tuple(value: int | Sequence[int], name: str = "size") -> tuple[int, int]
         return (value, value)
     value = tuple(int(v) for v in value)
     if len(value) != 2:
-        raise ValueError(f"{name} must be an int or a pair (H, W), got {value}")
+        raise UsageError(f"{name} must be an int or a pair (H, W), got {value}")
     return value
 
 
@@ -53,11 +55,11 @@ def check_out_indices(out_indices: Sequence[int], depth: int) -> tuple[int, ...]
     """Validate 0-based block indices: strictly increasing, each in ``[0, depth)``."""
     out = tuple(int(i) for i in out_indices)
     if not out:
-        raise ValueError("out_indices must name at least one block")
+        raise UsageError("out_indices must name at least one block")
     if any(i < 0 or i >= depth for i in out):
-        raise ValueError(f"out_indices {list(out)} must be 0-based block indices in [0, {depth - 1}]")
+        raise UsageError(f"out_indices {list(out)} must be 0-based block indices in [0, {depth - 1}]")
     if any(b <= a for a, b in zip(out, out[1:])):
-        raise ValueError(f"out_indices {list(out)} must be strictly increasing")
+        raise UsageError(f"out_indices {list(out)} must be strictly increasing")
     return out
 
 
@@ -104,7 +106,7 @@ def resize_pos_embed(
     hs, ws = (int(v) for v in src_grid)
     hd, wd = (int(v) for v in dst_grid)
     if pos_embed.ndim != 3 or pos_embed.shape[1] != num_extra_tokens + hs * ws:
-        raise ValueError(
+        raise UsageError(
             f"pos_embed of shape {tuple(pos_embed.shape)} does not hold {num_extra_tokens} extra "
             f"token(s) + a {hs}x{ws} grid"
         )
@@ -157,7 +159,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
+            raise UsageError(f"embed_dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
@@ -247,7 +249,7 @@ class VisionTransformer(nn.Module):
         self.patch_size = int(patch_size)
         self.grid_size = (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
         if min(self.grid_size) < 1:
-            raise ValueError(f"img_size {self.img_size} is smaller than one patch of {patch_size}")
+            raise UsageError(f"img_size {self.img_size} is smaller than one patch of {patch_size}")
         self.embed_dim = int(embed_dim)
         self.num_layers = int(depth)
         self.out_indices = check_out_indices(out_indices, depth)
@@ -279,7 +281,7 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Features:
         if x.ndim != 4:
-            raise ValueError(f"expected input of shape (B, C, H, W), got {tuple(x.shape)}")
+            raise UsageError(f"expected input of shape (B, C, H, W), got {tuple(x.shape)}")
         x, (h, w) = self.patch_embed(pad_to_multiple(x, self.patch_size))
         b = x.shape[0]
         x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1) + self.interpolate_pos_embed(h, w)

@@ -41,6 +41,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from segkit.errors import UsageError
+
 from ..layers import ConvModule
 
 
@@ -103,7 +105,7 @@ class RecurrentCrissCross(nn.Module):
     def __init__(self, channels: int, recurrence: int = 2, reduction: int = 8):
         super().__init__()
         if recurrence < 1:
-            raise ValueError(f"recurrence must be >= 1, got {recurrence}")
+            raise UsageError(f"recurrence must be >= 1, got {recurrence}")
         self.recurrence = int(recurrence)
         self.cca = CrissCrossAttention(channels, reduction)
 
@@ -144,7 +146,7 @@ class EMAModule(nn.Module):
     ):
         super().__init__()
         if num_stages < 1:
-            raise ValueError(f"num_stages must be >= 1, got {num_stages}")
+            raise UsageError(f"num_stages must be >= 1, got {num_stages}")
         self.num_bases = int(num_bases)
         self.num_stages = int(num_stages)
         self.momentum = float(momentum)

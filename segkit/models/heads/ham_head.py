@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from segkit.errors import UsageError
+
 from ..backbones.mscan import MSCA
 from ..contract import DecodeHead, Features
 from ..layers import ConvModule
@@ -150,10 +152,10 @@ class NMF2D(nn.Module):
 
     def forward(self, x: torch.Tensor, bases: torch.Tensor | None = None) -> torch.Tensor:
         if x.ndim != 4:
-            raise ValueError(f"NMF2D expects (B, C, H, W), got shape {tuple(x.shape)}")
+            raise UsageError(f"NMF2D expects (B, C, H, W), got shape {tuple(x.shape)}")
         b, c, h, w = x.shape
         if c % self.S:
-            raise ValueError(f"NMF2D: channels {c} not divisible by md_s={self.S}")
+            raise UsageError(f"NMF2D: channels {c} not divisible by md_s={self.S}")
         d = c // self.S
         in_dtype = x.dtype
         # Channels-last input (segkit's CPU default): (B, C, H·W) is a strided view of it, and
@@ -171,7 +173,7 @@ class NMF2D(nn.Module):
             if bases is None:
                 bases = self.initial_bases(b, d, x.device)
             elif tuple(bases.shape) != (b * self.S, d, self.R):
-                raise ValueError(f"NMF2D: bases must have shape {(b * self.S, d, self.R)}, got {tuple(bases.shape)}")
+                raise UsageError(f"NMF2D: bases must have shape {(b * self.S, d, self.R)}, got {tuple(bases.shape)}")
             bases = bases.float()
             steps = self.train_steps if self.training else self.eval_steps
             if self.one_step_grad:
@@ -207,7 +209,7 @@ def make_filling(kind: str, channels: int, **nmf_kwargs) -> nn.Module:
         return EMAModule(channels, num_bases=64, num_stages=3)
     if kind == "msca":
         return MSCA(channels)
-    raise ValueError(f"unknown Hamburger filling {kind!r}; choose from {FILLINGS}")
+    raise UsageError(f"unknown Hamburger filling {kind!r}; choose from {FILLINGS}")
 
 
 class Hamburger(nn.Module):
@@ -298,12 +300,12 @@ class LightHamHead(DecodeHead):
     ):
         super().__init__()
         if context not in CONTEXTS:
-            raise ValueError(f"unknown LightHamHead context {context!r}; choose from {CONTEXTS}")
+            raise UsageError(f"unknown LightHamHead context {context!r}; choose from {CONTEXTS}")
         self.context = context
         self.in_channels = [int(c) for c in in_channels]
         self.in_index = tuple(int(i) for i in in_index)
         if len(self.in_channels) != len(self.in_index):
-            raise ValueError(f"in_channels {self.in_channels} and in_index {self.in_index} differ in length")
+            raise UsageError(f"in_channels {self.in_channels} and in_index {self.in_index} differ in length")
         self.num_classes = int(num_classes)
         self.squeeze = ConvModule(sum(self.in_channels), ham_channels, 1, norm="gn", num_groups=num_groups)
         if context == "nl":
@@ -345,11 +347,11 @@ class LightHamHead(DecodeHead):
     def forward(self, features: Features) -> torch.Tensor:
         stages = features.stages
         if len(stages) <= max(self.in_index):
-            raise ValueError(f"LightHamHead uses feature indices {self.in_index} but got {len(stages)} feature maps")
+            raise UsageError(f"LightHamHead uses feature indices {self.in_index} but got {len(stages)} feature maps")
         feats = [stages[i] for i in self.in_index]
         for f, c in zip(feats, self.in_channels):
             if f.ndim != 4 or f.shape[1] != c:
-                raise ValueError(
+                raise UsageError(
                     f"LightHamHead expected features with channels {self.in_channels}, "
                     f"got shapes {[tuple(f.shape) for f in feats]}"
                 )

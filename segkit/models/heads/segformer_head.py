@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from segkit.errors import UsageError
+
 from ..contract import DecodeHead, Features
 from ..layers import ConvModule, init_weights_reference
 
@@ -84,7 +86,7 @@ class SegFormerHead(DecodeHead):
     ):
         super().__init__()
         if len(in_channels) != 4:
-            raise ValueError(f"SegFormerHead needs 4 input widths, got {list(in_channels)}")
+            raise UsageError(f"SegFormerHead needs 4 input widths, got {list(in_channels)}")
         self.in_channels = [int(c) for c in in_channels]
         self.embed_dim = int(embed_dim)
         self.num_classes = int(num_classes)
@@ -99,7 +101,7 @@ class SegFormerHead(DecodeHead):
     def forward(self, features: Features) -> torch.Tensor:
         features = features.stages
         if len(features) != 4:
-            raise ValueError(f"SegFormerHead expects 4 feature maps, got {len(features)}")
+            raise UsageError(f"SegFormerHead expects 4 feature maps, got {len(features)}")
         size = features[0].shape[-2:]
         if self.fuse_first:
             return self.linear_pred(self.dropout(self._fuse_first(features, size)))

@@ -30,6 +30,8 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from segkit.errors import UsageError
+
 from ..backbones.tapped import PlainEncoder, PyramidEncoder
 from ..family import arch_dict, split_kwargs
 from ..segmentor import Segmentor
@@ -97,7 +99,7 @@ def pyramid_taps(depths: Sequence[int], interval: int) -> tuple[int, ...]:
     ``interval``-th stage-3 block counted back from the stage-3 output. CSWin-T (1, 2, 21, 1), 3 →
     [2, 5, …, 23]; CSWin-S (2, 4, 32, 2), 4 → [5, 9, …, 37]; Table 7 intervals 21 / 7 give 3 / 5 LSBs."""
     if interval < 1:
-        raise ValueError(f"tap_interval must be >= 1, got {interval}")
+        raise UsageError(f"tap_interval must be >= 1, got {interval}")
     s2_end = depths[0] + depths[1] - 1
     s3_end = s2_end + depths[2]
     return (s2_end, *reversed(range(s3_end, s2_end, -interval)))
@@ -122,7 +124,7 @@ def _plain_encoder(variant: str, *, img_size, out_indices, drop_path_rate, embed
 
 def _check_variant(variant: str, table: dict, what: str) -> None:
     if variant not in table:
-        raise ValueError(f"unknown {what} variant {variant!r}; choose from {sorted(table)}")
+        raise UsageError(f"unknown {what} variant {variant!r}; choose from {sorted(table)}")
 
 
 def copy_patch_embed_hook(

@@ -49,6 +49,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from segkit.errors import UsageError
+
 from ...layers import DropPath, init_trunc_normal
 
 LABEL_DOWNSAMPLES = ("area", "nearest")
@@ -78,9 +80,9 @@ def region_weights(
     to 0/1 (nearest).
     """
     if labels.ndim != 3:
-        raise ValueError(f"labels must be (B, H, W), got {tuple(labels.shape)}")
+        raise UsageError(f"labels must be (B, H, W), got {tuple(labels.shape)}")
     if mode not in LABEL_DOWNSAMPLES:
-        raise ValueError(f"label_downsample must be one of {LABEL_DOWNSAMPLES}, got {mode!r}")
+        raise UsageError(f"label_downsample must be one of {LABEL_DOWNSAMPLES}, got {mode!r}")
     b, hh, ww = labels.shape
     h, w = grid
     sy, sx = stride
@@ -205,7 +207,7 @@ class CrossAttention(nn.Module):
     ):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"decoder width {dim} is not divisible by {num_heads} heads")
+            raise UsageError(f"decoder width {dim} is not divisible by {num_heads} heads")
         self.num_heads, self.l2_norm, self.attn_drop = int(num_heads), bool(l2_norm), float(attn_drop)
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
@@ -330,9 +332,9 @@ class MaskDecoder(nn.Module):
     ):
         super().__init__()
         if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+            raise UsageError(f"num_layers must be >= 1, got {num_layers}")
         if label_downsample not in LABEL_DOWNSAMPLES:
-            raise ValueError(f"label_downsample must be one of {LABEL_DOWNSAMPLES}, got {label_downsample!r}")
+            raise UsageError(f"label_downsample must be one of {LABEL_DOWNSAMPLES}, got {label_downsample!r}")
         num_heads = num_heads or max(dim // 64, 1)
         self.dim, self.num_classes = int(dim), int(num_classes)
         self.dca = bool(dca)
@@ -400,7 +402,7 @@ class MaskDecoder(nn.Module):
             p, (ph, pw) = x, (h, w)
         else:
             if patches.shape[1] != self.dim:
-                raise ValueError(f"patch embeddings have {patches.shape[1]} channels, decoder width is {self.dim}")
+                raise UsageError(f"patch embeddings have {patches.shape[1]} channels, decoder width is {self.dim}")
             ph, pw = patches.shape[-2:]
             p = patches.flatten(2).transpose(1, 2)
         p = self.patch_norm(p)

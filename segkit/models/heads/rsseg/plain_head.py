@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from segkit.errors import UsageError
+
 from ...contract import DecodeHead, Features, SegLoss
 from .dca import MaskDecoder
 from .sasm import SASM
@@ -89,11 +91,11 @@ class RSSegHead(DecodeHead):
     ):
         super().__init__()
         if num_sasm not in (0, 1, 2):
-            raise ValueError(f"num_sasm must be 0, 1 or 2, got {num_sasm}")
+            raise UsageError(f"num_sasm must be 0, 1 or 2, got {num_sasm}")
         if num_sasm and not two_pathway:
-            raise ValueError("SASMs are guided by the local path: num_sasm > 0 needs two_pathway=True")
+            raise UsageError("SASMs are guided by the local path: num_sasm > 0 needs two_pathway=True")
         if num_sasm == 2 and num_taps < 1:
-            raise ValueError("two SASMs need at least one backbone tap (SASM-2 is guided by the penultimate LSB)")
+            raise UsageError("two SASMs need at least one backbone tap (SASM-2 is guided by the penultimate LSB)")
         self.num_sasm, self.two_pathway = int(num_sasm), bool(two_pathway)
         self.num_classes = int(num_classes)
         if two_pathway:

@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from segkit.errors import UsageError
+
 from ...contract import DecodeHead, Features, SegLoss
 from ...layers import ConvModule
 from ..segformer_head import SegFormerHead
@@ -67,7 +69,7 @@ def boundary_loss(
     (STDC's detail loss); ``"bce"``: the first term only. Returns a scalar (float32).
     """
     if kind not in BOUNDARY_LOSSES:
-        raise ValueError(f"boundary_loss must be one of {BOUNDARY_LOSSES}, got {kind!r}")
+        raise UsageError(f"boundary_loss must be one of {BOUNDARY_LOSSES}, got {kind!r}")
     target, valid = boundary_targets(labels, ignore_index)
     x = F.interpolate(logits.float(), size=labels.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     if not valid.any():
@@ -126,11 +128,11 @@ class PyramidHead(DecodeHead):
     ):
         super().__init__()
         if len(in_channels) != 4:
-            raise ValueError(f"PyramidHead needs 4 stage widths, got {list(in_channels)}")
+            raise UsageError(f"PyramidHead needs 4 stage widths, got {list(in_channels)}")
         if fusion_head not in FUSION_HEADS:
-            raise ValueError(f"fusion_head must be one of {FUSION_HEADS}, got {fusion_head!r}")
+            raise UsageError(f"fusion_head must be one of {FUSION_HEADS}, got {fusion_head!r}")
         if boundary_loss not in BOUNDARY_LOSSES:
-            raise ValueError(f"boundary_loss must be one of {BOUNDARY_LOSSES}, got {boundary_loss!r}")
+            raise UsageError(f"boundary_loss must be one of {BOUNDARY_LOSSES}, got {boundary_loss!r}")
         c1, c2, c3, c4 = (int(c) for c in in_channels)
         self.local_path = bool(local_path)
         self.boundary_weight = float(boundary_weight) if local_path else 0.0

@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from segkit.errors import UsageError
+
 FILTER_NORMS = ("softmax", "filter_norm")
 
 
@@ -44,9 +46,9 @@ class SASM(nn.Module):
     def __init__(self, guide_dim: int, channels: int, groups: int, filter_norm: str = "softmax"):
         super().__init__()
         if channels % groups:
-            raise ValueError(f"SASM: channels {channels} not divisible by groups {groups}")
+            raise UsageError(f"SASM: channels {channels} not divisible by groups {groups}")
         if filter_norm not in FILTER_NORMS:
-            raise ValueError(f"filter_norm must be one of {FILTER_NORMS}, got {filter_norm!r}")
+            raise UsageError(f"filter_norm must be one of {FILTER_NORMS}, got {filter_norm!r}")
         self.channels, self.groups, self.filter_norm = int(channels), int(groups), filter_norm
         self.mlp = nn.Conv2d(guide_dim, groups * 4 * 9, 1)
         nn.init.trunc_normal_(self.mlp.weight, std=0.02)
@@ -63,9 +65,9 @@ class SASM(nn.Module):
 
     def forward(self, guide: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         if guide.shape[-2:] != x.shape[-2:]:
-            raise ValueError(f"SASM: guide {tuple(guide.shape)} and guided map {tuple(x.shape)} differ in size")
+            raise UsageError(f"SASM: guide {tuple(guide.shape)} and guided map {tuple(x.shape)} differ in size")
         if x.shape[1] != self.channels:
-            raise ValueError(f"SASM: guided map has {x.shape[1]} channels, expected {self.channels}")
+            raise UsageError(f"SASM: guided map has {x.shape[1]} channels, expected {self.channels}")
         b, c, h, w = x.shape
         g, cg = self.groups, c // self.groups
         # Channels-last: every position holds a small matrix product

@@ -39,6 +39,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from segkit.errors import UsageError
+
 LOCAL_OPS = ("lhf", "dw3", "dw5", "large", "dilated")
 FUSIONS = ("attention", "add")
 
@@ -62,7 +64,7 @@ def make_norm(kind: str, channels: int) -> nn.Module:
         return ChannelLayerNorm(channels)
     if kind == "none":
         return nn.Identity()
-    raise ValueError(f"norm must be 'bn', 'ln' or 'none', got {kind!r}")
+    raise UsageError(f"norm must be 'bn', 'ln' or 'none', got {kind!r}")
 
 
 def make_act(kind: str) -> nn.Module:
@@ -71,7 +73,7 @@ def make_act(kind: str) -> nn.Module:
         return nn.ReLU(inplace=True)
     if kind == "gelu":
         return nn.GELU()
-    raise ValueError(f"act must be 'relu' or 'gelu', got {kind!r}")
+    raise UsageError(f"act must be 'relu' or 'gelu', got {kind!r}")
 
 
 class LearnableHighPass(nn.Module):
@@ -89,7 +91,7 @@ class LearnableHighPass(nn.Module):
     def __init__(self, channels: int, kernel_size: int = 5):
         super().__init__()
         if kernel_size < 2 or kernel_size % 2 == 0:
-            raise ValueError(f"LHF kernel_size must be odd and >= 3, got {kernel_size}")
+            raise UsageError(f"LHF kernel_size must be odd and >= 3, got {kernel_size}")
         self.channels = int(channels)
         self.kernel_size = int(kernel_size)
         self.weight = nn.Parameter(torch.randn(channels, 1, kernel_size, kernel_size))
@@ -156,7 +158,7 @@ def make_local_op(kind: str, channels: int) -> nn.Module:
         return LargeKernelConv(channels)
     if kind == "dilated":
         return MultiDilationConv(channels)
-    raise ValueError(f"local_op must be one of {LOCAL_OPS}, got {kind!r}")
+    raise UsageError(f"local_op must be one of {LOCAL_OPS}, got {kind!r}")
 
 
 class LocalSeparationBlock(nn.Module):
@@ -206,7 +208,7 @@ class AttentionFusion(nn.Module):
     def __init__(self, dim: int, global_dim: int | None = None, mode: str = "attention", norm: str = "bn"):
         super().__init__()
         if mode not in FUSIONS:
-            raise ValueError(f"fusion must be one of {FUSIONS}, got {mode!r}")
+            raise UsageError(f"fusion must be one of {FUSIONS}, got {mode!r}")
         global_dim = global_dim or dim
         self.mode = mode
         if mode == "attention":
@@ -225,7 +227,7 @@ class AttentionFusion(nn.Module):
 
     def forward(self, local: torch.Tensor, global_up: torch.Tensor) -> torch.Tensor:
         if local.shape[-2:] != global_up.shape[-2:]:
-            raise ValueError(
+            raise UsageError(
                 f"AttentionFusion: local map {tuple(local.shape)} and global map "
                 f"{tuple(global_up.shape)} differ in size"
             )
@@ -261,7 +263,7 @@ class OverlapPatchEmbed(nn.Module):
     def __init__(self, in_chans: int, embed_dim: int, dim: int, patch_size: int = 16):
         super().__init__()
         if patch_size % 4:
-            raise ValueError(f"patch_size must be a multiple of 4, got {patch_size}")
+            raise UsageError(f"patch_size must be a multiple of 4, got {patch_size}")
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size // 2, padding=patch_size // 4)
         self.reduce = ConvBN(embed_dim, dim)
         nn.init.trunc_normal_(self.proj.weight, std=0.02)
@@ -309,7 +311,7 @@ class LocalPath(nn.Module):
 
     def forward(self, x0: torch.Tensor, taps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if len(taps) != len(self.tap_proj):
-            raise ValueError(f"LocalPath expects {len(self.tap_proj)} backbone taps, got {len(taps)}")
+            raise UsageError(f"LocalPath expects {len(self.tap_proj)} backbone taps, got {len(taps)}")
         size = x0.shape[-2:]
         x = self.blocks[0](x0)
         outs = [x]
