@@ -36,7 +36,6 @@ isa.reexec_if_requested()
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-
 from latency import photo, run_info, time_round_robin  # noqa: E402
 
 
@@ -136,9 +135,12 @@ def markdown(res: dict) -> str:
                 + " | ".join(f"{c:.1f}" for c in cells)
                 + f" | {100 * e['uniform_block_share'][kind]:.1f} % |"
             )
-    lines += ["", "Differing labels (pixels of 512²): " + "; ".join(
-        f"{name} {k} {v}" for name, e in res["models"].items() for k, v in e["differing_pixels"].items()
-    ) + "."]
+    lines += [
+        "",
+        "Differing labels (pixels of 512²): "
+        + "; ".join(f"{name} {k} {v}" for name, e in res["models"].items() for k, v in e["differing_pixels"].items())
+        + ".",
+    ]
     if res["compared_with"]:
         lines.append(f"Compared version: `{res['compared_with']}`.")
     return "\n".join(lines) + "\n"

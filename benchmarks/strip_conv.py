@@ -28,7 +28,6 @@ import isa  # noqa: E402  (before torch: --emulate-avx2 re-executes with the ISA
 isa.reexec_if_requested()
 
 import torch  # noqa: E402
-
 from latency import run_info  # noqa: E402
 from train_speed import batch, segkit_step  # noqa: E402
 

@@ -46,7 +46,6 @@ import isa  # noqa: E402  (before torch: --emulate-avx2 re-executes with the ISA
 isa.reexec_if_requested()
 
 import torch  # noqa: E402
-
 from latency import busy_cpu_seconds, foreign_cpu_share, run_info, wait_for_quiet  # noqa: E402
 
 MMSEG_SEGNEXT_T_S = 0.94  # mmseg SegNeXt-T step, batch 8, 256², recorded on an Intel Xeon (issue 13)
@@ -272,7 +271,8 @@ def markdown(res: dict) -> str:
         "transformers "
         f"{res['transformers']}; {res['threads']} threads; batch {res['batch']} × 3×{res['size']}×{res['size']}, "
         f"{res['classes']} classes; step = forward + loss + backward + AdamW step; {res['warmup']} warm-up + "
-        f"{res['runs']} round-robin rounds; load average {res['load_before']} before, {res.get('load_after', '?')} after; other processes used "
+        f"{res['runs']} round-robin rounds; load average {res['load_before']} before, "
+        f"{res.get('load_after', '?')} after; other processes used "
         f"{'n/a' if res['foreign_cpu_share'] is None else format(res['foreign_cpu_share'], '.0%')} of the CPUs "
         f"({res['date']}). First-step loss: transformers {res['first_step_loss']['transformers']:.5f}, segkit "
         f"{res['first_step_loss']['segkit']:.5f}; mmseg-style SegNeXt-T "
