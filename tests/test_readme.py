@@ -21,7 +21,14 @@ import segkit
 
 README = (REPO / "README.md").read_text()
 ENV = {**os.environ, "OMP_NUM_THREADS": "2", "SEGKIT_DATA": "", "PYTHONPATH": str(REPO)}
-TRAIN_FAST = ["--set", "schedule.max_iters=2", "train.preload=false", "train.log_interval=1", "train.threads=1"]
+TRAIN_FAST = [
+    "--set",
+    "schedule.max_iters=2",
+    "schedule.time_budget=null",
+    "train.preload=false",
+    "train.log_interval=1",
+    "train.threads=1",
+]
 
 
 def block_after(marker: str, lang: str) -> str:
