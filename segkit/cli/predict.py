@@ -55,7 +55,38 @@ def add_parser(sub):
     s.add_argument("--amp", choices=["bf16", "fp16"], help=AMP_HELP)
     s.add_argument("--source", metavar="N", help="read camera N (e.g. 0) instead of files; stop with Ctrl-C")
     s.add_argument("--save-labels", action="store_true", help="video / camera: also write every frame's label PNG")
+    s.add_argument(
+        "--format",
+        nargs="+",
+        default=["png"],
+        choices=["png", "json", "coco"],
+        metavar="{png,json,coco}",
+        help="images: png = label + overlay PNGs; json = <stem>.json (per class: area, box, COCO RLE); "
+        "coco = one coco_results.json for all images (RLE per class present; image_id = file name) "
+        "+ coco_images.json; several may be given",
+    )
+    s.add_argument(
+        "--coco-gt",
+        metavar="FILE",
+        help="--format coco: take image ids (by file name) and category ids (by class name) from this COCO file",
+    )
+    s.add_argument("--polygons", action="store_true", help="--format json: add each class's polygons (with holes)")
+    s.add_argument(
+        "--tolerance", type=float, default=1.0, metavar="PX", help="--polygons: simplification tolerance in pixels"
+    )
     return s
+
+
+def format_kwargs(args) -> dict:
+    """The result-format options of ``segkit predict`` as keyword arguments (usage errors for misplaced ones)."""
+    formats = list(dict.fromkeys(args.format))
+    if args.coco_gt is not None and "coco" not in formats:
+        raise UsageError("--coco-gt is for --format coco")
+    if args.polygons and "json" not in formats:
+        raise UsageError("--polygons is for --format json")
+    if not args.tolerance >= 0:
+        raise UsageError(f"--tolerance {args.tolerance}: must be >= 0 pixels")
+    return dict(formats=formats, coco_gt=args.coco_gt, polygons=args.polygons, tolerance=args.tolerance)
 
 
 def run(args) -> int:
@@ -70,6 +101,7 @@ def run(args) -> int:
     source = args.source if args.source is not None else args.inputs
     if args.checkpoint is None or source is None:
         raise UsageError("give CKPT IMAGE_OR_DIR_OR_VIDEO (or --source N for a camera; --onnx MODEL.onnx IMAGE_OR_DIR)")
+    formats = format_kwargs(args)
     from segkit.engine.predict import is_camera, predict_paths
     from segkit.hub import load_model
     from segkit.utils import list_inputs
@@ -97,6 +129,7 @@ def run(args) -> int:
         device=dev,
         amp=args.amp,
         save_labels=args.save_labels,
+        **formats,
     )
     for p in written:
         print(p)
@@ -111,6 +144,7 @@ def run_onnx(args) -> int:
     inputs = args.inputs if args.onnx is None else (args.checkpoint if args.inputs is None else None)
     if inputs is None:
         raise UsageError("segkit predict --onnx MODEL.onnx IMAGE_OR_DIR --out DIR: give exactly one IMAGE_OR_DIR")
+    formats = format_kwargs(args)
     for flag in ("crop", "stride"):
         if getattr(args, flag):
             raise UsageError(f"segkit predict --onnx: --{flag} is not supported (whole-image inference only)")
@@ -124,7 +158,7 @@ def run_onnx(args) -> int:
     list_images(inputs, warn=False)  # a missing input or an empty folder is reported before --out is claimed
     _inputs_outside_out(inputs, args.out)
     claim_out(args, args.out)
-    for p in predict_paths_onnx(model_path, inputs, args.out, scale=args.scale):
+    for p in predict_paths_onnx(model_path, inputs, args.out, scale=args.scale, **formats):
         print(p)
     return 0
 

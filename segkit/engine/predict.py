@@ -43,6 +43,7 @@ from segkit.utils import (  # noqa: F401 (IMAGE_SUFFIXES, VIDEO_SUFFIXES, list_i
     output_stems,
 )
 
+from .result_formats import ResultWriter
 from .segmenter import _API_POLICY, AUTO_SLIDE_PIXELS, Segmenter  # noqa: F401 (AUTO_SLIDE_PIXELS re-exported)
 
 
@@ -118,6 +119,10 @@ def predict_paths(
     amp: str | None = None,
     save_labels: bool = False,
     overwrite: bool = False,
+    formats: Sequence[str] = ("png",),
+    coco_gt: str | Path | None = None,
+    polygons: bool = False,
+    tolerance: float = 1.0,
 ) -> list[Path]:
     """Segment an image file, every image in a folder, a video file or a camera; write the results.
 
@@ -136,6 +141,11 @@ def predict_paths(
         overwrite: an output file that already exists is refused before any image is segmented
             (:class:`~segkit.errors.OutputExistsError` naming it) unless this moves it aside to
             ``<name>.prev-<time>.png`` (:func:`segkit.utils.claim_output`).
+        formats: what is written per image (:class:`~segkit.engine.result_formats.ResultWriter`): ``"png"``
+            (label + overlay PNGs), ``"json"`` (``<stem>.json``: per class present its area, box and COCO
+            RLE, and with ``polygons`` its polygons simplified by ``tolerance`` px), ``"coco"``
+            (``coco_results.json`` for the whole input, ``image_id`` = file name, or the id in ``coco_gt``).
+            Videos and cameras write ``png`` only (an overlay video).
 
     Predictions always come back at the original image size. Returns the written paths in input
     order (a folder's images, then its videos). Raises :class:`~segkit.errors.NotFoundError` (a
@@ -169,18 +179,40 @@ def predict_paths(
     video_kw = dict(alpha=alpha, save_labels=save_labels, progress=progress, overwrite=overwrite)
     try:
         if is_camera(inputs):
+            if list(formats) != ["png"]:
+                raise UsageError(
+                    f"camera {inputs}: --format {' '.join(formats)} is for image files "
+                    "(a camera gives an overlay video)"
+                )
             return predict_video(seg, inputs, out_dir, **video_kw)
         files, videos = list_inputs(inputs, videos=True)
         stems, video_stems = output_stems(files), output_stems(videos)
-        for stem in stems:  # every output name checked before the first image is segmented
-            for kind in ("label", "overlay"):
-                claim_output(out_dir / f"{stem}_{kind}.png", overwrite=overwrite, what="", kind="file", **_API_POLICY)
+        if videos and list(formats) != ["png"]:
+            raise UsageError(
+                f"{videos[0]}: --format {' '.join(formats)} is for images; a video gives an overlay video "
+                "(--format png, and --save-labels for the label PNGs)"
+            )
+        writer = ResultWriter(
+            out_dir,
+            formats,
+            seg.classes,
+            seg.palette,
+            coco_gt=coco_gt,
+            polygons=polygons,
+            tolerance=tolerance,
+            alpha=alpha,
+            overwrite=overwrite,
+            policy=dict(what="", kind="file", **_API_POLICY),
+        )
+        writer.claim(stems, files)  # every output name checked before the first image is segmented
         for stem in video_stems:
             claim_output(out_dir / f"{stem}_overlay.mp4", overwrite=overwrite, what="", kind="file", **_API_POLICY)
         seg.check_memory(image_sizes(files), [str(f) for f in files])  # a huge image: refused before the first
         written: list[Path] = []
         for path, stem in zip(tqdm(files, desc="predict", disable=not progress or not files), stems):
-            written += seg(path).save(out_dir, stem, alpha=alpha)
+            res = seg(path)
+            written += writer.add(stem, res.label, res.image, path)
+        written += writer.finish()
         problems: list[VideoFramesError] = []
         for video, stem in zip(videos, video_stems):
             try:

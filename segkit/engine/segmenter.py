@@ -81,6 +81,46 @@ class SegResult:
         order = np.argsort(-counts)
         return {self.classes[i]: float(counts[i] / total) for i in order if counts[i]}
 
+    def masks(self, all_classes: bool = False) -> dict[str, np.ndarray]:
+        """``{class name: bool (H, W) mask}`` for the classes present (``all_classes=True``: every class), in
+        class-id order (:func:`segkit.engine.result_formats.class_masks`)."""
+        from .result_formats import class_masks
+
+        return class_masks(self.label, self.classes, all_classes=all_classes)
+
+    def rle(self) -> dict[str, dict]:
+        """``{class name: COCO RLE}`` for the classes present, in class-id order: ``{"size": [H, W], "counts":
+        str}``, COCO's compressed column-major run-length encoding written by ``pycocotools.mask.encode``;
+        ``pycocotools.mask.decode`` of it (``counts`` as str or bytes) equals :meth:`masks` exactly.
+        Needs ``pycocotools`` (``pip install "segkit[coco]"``; :class:`~segkit.errors.MissingDependencyError`
+        naming it otherwise)."""
+        from .result_formats import class_rles
+
+        return class_rles(self.label, self.classes)
+
+    def polygons(self, tolerance: float = 1.0, min_points: int = 3) -> dict[str, list[dict]]:
+        """``{class name: [{"exterior": int32 (N, 2), "holes": [int32 (M, 2), ...]}, ...]}``: each present
+        class's regions as polygons with holes (OpenCV contours; ``[x, y]`` pixel centres of the border
+        pixels), in drawing order. ``tolerance``: Douglas–Peucker simplification in pixels (0 = none);
+        rings with fewer than ``min_points`` vertices are dropped (see
+        :func:`segkit.engine.result_formats.mask_polygons` for the conventions and how to draw them back)."""
+        from .result_formats import class_polygons
+
+        return class_polygons(self.label, self.classes, tolerance=tolerance, min_points=min_points)
+
+    def to_json(self, polygons: bool = False, tolerance: float = 1.0, indent: int | None = None) -> str:
+        """A JSON document of this result: file, size, and per class present its id, name, area (px),
+        fraction, ``bbox`` ``[x, y, w, h]``, COCO ``rle`` and, with ``polygons=True``, its polygons
+        (:func:`segkit.engine.result_formats.result_dict`). Needs ``pycocotools``."""
+        import json
+
+        from .result_formats import result_dict
+
+        doc = result_dict(
+            self.label, self.classes, path=self.path, name=self.name, polygons=polygons, tolerance=tolerance
+        )
+        return json.dumps(doc, indent=indent)
+
     def save(
         self, directory: str | os.PathLike, stem: str | None = None, alpha: float = 0.5, overwrite: bool = False
     ) -> list[Path]:

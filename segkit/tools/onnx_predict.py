@@ -177,36 +177,45 @@ def predict_paths_onnx(
     threads: int | None = None,
     alpha: float = 0.5,
     overwrite: bool = False,
+    formats: Sequence[str] = ("png",),
+    coco_gt: str | Path | None = None,
+    polygons: bool = False,
+    tolerance: float = 1.0,
 ) -> list[Path]:
     """Segment an image or a folder of images with an exported model; write label + overlay PNGs.
 
     Output names as ``segkit predict``: ``<stem>_label.png``, ``<stem>_overlay.png`` (files
-    sharing a stem get their suffix appended). ``scale`` overrides the exported test resize
+    sharing a stem get their suffix appended); ``formats``, ``coco_gt``, ``polygons``, ``tolerance``: the
+    other result formats, as :func:`segkit.engine.predict.predict_paths` (``json``, ``coco``). ``scale``
+    overrides the exported test resize
     (``0`` = none). An output file that already exists is refused before the first image is
     segmented (:class:`~segkit.errors.OutputExistsError`) unless ``overwrite`` moves it aside
     (:func:`segkit.utils.claim_output`). Returns the written paths in input order. Raises ``FileNotFoundError`` /
     ``ValueError`` naming the model or image at fault.
     """
     from segkit.data.io import read_image
-    from segkit.engine.visualize import label_png, overlay_with_legend, png_bytes
-    from segkit.utils import atomic_write_bytes, claim_output
+    from segkit.engine.result_formats import ResultWriter
 
     model = OnnxSegmenter(model_path, threads=threads)
     if model.num_classes > 256:
         raise UsageError(f"{model.num_classes} classes do not fit an 8-bit label PNG (max 256)")
     files = list_images(inputs)
-    out_dir = Path(out_dir)
     policy = {"what": "", "kind": "file", "flag": "overwrite=True", "elsewhere": "write to another directory"}
-    for stem in output_stems(files):  # every output name checked before the first image is segmented
-        for kind in ("label", "overlay"):
-            claim_output(out_dir / f"{stem}_{kind}.png", overwrite=overwrite, **policy)
+    writer = ResultWriter(
+        out_dir,
+        formats,
+        model.class_names,
+        model.palette,
+        coco_gt=coco_gt,
+        polygons=polygons,
+        tolerance=tolerance,
+        alpha=alpha,
+        overwrite=overwrite,
+        policy=policy,
+    )
+    writer.claim(output_stems(files), files)  # every output name checked before the first image is segmented
     written = []
     for f, stem in zip(files, output_stems(files)):
         image = read_image(f)
-        label = model.predict(image, scale)
-        label_path, overlay_path = out_dir / f"{stem}_label.png", out_dir / f"{stem}_overlay.png"
-        atomic_write_bytes(label_path, png_bytes(label_png(label, model.palette)))
-        vis = overlay_with_legend(image, label, model.palette, model.class_names, alpha=alpha, ignore_index=-1)
-        atomic_write_bytes(overlay_path, png_bytes(vis))
-        written += [label_path, overlay_path]
-    return written
+        written += writer.add(stem, model.predict(image, scale), image, f)
+    return written + writer.finish()
