@@ -734,6 +734,7 @@ class Trainer:
         Writes the summary line of ``train_log.jsonl`` and returns the summary."""
         rt = self.rt
         summary = {"iterations": self.it, "skipped_steps": self.skipped}
+        budget_used = round(self.budget.elapsed(), 1) if self.budget is not None else None  # up to the last step
         if self.stop_signal is not None:  # the run did not finish: the caller says so (segkit train exits 128+N)
             summary["stopped_by_signal"] = int(self.stop_signal)
         if rt.world > 1:
@@ -749,9 +750,7 @@ class Trainer:
             summary.update(final_mIoU=final_miou)
         if self.budget is not None:
             b = self.budget
-            summary.update(
-                time_budget_s=b.seconds, budget_used_s=round(b.elapsed(), 1), s_per_iter=b.seconds_per_iter()
-            )
+            summary.update(time_budget_s=b.seconds, budget_used_s=budget_used, s_per_iter=b.seconds_per_iter())
         summary.update(
             best_mIoU=self.best_miou if self.best_miou >= 0 else None,
             work_dir=str(self.work_dir),
