@@ -14,6 +14,7 @@
     segkit predict --onnx model.onnx IMAGE_OR_DIR --out DIR   (onnxruntime, no PyTorch needed)
     segkit analyze {layers,erf,features,attention,gradcam,sizes} MODEL ... --out DIR
     segkit pretrain ENCODER --data FOLDER [--epochs N] [--set k=v ...] [--resume auto]
+    segkit serve MODEL [--host 127.0.0.1] [--port 8000] [--max-batch 8] [--api-key KEY]   (HTTP API + web page)
 
 Every sub-command is a thin wrapper: the work is done by the functions it calls. Exit status, the
 same in every sub-command (:mod:`segkit.errors`): 0 on success, 1 when the data, a file, a
@@ -54,6 +55,7 @@ from segkit.cli import (
     predict,
     pretrain,
     robustness,
+    serve,
     train,
 )
 from segkit.cli.common import Formatter
@@ -74,6 +76,7 @@ COMMANDS = (
     export,
     analyze,
     pretrain,
+    serve,
 )
 
 
