@@ -160,7 +160,7 @@ def test_page_health_and_metrics(client, segmenter):
     h = client.get("/health").json()
     assert h["status"] == "ok" and h["model"] == "segformer-b0" and h["classes"] == segmenter.classes
     assert h["backend"] == "torch" and h["device"] == "cpu" and h["auth"] is False
-    assert "120x90" in h["protocol"]
+    assert "64x48" in h["protocol"]
 
     before = client.get("/metrics").text
     post(client, "/predict", b"")  # a 400
@@ -324,7 +324,7 @@ def test_queue_full_is_503_with_retry_after_and_timeout_is_504(torch_backend, im
 
 
 def test_dynamic_batching_and_health_while_busy(torch_backend, segmenter, images):
-    """Requests whose network inputs share a shape (480x360 and 470x350 both run at 128x96) form one batch
+    """Requests whose network inputs share a shape (480x360 and 470x350 both run at 64x64) form one batch
     while the worker is busy; labels still equal the Segmenter's; /health answers during the batch."""
     slow = SlowBackend(torch_backend, 0.6)
     with TestClient(create_app(slow, max_batch=8, max_wait_ms=50)) as client:
