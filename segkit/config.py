@@ -192,10 +192,18 @@ class EvalConfig:
     stride: Optional[list] = None
     scales: list = field(default_factory=lambda: [1.0])
     flip: bool = False
+    # binary task: a pixel is foreground where sigmoid(logit) >= threshold (saved with the model)
+    threshold: float = 0.5
 
 
 @dataclass
 class Config:
+    """A training run. ``task``: ``multiclass`` (softmax over K classes, the papers) or ``binary`` (one logit per
+    pixel, binary cross-entropy, foreground metrics at ``eval.threshold``; masks stored as 0/1 or 0/255 are read
+    as background / foreground, :mod:`segkit.data.binary`); null = ``binary`` when ``model_args.num_classes`` is 1,
+    else ``multiclass``."""
+
+    task: Optional[str] = None
     model: str = "segnext-t"
     model_args: dict = field(default_factory=dict)
     pretrained: Optional[str] = None
@@ -210,6 +218,11 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def is_binary(self) -> bool:
+        """Whether the run trains the binary task (``task: binary``, or ``model_args.num_classes: 1``)."""
+        return self.task == "binary" or (self.task is None and self.model_args.get("num_classes") == 1)
 
     def origin(self, key: str) -> str:
         """Where the value of the dotted ``key`` came from, for messages: ``"--set KEY=VALUE"`` when a command-line
@@ -244,6 +257,23 @@ class Config:
             self.model.lower() in MODELS,
             "model",
             f"unknown model {self.model!r}{suggest(self.model, MODELS)}; `segkit models` lists them",
+        )
+        need(
+            self.task in (None, "multiclass", "binary"),
+            "task",
+            f"must be 'multiclass' or 'binary', got {self.task!r}",
+        )
+        k = self.model_args.get("num_classes")
+        need(
+            k is None or (self.task == "binary") == (k == 1) or self.task is None,
+            "model_args.num_classes",
+            f"{k} with task: {self.task}; the binary task has one logit (num_classes: 1 means task: binary)",
+        )
+        need(0 < self.eval.threshold < 1, "eval.threshold", f"must be in (0, 1), got {self.eval.threshold}")
+        need(
+            not (self.is_binary and self.train.ohem_thresh is not None),
+            "train.ohem_thresh",
+            "OHEM is for the multi-class cross-entropy; remove it with task: binary",
         )
         self._check_model_args()
         self._check_data_specs()
@@ -354,6 +384,9 @@ class Config:
         "palette": "the palette comes from data.train",
         "ignore_index": "the ignore index comes from data.train",
         "loss_avg": "set train.loss_avg instead",
+        "task": "set task: binary at the top of the config",
+        "threshold": "set eval.threshold instead",
+        "mask_values": "the binary mask values come from data.train",
     }
 
     def _check_model_args(self) -> None:
@@ -365,12 +398,17 @@ class Config:
 
         args = self.model_args
         for k, why in self.RUN_SETS.items():
-            if k in args and (k == "loss_avg" or self.data.train is not None):
+            if k in args and (k in ("loss_avg", "task", "threshold") or self.data.train is not None):
                 err = ConfigError(f"model_args.{k}: the run sets this itself ({why}); remove it")
                 err.key = f"model_args.{k}"
                 raise err
         try:
             check_model_args(self.model, **{k: v for k, v in args.items() if k != "num_classes"})
+            if args.get("in_channels", 3) != 3 and not ("mean" in args and "std" in args):
+                raise UsageError(
+                    f"in_channels: {args['in_channels']} needs mean: [...] and std: [...] with one value per channel "
+                    f"(0-255 scale; segkit check-data DATA --stats --in-channels {args['in_channels']} computes them)"
+                )
         except (UsageError, TypeError, ValueError) as e:
             named = [k for k in args if repr(k) in str(e)]
             err = ConfigError(f"model_args: {e}")

@@ -141,6 +141,7 @@ class LoadReport:
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)  # 3-channel input kernels adapted to the model's in_channels
 
     def __str__(self) -> str:
         lines = [f"checkpoint {self.source} (format: {self.format}): {len(self.loaded)} tensors loaded"]
@@ -191,7 +192,11 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path, strict: bool = Tru
     report = LoadReport(source=str(path), format=fmt, dropped=list(dropped), notes=list(notes))
     own = model.state_dict()
     to_load = {}
+    adapted = []
     for k, v in state.items():
+        if k in own and _is_input_conv_mismatch(v, own[k], getattr(model, "in_channels", 3)):
+            v = adapt_input_conv(v, own[k].shape[1])
+            adapted.append(k)
         if k not in own:
             report.unexpected.append(k)
         elif tuple(v.shape) != tuple(own[k].shape):
@@ -200,6 +205,15 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path, strict: bool = Tru
             to_load[k] = v
     report.missing = [k for k in own if k not in to_load and not k.endswith("num_batches_tracked")]
     report.loaded = sorted(to_load)
+    if adapted:
+        n = own[adapted[0]].shape[1]
+        report.notes.append(
+            f"{len(adapted)} input convolution(s) adapted from 3 to {n} channels ("
+            + ("RGB kernel summed" if n == 1 else f"RGB kernel repeated and scaled by 3/{n}")
+            + "): "
+            + ", ".join(adapted)
+        )
+        report.adapted = adapted
     has_head = any(k.startswith("decode_head.") for k in state)
     if strict:
         problems = []
@@ -240,6 +254,45 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path, strict: bool = Tru
     return report
 
 
+def _is_input_conv_mismatch(src: torch.Tensor, dst: torch.Tensor, in_channels: int) -> bool:
+    """Whether ``src`` is a 3-channel convolution kernel ``(O, 3, k, k)`` where the model, built for
+    ``in_channels != 3`` input channels, holds ``(O, in_channels, k, k)``."""
+    return (
+        in_channels != 3
+        and src.ndim == 4
+        and dst.ndim == 4
+        and src.shape[1] == 3
+        and dst.shape[1] == in_channels
+        and src.shape[0] == dst.shape[0]
+        and src.shape[2:] == dst.shape[2:]
+    )
+
+
+def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """A pretrained RGB convolution kernel ``(O, 3, k, k)`` for ``in_channels`` input channels — the rule of timm's
+    ``adapt_input_conv`` (``timm/models/_manipulate.py``): for 1 channel the kernel summed over RGB (a gray
+    image gives the response of an RGB image with three equal channels); for N > 1 the RGB kernel repeated
+    ``ceil(N / 3)`` times along the input channels, cut to N and scaled by ``3 / N``, so that the response to
+    inputs of the same scale keeps its magnitude. Returns a new tensor of the input's dtype.
+
+    Raises :class:`~segkit.errors.UsageError` for a kernel without 3 input channels or ``in_channels < 1``.
+    """
+    import math
+
+    from segkit.errors import UsageError
+
+    if weight.ndim != 4 or weight.shape[1] != 3 or int(in_channels) < 1:
+        raise UsageError(
+            f"expected a (O, 3, k, k) kernel and in_channels >= 1, got {tuple(weight.shape)}, {in_channels}"
+        )
+    w = weight.float()
+    if in_channels == 1:
+        out = w.sum(dim=1, keepdim=True)
+    else:
+        out = w.repeat(1, math.ceil(in_channels / 3), 1, 1)[:, :in_channels] * (3.0 / in_channels)
+    return out.to(weight.dtype)
+
+
 def model_from_description(desc: dict):
     """A freshly built model (random weights) from a ``Segmentor.config()`` dict (``config.json`` of a
     ``save_pretrained`` folder, ``meta`` of a training checkpoint): its model name, class count,
@@ -256,6 +309,10 @@ def model_from_description(desc: dict):
         mean=desc.get("mean"),
         std=desc.get("std"),
         loss_avg=desc.get("loss_avg", "valid"),
+        task=desc.get("task"),
+        threshold=desc.get("threshold"),
+        mask_values=desc.get("mask_values"),
+        in_channels=desc.get("in_channels"),
     )
 
 

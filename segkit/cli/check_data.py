@@ -16,7 +16,9 @@ def add_parser(sub):
         formatter_class=Formatter,
         help="scan labels: class frequencies and guard-rail errors",
         epilog=examples(
-            "segkit check-data ${SEGKIT_DATA}/camvid --split train", "segkit check-data --config my.yaml --split val"
+            "segkit check-data ${SEGKIT_DATA}/camvid --split train",
+            "segkit check-data --config my.yaml --split val",
+            "segkit check-data --config rgb_nir.yaml --stats   # per-band mean/std for model_args",
         ),
     )
     s.add_argument("root", nargs="?", help="dataset root (or use --config)")
@@ -25,6 +27,16 @@ def add_parser(sub):
     s.add_argument("--config", help="take the dataset from this config instead of ROOT")
     s.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for --config")
     s.add_argument("--num-classes", type=positive_int, help="expected class count (default: the dataset's)")
+    s.add_argument(
+        "--in-channels",
+        type=positive_int,
+        help="bands per image (default: model_args.in_channels of --config, else 3); 4 reads RGB + NIR TIFFs",
+    )
+    s.add_argument(
+        "--stats",
+        action="store_true",
+        help="also print the per-band mean and std of the images (0-255 scale), to paste into model_args",
+    )
     return s
 
 
@@ -32,15 +44,26 @@ def run(args) -> int:
     from segkit.config import load_config
     from segkit.data import build_dataset, check_dataset
 
+    channels = 3
     if args.config:
         cfg = load_config(args.config, args.set)
         spec = getattr(cfg.data, args.split, None) or cfg.data.train
+        channels = int(cfg.model_args.get("in_channels", 3))
     elif args.root:
         spec = {"type": args.data_type, "root": args.root, "split": args.split}
     else:
         raise UsageError("give a dataset ROOT or --config CONFIG")
-    report = check_dataset(build_dataset(spec), num_classes=args.num_classes, raise_on_error=False)
+    dataset = build_dataset(spec)
+    dataset.in_channels = args.in_channels or channels
+    report = check_dataset(dataset, num_classes=args.num_classes, raise_on_error=False)
     print(report.table())
+    if args.stats and report.ok:
+        from segkit.data.checks import image_statistics
+
+        mean, std, n = image_statistics(dataset)
+        print(f"image statistics ({dataset.in_channels} band(s), {n:,} pixels per band, 0-255 scale):")
+        print(f"  mean: [{', '.join(f'{v:.3f}' for v in mean)}]")
+        print(f"  std: [{', '.join(f'{v:.3f}' for v in std)}]")
     if not report.ok:  # the table lists the problems; the exit status says there are some
         print(f"segkit check-data: {len(report.problems)} problem(s) found", file=sys.stderr)
         return 1

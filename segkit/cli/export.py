@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from segkit.cli.common import Formatter, claim_out, examples, hw, overwrite_arg
+from segkit.cli.common import Formatter, claim_out, examples, hw, overwrite_arg, positive_int
+from segkit.errors import UsageError
 
 NAME = "export"
 
@@ -12,7 +13,11 @@ def add_parser(sub):
         NAME,
         formatter_class=Formatter,
         help="export to ONNX (decoder-stride logits + metadata), verified with onnxruntime",
-        epilog=examples("segkit export work_dirs/run/final --dynamic --out model.onnx"),
+        epilog=examples(
+            "segkit export work_dirs/run/final --dynamic --out model.onnx",
+            "segkit export work_dirs/run/final --dynamic --quantize int8 "
+            "--calibration ${SEGKIT_DATA}/camvid/images/train --out model.int8.onnx",
+        ),
     )
     s.add_argument("checkpoint", help="a save_pretrained folder or a training checkpoint .pth")
     s.add_argument("--format", default="onnx", choices=["onnx"], help="export format")
@@ -28,6 +33,29 @@ def add_parser(sub):
         choices=["decoder", "input"],
         help="graph output: logits at the decoder's stride, or upsampled to the input size",
     )
+    s.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="static INT8 quantization with onnxruntime (QDQ, per-channel int8 weights, uint8 activations), "
+        "calibrated on --calibration through the model's test protocol",
+    )
+    s.add_argument("--calibration", metavar="DIR", help="--quantize: folder of calibration images (e.g. train images)")
+    s.add_argument(
+        "--num-calib", type=positive_int, default=32, metavar="N", help="--quantize: calibration images (evenly spaced)"
+    )
+    s.add_argument(
+        "--calib-method",
+        choices=["minmax", "entropy", "percentile"],
+        default="minmax",
+        help="--quantize: activation-range calibration (minmax: chosen by CamVid val mIoU, benchmarks/results/int8.md)",
+    )
+    s.add_argument(
+        "--int8-ops",
+        choices=["matmul", "all"],
+        default="matmul",
+        help="--quantize: matmul = Conv, Gemm and weight MatMuls (LayerNorm, softmax, attention products, the Ham "
+        "NMF stay float); all = every op onnxruntime can quantize (the NMF still float)",
+    )
     s.add_argument("--out", required=True, help="the .onnx file to write")
     overwrite_arg(s, kind="file")
     return s
@@ -39,6 +67,11 @@ def run(args) -> int:
     from segkit.utils import require
 
     require("onnx", "tools", "segkit export")  # before the model is loaded
+    if args.quantize:
+        return run_int8(args)
+    for flag in ("calibration",):
+        if getattr(args, flag) is not None:
+            raise UsageError(f"--{flag} is for --quantize int8")
     claim_out(args, args.out, kind="file")
     model = load_model(args.checkpoint)
     rep = export_onnx(
@@ -61,4 +94,45 @@ def run(args) -> int:
             f"  check {c.get('image', 'random input')} {tuple(c['input'])}: max |logit diff| {c['max_abs_diff']:.2e} "
             f"(max |logit| {c['max_abs_logit']:.2f}), argmax agreement {100 * c['argmax_agreement']:.2f}%"
         )
+    return 0
+
+
+def run_int8(args) -> int:
+    """``segkit export --quantize int8``: the float32 export, then onnxruntime static quantization."""
+    from segkit import load_model
+    from segkit.tools.quantize import calibration_files, export_int8
+
+    if args.calibration is None:
+        raise UsageError("--quantize int8 needs --calibration DIR (a folder of images the model will see)")
+    if args.check or args.logits_at != "decoder":
+        raise UsageError("--quantize int8: --check / --logits-at input are for the float32 export")
+    calibration_files(args.calibration, args.num_calib)  # a bad folder before the model is loaded
+    claim_out(args, args.out, kind="file")
+    model = load_model(args.checkpoint)
+    rep = export_int8(
+        model,
+        args.out,
+        args.calibration,
+        num_calib=args.num_calib,
+        method=args.calib_method,
+        ops=args.int8_ops,
+        shape=args.shape,
+        dynamic=args.dynamic,
+        opset=args.opset,
+        verify=not args.no_verify,
+    )
+    quantized = ", ".join(f"{k} {v}" for k, v in rep["quantized"].items())
+    floating = ", ".join(f"{k} {v}" for k, v in rep["float"].items())
+    print(
+        f"wrote {rep['path']} ({rep['size_mb']:.1f} MB, INT8 QDQ, {rep['weights']} weights, {rep['activations']} "
+        f"activations; {rep['method']} calibration on {rep['num_calib']} image(s) of {args.calibration})"
+    )
+    print(f"  quantized: {quantized or 'none'}")
+    print(
+        f"  float32:   {floating or 'none'}"
+        + (f" (+ the Ham NMF: {len(rep['excluded'])} nodes)" if rep["excluded"] else "")
+    )
+    print(
+        f"  labels agree with the float32 export on {100 * rep['agreement']:.2f}% of the pixels of 4 calibration images"
+    )
     return 0

@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from segkit.data.datasets import SegDataset, size_mismatch_message
-from segkit.data.io import DataError, probe_image
+from segkit.data.io import DataError, ImageInfo, probe_image, read_bands, read_image
 from segkit.errors import UsageError
 
-__all__ = ["check_dataset", "DatasetReport"]
+__all__ = ["check_dataset", "DatasetReport", "image_statistics"]
 
 
 @dataclass
@@ -154,7 +154,12 @@ def _scan_sample(dataset: SegDataset, i: int, decode_images: bool) -> _SampleRes
     image_path, label_path = dataset.samples[i]
     info = None
     try:
-        info = probe_image(image_path, decode=decode_images, data=dataset.image_bytes(i))
+        channels = getattr(dataset, "in_channels", 3)
+        if channels == 3:
+            info = probe_image(image_path, decode=decode_images, data=dataset.image_bytes(i))
+        else:  # multi-band: decoded with the reader training uses (tifffile for TIFFs), band count checked
+            h, w = read_bands(image_path, channels, data=dataset.image_bytes(i)).shape[:2]
+            info = ImageInfo(height=h, width=w, mode=f"{channels} bands", orientation=1, conversion=None)
         res.size, res.conversion = (info.width, info.height), info.conversion
     except DataError as e:
         res.problems.append((_kind_of(str(e), "image"), str(e)))
@@ -223,6 +228,31 @@ def training_trap(report: DatasetReport, dataset: SegDataset) -> str | None:
             f"anything from one class. Check the label values (segkit check-data), or give classes: [...]"
         )
     return None
+
+
+def image_statistics(dataset: SegDataset, workers: int | None = None) -> tuple[list[float], list[float], int]:
+    """Per-channel ``(mean, std, pixels)`` of every image of ``dataset`` on the 0–255 scale, as read for training
+    (:attr:`~segkit.data.datasets.SegDataset.in_channels` bands; 16-bit scaled), over all pixels of all images
+    (population std). For a model's ``mean`` / ``std`` (``segkit check-data --stats``); images are read on a
+    thread pool, sums kept in float64. Raises :class:`~segkit.errors.DataError` naming an unreadable image."""
+    channels = int(getattr(dataset, "in_channels", 3))
+
+    def sums(i: int) -> tuple[np.ndarray, np.ndarray, int]:
+        path = dataset.samples[i][0]
+        data = dataset.image_bytes(i)
+        img = read_image(path, data=data) if channels == 3 else read_bands(path, channels, data=data)
+        flat = img.reshape(-1, channels).astype(np.float64)
+        return flat.sum(0), (flat * flat).sum(0), flat.shape[0]
+
+    total, total_sq, n = np.zeros(channels), np.zeros(channels), 0
+    with ThreadPoolExecutor(max_workers=workers or min(8, 2 * (os.cpu_count() or 1))) as ex:
+        for s, sq, k in ex.map(sums, range(len(dataset))):
+            total, total_sq, n = total + s, total_sq + sq, n + k
+    if n == 0:
+        raise DataError(f"{dataset.name}: no image pixels to compute statistics from")
+    mean = total / n
+    std = np.sqrt(np.maximum(total_sq / n - mean * mean, 0.0))
+    return [float(v) for v in mean], [float(v) for v in std], n
 
 
 def check_dataset(

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from segkit.data import meta
-from segkit.data.io import IMAGE_SUFFIXES, DataError, read_image, read_label
+from segkit.data.io import IMAGE_SUFFIXES, DataError, quiet_conversions, read_bands, read_image, read_label
 from segkit.errors import UsageError
 
 __all__ = [
@@ -131,6 +131,9 @@ class SegDataset:
         self._cache: list | None = None
         self.classes_discovered = False  # the class list was read off the label values (FolderDataset)
         self.ignore_declared = True  # ignore_index was given (spec / meta.json), not taken by default
+        # bands per image: 3 = RGB (read_image); another count reads multi-band files (read_bands). Set by the
+        # run from the model's in_channels (segkit train / eval), not a spec key
+        self.in_channels = 3
 
     @property
     def num_classes(self) -> int:
@@ -212,7 +215,8 @@ class SegDataset:
 
     def load(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
         """``(image uint8 (H, W, 3) RGB, label uint8 (H, W) train ids | None)`` of sample ``i``
-        (read-only arrays after :meth:`preload`).
+        (read-only arrays after :meth:`preload`); with ``in_channels != 3`` the image is ``(H, W, in_channels)``
+        (:func:`~segkit.data.io.read_bands`).
 
         Raises:
             DataError: unreadable files, or image and label of different sizes (names both files).
@@ -220,7 +224,12 @@ class SegDataset:
         if self._cache is not None:
             return self._cache[i]
         image_path, label_path = self.samples[i]
-        image = read_image(image_path, data=self.image_bytes(i))
+        channels = getattr(self, "in_channels", 3)
+        if channels == 3:  # conversions (grayscale, 16-bit …) are summarised once per data set, not per file
+            with quiet_conversions():
+                image = read_image(image_path, data=self.image_bytes(i))
+        else:
+            image = read_bands(image_path, channels, data=self.image_bytes(i))
         if label_path is None:
             return image, None
         label = self.read_raw_label(i)

@@ -2,7 +2,10 @@
 
 * :func:`read_image` -> ``uint8 (H, W, 3)`` RGB. EXIF orientation is applied (as the reference
   loader does: mmcv/OpenCV ``IMREAD_COLOR`` honours it). Grayscale, RGBA, palette, CMYK and
-  16-bit images are converted to 8-bit RGB with a :class:`UserWarning` naming the file.
+  16-bit images are converted to 8-bit RGB with a :class:`UserWarning` naming the file (at most
+  :data:`WARNING_LIMIT` per kind and process; none inside :func:`quiet_conversions`, which the data
+  sets use: a data set's conversions are summarised in one line by :func:`segkit.data.check_dataset`).
+* :func:`read_bands` -> ``uint8 (H, W, C)`` multi-band images (RGB + NIR TIFFs via ``tifffile``).
 * :func:`read_label` -> ``uint8 (H, W)`` class indices, read "unchanged" (a palette PNG such as
   Pascal VOC's gives its indices, not its colours). A 3-channel colour mask is refused with a
   :class:`DataError` that explains how to convert it (:func:`colour_to_index`,
@@ -22,8 +25,10 @@ raises on truncation.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import threading
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -40,6 +45,9 @@ __all__ = [
     "DataError",
     "IMAGE_SUFFIXES",
     "read_image",
+    "read_bands",
+    "TIFF_SUFFIXES",
+    "quiet_conversions",
     "pil_to_rgb",
     "read_label",
     "probe_image",
@@ -59,9 +67,26 @@ _GRAY_16BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 # print one line per image); the last one says that further ones are suppressed.
 WARNING_LIMIT = 10
 _warn_counts: Counter = Counter()
+_quiet = threading.local()
+
+
+@contextlib.contextmanager
+def quiet_conversions():
+    """Within this block (in this thread) :func:`read_image` converts grayscale, palette, RGBA, CMYK and 16-bit
+    images without a warning per file. The data sets read their images this way: ``segkit train`` and
+    ``segkit check-data`` say it once per data set instead (the label scan's summary line, "N image(s) are not
+    8-bit RGB and will be converted when read: grayscale -> RGB (N)", :func:`segkit.data.check_dataset`)."""
+    before = getattr(_quiet, "on", False)
+    _quiet.on = True
+    try:
+        yield
+    finally:
+        _quiet.on = before
 
 
 def _warn(kind: str, message: str) -> None:
+    if getattr(_quiet, "on", False):
+        return
     _warn_counts[kind] += 1
     n = _warn_counts[kind]
     if n < WARNING_LIMIT:
@@ -189,6 +214,77 @@ def read_image(path: str | os.PathLike, data: bytes | None = None) -> np.ndarray
     if orientation != 1:
         img = ImageOps.exif_transpose(img)
     return _to_rgb(img, path)
+
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def read_bands(path: str | os.PathLike, channels: int, data: bytes | None = None) -> np.ndarray:
+    """Read a multi-band image (RGB + NIR …) as ``uint8 (H, W, channels)``, for models with ``in_channels != 3``.
+
+    * TIFF (``.tif`` / ``.tiff``): read with ``tifffile`` (the ``segkit[tiff]`` extra), not Pillow, which
+      does not read most multi-band or 16-bit multi-sample TIFFs. Band-interleaved ``(H, W, C)`` and planar
+      ``(C, H, W)`` layouts are both accepted (planar when the first axis is the shortest and ≤ 16).
+    * Other formats: Pillow — ``channels`` 1 reads the image as gray (``L``), 3 as :func:`read_image`, 4 an RGBA
+      file's four channels as four bands (a stacked RGB + NIR PNG).
+
+    Values: uint8 as stored; 16-bit bands scaled by 255 / 65535 with rounding (as 16-bit gray images,
+    :func:`read_image`), not saturated; float bands in 0..1 scaled by 255. Choice: segkit's pipeline
+    (augmentation, normalisation tables) works on 8 bits, so every band is brought to 0..255 the same way;
+    per-band ``mean`` / ``std`` of the model are on that scale (``segkit check-data --stats`` computes them).
+
+    Raises:
+        DataError: missing / unreadable file, another number of bands than ``channels`` (naming both), float
+            values outside 0..1, or an unsupported layout; the message starts with the path.
+        MissingDependencyError: a TIFF without ``tifffile`` installed (``pip install "segkit[tiff]"``).
+    """
+    channels = int(channels)
+    data = _read_bytes(path) if data is None else data
+    if str(path).lower().endswith(TIFF_SUFFIXES):
+        from segkit.utils import require
+
+        tifffile = require("tifffile", "tiff", f"{path}: reading a multi-band TIFF")
+        try:
+            arr = np.asarray(tifffile.imread(io.BytesIO(data)))
+        except Exception as e:  # noqa: BLE001 - tifffile raises many types for corrupt files
+            raise DataError(f"{path}: cannot read the TIFF ({type(e).__name__}: {e})") from None
+        arr = _bands_last(arr, path)
+    elif channels == 3:
+        return read_image(path, data=data)
+    else:
+        img = _decode(path, _open(path, data))
+        if channels == 1:
+            gray16 = img.mode in _GRAY_16BIT_MODES
+            gray = _gray16_to_uint8(np.asarray(img), path) if gray16 else np.asarray(img.convert("L"))
+            return np.ascontiguousarray(gray)[:, :, None]
+        arr = np.asarray(img.convert("RGBA") if channels == 4 and img.mode in ("RGBA", "RGBa", "RGBX") else img)
+        arr = arr[:, :, None] if arr.ndim == 2 else arr
+    if arr.shape[2] != channels:
+        raise DataError(f"{path}: image has {arr.shape[2]} band(s), but the model takes in_channels={channels}")
+    return np.ascontiguousarray(_bands_to_uint8(arr, path))
+
+
+def _bands_last(arr: np.ndarray, path) -> np.ndarray:
+    """``(H, W, C)`` from a 2-D image, ``(H, W, C)`` or planar ``(C, H, W)`` array."""
+    if arr.ndim == 2:
+        return arr[:, :, None]
+    if arr.ndim != 3:
+        raise DataError(f"{path}: TIFF with {arr.ndim} dimensions {arr.shape}; expected one (H, W, bands) image")
+    if arr.shape[0] <= 16 and arr.shape[0] < min(arr.shape[1], arr.shape[2]):
+        return np.moveaxis(arr, 0, -1)
+    return arr
+
+
+def _bands_to_uint8(arr: np.ndarray, path) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.uint16:
+        return ((arr.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if arr.dtype.kind == "f":
+        if arr.size and (not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1):
+            raise DataError(f"{path}: float bands with values outside 0..1 (or NaN); scale them to 0..1 or 8/16 bits")
+        return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+    raise DataError(f"{path}: bands of type {arr.dtype} are not supported (expected uint8, uint16 or float 0..1)")
 
 
 def pil_to_rgb(img: Image.Image, name: str | os.PathLike = "image") -> np.ndarray:

@@ -138,7 +138,18 @@ def photometric_distortion(
 
     Random draws (global ``np.random``), in the reference order: brightness, mode, [contrast],
     saturation, hue, [contrast]; each op applies with probability 0.5 (see module doc).
+
+    Multi-band images ``(H, W, C)``: with ``C > 3`` the distortion (the same draws) changes the first three
+    bands (RGB) only and keeps the others (NIR …), because saturation and hue are defined on RGB and a colour
+    jitter of a NIR band has no physical meaning; with ``C < 3`` the image is returned unchanged (no draws).
     """
+    if img.ndim == 2 or img.shape[2] < 3:
+        return img
+    if img.shape[2] > 3:
+        rgb = photometric_distortion(
+            np.ascontiguousarray(img[:, :, :3]), brightness_delta, contrast_range, saturation_range, hue_delta
+        )
+        return np.concatenate([rgb, img[:, :, 3:]], axis=2)
     if np.random.randint(2):
         img = cv2.LUT(img, _convert_lut(beta=np.random.uniform(-brightness_delta, brightness_delta)))
     mode = np.random.randint(2)
@@ -166,14 +177,20 @@ def _normalize_lut(mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
 
 
 def normalize_to_array(img: np.ndarray, lut: np.ndarray, out_size: Sequence[int] | None = None) -> np.ndarray:
-    """``uint8 (H, W, 3)`` -> normalised ``float32 (3, H', W')`` array, zero-padded bottom/right to ``out_size``.
+    """``uint8 (H, W, C)`` -> normalised ``float32 (C, H', W')`` array, zero-padded bottom/right to ``out_size``.
 
-    ``lut``: ``(3, 256)`` float32 table ``(v - mean_c) / std_c`` (exact per value).
+    ``lut``: ``(C, 256)`` float32 table ``(v - mean_c) / std_c`` (exact per value); C = 3 for RGB, one row
+    per band for multi-band images. Raises :class:`~segkit.errors.DataError` when the image has another
+    number of channels than the table.
     """
+    img = img[:, :, None] if img.ndim == 2 else img  # OpenCV drops the axis of one-channel images
     h, w = img.shape[:2]
+    k = len(lut)
+    if img.shape[2] != k:
+        raise DataError(f"image has {img.shape[2]} channel(s) but mean/std have {k} values (model in_channels)")
     oh, ow = (h, w) if out_size is None else (int(out_size[0]), int(out_size[1]))
-    out = np.zeros((3, oh, ow), np.float32) if (oh, ow) != (h, w) else np.empty((3, h, w), np.float32)
-    for c in range(3):
+    out = np.zeros((k, oh, ow), np.float32) if (oh, ow) != (h, w) else np.empty((k, h, w), np.float32)
+    for c in range(k):
         np.take(lut[c], img[:, :, c], out=out[c, :h, :w], mode="clip")  # uint8 indices are always in range
     return out
 
@@ -204,7 +221,9 @@ class TrainTransform:
         cat_max_ratio: RandomCrop class-ratio constraint (1.0 disables it).
         flip_prob: probability of a horizontal flip.
         photometric: apply PhotoMetricDistortion.
-        mean, std: per-channel RGB statistics on the 0-255 scale.
+        mean, std: per-channel RGB statistics on the 0-255 scale (one per band for multi-band images:
+            ``(H, W, C)`` uint8 images with C values each go through the same steps, the photometric
+            distortion changing the RGB bands only, :func:`photometric_distortion`).
         ignore_index: label padding value and the class ignored by ``cat_max_ratio``.
 
     ``__call__(image uint8 (H, W, 3) RGB, label uint8 (H, W))`` ->

@@ -21,7 +21,7 @@ from segkit.errors import DataError
 from segkit.models.fuse import for_inference
 from segkit.runtime import autocast, check_amp
 
-from .metrics import ABSENT_RULES, ConfusionMatrix, format_table
+from .metrics import ABSENT_RULES, ConfusionMatrix, binary_metrics, format_table
 
 
 def _dist_info() -> tuple[int, int]:
@@ -42,14 +42,15 @@ def _prepare(model, item: dict, index: int, device: torch.device) -> tuple[torch
     if "image" not in item or "label" not in item:
         raise DataError(f"dataset item {index} ({where}) lacks 'image' or 'label'; got keys {sorted(item)}")
     image, label = item["image"], item["label"]
+    c = int(getattr(model, "in_channels", 3))
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise DataError(f"{where}: numpy image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != c:
+            raise DataError(f"{where}: numpy image must be uint8 (H, W, {c}), got {image.dtype} {image.shape}")
         image = model.normalize(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(device))
     else:
         image = torch.as_tensor(image)
-        if image.ndim != 3 or image.shape[0] != 3 or not image.dtype.is_floating_point:
-            raise DataError(f"{where}: image tensor must be float (3, H, W), got {image.dtype} {tuple(image.shape)}")
+        if image.ndim != 3 or image.shape[0] != c or not image.dtype.is_floating_point:
+            raise DataError(f"{where}: image tensor must be float ({c}, H, W), got {image.dtype} {tuple(image.shape)}")
         image = image[None].to(device, torch.float32)
     label = torch.as_tensor(np.ascontiguousarray(label) if isinstance(label, np.ndarray) else label)
     if label.ndim != 2:
@@ -121,7 +122,9 @@ def evaluate(
 
     Returns:
         dict with the :func:`~segkit.engine.metrics.metrics_from_matrix` entries (percentages
-        0–100, NaN for the classes ``absent`` leaves out), ``"per_class"`` (Markdown
+        0–100, NaN for the classes ``absent`` leaves out) — for a binary model (``task="binary"``) over its two
+        classes, plus :func:`~segkit.engine.metrics.binary_metrics` (``fgIoU``, ``fgDice``, ``fgPrecision``,
+        ``fgRecall``) and ``"threshold"`` —, ``"per_class"`` (Markdown
         table), ``"confusion_matrix"`` (K×K nested list), ``"num_images"``, ``"time_s"``
         (wall time of this rank) and ``"sec_per_image"``; plus the evaluation settings.
 
@@ -157,6 +160,8 @@ def evaluate(
     num_images = _sum_over_ranks(cm, len(indices), world)
 
     result = cm.compute(absent=absent)
+    if getattr(model, "is_binary", False):  # the binary task: foreground metrics at the model's threshold
+        result.update(binary_metrics(cm.matrix), threshold=float(model.threshold))
     result["per_class"] = format_table(result, class_names)
     result["confusion_matrix"] = cm.matrix.cpu().tolist()
     result["num_images"] = num_images
@@ -175,7 +180,7 @@ def _class_info(model, dataset, class_names) -> tuple[int, int, Sequence[str] | 
     """``(num_classes, ignore_index, class_names)`` of an evaluation: the model's class count (the
     dataset's must match it: ``ValueError``), the dataset's ignore index, and the table names
     (``class_names``, else the dataset's, else the model's; ``None`` where their count is wrong)."""
-    num_classes = int(model.num_classes)
+    num_classes = int(getattr(model, "num_labels", model.num_classes))  # 2 for a one-logit binary model
     ds_classes = getattr(dataset, "num_classes", None)
     if ds_classes is not None and int(ds_classes) != num_classes:
         raise DataError(

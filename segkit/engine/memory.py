@@ -37,7 +37,7 @@ def estimate_step_bytes(model, crop: tuple[int, int], batch: int, amp_dtype=None
     buffers = {k: v.detach().clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
     was_training = model.training
     labels = torch.zeros((1, *PROBE), dtype=torch.long)
-    images = torch.zeros((1, 3, *PROBE))
+    images = torch.zeros((1, getattr(model, "in_channels", 3), *PROBE))
     try:
         with torch.random.fork_rng(devices=[]):
             model.train()
@@ -91,10 +91,12 @@ def inference_bytes_per_pixel(runner, amp_dtype=None) -> float | None:
         return None
     device = next((p.device for p in runner.parameters()), torch.device("cpu"))
     with torch.inference_mode(), torch.autocast("cpu", dtype=amp_dtype, enabled=amp_dtype is not None):
-        runner.predict(torch.zeros((1, 3, 64, 64), device=device), mode="whole")
+        runner.predict(torch.zeros((1, getattr(runner, "in_channels", 3), 64, 64), device=device), mode="whole")
         reset_peak_rss()
         before = proc_status_kb("VmRSS")
-        out = runner.predict(torch.zeros((1, 3, *INFERENCE_PROBE), device=device), mode="whole")
+        out = runner.predict(
+            torch.zeros((1, getattr(runner, "in_channels", 3), *INFERENCE_PROBE), device=device), mode="whole"
+        )
         peak = proc_status_kb("VmHWM")
         del out
     if peak is None or before is None:

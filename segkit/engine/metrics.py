@@ -189,6 +189,32 @@ def metrics_from_matrix(matrix: torch.Tensor, beta: float = 1.0, absent: str = "
     return out
 
 
+BINARY_KEYS = ("fgIoU", "fgDice", "fgPrecision", "fgRecall")
+
+
+def binary_metrics(matrix: torch.Tensor) -> dict:
+    """The binary task's foreground metrics (percentages, 0–100) from a ``(2, 2)`` confusion matrix
+    (rows = ground truth, columns = prediction; class 1 = foreground), with ``tp = M[1, 1]``,
+    ``fp = M[0, 1]``, ``fn = M[1, 0]``: ``fgIoU = tp / (tp + fp + fn)``, ``fgDice = 2·tp / (2·tp + fp + fn)``
+    (= F1), ``fgPrecision = tp / (tp + fp)``, ``fgRecall = tp / (tp + fn)``; NaN where a denominator is 0
+    (no foreground in the ground truth nor the prediction). Raises :class:`~segkit.errors.UsageError` for
+    another shape."""
+    m = torch.as_tensor(matrix).detach().cpu().to(torch.float64)
+    if tuple(m.shape) != (2, 2):
+        raise UsageError(f"binary metrics need a (2, 2) confusion matrix, got {tuple(m.shape)}")
+    tp, fp, fn = float(m[1, 1]), float(m[0, 1]), float(m[1, 0])
+
+    def pct(a: float, b: float) -> float:
+        return 100.0 * a / b if b > 0 else math.nan
+
+    return {
+        "fgIoU": pct(tp, tp + fp + fn),
+        "fgDice": pct(2 * tp, 2 * tp + fp + fn),
+        "fgPrecision": pct(tp, tp + fp),
+        "fgRecall": pct(tp, tp + fn),
+    }
+
+
 def _fmt(value: float, digits: int) -> str:
     return "nan" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 

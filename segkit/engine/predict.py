@@ -204,6 +204,7 @@ def predict_paths(
             overwrite=overwrite,
             policy=dict(what="", kind="file", **_API_POLICY),
         )
+        writer.mask_values = seg.mask_values  # a binary model: 0/255 or 0/1 masks as its training data
         writer.claim(stems, files)  # every output name checked before the first image is segmented
         for stem in video_stems:
             claim_output(out_dir / f"{stem}_overlay.mp4", overwrite=overwrite, what="", kind="file", **_API_POLICY)

@@ -370,7 +370,8 @@ class ResultWriter:
         written = []
         if "png" in self.formats:
             label_path, overlay_path = self.out_dir / f"{stem}_label.png", self.out_dir / f"{stem}_overlay.png"
-            atomic_write_bytes(label_path, png_bytes(label_png(label, self.palette)))
+            mask = getattr(self, "mask_values", None)  # a binary model: 0/255 or 0/1 masks
+            atomic_write_bytes(label_path, png_bytes(label_png(label, self.palette, mask)))
             vis = overlay_with_legend(
                 image, label.astype(np.int64), self.palette, self.classes, alpha=self.alpha, ignore_index=-1
             )

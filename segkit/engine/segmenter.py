@@ -53,6 +53,7 @@ class SegResult:
     path: str | None = None
     name: str | None = None
     _probs: Any = field(default=None, repr=False)
+    mask_values: list[int] | None = None  # a binary model's [background, foreground] values: save() writes them
 
     def probs(self) -> np.ndarray:
         """Class probabilities ``(K, H, W)`` float32 (softmax of the protocol's inference), computed on request."""
@@ -144,7 +145,7 @@ class SegResult:
         label_path, overlay_path = directory / f"{stem}_label.png", directory / f"{stem}_overlay.png"
         for path in (label_path, overlay_path):  # both checked before either is written
             claim_output(path, overwrite=overwrite, what="", kind="file", **_API_POLICY)
-        atomic_write_bytes(label_path, png_bytes(label_png(self.label, self.palette)))
+        atomic_write_bytes(label_path, png_bytes(label_png(self.label, self.palette, self.mask_values)))
         atomic_write_bytes(overlay_path, png_bytes(self.overlay(alpha, legend=True)))
         return [label_path, overlay_path]
 
@@ -195,6 +196,28 @@ def to_rgb(x, index: int = 0) -> tuple[np.ndarray, str | None]:
         f"input {index}: expected a path, PIL.Image, uint8 (H, W, 3) array or uint8 (3, H, W) tensor, "
         f"got {type(x).__name__}"
     )
+
+
+def _to_bands(x, index: int, channels: int) -> tuple[np.ndarray, str | None]:
+    """``(uint8 (H, W, channels), path or None)`` for a model with ``in_channels != 3``: a path read by
+    :func:`segkit.data.io.read_bands` (TIFFs with ``tifffile``), or a ``uint8 (H, W, channels)`` array."""
+    from segkit.data.io import read_bands
+    from segkit.errors import UsageError
+
+    if isinstance(x, (str, os.PathLike)):
+        return read_bands(x, channels), str(x)
+    if isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3 and x.shape[2] == channels and x.size:
+        return np.ascontiguousarray(x), None
+    raise UsageError(
+        f"input {index}: this model takes {channels}-band images: a path or a uint8 (H, W, {channels}) array, got "
+        f"{type(x).__name__} {getattr(x, 'dtype', '')} {getattr(x, 'shape', '')}".rstrip()
+    )
+
+
+def _display_rgb(img: np.ndarray) -> np.ndarray:
+    """An ``(H, W, 3)`` uint8 picture of a multi-band image: its first three bands (RGB of RGB + NIR), or its
+    first band as gray for fewer than three."""
+    return np.ascontiguousarray(img[:, :, :3] if img.shape[2] >= 3 else np.repeat(img[:, :, :1], 3, axis=2))
 
 
 def default_names(paths: Sequence[str | None]) -> list[str]:
@@ -272,6 +295,14 @@ class Segmenter:
     @property
     def palette(self) -> list[list[int]]:
         return [list(c) for c in self.model.palette]
+
+    @property
+    def mask_values(self) -> list[int] | None:
+        """A binary model's ``[background, foreground]`` label-file values (``[0, 255]`` or ``[0, 1]``, as its
+        training masks had them; ``[0, 1]`` when not recorded); ``None`` for a multi-class model."""
+        if getattr(self.model, "task", "multiclass") != "binary":
+            return None
+        return list(getattr(self.model, "mask_values", None) or [0, 1])
 
     def _autocast(self):
         return autocast(self.amp, self.device)
@@ -355,8 +386,11 @@ class Segmenter:
     def __call__(self, inputs):
         single = not isinstance(inputs, (list, tuple))
         items = [inputs] if single else list(inputs)
-        decoded = [to_rgb(x, i) for i, x in enumerate(items)]
+        channels = int(getattr(self.model, "in_channels", 3))
+        decoded = [to_rgb(x, i) if channels == 3 else _to_bands(x, i, channels) for i, x in enumerate(items)]
         labels = self.labels([img for img, _ in decoded])
+        if channels != 3:  # a multi-band image is shown (overlay, SegResult.image) by its first three bands
+            decoded = [(_display_rgb(img), path) for img, path in decoded]
         results = [
             SegResult(
                 label=lab,
@@ -366,6 +400,7 @@ class Segmenter:
                 path=path,
                 name=name,
                 _probs=(lambda img=img: self.probabilities(img)),
+                mask_values=self.mask_values,
             )
             for (img, path), lab, name in zip(decoded, labels, default_names([path for _, path in decoded]))
         ]

@@ -37,6 +37,7 @@ import torch.nn as nn
 from segkit.config import Config, parse_duration
 from segkit.engine import budget as _budget
 from segkit.engine.budget import TimeBudget
+from segkit.engine.metrics import BINARY_KEYS
 from segkit.engine.runs import (
     WeightEMA,
     WorkDirError,
@@ -212,6 +213,13 @@ def build_train_data(cfg: Config, mean=None, std=None, train_ds=None):
     else:
         train_ds.transform = train_tf
     val_ds = build_dataset(cfg.data.val, transform=build_test_transform(cfg, mean, std)) if cfg.data.val else None
+    for ds in (train_ds, val_ds):  # images with one channel per mean value (3 = RGB; 4 = RGB + NIR …)
+        if ds is not None:
+            ds.in_channels = len(mean)
+    if val_ds is not None and cfg.is_binary:  # the training set's binary label convention
+        from segkit.data.binary import apply_binary_convention
+
+        apply_binary_convention(val_ds, train_ds.label_map)
     return train_ds, val_ds
 
 
@@ -263,7 +271,13 @@ def build_model_from_config(cfg: Config, dataset=None):
     meta = {}
     num_classes = cfg.model_args.get("num_classes")
     args = {k: v for k, v in cfg.model_args.items() if k != "num_classes"}
-    if dataset is not None:
+    if cfg.is_binary:  # one logit; the label space (class names, palette) has two classes
+        args.update(task="binary", threshold=cfg.eval.threshold)
+        num_classes = 1
+    if dataset is not None and cfg.is_binary:
+        meta = dict(class_names=dataset.classes, palette=dataset.palette, ignore_index=dataset.ignore_index)
+        meta["mask_values"] = getattr(dataset, "mask_values", None)
+    elif dataset is not None:
         if num_classes is not None and num_classes != dataset.num_classes:  # the data set's count wins: say so
             raise cfg.error(
                 "model_args.num_classes",
@@ -376,8 +390,11 @@ class Trainer:
         if cfg.data.train is None:
             raise cfg.error("data.train", "the config names no training data set")
         train_ds = build_dataset(cfg.data.train)  # class names/palette for the model; transform set below
+        if cfg.is_binary:  # 0/1 or 0/255 masks read as {background, foreground} (segkit.data.binary)
+            _binary_labels(train_ds, rt.rank, rt.world)
         ck = self.ck
-        if ck is not None and int(ck["meta"].get("num_classes", train_ds.num_classes)) != train_ds.num_classes:
+        logits = 1 if cfg.is_binary else train_ds.num_classes
+        if ck is not None and int(ck["meta"].get("num_classes", logits)) != logits:
             raise CheckpointError(
                 f"{self.ckpt_path} holds a {ck['meta']['num_classes']}-class model, but data.train "
                 f"({getattr(train_ds, 'name', '')}) has {train_ds.num_classes} classes"
@@ -691,9 +708,12 @@ class Trainer:
 
         it = self.it
         rec = {"iter": it, "mIoU": miou, "aAcc": float(res["aAcc"]), "mAcc": float(res["mAcc"])}
+        binary = {k: float(res[k]) for k in BINARY_KEYS if k in res}  # the binary task's foreground metrics
+        rec.update(binary)
         self.log_f.write(json.dumps({"type": "eval", **rec}) + "\n")
         self.log_f.flush()
-        tqdm.write(f"[eval] iter {it}: mIoU {miou:.2f}  aAcc {res['aAcc']:.2f}  mAcc {res['mAcc']:.2f}")
+        extra = "".join(f"  {k} {v:.2f}" for k, v in binary.items())
+        tqdm.write(f"[eval] iter {it}: mIoU {miou:.2f}  aAcc {res['aAcc']:.2f}  mAcc {res['mAcc']:.2f}{extra}")
         if self.writer:
             self.writer.add_scalar("val/mIoU", miou, it)
             self.writer.add_scalar("val/aAcc", float(res["aAcc"]), it)
@@ -788,6 +808,23 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
 
 
 # ----------------------------------------------------------------------------- resume and the run's files
+def _binary_labels(dataset, rank: int, world: int) -> None:
+    """The binary task's label convention on ``dataset`` (:mod:`segkit.data.binary`): the stored mask values are
+    read on rank 0 and broadcast; ``dataset.mask_values`` is set to ``[background, foreground]`` as stored."""
+    from segkit.data.binary import apply_binary_convention, binary_convention, raw_label_values
+
+    outcome: list = [None]
+    if rank == 0:
+        outcome[0] = raw_label_values(dataset)
+    if world > 1:
+        dist.broadcast_object_list(outcome, src=0)
+    label_map, dataset.mask_values = binary_convention(dataset, outcome[0])
+    apply_binary_convention(dataset, label_map)
+    if rank == 0:
+        print(f"task: binary: {dataset.name}: masks stored as {dataset.mask_values[0]} / {dataset.mask_values[1]} "
+              f"(background / foreground)", flush=True)  # fmt: skip
+
+
 def _scan_labels(dataset, rank: int, world: int):
     """The guard-rail label scan (:func:`segkit.data.check_dataset`), run on rank 0 only.
 

@@ -18,13 +18,19 @@ from segkit.errors import UsageError
 IGNORE_COLOUR = (0, 0, 0)
 
 
-def label_png(label, palette: Sequence[Sequence[int]]):
+def label_png(label, palette: Sequence[Sequence[int]], mask_values: Sequence[int] | None = None):
     """``PIL.Image`` mode ``P`` of an ``(H, W)`` class-index map (values 0..K-1) with ``palette`` (K ≤ 256 RGB triples).
 
     Opens in colour in an image viewer and as indices with ``np.array(Image.open(path))``.
-    Raises ``ValueError`` for more than 256 classes.
+    ``mask_values``: a binary model's ``[background, foreground]`` values as its training masks stored them
+    (``[0, 255]`` or ``[0, 1]``): the label ``(H, W)`` in {0, 1} is written as a grayscale (mode ``L``) mask with
+    those values instead. Raises ``ValueError`` for more than 256 classes.
     """
     from PIL import Image
+
+    if mask_values is not None:
+        lut = np.asarray(list(mask_values), dtype=np.uint8)
+        return Image.fromarray(lut[np.asarray(label).astype(np.intp)], mode="L")
 
     if len(palette) > 256:
         raise UsageError(f"{len(palette)} classes do not fit an 8-bit label PNG")

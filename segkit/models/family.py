@@ -37,7 +37,18 @@ from typing import Any, Callable, NamedTuple, Optional
 from segkit.errors import UsageError
 
 # Keywords every builder accepts besides its architecture switches; handed to the Segmentor.
-META_KEYS = ("class_names", "palette", "ignore_index", "mean", "std", "loss_avg")
+META_KEYS = (
+    "class_names",
+    "palette",
+    "ignore_index",
+    "mean",
+    "std",
+    "loss_avg",
+    "task",
+    "threshold",
+    "mask_values",
+    "in_channels",
+)
 
 
 class PaperRow(NamedTuple):

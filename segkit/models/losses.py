@@ -275,3 +275,21 @@ def dice_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 25
     inter = (prob * onehot).sum(dims)
     denom = (prob * prob).sum(dims) + onehot.sum(dims)
     return 1.0 - ((2 * inter + smooth) / (denom + smooth)).mean()
+
+
+def binary_dice_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = 255, smooth: float = 1.0
+) -> torch.Tensor:
+    """Soft Dice loss of the binary task: ``1 − (2 Σ p t + s) / (Σ p² + Σ t² + s)``.
+
+    ``p = sigmoid(logits)`` of ``logits (B, H, W)`` (one logit per pixel, float32), ``t`` = 1 where
+    ``labels (B, H, W)`` is 1 (foreground), 0 where it is 0; sums over the valid (non-``ignore_index``)
+    pixels of the whole batch, of the foreground only (the background's Dice would reward the majority
+    class), smoothing ``s`` and the squared denominator as :func:`dice_loss`. Scalar in [0, 1].
+    """
+    valid = (labels != ignore_index).float()
+    prob = torch.sigmoid(logits.float()) * valid
+    target = (labels == 1).float() * valid
+    inter = (prob * target).sum()
+    denom = (prob * prob).sum() + target.sum()
+    return 1.0 - (2 * inter + smooth) / (denom + smooth)

@@ -9,6 +9,13 @@ head's ``loss``). Inference modes follow the reference test protocol (mmseg
 *whole* (one forward over the full image), *slide* (overlapping windows, logits averaged over
 overlaps) and *multi-scale + flip* (softmax probabilities averaged over scales and horizontal
 flips).
+
+**Binary task** (``task="binary"``, one logit per pixel): the head has one output channel, the loss is
+the binary cross-entropy with logits (:meth:`Segmentor.seg_loss`), a pixel is foreground where
+``sigmoid(logit) >= threshold`` and the label space has two classes (0 background, 1 foreground).
+
+**Input channels** (``in_channels=N``): every convolution that reads the image takes ``N`` channels
+(:func:`image_convolutions`), so multi-band input (RGB + NIR …) goes through any encoder.
 """
 
 from __future__ import annotations
@@ -26,7 +33,15 @@ from segkit.errors import UsageError, UsageTypeError
 
 from .contract import DecodeHead, Features
 from .inference import Taps, argmax_classes, labels_for_rows, resize, resize_argmax, slide_windows
-from .losses import BANDED_LOSS_MIN_CLASSES, dice_loss, ohem_pixel_weights, upsampled_cross_entropy
+from .losses import (
+    BANDED_LOSS_MIN_CLASSES,
+    binary_dice_loss,
+    dice_loss,
+    ohem_pixel_weights,
+    upsampled_cross_entropy,
+)
+
+TASKS = ("multiclass", "binary")
 
 
 def _check_inference_args(mode, crop_size, stride, scales) -> None:
@@ -46,6 +61,38 @@ def _check_inference_args(mode, crop_size, stride, scales) -> None:
         )
     if any(not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0) for v in scales):
         raise UsageError(f"test scales must be positive ratios, got {list(scales)} (--scales)")
+
+
+def image_convolutions(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
+    """The ``(name, Conv2d)`` pairs of ``model`` that read the input image: every 2-D convolution with 3 input
+    channels (the encoder's stem / patch embedding, and for RSSeg the head's local patch embedding, which also
+    reads the image). Choice: found by their channel count rather than by name, so that it holds for every
+    family (no internal layer of the zoo's models has 3 input channels; ``tests/test_multiband.py`` checks
+    that a 4-channel build of each family runs)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3]
+
+
+def _set_input_channels(model: nn.Module, n: int) -> list[str]:
+    """Replace every :func:`image_convolutions` module by one with ``n`` input channels (new random weights of
+    PyTorch's default initialisation; pretrained 3-channel weights are adapted when loaded,
+    :func:`segkit.checkpoints.adapt_input_conv`). Returns the names of the replaced modules."""
+    names = []
+    for name, conv in image_convolutions(model):
+        parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+        new = nn.Conv2d(
+            n,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+        ).to(conv.weight.device, conv.weight.dtype)
+        setattr(parent, name.rsplit(".", 1)[-1], new)
+        names.append(name)
+    return names
 
 
 class Segmentor(nn.Module):
@@ -69,9 +116,23 @@ class Segmentor(nn.Module):
             pixels, ignored ones included, as mmseg 0.x's ``CrossEntropyLoss(avg_non_ignore=False)``
             does (the official SegFormer / SegNeXt code).
         align_corners: bilinear resizing convention (reference: False).
+        task: ``"multiclass"`` (K logits, softmax cross-entropy; the papers) or ``"binary"`` (one logit,
+            binary cross-entropy; ``num_classes`` must be 1 and the label space is {0 background,
+            1 foreground}: ``class_names`` / ``palette`` then have two entries, default
+            ``["background", "foreground"]``).
+        threshold: binary task: a pixel is foreground where ``sigmoid(logit) >= threshold`` (in (0, 1);
+            default 0.5). Saved with the model; ``segkit eval`` / ``predict`` use it.
+        mask_values: binary task: the stored values of background and foreground in the training
+            masks, ``(0, 255)`` or ``(0, 1)``; ``segkit predict`` writes its masks with them.
+        in_channels: channels of the input image (3 = RGB; e.g. 4 for RGB + NIR). The convolutions that
+            read the image (:func:`image_convolutions`) are rebuilt with this many input channels, and
+            ``mean`` / ``std`` need one value per channel.
 
-    Input to :meth:`forward`: ``(B, 3, H, W)`` float32 normalised images. Output: logits
-    ``(B, K, H, W)`` at input resolution.
+    Input to :meth:`forward`: ``(B, C, H, W)`` float32 normalised images (``C = in_channels``). Output:
+    logits ``(B, K, H, W)`` at input resolution (``K = 1`` for the binary task).
+
+    Raises :class:`~segkit.errors.UsageError` for an unknown task, a binary model with ``num_classes != 1``,
+    a threshold outside (0, 1), or ``mean`` / ``std`` whose length is not ``in_channels``.
     """
 
     def __init__(
@@ -90,6 +151,10 @@ class Segmentor(nn.Module):
         std: Sequence[float] = IMAGENET_STD,
         loss_avg: str = "valid",
         align_corners: bool = False,
+        task: str = "multiclass",
+        threshold: float = 0.5,
+        mask_values: Sequence[int] | None = None,
+        in_channels: int = 3,
     ):
         super().__init__()
         if not isinstance(decode_head, DecodeHead):
@@ -98,18 +163,39 @@ class Segmentor(nn.Module):
             )
         if loss_avg not in ("valid", "all"):
             raise UsageError(f"loss_avg must be 'valid' or 'all', got {loss_avg!r}")
-        if class_names is not None and len(class_names) != num_classes:
-            raise UsageError(f"{len(class_names)} class names given for num_classes={num_classes}")
-        if palette is not None and len(palette) != num_classes:
-            raise UsageError(f"palette has {len(palette)} colours for num_classes={num_classes}")
+        if task not in TASKS:
+            raise UsageError(f"task must be one of {TASKS}, got {task!r}")
+        if task == "binary" and int(num_classes) != 1:
+            raise UsageError(f"a binary model has one logit (num_classes=1), got num_classes={num_classes}")
+        if not 0.0 < float(threshold) < 1.0:
+            raise UsageError(f"threshold must be in (0, 1), got {threshold}")
+        labels_k = 2 if task == "binary" else int(num_classes)
+        if class_names is not None and len(class_names) != labels_k:
+            raise UsageError(f"{len(class_names)} class names given for {labels_k} classes ({task})")
+        if palette is not None and len(palette) != labels_k:
+            raise UsageError(f"palette has {len(palette)} colours for {labels_k} classes ({task})")
+        if isinstance(in_channels, bool) or int(in_channels) < 1:
+            raise UsageError(f"in_channels must be an integer >= 1, got {in_channels!r}")
+        if len(mean) != int(in_channels) or len(std) != int(in_channels):
+            raise UsageError(
+                f"mean and std need one value per input channel ({in_channels}), got {len(mean)} and {len(std)}; "
+                f"give model_args mean: [...] and std: [...] (segkit check-data --stats computes them)"
+            )
         self.backbone = backbone
         self.decode_head = decode_head
         self.num_classes = int(num_classes)
+        self.task = task
+        self.threshold = float(threshold)
+        self.mask_values = None if mask_values is None else [int(v) for v in mask_values]
+        self.in_channels = int(in_channels)
+        if self.in_channels != 3:
+            _set_input_channels(self, self.in_channels)
         self.name = name
         self.family = family
         self.arch = dict(arch or {})
-        self.class_names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
-        self.palette = [list(map(int, c)) for c in palette] if palette is not None else default_palette(num_classes)
+        default_names = ["background", "foreground"] if task == "binary" else [f"class_{i}" for i in range(labels_k)]
+        self.class_names = list(class_names) if class_names is not None else default_names
+        self.palette = [list(map(int, c)) for c in palette] if palette is not None else default_palette(labels_k)
         self.ignore_index = int(ignore_index)
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
@@ -136,9 +222,27 @@ class Segmentor(nn.Module):
         self.ohem: tuple[float, int] | None = None
         self.dice_weight = 0.0
 
+    @property
+    def is_binary(self) -> bool:
+        """Whether this is a one-logit binary model (``task="binary"``)."""
+        return self.task == "binary"
+
+    @property
+    def num_labels(self) -> int:
+        """Classes of the label space: 2 for the binary task (background, foreground), else ``num_classes``."""
+        return 2 if self.is_binary else self.num_classes
+
+    def _binary_labels(self, logits: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, H, W)`` logits → ``(B, H, W)`` int64 labels, 1 where ``sigmoid(logit) >= threshold``
+        (compared on the logit, ``log(t / (1 − t))``, without computing the sigmoid)."""
+        import math
+
+        t = self.threshold
+        return (logits[:, 0].float() >= math.log(t / (1.0 - t))).long()
+
     # ------------------------------------------------------------------ forward
     def extract_features(self, images: torch.Tensor) -> Features:
-        """The encoder's :class:`~segkit.models.contract.Features` for normalised ``(B, 3, H, W)`` images."""
+        """The encoder's :class:`~segkit.models.contract.Features` for normalised ``(B, C, H, W)`` images."""
         features = self.backbone(images)
         if not isinstance(features, Features):
             raise UsageTypeError(
@@ -153,8 +257,8 @@ class Segmentor(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, K, H, W)`` at input resolution (bilinear, align_corners=False)."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise UsageError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        if images.ndim != 4 or images.shape[1] != self.in_channels:
+            raise UsageError(f"expected images of shape (B, {self.in_channels}, H, W), got {tuple(images.shape)}")
         return resize(self.encode_decode(images), images.shape[-2:], self.align_corners)
 
     # --------------------------------------------------------------------- loss
@@ -207,9 +311,9 @@ class Segmentor(nn.Module):
             self.class_weight = None
             return
         w = torch.as_tensor([float(v) for v in weights], dtype=torch.float32)
-        if w.numel() != self.num_classes or bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
+        if w.numel() != self.num_labels or bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
             raise UsageError(
-                f"class weights must be {self.num_classes} finite non-negative numbers, got {list(weights)}"
+                f"class weights must be {self.num_labels} finite non-negative numbers, got {list(weights)}"
             )
         param = next(self.parameters(), None)
         self.class_weight = w if param is None else w.to(param.device)
@@ -231,14 +335,19 @@ class Segmentor(nn.Module):
             raise UsageError(f"ohem_thresh must be in (0, 1], got {ohem_thresh}")
         if int(ohem_min_kept) < 0 or float(dice_weight) < 0:
             raise UsageError(f"ohem_min_kept and dice_weight must be >= 0, got {ohem_min_kept}, {dice_weight}")
+        if ohem_thresh is not None and self.is_binary:
+            raise UsageError("ohem_thresh is for the multi-class cross-entropy; the binary task does not take it")
         self.ohem = None if ohem_thresh is None else (float(ohem_thresh), int(ohem_min_kept))
         self.dice_weight = float(dice_weight)
 
     def seg_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Pixel-wise cross-entropy with ``ignore_index`` and optional class weights; averaging set by ``loss_avg``.
 
-        Plus the optional OHEM selection and Dice term of :meth:`set_loss_options`.
+        Plus the optional OHEM selection and Dice term of :meth:`set_loss_options`. The binary task:
+        :meth:`binary_seg_loss`.
         """
+        if self.is_binary:
+            return self.binary_seg_loss(logits, labels)
         weight = self.class_weight
         logits = logits.float()
         if self.ohem is None and self.loss_avg == "valid":
@@ -258,11 +367,35 @@ class Segmentor(nn.Module):
             loss = loss + self.dice_weight * dice_loss(logits, labels, self.ignore_index)
         return loss
 
+    def binary_seg_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Binary task: ``F.binary_cross_entropy_with_logits`` of ``logits (B, 1, H, W)`` against ``labels (B, H, W)``
+        (1 = foreground, 0 = background, ``ignore_index`` skipped), averaged over the valid pixels
+        (``loss_avg="valid"``) or all pixels (``"all"``); with class weights ``[w_bg, w_fg]`` each pixel is
+        weighted by its class's weight (and the ``"valid"`` mean divides by the weights' sum, as
+        ``F.cross_entropy``). Plus ``dice_weight ×`` :func:`~segkit.models.losses.binary_dice_loss`. Scalar float32.
+        """
+        logit = logits.float()[:, 0]
+        valid = labels != self.ignore_index
+        target = (labels == 1).float()
+        per_pixel = F.binary_cross_entropy_with_logits(logit, target, reduction="none")
+        w = valid.float()
+        if self.class_weight is not None:
+            w = w * self.class_weight[(labels == 1).long()]
+        if self.loss_avg == "valid":
+            loss = (per_pixel * w).sum() / w.sum().clamp_min(1e-12)
+        else:
+            loss = (per_pixel * w).sum() / per_pixel.numel()
+        if self.dice_weight:
+            loss = loss + self.dice_weight * binary_dice_loss(logit, labels, self.ignore_index)
+        return loss
+
     # ---------------------------------------------------------------- inference
     def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` uint8 RGB (0–255) → normalised float32 with this model's mean/std."""
-        mean = torch.tensor(self.mean, device=images_uint8.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=images_uint8.device).view(1, 3, 1, 1)
+        """``(B, C, H, W)`` uint8 (0–255; C = ``in_channels``, RGB for 3) → normalised float32 with this
+        model's mean/std."""
+        c = len(self.mean)
+        mean = torch.tensor(self.mean, device=images_uint8.device).view(1, c, 1, 1)
+        std = torch.tensor(self.std, device=images_uint8.device).view(1, c, 1, 1)
         return (images_uint8.float() - mean) / std
 
     @torch.no_grad()
@@ -279,7 +412,8 @@ class Segmentor(nn.Module):
         window_batch: int = 4,
         accumulate_on_cpu: bool = False,
     ) -> torch.Tensor:
-        """Class probabilities ``(B, K, H_out, W_out)`` (softmax, float32) for normalised images.
+        """Class probabilities ``(B, K, H_out, W_out)`` (softmax, float32) for normalised images; for the binary
+        task ``(B, 2, H_out, W_out)`` = ``[1 − p, p]`` with ``p = sigmoid(logit)``.
 
         Args:
             images: ``(B, 3, H, W)`` normalised float tensor (already resized by the test transform).
@@ -312,7 +446,12 @@ class Segmentor(nn.Module):
                     logits = self.slide_logits(x, crop_size, stride or crop_size, window_batch, accumulate_on_cpu)
                 if flipped:
                     logits = logits.flip(-1)
-                probs = resize(logits.float(), out_size, self.align_corners).softmax(dim=1)
+                probs = resize(logits.float(), out_size, self.align_corners)
+                if self.is_binary:
+                    p = probs.sigmoid()
+                    probs = torch.cat([1.0 - p, p], dim=1)
+                else:
+                    probs = probs.softmax(dim=1)
                 total = probs if total is None else total.add_(probs)
                 n += 1
         return total.div_(n)
@@ -456,6 +595,9 @@ class Segmentor(nn.Module):
         all passes are averaged first, as the reference (``inference``).
         """
         _check_inference_args(mode, crop_size, stride, scales)
+        if self.is_binary:
+            return self._binary_predict(images, mode, crop_size, stride, scales, flip, out_size, window_batch,
+                                        accumulate_on_cpu)  # fmt: skip
         if tuple(scales) != (1.0,) or flip:
             return self.inference(
                 images,
@@ -470,11 +612,42 @@ class Segmentor(nn.Module):
             ).argmax(dim=1)
         if mode == "slide":
             return self.slide_predict(images, crop_size, stride or crop_size, window_batch, accumulate_on_cpu, out_size)
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise UsageError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        if images.ndim != 4 or images.shape[1] != self.in_channels:
+            raise UsageError(f"expected images of shape (B, {self.in_channels}, H, W), got {tuple(images.shape)}")
         size = tuple(images.shape[-2:])
         out_size = tuple(out_size) if out_size is not None else size
         return resize_argmax(self.encode_decode(images), [size, out_size], align_corners=self.align_corners)
+
+    def _binary_predict(
+        self, images, mode, crop_size, stride, scales, flip, out_size, window_batch, accumulate_on_cpu
+    ) -> torch.Tensor:
+        """:meth:`predict` of the binary task: with test-time augmentation the averaged foreground probability
+        of :meth:`inference` against the threshold; else the logits (whole, or slide-averaged) resized as the
+        multi-class path resizes them (to the input size, then to ``out_size``) and thresholded."""
+        if tuple(scales) != (1.0,) or flip:
+            probs = self.inference(
+                images,
+                mode=mode,
+                crop_size=crop_size,
+                stride=stride,
+                scales=scales,
+                flip=flip,
+                out_size=out_size,
+                window_batch=window_batch,
+                accumulate_on_cpu=accumulate_on_cpu,
+            )
+            return (probs[:, 1] >= self.threshold).long()
+        if images.dtype == torch.uint8:
+            images = self.normalize(images)
+        size = tuple(images.shape[-2:])
+        out_size = tuple(out_size) if out_size is not None else size
+        if mode == "slide":
+            logits = self.slide_logits(images, crop_size, stride or crop_size, window_batch, accumulate_on_cpu)
+        else:
+            logits = resize(self.encode_decode(images), size, self.align_corners)
+        if out_size != size:
+            logits = resize(logits.float(), out_size, self.align_corners)
+        return self._binary_labels(logits)
 
     def fused(self) -> "Segmentor":
         """An eval-mode copy for inference with eval-time BatchNorms / layer scales folded into convolutions.
@@ -499,6 +672,9 @@ class Segmentor(nn.Module):
             "family": self.family,
             "arch": self.arch,
             "num_classes": self.num_classes,
+            **({"task": self.task, "threshold": self.threshold} if self.is_binary else {}),
+            **({"mask_values": self.mask_values} if self.is_binary and self.mask_values else {}),
+            **({"in_channels": self.in_channels} if self.in_channels != 3 else {}),
             "class_names": self.class_names,
             "palette": self.palette,
             "ignore_index": self.ignore_index,
