@@ -330,6 +330,9 @@ def create_app(
         overlay: bool = Query(False, description="format=json: also return overlay_png"),
     ):
         """Segment the uploaded image (multipart field ``image``)."""
+        if batcher.queued >= batcher.max_queue:  # refused before the upload is read and decoded
+            msg = f"the queue is full ({batcher.max_queue} requests waiting); retry later"
+            return error(503, msg, {"Retry-After": str(batcher.retry_after())})
         upload = await read_image_part(request, max_bytes)
         image = await run_in_threadpool(open_image, upload, max_pixels)
         try:
