@@ -418,8 +418,10 @@ def test_serve_command_usage_and_model_errors(final, tmp_path, capsys):
     assert rc == 1 and "cannot listen on 127.0.0.1" in err
 
 
-def test_loopback_detection():
-    from segkit.cli.serve import is_loopback
+def test_loopback_detection_and_the_exposure_warning():
+    from segkit.cli.serve import exposure_warning, is_loopback
 
     assert is_loopback("127.0.0.1") and is_loopback("127.3.2.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("192.168.1.4")
+    assert "without an API key" in exposure_warning("0.0.0.0", None)
+    assert exposure_warning("0.0.0.0", "key") is None and exposure_warning("127.0.0.1", None) is None

@@ -70,6 +70,16 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """What start-up says when the server is reachable from other machines without an API key; else None."""
+    if is_loopback(host) or api_key is not None:
+        return None
+    return (
+        f"listening on {host}, reachable from other machines, without an API key (--api-key or $SEGKIT_API_KEY): "
+        "anyone who can reach this port can use the model"
+    )
+
+
 def listen(host: str, port: int):
     """A listening TCP socket on ``host:port`` (bound here, so that a taken port is one clear error and
     ``--port 0`` gets a free port whose number is known). Raises :class:`~segkit.errors.OutputError`."""
@@ -134,13 +144,9 @@ def run(args) -> int:
         f"batch <= {args.max_batch}, wait <= {args.max_wait_ms:g} ms, queue <= {args.max_queue})",
         flush=True,
     )
-    if not is_loopback(args.host) and args.api_key is None:
-        print(
-            f"segkit serve: warning: listening on {args.host}, reachable from other machines, without an API key "
-            "(--api-key or $SEGKIT_API_KEY): anyone who can reach this port can use the model",
-            file=sys.stderr,
-            flush=True,
-        )
+    warning = exposure_warning(args.host, args.api_key)
+    if warning:
+        print(f"segkit serve: warning: {warning}", file=sys.stderr, flush=True)
     print(f"segkit serve: listening on http://{host}:{port}/ (page), POST /predict, GET /health, /metrics", flush=True)
     config = uvicorn.Config(
         app,
