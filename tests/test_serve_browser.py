@@ -85,7 +85,7 @@ def wait_for(driver, script: str, timeout: float = 60.0):
     return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: d.execute_script(f"return {script}"))
 
 
-def test_page_segments_an_uploaded_image_in_chromium(server_url, browser, tmp_path):
+def test_page_segments_an_uploaded_image_in_chromium(browser, server_url, tmp_path):  # no browser: skip first
     url, final = server_url
     image = camvid_test_images(1)[0]
     expected = segkit.Segmenter(final, device="cpu")(image)
