@@ -377,6 +377,27 @@ def test_batcher_groups_by_key_waits_and_bounds_the_queue():
     assert [1] not in calls[3:]  # the timed-out request never ran
 
 
+def test_batcher_workers_run_batches_side_by_side():
+    spans = []
+
+    def run(items):
+        t0 = time.perf_counter()
+        time.sleep(0.2)
+        spans.append((t0, time.perf_counter()))
+        return items
+
+    async def scenario():
+        b = Batcher(run, max_batch=1, max_wait_s=0.0, max_queue=10, workers=2)
+        await b.start()
+        out = await asyncio.gather(*(b.submit("k", i) for i in range(2)))
+        await b.close()
+        return out
+
+    assert asyncio.run(scenario()) == [0, 1]
+    (a0, a1), (b0, b1) = sorted(spans)
+    assert b0 < a1  # the second batch started before the first ended: two worker threads
+
+
 def test_batcher_finishes_the_queue_on_close():
     def run(items):
         time.sleep(0.02)
