@@ -343,6 +343,18 @@ def test_dynamic_batching_and_health_while_busy(torch_backend, segmenter, images
     assert slow.batches[0] == 1 and 4 in slow.batches[1:], slow.batches  # the four ran as one batch
 
 
+def test_a_failing_model_is_a_json_500_without_traceback(torch_backend, images):
+    class Broken(SlowBackend):
+        def run(self, items):
+            raise RuntimeError("kernel exploded at /secret/path.py line 3")
+
+    with TestClient(create_app(Broken(torch_backend, 0)), raise_server_exceptions=False) as client:
+        r = post(client, "/predict", images[0].read_bytes())
+        assert r.status_code == 500 and set(r.json()) == {"error"}
+        assert "RuntimeError" in r.json()["error"] and "/secret" not in r.text and "Traceback" not in r.text
+        assert client.get("/health").status_code == 200  # still serving
+
+
 # ----------------------------------------------------------------------------- the batcher alone
 def test_batcher_groups_by_key_waits_and_bounds_the_queue():
     calls = []
