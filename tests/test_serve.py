@@ -451,6 +451,14 @@ def test_serve_command_usage_and_model_errors(final, tmp_path, capsys):
     assert rc == 1 and "cannot listen on 127.0.0.1" in err
 
 
+def test_create_app_refuses_bad_settings_before_loading(tmp_path):
+    from segkit.errors import UsageError
+
+    for kwargs in ({"max_batch": 0}, {"max_wait_ms": -1}, {"api_key": " "}, {"max_pixels": 0}, {"timeout_s": 0}):
+        with pytest.raises(UsageError, match=next(iter(kwargs))):  # the setting named, not the missing model
+            create_app(tmp_path / "never_loaded", **kwargs)
+
+
 def test_loopback_detection_and_the_exposure_warning():
     from segkit.cli.serve import exposure_warning, is_loopback
 

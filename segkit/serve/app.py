@@ -202,6 +202,13 @@ def create_app(
     for name, value in {"max_upload_mb": max_upload_mb, "max_pixels": max_pixels, "timeout_s": timeout_s}.items():
         if not value > 0:
             raise UsageError(f"{name} must be > 0, got {value}")
+    if api_key is not None and not str(api_key).strip():
+        raise UsageError("api_key is empty: give a key, or None for no key")
+    if min(int(max_batch), int(max_queue), int(workers)) < 1 or max_wait_ms < 0:
+        raise UsageError(
+            f"max_batch, max_queue and workers must be >= 1 and max_wait_ms >= 0, got {max_batch}, {max_queue}, "
+            f"{workers} and {max_wait_ms}"
+        )
     if hasattr(model, "prepare") and hasattr(model, "run"):
         engine = model
     else:
