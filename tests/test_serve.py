@@ -101,6 +101,7 @@ def test_png_overlay_and_rle_formats(client, segmenter, images):
     r = post(client, "/predict?format=rle", path.read_bytes())
     body = r.json()
     assert r.status_code == 200 and "label_png" not in body and set(body["rle"]) == set(expected.areas())
+    assert body["rle"] == expected.rle()  # SegResult.rle of the same image, class-id order
     covered = np.zeros(expected.label.shape, bool)
     for name, enc in body["rle"].items():
         mask = mask_utils.decode({"size": enc["size"], "counts": enc["counts"].encode()}).astype(bool)

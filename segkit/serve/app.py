@@ -118,14 +118,12 @@ def areas(label: np.ndarray, classes: list[str]) -> dict[str, float]:
 
 
 def rle(label: np.ndarray, classes: list[str]) -> dict[str, dict]:
-    """COCO RLE ``{"size": [H, W], "counts": str}`` of each class present in ``label`` ``(H, W)``, encoded by
-    ``pycocotools.mask.encode`` (column-major, as COCO); ``pycocotools.mask.decode`` gives the mask back."""
-    mask_utils = require("pycocotools.mask", "serve", "format=rle")
-    out = {}
-    for c in np.unique(label):
-        enc = mask_utils.encode(np.asfortranarray(label == c, dtype=np.uint8))
-        out[classes[int(c)]] = {"size": [int(v) for v in enc["size"]], "counts": enc["counts"].decode("ascii")}
-    return out
+    """COCO RLE ``{"size": [H, W], "counts": str}`` of each class present in ``label`` ``(H, W)``, in class-id
+    order: :func:`segkit.engine.result_formats.class_rles`, what :meth:`segkit.SegResult.rle` returns (encoded by
+    ``pycocotools.mask.encode``; ``pycocotools.mask.decode`` gives the mask back). Torch-free."""
+    from segkit.engine.result_formats import class_rles
+
+    return class_rles(label, classes)
 
 
 def render(backend, image: np.ndarray, label: np.ndarray, fmt: str, with_overlay: bool = False):
