@@ -961,3 +961,113 @@ def test_further_unusual_inputs_of_the_trials_are_refused_by_name(tmp_path, caps
     assert rc == 2 and "--out is empty" in err  # used to claim the current folder
     rc, err = run(capsys, "models", "--filter", "zzz")
     assert rc == 0 and "no model name contains 'zzz'" in err
+
+
+# ----------------------------------------------------------------------------- 12. trials, round 2
+def _coco(folder: Path, annotations, categories=None, images=None) -> dict:
+    """A one-image COCO export (10x12 px) in ``folder``."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(folder / "images" / "a.png")
+    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(folder / "images" / "b.png")
+    doc = {
+        "images": images or [{"id": 1, "file_name": "a.png", "width": 12, "height": 10}],
+        "categories": [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}] if categories is None else categories,
+        "annotations": annotations,
+    }
+    (folder / "ann.json").write_text(json.dumps(doc))
+    return {"type": "coco", "annotations": str(folder / "ann.json"), "images": str(folder / "images")}
+
+
+def test_convert_data_refuses_an_out_that_holds_its_input(tmp_path, capsys):
+    spec = _coco(
+        tmp_path / "export", [{"id": 1, "image_id": 1, "category_id": 3, "segmentation": [[0, 0, 5, 0, 5, 5]]}]
+    )
+    before = hashes(tmp_path / "export")
+    for out in (tmp_path / "export" / "images", tmp_path / "export"):  # used to move the export aside, rc 0
+        rc, err = run(capsys, "convert-data", json.dumps(spec), "--out", out, "--overwrite")
+        assert rc == 2 and f"--out {out} holds the input" in err and "another folder" in err
+        assert hashes(tmp_path / "export") == before and not list(tmp_path.glob("**/*.prev-*"))
+    rc, _ = run(capsys, "convert-data", json.dumps(spec), "--out", tmp_path / "export" / "converted")
+    assert rc == 0 and (tmp_path / "export" / "converted" / "meta.json").is_file()  # a new folder inside is fine
+
+
+@pytest.mark.parametrize(
+    "annotations, categories, images, match",
+    [
+        ([{"id": 4, "image_id": 1, "category_id": 3, "segmentation": [[0, 0, 5, float("nan"), 5, 5]]}], None, None,
+         r"annotation 4: polygon coordinates must be finite numbers, got nan"),
+        ([{"id": 5, "image_id": 1, "category_id": 3, "segmentation": [["0", "0", "5", "0", "5", "5"]]}], None, None,
+         r"annotation 5: polygon coordinates must be finite numbers, got '0'"),
+        ([], [{"id": 3, "name": "cat"}, {"id": 3, "name": "dog"}], None,
+         r"category id 3 is given twice, as 'cat' and 'dog'"),
+        ([], [], None, r"'categories' is empty: no class to segment besides the background"),
+        ([], None, [{"id": 1, "file_name": "a.png"}, {"id": 1, "file_name": "b.png"}],
+         r"image id 1 is given twice \(.*a.png, .*b.png\)"),
+    ],
+)  # fmt: skip
+def test_coco_exports_that_used_to_read_silently_wrong_are_named(tmp_path, annotations, categories, images, match):
+    """Each used to give a data set without a word: a polygon dropped, the last name of an id, one
+    class (background) only, one image lost."""
+    spec = _coco(tmp_path, annotations, categories, images)
+    with pytest.raises(segkit.DataError, match=match) as e:
+        segkit.data.build_dataset(spec)
+    assert str(tmp_path / "ann.json") in str(e.value)
+
+
+def test_coco_undecodable_rle_and_missing_paths_name_the_export(tmp_path):
+    rle = {"size": [10, 12], "counts": "garbage!!"}
+    spec = _coco(tmp_path, [{"id": 1, "image_id": 1, "category_id": 3, "segmentation": rle}])
+    with pytest.raises(segkit.DataError, match=r"ann.json image 1 \(a.png\): pycocotools cannot decode an RLE"):
+        segkit.data.build_dataset(spec).read_raw_label(0)  # named only the image file
+    with pytest.raises(segkit.DataError, match=r"^annotations: .*nope.json does not exist"):
+        segkit.data.build_dataset({**spec, "annotations": str(tmp_path / "nope.json")})  # said "dataset root"
+
+
+def test_cvat_labelmap_with_a_repeated_colour_and_labelme_typos_are_named(tmp_path):
+    (tmp_path / "labelmap.txt").write_text("background:0,0,0::\nroad:128,64,128::\nsky:128,64,128::\n")
+    with pytest.raises(segkit.DataError, match=r"labelmap.txt:3: 'sky' has the colour 128,64,128 of 'road'"):
+        segkit.data.build_dataset({"type": "cvat", "root": str(tmp_path)})  # was a UsageError naming no file
+    Image.fromarray(np.zeros((10, 20, 3), np.uint8)).save(tmp_path / "a.png")
+    doc = {"imagePath": "a.png", "imageHeight": 10, "imageWidth": 20,
+           "shapes": [{"label": "raod", "points": [[0, 0], [19, 9]], "shape_type": "rectangle"}]}  # fmt: skip
+    (tmp_path / "a.json").write_text(json.dumps(doc))
+    with pytest.raises(segkit.DataError) as e:
+        segkit.data.build_dataset({"type": "labelme", "root": str(tmp_path), "classes": ["background", "road"]})
+    assert str(e.value).endswith("not in classes ['background', 'road'] (did you mean road?)")  # no _background_
+
+
+def test_binary_mask_errors_name_the_mask_folder(tmp_path):
+    from segkit.data.binary import binary_convention
+
+    for d in ("img", "masks"):
+        (tmp_path / d).mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "img" / "a.png")
+    Image.fromarray(np.full((8, 8), 2, np.uint8)).save(tmp_path / "masks" / "a.png")
+    ds = segkit.data.build_dataset(
+        {
+            "type": "folder",
+            "images_dir": str(tmp_path / "img"),
+            "labels_dir": str(tmp_path / "masks"),
+            "classes": ["a", "b"],
+        }
+    )
+    with pytest.raises(segkit.DataError, match=rf"\(labels in {tmp_path / 'masks'}\): task: binary needs masks"):
+        binary_convention(ds, [0, 1, 2])  # named only the data set, "img"
+
+
+def test_eval_threshold_on_a_multiclass_model_says_so(finished_run, synthetic_split_module, capsys):
+    work, _ = finished_run
+    rc, err = run(capsys, "eval", work / "final", "--data", synthetic_split_module, "--threshold", "0.3")
+    assert rc == 2 and "is a multi-class model (5 classes" in err and "for binary models" in err
+    assert "in (0, 1)" not in err  # 0.3 is in (0, 1): the old message named a range it met
+
+
+def test_extreme_aspect_ratio_images_are_segmented(tmp_path):
+    """A 1 x 100000 strip resized keep-ratio to a 32-px side used to round to 0 rows (ZeroDivisionError)."""
+    from segkit.data.transforms import TestTransform, rescale_size
+
+    assert rescale_size(1, 100000, (120, 90)) == (1, 120)
+    assert TestTransform(scale=(120, 90), size_divisor=32).output_size(1, 100000) == (32, 3840)
+    seg = segkit.Segmenter(segkit.build_model("segformer-b0", num_classes=5, decoder_dim=32), device="cpu")
+    seg.transform = TestTransform(scale=(120, 90), size_divisor=32)
+    assert seg(np.zeros((1, 100000, 3), np.uint8)).label.shape == (1, 100000)

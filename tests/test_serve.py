@@ -115,6 +115,21 @@ def test_png_overlay_and_rle_formats(client, segmenter, images):
     assert np.array_equal(plain, overlay_array(expected.image, expected.label.astype(np.int64), segmenter.palette))
 
 
+def test_binary_model_is_served_through_its_threshold(images, tmp_path):
+    """A one-logit binary model: labels 0 / 1 from its threshold, equal to the Segmenter's."""
+    import torch
+
+    torch.manual_seed(0)
+    model = segkit.build_model("segformer-b0", 1, task="binary", decoder_dim=16, threshold=0.5)
+    model.class_names, model.palette = ["background", "foreground"], [[0, 0, 0], [255, 255, 255]]
+    model.save_pretrained(tmp_path / "binary")
+    expected = segkit.Segmenter(tmp_path / "binary", device="cpu")(images[0]).label
+    assert set(np.unique(expected)) == {0, 1}  # both sides of the threshold occur (an arg-max of 1 logit gives 0s)
+    with TestClient(create_app(tmp_path / "binary", device="cpu")) as client:
+        r = post(client, "/predict?format=png", images[0].read_bytes())
+    assert r.status_code == 200 and np.array_equal(label_of_png(r.content), expected)
+
+
 def test_onnx_export_serves_the_same_labels_without_torch(tmp_path_factory, final, segmenter, images, tmp_path):
     """The ONNX backend: labels equal the ONNX predictor of ``segkit predict --onnx`` on every pixel, and the
     PyTorch Segmenter of the same model (differences allowed only at float near-ties of the two runtimes:

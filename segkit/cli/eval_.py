@@ -81,8 +81,13 @@ def run(args) -> int:
     check_amp(args.amp, dev)
     model = load_model(args.checkpoint, map_location=dev)
     if args.threshold is not None:
-        if not getattr(model, "is_binary", False) or not 0 < args.threshold < 1:
-            raise UsageError(f"--threshold {args.threshold}: only for binary models, and in (0, 1)")
+        if not getattr(model, "is_binary", False):
+            raise UsageError(
+                f"--threshold {args.threshold}: {args.checkpoint} is a multi-class model ({model.num_classes} "
+                f"classes, each pixel takes the most likely one); --threshold is for binary models (task: binary)"
+            )
+        if not 0 < args.threshold < 1:
+            raise UsageError(f"--threshold {args.threshold}: the foreground probability threshold must be in (0, 1)")
         model.threshold = float(args.threshold)
     protocol, spec = protocol_and_spec(args, model)
     dataset = match_model(build_dataset(spec, transform=protocol.transform(model.mean, model.std)), model)

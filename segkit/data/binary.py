@@ -52,6 +52,9 @@ def binary_convention(dataset: SegDataset, values: list[int]) -> tuple[dict | No
     Raises :class:`~segkit.errors.DataError` naming the data set when the masks are not binary.
     """
     name, ignore = dataset.name, dataset.ignore_index
+    folders = sorted({os.path.dirname(lb) for _, lb in getattr(dataset, "samples", []) if isinstance(lb, str)})
+    if folders:  # a data set's name alone ("images") may not say which folder holds the masks
+        name = f"{name} (labels in {folders[0]}{f' and {len(folders) - 1} more folder(s)' if len(folders) > 1 else ''})"
     declared = bool(getattr(dataset, "ignore_declared", True))
     if dataset.reduce_zero_label:
         raise DataError(

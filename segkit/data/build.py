@@ -107,7 +107,8 @@ def build_dataset(cfg: Mapping, transform: Callable | None = None) -> SegDataset
     for key in ("root", "images_dir", "labels_dir", "annotations", "images", "data_yaml"):
         if isinstance(cfg.get(key), (str, os.PathLike)):
             if not resolve_root(cfg[key]).exists():
-                raise DataError(missing_root_message(cfg[key]))
+                what = "dataset root" if key == "root" else f"{key}:"
+                raise DataError(missing_root_message(cfg[key], what))
             cfg[key] = str(resolve_root(cfg[key]))
     return cls(**cfg, transform=transform)
 

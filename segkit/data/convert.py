@@ -114,14 +114,19 @@ def convert_to_split_layout(
         where = f"{what} {out_dir}".strip()
         raise UsageError(f"{where}: the current folder; name a new folder (the output is renamed into place)")
     existed = target.exists()
-    if not (overwrite and existed and target.is_dir() and any(target.iterdir())):
-        claim_output(out_dir, what=what)  # refuse an output with results now, before any work
+    holds_files = existed and target.is_dir() and any(target.iterdir())
+    if not holds_files:
+        claim_output(out_dir, what=what)  # refuse a file in the way now, before any work
     _remove_stale_partials(target)
     partial = partial_dir(target)
     try:
         splits = []
         for split, spec in specs.items():
             splits.append(_plan(str(split), spec))
+        if holds_files:
+            _refuse_input_inside(target, splits, f"{what} {out_dir}".strip())
+            if not overwrite:
+                claim_output(out_dir, what=what)  # refuse an output with results, before the writing
         meta = _meta(splits, name or target.name)
         suffix, reencode = _image_suffix(splits)
         if partial.exists():
@@ -183,6 +188,23 @@ def _plan(split: str, spec) -> _Split:
             stacklevel=3,
         )
     return sp
+
+
+_PATH_KEYS = ("root", "annotations", "images", "images_dir", "labels_dir", "path", "data_yaml")
+
+
+def _refuse_input_inside(target: Path, splits: list[_Split], where: str) -> None:
+    """A UsageError when the output folder holds the input (its images, labels or annotation files):
+    ``--overwrite`` would move the input aside, and the conversion replace it."""
+    inputs: list[str] = []
+    for sp in splits:
+        inputs += [p for sample in sp.dataset.samples for p in sample if isinstance(p, str)]
+        if isinstance(sp.source, dict):  # the spec's own folders and files (an annotation file)
+            inputs += [str(sp.source[k]) for k in _PATH_KEYS if isinstance(sp.source.get(k), (str, os.PathLike))]
+    real = target.resolve()
+    for p in inputs:
+        if os.path.exists(p) and (real == Path(p).resolve() or real in Path(p).resolve().parents):
+            raise UsageError(f"{where} holds the input ({p}): write the converted data set to another folder")
 
 
 def _file_name(ds: SegDataset, i: int, in_memory: bool) -> str:

@@ -380,8 +380,9 @@ def resolve_root(root: str | os.PathLike) -> Path:
     return Path(os.path.expanduser(os.path.expandvars(text)))
 
 
-def missing_root_message(root: str | os.PathLike) -> str:
-    """Why a dataset root does not exist and how to point segkit at the data (for error messages)."""
+def missing_root_message(root: str | os.PathLike, what: str = "dataset root") -> str:
+    """Why a dataset root does not exist and how to point segkit at the data (for error messages);
+    ``what`` names the path (the spec key for a file or folder that is not the root, e.g. ``annotations``)."""
     resolved = resolve_root(root)
     where = f"{resolved}" if str(resolved) == str(root) else f"{resolved} (from {root!s})"
     hint = ""
@@ -394,7 +395,7 @@ def missing_root_message(root: str | os.PathLike) -> str:
         hint = (
             f" ({state}); the data sets are not part of the repository: set SEGKIT_DATA to the folder that holds them"
         )
-    return f"dataset root {where} does not exist{hint}"
+    return f"{what} {where} does not exist{hint}"
 
 
 # --------------------------------------------------------------------------- shared layout

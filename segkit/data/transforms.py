@@ -68,11 +68,12 @@ def rescale_size(height: int, width: int, scale: Sequence[int]) -> tuple[int, in
     """Keep-ratio target size ``(H', W')`` for ``scale = (long, short)`` (order of the pair does not matter).
 
     factor = min(max(scale) / max(H, W), min(scale) / min(H, W)); side' = int(side·factor + 0.5)
-    (mmcv ``rescale_size``, used by the reference Resize with ``keep_ratio=True``).
+    (mmcv ``rescale_size``, used by the reference Resize with ``keep_ratio=True``), but at least 1 pixel
+    per side: mmcv's rounding gives 0 for an extreme aspect ratio (a 1 x 100000 strip), which no resize takes.
     """
     long_t, short_t = max(scale), min(scale)
     factor = min(long_t / max(height, width), short_t / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
 
 
 def random_scale(scale: Sequence[int], ratio_range: Sequence[float]) -> tuple[int, int]:

@@ -32,16 +32,24 @@ class TorchBackend:
             (:func:`segkit.runtime.check_amp` refuses what the device cannot run).
 
     Whole inference without test-time augmentation (the usual protocol) runs a batch as one forward pass
-    and resizes each image's logits to its own size; slide inference and multi-scale / flip protocols run
-    the images of a batch one after the other (slide inference batches its windows already).
+    and resizes each image's logits to its own size; slide inference, multi-scale / flip protocols and binary
+    (one-logit) models run the images of a batch one after the other through ``Segmentor.predict`` (slide
+    inference batches its windows already). Models reading other than 3 bands are refused
+    (:class:`~segkit.errors.UsageError`): uploads are RGB.
     """
 
     kind = "torch"
 
     def __init__(self, model, device: str = "auto", amp: str | None = None):
         from segkit.engine.segmenter import Segmenter
+        from segkit.errors import UsageError
 
         self.segmenter = Segmenter(model, device=device, amp=amp)
+        bands = int(getattr(self.segmenter.model, "in_channels", 3))
+        if bands != 3:
+            raise UsageError(
+                f"{model}: the model reads {bands}-band images; segkit serve takes RGB uploads (JPEG, PNG, WebP, TIFF)"
+            )
         self.model_name = str(getattr(self.segmenter.model, "name", type(self.segmenter.model).__name__))
         self.classes = self.segmenter.classes
         self.palette = self.segmenter.palette
@@ -51,6 +59,8 @@ class TorchBackend:
         self._kwargs = self.segmenter.protocol.inference_kwargs()
         self._batched = self._kwargs["mode"] == "whole" and tuple(self._kwargs["scales"]) == (1.0,)
         self._batched = self._batched and not self._kwargs["flip"]
+        # a binary model (one logit, a threshold) takes Segmentor.predict's own path, image by image
+        self._batched = self._batched and not getattr(self.segmenter.model, "is_binary", False)
 
     def prepare(self, image: np.ndarray) -> tuple[tuple, Any]:
         """``(key, item)`` of one image; raises :class:`~segkit.errors.InsufficientMemoryError` for an image

@@ -19,6 +19,7 @@ ignored by default (``crowd: class`` draws them as their category).
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -62,7 +63,12 @@ def _category_classes(
     for c in categories:
         if not isinstance(c, dict) or "id" not in c or "name" not in c:
             raise DataError(f"{path}: a category without 'id' and 'name': {c!r}")
-        cats[int(c["id"])] = str(c["name"])
+        cid, cname = int(c["id"]), str(c["name"])
+        if cats.get(cid, cname) != cname:
+            raise DataError(f"{path}: category id {cid} is given twice, as {cats[cid]!r} and {cname!r}")
+        cats[cid] = cname
+    if not cats and classes is None:
+        raise DataError(f"{path}: 'categories' is empty: no class to segment besides the background")
     names = [cats[k] for k in sorted(cats)]
     classes = list(classes) if classes is not None else background_classes(names, background)
     if background is not None and classes and classes[0] != background and background in classes:
@@ -162,7 +168,10 @@ class CocoDataset(AnnotatedDataset):
             rle = dict(seg, counts=seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"])
         with warnings.catch_warnings():  # pycocotools 2.0 under NumPy 2: a DeprecationWarning per call
             warnings.simplefilter("ignore", DeprecationWarning)
-            mask = mask_utils.decode(rle)
+            try:
+                mask = mask_utils.decode(rle)
+            except (ValueError, TypeError) as e:  # e.g. counts that are not a COCO RLE string
+                raise DataError(f"{self.entries[i].ref}: pycocotools cannot decode an RLE segmentation ({e})") from None
         if mask.shape[:2] != (h, w):
             raise DataError(f"{self.entries[i].ref}: a mask of {mask.shape[1]}x{mask.shape[0]} on a {w}x{h} image")
         label[mask.astype(bool)] = value
@@ -180,6 +189,8 @@ def _entries(path: Path, images: Path, data: dict, mapping: dict, ignore_index: 
         if not file.is_file():
             raise DataError(f"{path}: image id {iid}: {file} not found")
         size = (int(img["height"]), int(img["width"])) if "height" in img and "width" in img else None
+        if iid in entries:
+            raise DataError(f"{path}: image id {iid} is given twice ({entries[iid].path}, {file})")
         entries[iid] = ImageEntry(str(file), [], size, ref=f"{path} image {iid} ({file_name})")
     for ann in data["annotations"]:
         shape = _shape(path, ann, entries, mapping, ignore_index, crowd)
@@ -205,6 +216,9 @@ def _shape(path: Path, ann: dict, entries: dict, mapping: dict, ignore_index: in
             if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
                 n = len(poly) if isinstance(poly, list) else "?"
                 raise DataError(f"{where}: a polygon of {n} coordinates; polygons need at least 3 points (x, y pairs)")
+            bad = [v for v in poly if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)]
+            if bad:
+                raise DataError(f"{where}: polygon coordinates must be finite numbers, got {bad[0]!r}")
     elif isinstance(seg, dict):
         size = seg.get("size")
         if "counts" not in seg or not isinstance(size, list) or len(size) != 2:

@@ -41,6 +41,11 @@ def read_labelmap(path: Path) -> tuple[list[str], list[list[int]]]:
             raise DataError(f"{path}:{n}: expected 'name:r,g,b:parts:actions', got {line.strip()[:60]!r}") from None
         if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
             raise DataError(f"{path}:{n}: colour must be r,g,b in 0..255, got {parts[1]!r}")
+        if rgb in colours:
+            raise DataError(
+                f"{path}:{n}: {parts[0].strip()!r} has the colour {parts[1]} of {names[colours.index(rgb)]!r}: "
+                f"a mask pixel of that colour cannot be told apart (give each label its own colour)"
+            )
         names.append(parts[0].strip())
         colours.append(rgb)
     if not names:

@@ -29,6 +29,7 @@ import numpy as np
 from segkit.data.datasets import seeded_split
 from segkit.data.formats.base import AnnotatedDataset, ImageEntry, Shape, background_classes
 from segkit.data.io import DataError
+from segkit.utils import nearest_names
 
 AREA_SHAPES = ("polygon", "rectangle", "circle", "mask")
 LINE_SHAPES = ("line", "linestrip", "point", "points")
@@ -162,8 +163,11 @@ class LabelMeDataset(AnnotatedDataset):
             if kind in LINE_SHAPES:
                 continue
             if shape["label"] not in index:
+                classes = [c for c in index if c != BACKGROUND_LABEL]
+                near = nearest_names(str(shape["label"]), classes)
                 raise DataError(
-                    f"{f}: shape {k} has label {shape['label']!r}, which is not in classes {list(index)[:20]}"
+                    f"{f}: shape {k} has label {shape['label']!r}, which is not in classes {classes[:20]}"
+                    + (f" (did you mean {' or '.join(near)}?)" if near else "")
                 )
             pts = np.asarray(shape["points"], np.float64).reshape(-1, 2)
             geometry = (kind, pts, shape.get("mask"))
