@@ -29,11 +29,9 @@ import dataclasses
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from segkit.data.protocol import TestProtocol
-from segkit.errors import DataError
 from segkit.utils import (  # noqa: F401 (IMAGE_SUFFIXES, VIDEO_SUFFIXES, list_images re-exported)
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
@@ -45,6 +43,7 @@ from segkit.utils import (  # noqa: F401 (IMAGE_SUFFIXES, VIDEO_SUFFIXES, list_i
 
 from .result_formats import ResultWriter
 from .segmenter import _API_POLICY, AUTO_SLIDE_PIXELS, Segmenter  # noqa: F401 (AUTO_SLIDE_PIXELS re-exported)
+from .stream import VideoFramesError, is_camera, is_video, video_problem  # noqa: F401 (re-exported)
 
 
 def resolve_protocol(
@@ -69,16 +68,6 @@ def resolve_protocol(
     return p.replace(
         mode=None if mode == "auto" else mode, crop_size=crop_size, stride=stride, scale=scale, scales=scales, flip=flip
     )
-
-
-def is_video(source) -> bool:
-    """A camera index (``0``, ``"1"``) or a file with a video suffix."""
-    return is_camera(source) or Path(str(source)).suffix.lower() in VIDEO_SUFFIXES
-
-
-def is_camera(source) -> bool:
-    """A camera index: an int or a digit string (``0``, ``"1"``)."""
-    return (isinstance(source, int) and not isinstance(source, bool)) or str(source).isdigit()
 
 
 def image_sizes(files) -> list[tuple[int, int]]:
@@ -234,63 +223,6 @@ def predict_paths(
         model.train(was_training)
 
 
-class VideoFramesError(DataError):
-    """Frames of a video could not be decoded; the readable frames were written (``written``), the message
-    names the missing frames (``frames``, counting from 0) and the file with the rest."""
-
-    def __init__(self, message: str, written: list[Path], frames: list[int]):
-        super().__init__(message)
-        self.written, self.frames = written, frames
-
-
-def _frame_ranges(frames: list[int]) -> str:
-    """``[3, 4, 5, 9]`` → ``"3-5, 9"``."""
-    parts, start = [], None
-    for i, f in enumerate(frames):
-        if start is None:
-            start = f
-        if i + 1 == len(frames) or frames[i + 1] != f + 1:
-            parts.append(str(start) if start == f else f"{start}-{f}")
-            start = None
-    return ", ".join(parts)
-
-
-def video_problem(path) -> str:
-    """Why OpenCV cannot open the video file ``path``, as far as can be told from the file: missing, empty,
-    not a video container, a truncated / unfinished MP4 (no ``moov`` index), no decoder in this OpenCV."""
-    import cv2
-
-    path = Path(str(path))
-    if not path.exists():
-        return "no such file"
-    if path.is_dir():
-        return "a folder, not a video file"
-    size = path.stat().st_size
-    if size == 0:
-        return "the file is empty (0 bytes)"
-    with open(path, "rb") as f:
-        head = f.read(64)
-        f.seek(0)
-        start = f.read(1 << 20)
-        f.seek(max(0, size - (1 << 20)))
-        has_moov = b"moov" in start or b"moov" in f.read()  # the index of an MP4 sits at its start or end
-    backends = [cv2.videoio_registry.getBackendName(b) for b in cv2.videoio_registry.getStreamBackends()]
-    if "FFMPEG" not in backends and "GSTREAMER" not in backends:
-        return f"this OpenCV build has no video decoder backend (only {', '.join(backends) or 'none'})"
-    if head[4:8] == b"ftyp":  # MP4 / MOV / M4V
-        if not has_moov:
-            return (
-                "an MP4/MOV file without its 'moov' index: truncated, or a recording that was not finished "
-                f"({size} bytes)"
-            )
-        return "an MP4/MOV file that OpenCV's FFmpeg cannot decode (an unsupported codec, or damaged)"
-    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
-        return "an AVI file that OpenCV cannot decode (an unsupported codec, or a damaged header)"
-    if head[:4] == b"\x1a\x45\xdf\xa3":
-        return "a Matroska/WebM file that OpenCV cannot decode (an unsupported codec, or damaged)"
-    return f"not a video container OpenCV knows ({size} bytes, starting with {head[:12]!r})"
-
-
 def predict_video(
     seg: Segmenter,
     source,
@@ -303,142 +235,21 @@ def predict_video(
     overwrite: bool = False,
     stem: str | None = None,
 ) -> list[Path]:
-    """Segment every frame of a video file or camera (``source`` an int or digit string) with ``seg``.
-
-    Writes ``<stem>_overlay.mp4`` (input size and frame rate; ``camera<N>_overlay.mp4`` for a
-    camera, at its reported rate or 25 fps) and, with ``save_labels``, ``<stem>_<frame:06d>_label.png``
-    per frame. A camera is read until it stops delivering frames, ``max_frames``, or Ctrl-C.
-    An existing output file is refused (:class:`~segkit.errors.OutputExistsError`) unless
-    ``overwrite`` moves it aside (:func:`segkit.utils.claim_output`).
-
-    A frame that cannot be decoded is skipped (the next ones are still tried) and counted: when the
-    video ends short of the frame count of its header, or frames in it failed, the readable frames are
-    written and :class:`VideoFramesError` (a :class:`~segkit.errors.DataError`) names the missing frames,
-    what was written and where. (A shortfall of one frame at the end is only a warning: some containers
-    store an estimated count.) Raises :class:`~segkit.errors.DataError` naming the source and the reason
-    (:func:`video_problem`) when it cannot be opened or no frame can be read.
-    """
-    import warnings
-
-    import cv2
-    from tqdm.auto import tqdm
-
-    from segkit.utils import atomic_write_bytes
-
-    from .visualize import label_png, overlay, png_bytes
-
-    camera = is_camera(source)
-    cap = cv2.VideoCapture(int(source) if camera else str(source))
-    if not cap.isOpened():
-        why = "no such camera, or it is in use" if camera else video_problem(source)
-        raise DataError(f"{source}: cannot open this {'camera' if camera else 'video'} with OpenCV: {why}")
-    stem = stem or (f"camera{source}" if camera else Path(str(source)).stem)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    total = None if camera else int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    if total is not None and total < 0:
-        total = None
-    video_path = out_dir / f"{stem}_overlay.mp4"
-    tmp_path = out_dir / f".{stem}_overlay.part.mp4"
-    claim_output(video_path, overwrite=overwrite, what="", kind="file", **_API_POLICY)
-    writer = None
-    written: list[Path] = []
-    bad: list[int] = []
-    failed_in_a_row = 0
-    bar = tqdm(total=total, desc=f"predict {stem}", unit="frame", disable=not progress)
-    frame_index = decoded = 0
-    try:
-        while max_frames is None or frame_index < max_frames:
-            ok, frame = cap.read()
-            if not ok:
-                if camera or total is None or frame_index >= total or failed_in_a_row >= 25:
-                    break  # the end (or 25 undecodable frames in a row: the rest is counted as missing below)
-                bad.append(frame_index)  # an undecodable frame: skip it and try the next one
-                failed_in_a_row += 1
-                frame_index += 1
-                cap.set(cv2.CAP_PROP_POS_FRAMES, frame_index)
-                continue
-            failed_in_a_row = 0
-            rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-            label = seg.labels([rgb])[0]
-            if writer is None:
-                h, w = rgb.shape[:2]
-                writer = cv2.VideoWriter(str(tmp_path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-                if not writer.isOpened():
-                    raise DataError(f"{video_path}: OpenCV cannot write an mp4v video here")
-            vis = overlay(rgb, label.astype(np.int64), seg.palette, alpha=alpha, ignore_index=-1)
-            writer.write(cv2.cvtColor(vis, cv2.COLOR_RGB2BGR))
-            if save_labels:
-                path = out_dir / f"{stem}_{frame_index:06d}_label.png"
-                claim_output(path, overwrite=overwrite, what="", kind="file", **_API_POLICY)
-                atomic_write_bytes(path, png_bytes(label_png(label, seg.palette)))
-                written.append(path)
-            frame_index += 1
-            decoded += 1
-            bar.update(1)
-    except KeyboardInterrupt:
-        if not camera:
-            raise
-    finally:
-        bar.close()
-        cap.release()
-        if writer is not None:
-            writer.release()
-    if decoded == 0:
-        tmp_path.unlink(missing_ok=True)
-        why = "" if camera else f": {_no_frame_reason(source, total)}"
-        raise DataError(f"{source}: no frame could be read{why}")
-    if total is not None and max_frames is None:
-        bad += list(range(frame_index, total))  # the stream ended before the count of its header
-    _check_written_video(tmp_path, video_path, decoded)
-    tmp_path.replace(video_path)
-    written = [video_path, *written]
-    if bad == [total - 1] and total is not None and decoded == total - 1:
-        warnings.warn(
-            f"{source}: {decoded} frames decoded, its header announces {total} (an estimated count in some "
-            f"containers; otherwise the last frame is damaged)",
-            UserWarning,
-            stacklevel=2,
-        )
-    elif bad:
-        raise VideoFramesError(
-            f"{source}: frame(s) {_frame_ranges(bad)} of {total} (counting from 0) could not be decoded: the file "
-            f"is damaged or truncated there; wrote the {decoded} readable frame(s) to {video_path}",
-            written,
-            bad,
-        )
-    return written
-
-
-def _check_written_video(tmp_path: Path, video_path: Path, frames: int) -> None:
-    """OpenCV's writer reports no write error (a full disk leaves a short or unreadable file): read the count
-    back; :class:`~segkit.errors.OutputError` naming the file (the partial one removed) when it falls short."""
-    import shutil
-
-    import cv2
-
-    from segkit.errors import OutputError
-
-    cap = cv2.VideoCapture(str(tmp_path))
-    found = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
-    cap.release()
-    if found < frames:
-        free = shutil.disk_usage(tmp_path.parent).free
-        tmp_path.unlink(missing_ok=True)
-        why = "no space left on device" if free < 1 << 20 else "the written file does not read back"
-        raise OutputError(
-            f"{why} writing {video_path}: it holds {found} of the {frames} frames (the partial file was removed; "
-            f"{free} bytes free)"
-        )
-
-
-def _no_frame_reason(source, total) -> str:
-    if total:
-        return (
-            f"its header announces {total} frames, none decodes (a truncated or damaged file, or an unsupported codec)"
-        )
-    return video_problem(source) if Path(str(source)).exists() else "no such file"
+    """Segment every frame of a video file or camera (``source`` an int or digit string) with ``seg``: writes
+    ``<out_dir>/<stem>_overlay.mp4`` (``camera<N>_overlay.mp4`` for a camera) and, with ``save_labels``,
+    ``<stem>_<frame:06d>_label.png`` per frame. :meth:`Segmenter.video <segkit.engine.segmenter.Segmenter.video>`,
+    which holds the rules (undecodable frames: :class:`VideoFramesError` after the readable ones are written)."""
+    stem = stem or (f"camera{int(source)}" if is_camera(source) else Path(str(source)).stem)
+    return seg.video(
+        source,
+        Path(out_dir) / f"{stem}_overlay.mp4",
+        alpha=alpha,
+        save_labels=save_labels,
+        stem=stem,
+        max_frames=max_frames,
+        overwrite=overwrite,
+        progress=progress,
+    )
 
 
 __all__ = [

@@ -43,7 +43,12 @@ class SegResult:
         image: the ``(H, W, 3)`` uint8 RGB image that was segmented.
         path: the file it came from, if any.
         name: the default stem of :meth:`save`: the file's stem, ``image_0000``, ``image_0001`` … (the
-            input's index in the call) for in-memory inputs; unique within one call of :class:`Segmenter`.
+            input's index in the call) for in-memory inputs; unique within one call of :class:`Segmenter`;
+            ``<video stem>_<frame:06d>`` (``camera<N>_<frame:06d>``) for a video frame of :meth:`Segmenter.stream`.
+        frame_index: :meth:`Segmenter.stream`: the frame number in its video (from 0), or the image's number in
+            its folder / glob / iterable; ``None`` from a plain call.
+        timestamp: :meth:`Segmenter.stream`: seconds from the start of the video (the decoder's position), or
+            since a camera was opened; ``None`` for still images.
     """
 
     label: np.ndarray
@@ -54,9 +59,14 @@ class SegResult:
     name: str | None = None
     _probs: Any = field(default=None, repr=False)
     mask_values: list[int] | None = None  # a binary model's [background, foreground] values: save() writes them
+    frame_index: int | None = None
+    timestamp: float | None = None
 
     def probs(self) -> np.ndarray:
-        """Class probabilities ``(K, H, W)`` float32 (softmax of the protocol's inference), computed on request."""
+        """Class probabilities ``(K, H, W)`` float32 (softmax of the protocol's inference; binary: ``[1 - p, p]``).
+
+        Kept from the forward pass when the result was made with ``probs=True`` (``seg(x, probs=True)``,
+        ``seg.stream(src, probs=True)``); otherwise computed on request, which runs the network a second time."""
         if callable(self._probs):
             self._probs = self._probs()
         return self._probs
@@ -248,10 +258,19 @@ class Segmenter:
         mode: ``None`` (the protocol's), ``"whole"``, ``"slide"`` or ``"auto"`` (slide only for images
             above :data:`AUTO_SLIDE_PIXELS` pixels after the resize).
         window_batch: slide windows per forward.
+        batch_size: at most this many images per forward in whole mode (images of the same network input size
+            are batched; slide inference runs one image at a time, its windows ``window_batch`` at a time). Default
+            8, a choice: it bounds the memory of one call over a long list (a list used to go through as a single
+            batch) while keeping GPU batches full; on a CPU batching gains little (``benchmarks/segmenter_batch.md``).
+            :meth:`stream` also reads this many frames ahead.
+        progress: show a progress bar (``tqdm``) over the images of a call, a stream or a video; default off
+            (on in ``segkit predict``). Each call can override it.
 
-    Calling it with one input returns a :class:`SegResult`; with a list, a list (images of the
-    same size are run as one batch in whole mode). Raises ``TypeError`` / ``ValueError`` for
-    inputs it cannot read, naming them.
+    Calling it with one input returns a :class:`SegResult`; with a list, a list. ``probs=True`` keeps each
+    image's class probabilities from the same forward pass (:meth:`SegResult.probs` then costs nothing).
+    :meth:`stream` segments a folder, a glob, a video file or a camera frame by frame; :meth:`video` writes an
+    overlay video (what ``segkit predict`` does for videos). Raises ``TypeError`` / ``ValueError`` for inputs it
+    cannot read, naming them.
     """
 
     def __init__(
@@ -262,6 +281,8 @@ class Segmenter:
         protocol: TestProtocol | None = None,
         mode: str | None = None,
         window_batch: int = 4,
+        batch_size: int = 8,
+        progress: bool = False,
     ):
         from segkit.models.fuse import for_inference
 
@@ -275,6 +296,8 @@ class Segmenter:
             raise UsageError(f"mode must be None, 'auto', 'whole' or 'slide', got {mode!r}")
         if isinstance(window_batch, bool) or int(window_batch) < 1:
             raise UsageError(f"window_batch must be >= 1, got {window_batch!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UsageError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.device = _device(device)
         check_amp(amp, self.device)
         self.model = model.to(self.device).eval()
@@ -285,6 +308,8 @@ class Segmenter:
             self.protocol = self.protocol.replace(mode=mode)
         self.auto = mode == "auto"
         self.window_batch = int(window_batch)
+        self.batch_size = batch_size
+        self.progress = bool(progress)
         self.transform = self.protocol.transform(model.mean, model.std)
         self._per_pixel: float | None | bool = False  # whole-image memory per input pixel, measured on first use
 
@@ -340,39 +365,57 @@ class Segmenter:
 
     @torch.inference_mode()
     def labels(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Label maps of ``(H, W, 3)`` uint8 RGB images, each at its own size (same-size images batched).
+        """Label maps of ``(H, W, 3)`` uint8 RGB images, each at its own size (same-size images batched, at most
+        :attr:`batch_size` per forward).
 
         A whole-image inference that cannot fit in memory is refused before it runs (:meth:`check_memory`;
         a CUDA out-of-memory error is reported the same way): :class:`~segkit.errors.InsufficientMemoryError`."""
+        return self._run(images, keep_probs=False)[0]
+
+    @torch.inference_mode()
+    def _run(self, images: Sequence[np.ndarray], keep_probs: bool) -> tuple[list[np.ndarray], list | None]:
+        """``(labels, probs)`` of uint8 images: the labels of :meth:`labels`; with ``keep_probs`` the labels are the
+        arg-max (binary: the threshold) of the probabilities of :meth:`Segmentor.inference`, which are returned too
+        (``(K, H, W)`` float32 each), from the one forward pass. Images are grouped by network input size and run
+        :attr:`batch_size` at a time; each chunk is resized and normalised only when it runs."""
         from segkit.errors import InsufficientMemoryError
 
         out: list[np.ndarray | None] = [None] * len(images)
+        probs: list[np.ndarray | None] | None = [None] * len(images) if keep_probs else None
         groups: dict[tuple, list[int]] = {}
         self.check_memory([img.shape[:2] for img in images])
-        inputs = [self.transform(img)["image"] for img in images]
-        for i, (img, x) in enumerate(zip(images, inputs)):
-            groups.setdefault((tuple(x.shape), img.shape[:2]), []).append(i)
+        for i, img in enumerate(images):
+            groups.setdefault((self.transform.output_size(*img.shape[:2]), img.shape[:2]), []).append(i)
         dtype = torch.uint8 if self.model.num_classes <= 256 else torch.int64
         for (shape, size), idx in groups.items():
-            kw = self._kwargs(shape[-2:])
-            step = len(idx) if kw["mode"] == "whole" else 1  # slide runs its windows in batches already
+            kw = self._kwargs(shape)
+            step = self.batch_size if kw["mode"] == "whole" else 1  # slide runs its windows in batches already
             for start in range(0, len(idx), step):
                 chunk = idx[start : start + step]
-                x = torch.stack([inputs[i] for i in chunk]).to(self.device)
+                x = torch.stack([self.transform(images[i])["image"] for i in chunk]).to(self.device)
                 try:
                     with self._autocast():
-                        pred = self.runner.predict(x, out_size=size, window_batch=self.window_batch, **kw)
+                        if keep_probs:
+                            p = self.runner.inference(x, out_size=size, window_batch=self.window_batch, **kw).float()
+                            if getattr(self.model, "is_binary", False):
+                                pred = (p[:, 1] >= self.model.threshold).long()
+                            else:
+                                pred = p.argmax(dim=1)
+                            for i, pi in zip(chunk, p.cpu().numpy()):
+                                probs[i] = pi
+                        else:
+                            pred = self.runner.predict(x, out_size=size, window_batch=self.window_batch, **kw)
                 except torch.OutOfMemoryError as e:
                     first = (str(e).splitlines() or [""])[0][:160]
                     raise InsufficientMemoryError(
                         f"{kw['mode']} inference of {len(chunk)} image(s) of {size[0]}x{size[1]} px (network input "
                         f"{shape[-2]}x{shape[-1]}) ran out of {self.device.type.upper()} memory ({first}); use slide "
                         f"inference (--mode slide) with a smaller --crop, a test resize (--scale), or fewer images "
-                        f"per call"
+                        f"per call (batch_size)"
                     ) from None
                 for i, lab in zip(chunk, pred.to(dtype).cpu().numpy()):
                     out[i] = lab
-        return out
+        return out, probs
 
     @torch.inference_mode()
     def probabilities(self, image: np.ndarray) -> np.ndarray:
@@ -383,15 +426,17 @@ class Segmenter:
             probs = self.runner.inference(x, out_size=image.shape[:2], window_batch=self.window_batch, **kw)
         return probs[0].float().cpu().numpy()
 
-    def __call__(self, inputs):
-        single = not isinstance(inputs, (list, tuple))
-        items = [inputs] if single else list(inputs)
+    def _decode(self, x, index: int) -> tuple[np.ndarray, str | None]:
         channels = int(getattr(self.model, "in_channels", 3))
-        decoded = [to_rgb(x, i) if channels == 3 else _to_bands(x, i, channels) for i, x in enumerate(items)]
-        labels = self.labels([img for img, _ in decoded])
-        if channels != 3:  # a multi-band image is shown (overlay, SegResult.image) by its first three bands
+        return to_rgb(x, index) if channels == 3 else _to_bands(x, index, channels)
+
+    def _results(self, decoded, names, probs: bool, frames=None) -> list[SegResult]:
+        """:class:`SegResult` s of decoded ``(image, path)`` pairs (one forward pass per chunk)."""
+        labels, kept = self._run([img for img, _ in decoded], keep_probs=probs)
+        if int(getattr(self.model, "in_channels", 3)) != 3:  # a multi-band image is shown by its first three bands
             decoded = [(_display_rgb(img), path) for img, path in decoded]
-        results = [
+        frames = frames or [None] * len(decoded)
+        return [
             SegResult(
                 label=lab,
                 classes=self.classes,
@@ -399,12 +444,348 @@ class Segmenter:
                 image=img,
                 path=path,
                 name=name,
-                _probs=(lambda img=img: self.probabilities(img)),
+                _probs=kept[i] if probs else (lambda img=img: self.probabilities(img)),
                 mask_values=self.mask_values,
+                frame_index=None if frame is None else frame.index,
+                timestamp=None if frame is None else frame.timestamp,
             )
-            for (img, path), lab, name in zip(decoded, labels, default_names([path for _, path in decoded]))
+            for i, ((img, path), lab, name, frame) in enumerate(zip(decoded, labels, names, frames))
         ]
+
+    def __call__(self, inputs, *, probs: bool = False, progress: bool | None = None):
+        """Segment one input (→ a :class:`SegResult`) or a list / tuple of inputs (→ a list, in order).
+
+        Inputs: paths, ``PIL.Image`` s, ``(H, W, 3)`` uint8 RGB arrays, ``(3, H, W)`` uint8 tensors
+        (:func:`to_rgb`). ``probs=True`` keeps the class probabilities of the forward pass in each result
+        (``(K, H, W)`` float32 per image, ``4·K·H·W`` bytes: 1.8 MB for 150 classes at 64×48) and takes the labels
+        as their arg-max, equal to the default labels except at float32 near-ties; without it, :meth:`SegResult.probs`
+        runs the network again. ``progress`` overrides the segmenter's setting (a bar over the chunks of a list)."""
+        single = not isinstance(inputs, (list, tuple))
+        items = [inputs] if single else list(inputs)
+        decoded = [self._decode(x, i) for i, x in enumerate(items)]
+        names = default_names([path for _, path in decoded])
+        show = self.progress if progress is None else progress
+        if not show or single:
+            results = self._results(decoded, names, probs)
+        else:
+            from tqdm.auto import tqdm
+
+            results = []
+            with tqdm(total=len(items), desc="segment", unit="image") as bar:
+                for start in range(0, len(items), self.batch_size):
+                    part = slice(start, start + self.batch_size)
+                    results += self._results(decoded[part], names[part], probs)
+                    bar.update(len(decoded[part]))
         return results[0] if single else results
 
+    def stream(
+        self,
+        source,
+        *,
+        probs: bool = False,
+        progress: bool | None = None,
+        on_error: str = "warn",
+        max_frames: int | None = None,
+    ) -> SegStream:
+        """Segment a source frame by frame: an iterable :class:`SegStream` of :class:`SegResult` s, one per image or
+        frame, in order, with ``frame_index`` and ``timestamp`` (seconds; ``None`` for still images).
 
-__all__ = ["Segmenter", "SegResult", "default_names", "to_rgb", "AUTO_SLIDE_PIXELS"]
+        Args:
+            source: a folder (its images, then its videos), a glob pattern (``"photos/*.jpg"``), an image or video
+                file, a camera index (``0``, ``"1"``) or an iterable of in-memory images (a generator is consumed
+                lazily) — :func:`segkit.engine.stream.frames`.
+            probs: keep each result's probabilities from the forward pass (see :meth:`__call__`).
+            progress: a bar over the frames (total from the folder listing or the video's header).
+            on_error: ``"warn"`` (default): an image or frame that cannot be decoded is skipped with a warning
+                naming the file and the frame numbers, the stream goes on, and a last warning counts the errors;
+                ``"raise"``: :class:`~segkit.errors.DataError` at the first one.
+            max_frames: stop each video or camera after this many frames.
+
+        Only :attr:`batch_size` frames are read ahead and only the result being consumed is held: memory does not
+        grow with the length of the source (``tests/test_stream.py`` measures it over 300 frames). Labels equal those
+        of calling the segmenter on the same decoded frames. The stream's :attr:`SegStream.errors` lists what could
+        not be read. Raises :class:`~segkit.errors.NotFoundError` for a missing path or a glob that matches nothing,
+        :class:`~segkit.errors.DataError` for a single video that cannot be opened or gives no frame at all."""
+        from .stream import frames, source_length
+
+        if on_error not in ("warn", "raise"):
+            from segkit.errors import UsageError
+
+            raise UsageError(f"on_error must be 'warn' or 'raise', got {on_error!r}")
+        self._check_rgb_source(source)
+        return SegStream(
+            self,
+            frames(source, max_frames, read_images=int(getattr(self.model, "in_channels", 3)) == 3),
+            str(source) if isinstance(source, (str, os.PathLike, int)) else type(source).__name__,
+            length=source_length(source) if (self.progress if progress is None else progress) else None,
+            probs=probs,
+            progress=self.progress if progress is None else progress,
+            on_error=on_error,
+        )
+
+    def _check_rgb_source(self, source) -> None:
+        from .stream import is_video
+
+        channels = int(getattr(self.model, "in_channels", 3))
+        if channels != 3 and isinstance(source, (str, os.PathLike, int)) and is_video(source):
+            from segkit.errors import UsageError
+
+            raise UsageError(f"{source}: video frames are RGB; this model takes {channels}-band images")
+
+    def video(
+        self,
+        source,
+        out: str | os.PathLike,
+        *,
+        alpha: float = 0.5,
+        save_labels: bool = False,
+        stem: str | None = None,
+        max_frames: int | None = None,
+        overwrite: bool = False,
+        progress: bool | None = None,
+    ) -> list[Path]:
+        """Segment every frame of a video file or a camera (``source`` an int or digit string) and write the overlay
+        video ``out`` (the frames blended with the class colours, ``alpha``; the input's size and frame rate — a
+        camera's reported rate or 25 fps; codec by suffix: ``mp4v`` for ``.mp4`` / ``.m4v`` / ``.mov``, ``MJPG`` for
+        ``.avi``). ``save_labels`` also writes ``<stem>_<frame:06d>_label.png`` per frame next to ``out`` (palette
+        PNGs of class indices; ``stem`` default: the video's stem, ``camera<N>``). What ``segkit predict`` runs.
+
+        Frames come from :meth:`stream` (the same labels, the same lazy reading). A camera is read until it stops
+        delivering frames, ``max_frames``, or Ctrl-C. The video is written to a hidden ``.part`` file and moved into
+        place once its frame count reads back. An existing output is refused (:class:`~segkit.errors.OutputExistsError`)
+        unless ``overwrite`` moves it aside first (:func:`segkit.utils.claim_output`).
+
+        A frame that cannot be decoded is skipped (the next ones are still tried): the readable frames are written,
+        then :class:`~segkit.engine.stream.VideoFramesError` (a :class:`~segkit.errors.DataError`) names the missing
+        frames, what was written and where. (A shortfall of one frame at the end is only a warning: some containers
+        store an estimated count.) Raises :class:`~segkit.errors.DataError` naming the source and the reason when it
+        cannot be opened or no frame can be read. Returns the written paths, the video first."""
+        from segkit.errors import DataError
+        from segkit.utils import atomic_write_bytes, claim_output
+
+        from .stream import VideoFramesError, VideoReader, VideoWriter, frame_ranges
+        from .visualize import label_png, overlay, png_bytes
+
+        self._check_rgb_source(source)
+        reader = VideoReader(source)
+        out = Path(out)
+        stem = stem or reader.name
+        claim_output(out, overwrite=overwrite, what="", kind="file", **_API_POLICY)
+        show = self.progress if progress is None else progress
+        stream = SegStream(
+            self,
+            reader.frames(max_frames),
+            str(source),
+            length=reader.total,
+            progress=show,
+            desc=f"segment {stem}",
+            warn=False,
+        )
+        writer = VideoWriter(out, reader.fps)
+        labels: list[Path] = []
+        try:
+            for res in stream:
+                lab = res.label.astype(np.int64)
+                writer.write(overlay(res.image, lab, self.palette, alpha=alpha, ignore_index=-1))
+                if save_labels:
+                    path = out.parent / f"{stem}_{res.frame_index:06d}_label.png"
+                    claim_output(path, overwrite=overwrite, what="", kind="file", **_API_POLICY)
+                    atomic_write_bytes(path, png_bytes(label_png(res.label, self.palette, self.mask_values)))
+                    labels.append(path)
+        except KeyboardInterrupt:
+            if not reader.camera:
+                writer.discard()
+                raise
+        except BaseException:
+            writer.discard()
+            raise
+        finally:
+            stream.close()
+        if writer.frames == 0:  # a camera stopped (Ctrl-C) before its first frame
+            writer.discard()
+            raise DataError(f"{source}: no frame could be read")
+        written = [writer.finish(), *labels]
+        bad = [e.index for e in stream.errors]
+        if bad:
+            raise VideoFramesError(
+                f"{source}: frame(s) {frame_ranges(bad)} of {reader.total} (counting from 0) could not be decoded: the "
+                f"file is damaged or truncated there; wrote the {writer.frames} readable frame(s) to {out}",
+                written,
+                bad,
+            )
+        return written
+
+
+@dataclass
+class FrameError:
+    """An image or video frame of a stream that could not be read: its file (``None`` for a camera or an in-memory
+    image), its index (the frame number, or the image's number; ``-1`` for a whole video that gave nothing) and
+    why."""
+
+    path: str | None
+    index: int
+    reason: str
+
+
+class SegStream:
+    """The iterable of :meth:`Segmenter.stream`: :class:`SegResult` s one by one; :attr:`errors` lists the images and
+    frames that could not be read (filled as the stream goes), :attr:`count` the results given so far.
+
+    Iterate it once (it reads its source as it goes). :meth:`close` (or leaving a ``with`` block, or breaking out of
+    the loop and dropping it) releases a video or camera."""
+
+    def __init__(
+        self,
+        seg: Segmenter,
+        frames,
+        source: str,
+        *,
+        length: int | None = None,
+        probs: bool = False,
+        progress: bool = False,
+        on_error: str = "warn",
+        desc: str = "segment",
+        warn: bool = True,
+    ):
+        self.seg, self.source, self.frames = seg, source, frames
+        self.length, self.probs, self.progress, self.on_error = length, probs, progress, on_error
+        self.desc, self.warn = desc, warn
+        self.errors: list[FrameError] = []
+        self.count = 0
+        self._unreported: list[FrameError] = []
+        self._names: set[str] = set()
+        self._iterating = False
+
+    def __enter__(self) -> SegStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop reading: releases a video or camera (the frames generator is closed)."""
+        close = getattr(self.frames, "close", None)
+        if close is not None:
+            close()
+
+    def __iter__(self):
+        from tqdm.auto import tqdm
+
+        if self._iterating:
+            from segkit.errors import UsageError
+
+            raise UsageError(f"a stream over {self.source} is read once; call Segmenter.stream again to restart")
+        self._iterating = True
+        pending: list = []
+        bar = tqdm(total=self.length, desc=self.desc, unit="frame", disable=not self.progress)
+        try:
+            for frame in self.frames:
+                if frame.image is not None:
+                    decoded = self._decoded(frame)
+                    if decoded is not None:
+                        self._report()
+                        pending.append((frame, decoded))
+                if len(pending) >= self.seg.batch_size:
+                    yield from self._flush(pending, bar)
+                    pending = []
+                if frame.image is None:
+                    self._failed(FrameError(frame.path, frame.index, frame.error or "could not be read"))
+            if pending:
+                yield from self._flush(pending, bar)
+            self._report(end=True)
+        finally:
+            bar.close()
+            self.close()
+
+    def _decoded(self, frame):
+        """``(image, path)`` of a frame: a decoded one as it is; an in-memory item of an iterable through
+        :func:`to_rgb`; ``None`` (recorded as an error) for an item that is an unreadable image."""
+        from segkit.errors import DataError
+
+        image = frame.image
+        if isinstance(image, np.ndarray) and frame.path is not None:  # a decoded file or video frame
+            return image, frame.path
+        if frame.camera is not None:
+            return image, None
+        try:
+            return self.seg._decode(image, frame.index)
+        except DataError as e:
+            self._failed(FrameError(frame.path, frame.index, str(e)))
+            return None
+
+    def _name(self, frame) -> str:
+        if frame.camera is not None:
+            return f"camera{frame.camera}_{frame.index:06d}"
+        if frame.path is None:
+            return f"image_{frame.index:04d}"
+        stem = Path(frame.path).stem
+        from .stream import is_video
+
+        if is_video(frame.path):
+            return f"{stem}_{frame.index:06d}"
+        name = stem if stem not in self._names else f"{stem}_{Path(frame.path).suffix.lstrip('.').lower()}"
+        name = name if name not in self._names else f"{stem}_{frame.index:04d}"
+        self._names.add(name)
+        return name
+
+    def _flush(self, pending, bar):
+        results = self.seg._results(
+            [d for _, d in pending], [self._name(f) for f, _ in pending], self.probs, [f for f, _ in pending]
+        )
+        pending.clear()
+        for res in results:
+            self.count += 1
+            bar.update(1)
+            yield res
+
+    def _failed(self, err: FrameError) -> None:
+        from segkit.errors import DataError
+
+        self.errors.append(err)
+        if self.on_error == "raise":
+            where = f"frame {err.index}" if err.index >= 0 else "the video"
+            raise DataError(f"{err.path or self.source}: {where}: {err.reason}")
+        self._unreported.append(err)
+
+    def _report(self, end: bool = False) -> None:
+        """Warn about the errors met since the last readable frame (frame numbers per file); at the end, count them
+        all."""
+        import warnings
+
+        if self.warn and self._unreported:
+            by_file: dict = {}
+            for e in self._unreported:
+                by_file.setdefault(e.path, []).append(e)
+            for path, errs in by_file.items():
+                what = path or self.source
+                if path is not None and not _is_video_path(path):
+                    text = f"{what}: {errs[0].reason}"
+                elif errs[0].index < 0:
+                    text = f"{what}: {errs[0].reason}"
+                else:
+                    text = f"{what}: frame(s) {_ranges([e.index for e in errs])}: {errs[0].reason}"
+                warnings.warn(f"{text} (skipped; the stream goes on)", UserWarning, stacklevel=3)
+        self._unreported = []
+        if end and self.warn and self.errors:
+            files = sorted({e.path or self.source for e in self.errors})
+            warnings.warn(
+                f"stream over {self.source}: {len(self.errors)} image(s) or frame(s) could not be read, in "
+                f"{', '.join(files[:5])}{' …' if len(files) > 5 else ''}; {self.count} segmented",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+def _is_video_path(path: str) -> bool:
+    from .stream import is_video
+
+    return is_video(path)
+
+
+def _ranges(frames: list[int]) -> str:
+    from .stream import frame_ranges
+
+    return frame_ranges(frames)
+
+
+__all__ = ["Segmenter", "SegResult", "SegStream", "FrameError", "default_names", "to_rgb", "AUTO_SLIDE_PIXELS"]
