@@ -214,3 +214,31 @@ def test_format_json_refuses_to_replace_results(camvid_folder, tmp_path, capsys)
     assert (out / f"{stems[0]}.json").read_text() == "{}"
     assert main(args + ["--overwrite"]) == 0
     assert Path(out / f"{stems[0]}.json").read_text() != "{}"
+
+
+def test_docs_deploy_python_block_runs_as_written(tmp_path, camvid, monkeypatch):
+    """The Python block of docs/deploy.md, run as written in a folder laid out like a clone beside the data
+    (the README model's folder made here: random weights, CamVid classes, a small test resize)."""
+    import re
+
+    from conftest import REPO
+
+    from segkit.data.protocol import TestProtocol
+
+    blocks = re.findall(r"```python\n(.*?)```", (REPO / "docs" / "deploy.md").read_text(), re.S)
+    assert len(blocks) == 1
+    clone = tmp_path / "parent" / "clone"
+    (clone / "work_dirs").mkdir(parents=True)
+    (tmp_path / "parent" / "shared").mkdir()
+    (tmp_path / "parent" / "shared" / "data").symlink_to(camvid.parent)
+    meta = json.loads((camvid / "meta.json").read_text())
+    model = segkit.build_model("segformer-b0", num_classes=11, class_names=meta["classes"], palette=meta["palette"])
+    model.test_protocol = TestProtocol(scale=(96, 72), keep_ratio=True, size_divisor=32).to_dict()
+    model.save_pretrained(clone / "work_dirs" / "segformer-b0_camvid_10min" / "final")
+    monkeypatch.chdir(clone)
+    ns: dict = {}
+    exec(compile(blocks[0], "docs/deploy.md", "exec"), ns)
+    res = ns["result"]
+    present = [res.classes[k] for k in np.unique(res.label)]
+    assert list(ns["masks"]) == list(ns["rles"]) == list(ns["polygons"]) == present
+    assert [c["name"] for c in json.loads(ns["doc"])["classes"]] == list(ns["masks"])
