@@ -15,6 +15,7 @@
     segkit analyze {layers,erf,features,attention,gradcam,sizes} MODEL ... --out DIR
     segkit pretrain ENCODER --data FOLDER [--epochs N] [--set k=v ...] [--resume auto]
     segkit serve MODEL [--host 127.0.0.1] [--port 8000] [--max-batch 8] [--api-key KEY]   (HTTP API + web page)
+    segkit push FOLDER ORG/NAME [--private] [--revision BRANCH] [--metrics metrics.json] [--dry-run DIR]
 
 Every sub-command is a thin wrapper: the work is done by the functions it calls. Exit status, the
 same in every sub-command (:mod:`segkit.errors`): 0 on success, 1 when the data, a file, a
@@ -54,6 +55,7 @@ from segkit.cli import (
     models,
     predict,
     pretrain,
+    push,
     robustness,
     serve,
     train,
@@ -77,6 +79,7 @@ COMMANDS = (
     analyze,
     pretrain,
     serve,
+    push,
 )
 
 
