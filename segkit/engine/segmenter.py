@@ -261,7 +261,8 @@ class Segmenter:
         batch_size: at most this many images per forward in whole mode (images of the same network input size
             are batched; slide inference runs one image at a time, its windows ``window_batch`` at a time). Default
             8, a choice: it bounds the memory of one call over a long list (a list used to go through as a single
-            batch) while keeping GPU batches full; on a CPU batching gains little (``benchmarks/segmenter_batch.md``).
+            batch) while keeping GPU batches full; on a CPU batching brought no speed-up where it was measured
+            (``benchmarks/segmenter_batch.md``), so ``batch_size=1`` costs nothing there and gives each image sooner.
             :meth:`stream` also reads this many frames ahead.
         progress: show a progress bar (``tqdm``) over the images of a call, a stream or a video; default off
             (on in ``segkit predict``). Each call can override it.
