@@ -79,6 +79,41 @@ class ChannelsLastGELU(nn.GELU):
         return F.gelu(x, approximate=self.approximate)
 
 
+def _cpu_bf16(x: torch.Tensor) -> bool:
+    """``x`` is computed in bfloat16 on the CPU: a bf16 tensor, or CPU autocast to bf16 is on."""
+    if x.device.type != "cpu":
+        return False
+    return x.dtype == torch.bfloat16 or (
+        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+
+
+class DilatedDepthwiseConv2d(nn.Conv2d):
+    """``nn.Conv2d`` for depth-wise convolutions with ``dilation > 1`` (VAN's LKA, RSSeg's multi-dilation
+    variant), with a workaround for a wrong weight gradient on the CPU.
+
+    PyTorch 2.13's CPU kernel (oneDNN) returns a wrong ``weight.grad`` for a *channels-last* dilated
+    depth-wise convolution in bfloat16 (autocast or a bf16 model): on an Intel Xeon with AMX /
+    ``avx512_bf16``, relative errors of 1 to 1e35 against a float64 reference (7×7, dilation 3,
+    32–128 channels at 32²–64²), which made ``segnext-t-lka`` diverge to NaN within 25 steps of the
+    README recipe. The forward, the input gradient, NCHW inputs, float32 and non-dilated kernels
+    are right (``tests/test_layers.py`` checks the gradient against float64). So, when the input is
+    channels-last, bf16 on the CPU and a gradient will be taken, it is made NCHW-contiguous first
+    (a copy; output NCHW); everything else runs unchanged. Same parameters and state-dict keys as
+    ``nn.Conv2d``. ``(B, C, H, W)`` → ``(B, C, H', W')``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            torch.is_grad_enabled()
+            and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and _cpu_bf16(x)
+        ):
+            x = x.contiguous()
+        return super().forward(x)
+
+
 class DropPath(nn.Module):
     """Stochastic depth (Huang et al., 2016) applied per sample on the residual branch.
 

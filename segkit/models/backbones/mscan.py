@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from segkit.errors import UsageError
 
 from ..contract import Features
-from ..layers import ChannelsLastGELU, DropPath, drop_path_rates, init_weights_reference
+from ..layers import ChannelsLastGELU, DilatedDepthwiseConv2d, DropPath, drop_path_rates, init_weights_reference
 
 
 def bn_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,7 +266,7 @@ class LKA(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.conv0 = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
-        self.conv_spatial = nn.Conv2d(dim, dim, 7, padding=9, groups=dim, dilation=3)
+        self.conv_spatial = DilatedDepthwiseConv2d(dim, dim, 7, padding=9, groups=dim, dilation=3)
         self.conv1 = nn.Conv2d(dim, dim, 1)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:

@@ -40,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from segkit.errors import UsageError
+from segkit.models.layers import DilatedDepthwiseConv2d
 
 LOCAL_OPS = ("lhf", "dw3", "dw5", "large", "dilated")
 FUSIONS = ("attention", "add")
@@ -115,7 +116,8 @@ class MultiDilationConv(nn.Module):
     def __init__(self, channels: int, dilations: Sequence[int] = (1, 2, 3)):
         super().__init__()
         self.branches = nn.ModuleList(
-            nn.Conv2d(channels, channels, 3, padding=d, dilation=d, groups=channels, bias=False) for d in dilations
+            DilatedDepthwiseConv2d(channels, channels, 3, padding=d, dilation=d, groups=channels, bias=False)
+            for d in dilations
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
