@@ -322,6 +322,15 @@ class Config:
             )
         if sc.time_budget is not None:
             parse_duration(sc.time_budget)  # ConfigError naming schedule.time_budget
+            from segkit.engine.budget import TimeBudget
+
+            first = TimeBudget.WARMUP_STEPS + TimeBudget.FIRST_ESTIMATE
+            need(
+                sc.max_iters >= first,
+                "schedule.max_iters",
+                f"{sc.max_iters} with schedule.time_budget: the run's length is first estimated after {first} "
+                f"steps, so a budgeted schedule needs max_iters >= {first} (the shape; the budget sets the length)",
+            )
         need(0 < sc.warmup_ratio <= 1, "schedule.warmup_ratio", f"must be in (0, 1], got {sc.warmup_ratio}")
         need(sc.power > 0, "schedule.power", f"must be > 0, got {sc.power}")
         need(0 <= sc.min_lr < self.optim.lr, "schedule.min_lr", f"must be >= 0 and below optim.lr, got {sc.min_lr}")

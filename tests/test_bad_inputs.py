@@ -1071,3 +1071,27 @@ def test_extreme_aspect_ratio_images_are_segmented(tmp_path):
     seg = segkit.Segmenter(segkit.build_model("segformer-b0", num_classes=5, decoder_dim=32), device="cpu")
     seg.transform = TestTransform(scale=(120, 90), size_divisor=32)
     assert seg(np.zeros((1, 100000, 3), np.uint8)).label.shape == (1, 100000)
+
+
+def test_a_time_budget_needs_a_schedule_long_enough_to_be_sized(synthetic_split, tmp_path, capsys):
+    """max_iters 4 with an 8-minute budget used to stop after 4 steps (4 s), rc 0: the length is first
+    estimated after WARMUP_STEPS + FIRST_ESTIMATE steps."""
+    cfg = write_cfg(tmp_path / "cfg.yaml", tiny_cfg(synthetic_split, tmp_path / "work"))
+    rc, err = run(capsys, "train", cfg, "--no-progress", "--set", "schedule.time_budget=8m")
+    assert rc == 2 and "schedule.max_iters: 4 with schedule.time_budget" in err and "max_iters >= 8" in err
+    assert not (tmp_path / "work").exists()  # refused with the config, before the work dir
+
+
+def test_binary_models_are_kept_off_the_onnx_path_that_would_label_all_background(tmp_path):
+    from segkit.tools.export import export_onnx
+
+    model = segkit.build_model("segformer-b0", num_classes=1, decoder_dim=32, task="binary")
+    with pytest.raises(segkit.UsageError, match="binary model .* cannot be exported to ONNX yet"):
+        export_onnx(model, tmp_path / "m.onnx", shape=(64, 64))  # predict --onnx wrote all-0 labels, rc 0
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_eval_set_without_config_is_refused(finished_run, synthetic_split_module, capsys):
+    work, _ = finished_run
+    rc, err = run(capsys, "eval", work / "final", "--data", synthetic_split_module, "--set", "data.test.split=x")
+    assert rc == 2 and "--set overrides keys of --config; give --config CONFIG too" in err  # was ignored, rc 0

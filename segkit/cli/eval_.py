@@ -64,6 +64,8 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    if args.set and not args.config:  # they override --config's keys: alone they would change nothing
+        raise UsageError(f"--set {' '.join(args.set)}: --set overrides keys of --config; give --config CONFIG too")
     if args.onnx or (args.checkpoint or "").endswith(".onnx"):
         return run_onnx(args)
     from segkit import load_model
@@ -71,7 +73,6 @@ def run(args) -> int:
     from segkit.data.binary import match_model
     from segkit.engine.evaluator import evaluate, write_results
     from segkit.engine.metrics import BINARY_KEYS, format_table
-    from segkit.errors import UsageError
 
     if args.checkpoint is None:
         raise UsageError("give CHECKPOINT (or --onnx MODEL.onnx)")

@@ -37,6 +37,7 @@ import math
 import time
 
 from segkit.config import parse_duration
+from segkit.errors import ConfigError
 
 
 def now() -> float:
@@ -60,6 +61,13 @@ class TimeBudget:
         self.seconds = float(seconds)
         self.schedule = schedule
         self.ref_iters, self.ref_warmup = int(schedule.max_iters), int(schedule.warmup_iters)
+        first = self.WARMUP_STEPS + self.FIRST_ESTIMATE
+        if self.ref_iters < first:  # the run would end at max_iters before its length was ever estimated
+            raise ConfigError(
+                f"schedule.max_iters: {self.ref_iters} with schedule.time_budget: the run's length is first "
+                f"estimated after {first} steps, so a budgeted schedule needs max_iters >= {first} (it gives the "
+                f"schedule's shape; the budget its length)"
+            )
         self.eval_interval, self.checkpoint_interval = int(eval_interval), int(checkpoint_interval)
         self.started = started
         self.consumed_before = 0.0  # seconds of earlier processes (resume)

@@ -195,6 +195,11 @@ def export_onnx(
     require("onnxruntime", "tools", "segkit export (verification)")
     if logits_at not in LOGITS_AT:
         raise UsageError(f"logits_at must be one of {sorted(LOGITS_AT)}, got {logits_at!r}")
+    if getattr(model, "num_classes", 0) == 1:  # its ONNX readers take the argmax of the logits: one logit gives 0
+        raise UsageError(
+            "a binary model (task: binary, one logit) cannot be exported to ONNX yet: segkit's ONNX predict / eval "
+            "take the argmax over classes; use the PyTorch model (segkit predict / eval MODEL_DIR)"
+        )
     out = Path(out)
     h, w = _check_args(shape, opset, check_image)
     out.parent.mkdir(parents=True, exist_ok=True)

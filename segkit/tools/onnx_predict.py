@@ -123,6 +123,11 @@ class OnnxSegmenter:
         self.class_names = list(self.meta["class_names"])
         self.palette = [list(c) for c in self.meta["palette"]]
         self.num_classes = int(self.meta["num_classes"])
+        if self.num_classes == 1:  # a binary model exported before export refused them: argmax would give 0
+            raise UsageError(
+                f"{path}: a binary model (one logit): segkit's ONNX path takes the argmax over classes and would label "
+                f"every pixel background; use the PyTorch model (segkit predict / eval MODEL_DIR)"
+            )
         self.mean = tuple(float(v) for v in self.meta["mean"])
         self.std = tuple(float(v) for v in self.meta["std"])
         self.protocol = (
