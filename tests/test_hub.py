@@ -246,7 +246,8 @@ def test_transformers_segformer_loads_by_repo_id_from_an_offline_hub_cache(tmp_p
         [sys.executable, "-c", HUB_SCRIPT, str(snap)], env=env, capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-3000:]
-    assert (tmp_path / "cache" / "hub" / "nvidia--segformer-b0-finetuned-test" / "model.safetensors").is_file()
+    converted = tmp_path / "cache" / "hub" / "nvidia--segformer-b0-finetuned-test" / commit  # keyed by the commit
+    assert (converted / "model.safetensors").is_file()
 
 
 # ----------------------------------------------------------------------------- every registry entry

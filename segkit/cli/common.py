@@ -87,6 +87,15 @@ def protocol_overrides(s) -> None:
     s.add_argument("--device", default="auto", help=DEVICE_HELP)
 
 
+def revision_arg(s) -> None:
+    """``--revision``: the branch, tag or commit of a Hub repo id (:func:`segkit.hub.load_model`)."""
+    s.add_argument(
+        "--revision",
+        metavar="REV",
+        help="for a Hub repo id: branch, tag or commit to load (default main; converted once per commit)",
+    )
+
+
 def eval_protocol_args(s) -> None:
     """The data to evaluate on and the test protocol (eval, robustness, analyze sizes)."""
     s.add_argument(

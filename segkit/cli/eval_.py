@@ -21,6 +21,7 @@ from segkit.cli.common import (
     positive_int,
     protocol_and_spec,
     protocol_source,
+    revision_arg,
 )
 from segkit.errors import UsageError
 from segkit.runtime import check_amp
@@ -50,6 +51,7 @@ def add_parser(sub):
     s.add_argument("--flip", action="store_true", help="also average the horizontally flipped image")
     s.add_argument("--out", help="folder for metrics.json and the confusion-matrix PNG")
     overwrite_arg(s)
+    revision_arg(s)
     s.add_argument("--window-batch", type=positive_int, default=4, help="slide windows per forward")
     s.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader workers reading and resizing images")
     s.add_argument("--amp", choices=["bf16", "fp16"], help=AMP_HELP)
@@ -80,7 +82,7 @@ def run(args) -> int:
         claim_out(args, args.out)  # before the work: a bad or used --out must not cost the evaluation
     dev = device(args.device)
     check_amp(args.amp, dev)
-    model = load_model(args.checkpoint, map_location=dev)
+    model = load_model(args.checkpoint, map_location=dev, revision=args.revision)
     if args.threshold is not None:
         if not getattr(model, "is_binary", False):
             raise UsageError(

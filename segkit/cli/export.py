@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from segkit.cli.common import Formatter, claim_out, examples, hw, overwrite_arg, positive_int
+from segkit.cli.common import Formatter, claim_out, examples, hw, overwrite_arg, positive_int, revision_arg
 from segkit.errors import UsageError
 
 NAME = "export"
@@ -58,6 +58,7 @@ def add_parser(sub):
     )
     s.add_argument("--out", required=True, help="the .onnx file to write")
     overwrite_arg(s, kind="file")
+    revision_arg(s)
     return s
 
 
@@ -73,7 +74,7 @@ def run(args) -> int:
         if getattr(args, flag) is not None:
             raise UsageError(f"--{flag} is for --quantize int8")
     claim_out(args, args.out, kind="file")
-    model = load_model(args.checkpoint)
+    model = load_model(args.checkpoint, revision=args.revision)
     rep = export_onnx(
         model,
         args.out,
@@ -108,7 +109,7 @@ def run_int8(args) -> int:
         raise UsageError("--quantize int8: --check / --logits-at input are for the float32 export")
     calibration_files(args.calibration, args.num_calib)  # a bad folder before the model is loaded
     claim_out(args, args.out, kind="file")
-    model = load_model(args.checkpoint)
+    model = load_model(args.checkpoint, revision=args.revision)
     rep = export_int8(
         model,
         args.out,

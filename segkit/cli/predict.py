@@ -15,6 +15,7 @@ from segkit.cli.common import (
     examples,
     overwrite_arg,
     protocol_overrides,
+    revision_arg,
 )
 from segkit.errors import UsageError
 from segkit.runtime import check_amp
@@ -46,6 +47,7 @@ def add_parser(sub):
     )
     s.add_argument("--out", required=True, help="output folder")
     overwrite_arg(s)
+    revision_arg(s)
     s.add_argument(
         "--mode",
         choices=["auto", "whole", "slide"],
@@ -114,7 +116,7 @@ def run(args) -> int:
     claim_out(args, args.out)
     dev = device(args.device)
     check_amp(args.amp, dev)
-    model = load_model(args.checkpoint, map_location=dev)
+    model = load_model(args.checkpoint, map_location=dev, revision=args.revision)
     note = default_protocol_note(args, model, args.checkpoint)
     if note:
         print(f"segkit predict: note: {note}", file=sys.stderr)

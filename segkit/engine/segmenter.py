@@ -266,6 +266,7 @@ class Segmenter:
             :meth:`stream` also reads this many frames ahead.
         progress: show a progress bar (``tqdm``) over the images of a call, a stream or a video; default off
             (on in ``segkit predict``). Each call can override it.
+        revision: for a Hub repo id, the branch, tag or commit to load (:func:`segkit.hub.from_pretrained`).
 
     Calling it with one input returns a :class:`SegResult`; with a list, a list. ``probs=True`` keeps each
     image's class probabilities from the same forward pass (:meth:`SegResult.probs` then costs nothing).
@@ -284,13 +285,14 @@ class Segmenter:
         window_batch: int = 4,
         batch_size: int = 8,
         progress: bool = False,
+        revision: str | None = None,
     ):
         from segkit.models.fuse import for_inference
 
         if not isinstance(model, torch.nn.Module):
             from segkit.hub import load_model
 
-            model = load_model(model)
+            model = load_model(model, revision=revision)
         from segkit.errors import UsageError
 
         if mode not in (None, "auto", "whole", "slide"):
