@@ -4,6 +4,7 @@ The module is ``eval_`` so as not to shadow the builtin ``eval``."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 from segkit.cli.common import (
@@ -73,6 +74,8 @@ def run(args) -> int:
     from segkit import load_model
     from segkit.data import build_dataset
     from segkit.data.binary import match_model
+    from segkit.data.checks import conversion_note
+    from segkit.data.datasets import classes_replaced
     from segkit.engine.evaluator import evaluate, write_results
     from segkit.engine.metrics import BINARY_KEYS, format_table
 
@@ -93,7 +96,11 @@ def run(args) -> int:
             raise UsageError(f"--threshold {args.threshold}: the foreground probability threshold must be in (0, 1)")
         model.threshold = float(args.threshold)
     protocol, spec = protocol_and_spec(args, model)
-    dataset = match_model(build_dataset(spec, transform=protocol.transform(model.mean, model.std)), model)
+    with classes_replaced() if getattr(model, "is_binary", False) else contextlib.nullcontext():
+        dataset = match_model(build_dataset(spec, transform=protocol.transform(model.mean, model.std)), model)
+    conversions = conversion_note(dataset)  # one line per data set, as train and check-data say it
+    if conversions:
+        print(f"segkit eval: note: {conversions}", file=sys.stderr)
     note = default_protocol_note(args, model, args.checkpoint)
     if note:
         print(f"segkit eval: note: {note}", file=sys.stderr)
@@ -126,6 +133,7 @@ def run(args) -> int:
 def run_onnx(args) -> int:
     """``segkit eval --onnx MODEL.onnx --data ROOT``: :func:`segkit.tools.onnx_eval.evaluate_onnx`."""
     from segkit.data import build_dataset
+    from segkit.data.checks import conversion_note
     from segkit.engine.evaluator import write_results
     from segkit.engine.metrics import format_table
     from segkit.tools.onnx_eval import evaluate_onnx
@@ -144,6 +152,9 @@ def run_onnx(args) -> int:
         claim_out(args, args.out)
     model = OnnxSegmenter(args.onnx or args.checkpoint)
     dataset = build_dataset({"type": args.data_type, "root": args.data, "split": args.split})
+    conversions = conversion_note(dataset)  # one line per data set, as train and check-data say it
+    if conversions:
+        print(f"segkit eval: note: {conversions}", file=sys.stderr)
     quant = model.meta.get("quantization")
     print(f"test protocol: {model.protocol.describe()} (stored in {model.path}){' [INT8]' if quant else ''}")
     res = evaluate_onnx(model, dataset, max_images=args.max_images, absent=args.absent, scale=args.scale)

@@ -32,7 +32,7 @@ from segkit.data.datasets import SegDataset, size_mismatch_message
 from segkit.data.io import DataError, ImageInfo, probe_image, read_bands, read_image
 from segkit.errors import UsageError
 
-__all__ = ["check_dataset", "DatasetReport", "image_statistics"]
+__all__ = ["check_dataset", "DatasetReport", "image_statistics", "conversion_note"]
 
 
 @dataclass
@@ -298,6 +298,31 @@ def check_dataset(
         err.report = report
         raise err
     return report
+
+
+def conversion_note(dataset: SegDataset, workers: int | None = None) -> str | None:
+    """The one line ``segkit train`` and ``check-data`` print about ``dataset``'s images that are not 8-bit RGB
+    ("N image(s) are not 8-bit RGB and will be converted when read: grayscale -> RGB (N), …"), prefixed with the data
+    set's name, for the commands that read a data set without scanning its labels (``segkit eval``); ``None`` when
+    every image is 8-bit RGB, or the data set reads multi-band images (``in_channels != 3``: no conversion).
+
+    Reads only the image headers (:func:`~segkit.data.io.probe_image`) on a thread pool. A file that cannot be
+    probed is left to the reader, which names it (this note never raises a :class:`DataError`)."""
+    if getattr(dataset, "in_channels", 3) != 3:
+        return None
+
+    def conversion(i: int) -> str | None:
+        try:
+            return probe_image(dataset.samples[i][0], data=dataset.image_bytes(i)).conversion
+        except DataError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, 2 * (os.cpu_count() or 1))) as ex:
+        counts = Counter(c for c in ex.map(conversion, range(len(dataset))) if c)
+    if not counts:
+        return None
+    kinds = ", ".join(f"{c} ({m})" for c, m in counts.items())
+    return f"{dataset.name}: {sum(counts.values())} image(s) are not 8-bit RGB and will be converted when read: {kinds}"
 
 
 def _scan_samples(dataset: SegDataset, decode_images: bool, workers: int, progress: bool, add) -> None:

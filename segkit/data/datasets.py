@@ -24,9 +24,11 @@ Construction scans directories or reads split lists but does not open any file; 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import threading
 import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -670,8 +672,27 @@ def _unknown_colour(value, ignore_index: int, where: str = "the data set spec"):
     return int(ignore_index) if value == "ignore" else value
 
 
+_discovery = threading.local()
+
+
+@contextlib.contextmanager
+def classes_replaced():
+    """Within this block (in this thread) a :class:`FolderDataset` that discovers its classes from the label values
+    does so without its "found label values …, using N classes" warning: the caller replaces that class list (the
+    binary task gives every data set ``background, foreground``, :mod:`segkit.data.binary`), so the note would
+    name a class count the run never uses."""
+    before = getattr(_discovery, "quiet", False)
+    _discovery.quiet = True
+    try:
+        yield
+    finally:
+        _discovery.quiet = before
+
+
 def _discover_classes(samples: list[Sample], ignore_index: int, lut: np.ndarray | None, where) -> list[str]:
     from concurrent.futures import ThreadPoolExecutor
+
+    quiet = getattr(_discovery, "quiet", False)  # read here: the label scan below runs on other threads
 
     def values(sample):
         if sample[1] is None:
@@ -691,6 +712,8 @@ def _discover_classes(samples: list[Sample], ignore_index: int, lut: np.ndarray 
     if len(ids) == 0:
         raise DataError(f"{where}: cannot discover classes: the labels contain only the ignore value {ignore_index}")
     n = int(ids.max()) + 1
+    if quiet:
+        return [f"class_{i}" for i in range(n)]
     warnings.warn(
         f"{where}: no class names given and no meta.json found; found label values {ids.tolist()}, "
         f"using {n} classes named class_0..class_{n - 1}. Pass classes=[...] or write a meta.json.",

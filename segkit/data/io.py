@@ -4,7 +4,8 @@
   loader does: mmcv/OpenCV ``IMREAD_COLOR`` honours it). Grayscale, RGBA, palette, CMYK and
   16-bit images are converted to 8-bit RGB with a :class:`UserWarning` naming the file (at most
   :data:`WARNING_LIMIT` per kind and process; none inside :func:`quiet_conversions`, which the data
-  sets use: a data set's conversions are summarised in one line by :func:`segkit.data.check_dataset`).
+  sets use: a data set's conversions are summarised in one line by :func:`segkit.data.check_dataset`;
+  inside :func:`count_conversions` they are counted for one summary line, :func:`summarise_conversions`).
 * :func:`read_bands` -> ``uint8 (H, W, C)`` multi-band images (RGB + NIR TIFFs via ``tifffile``).
 * :func:`read_label` -> ``uint8 (H, W)`` class indices, read "unchanged" (a palette PNG such as
   Pascal VOC's gives its indices, not its colours). A 3-channel colour mask is refused with a
@@ -48,6 +49,9 @@ __all__ = [
     "read_bands",
     "TIFF_SUFFIXES",
     "quiet_conversions",
+    "count_conversions",
+    "conversion_summary",
+    "summarise_conversions",
     "pil_to_rgb",
     "read_label",
     "probe_image",
@@ -84,8 +88,52 @@ def quiet_conversions():
         _quiet.on = before
 
 
-def _warn(kind: str, message: str) -> None:
+@contextlib.contextmanager
+def count_conversions(counts: Counter | None = None):
+    """Within this block (in this thread) :func:`read_image` / :func:`pil_to_rgb` count their conversions in the
+    yielded ``Counter`` (``{"grayscale -> RGB": n, "16-bit grayscale -> 8-bit RGB": n, …}``, the labels of
+    :class:`ImageInfo`; ``counts`` to add to an existing one) instead of warning per file, so a caller reading a
+    folder or a list says it once (:func:`conversion_summary`, :func:`summarise_conversions`). Inside
+    :func:`quiet_conversions` nothing is counted."""
+    counts = Counter() if counts is None else counts
+    stack = getattr(_quiet, "counters", None)
+    if stack is None:
+        stack = _quiet.counters = []
+    stack.append(counts)
+    try:
+        yield counts
+    finally:
+        stack.pop()
+
+
+def conversion_summary(counts: Counter) -> str | None:
+    """One line for the conversions in ``counts`` (:func:`count_conversions`), worded as ``segkit train`` and
+    ``segkit check-data`` word a data set's: "12 image(s) are not 8-bit RGB and were converted when read:
+    grayscale -> RGB (12)"; ``None`` when there were none."""
+    if not counts:
+        return None
+    kinds = ", ".join(f"{k} ({n})" for k, n in counts.items())
+    return f"{sum(counts.values())} image(s) are not 8-bit RGB and were converted when read: {kinds}"
+
+
+@contextlib.contextmanager
+def summarise_conversions(where: str):
+    """:func:`count_conversions` over the block, then one ``UserWarning`` "``where``: :func:`conversion_summary`"
+    when there were conversions (what ``segkit predict``, ``Segmenter`` on a list and its streams print at the end of
+    a folder or list instead of a warning per file). Nothing is said when the block raises."""
+    with count_conversions() as counts:
+        yield counts
+    line = conversion_summary(counts)
+    if line:
+        warnings.warn(f"{where}: {line}", UserWarning, stacklevel=3)
+
+
+def _warn(kind: str, message: str, label: str | None = None) -> None:
     if getattr(_quiet, "on", False):
+        return
+    stack = getattr(_quiet, "counters", None)
+    if stack and label is not None:  # an image conversion, counted for one summary line (count_conversions)
+        stack[-1][label or kind] += 1
         return
     _warn_counts[kind] += 1
     n = _warn_counts[kind]
@@ -180,7 +228,7 @@ def _float_gray_to_uint8(arr: np.ndarray, path) -> np.ndarray:
         (65535.0, "0..65535, scaled by 255/65535"),
     ):
         if lo >= 0 and hi <= top:
-            _warn("float", f"{path}: 32-bit float image (mode F) read as values {rule}")
+            _warn("float", f"{path}: 32-bit float image (mode F) read as values {rule}", "32-bit float -> 8-bit RGB")
             return np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
     raise DataError(
         f"{path}: 32-bit float image (mode 'F') with values {lo:g}..{hi:g}: not 0..1, 0..255 or 0..65535, so "
@@ -210,10 +258,11 @@ def read_image(path: str | os.PathLike, data: bytes | None = None) -> np.ndarray
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if arr is not None and arr.ndim == 3 and arr.shape[:2] == (img.height, img.width):
             return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+    rgb16 = _is_16bit_rgb(img)  # from the tile list, which decoding empties
     img = _decode(path, img)
     if orientation != 1:
         img = ImageOps.exif_transpose(img)
-    return _to_rgb(img, path)
+    return _to_rgb(img, path, rgb16)
 
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -299,34 +348,41 @@ def pil_to_rgb(img: Image.Image, name: str | os.PathLike = "image") -> np.ndarra
     Raises :class:`DataError` naming ``name`` for an empty image (0 pixels), a mode segkit does not read (a
     float image with values outside those ranges) or an image that cannot be decoded.
     """
+    rgb16 = _is_16bit_rgb(img)  # from the tile list, which decoding empties
     img = _decode(name, img)
     if img.width == 0 or img.height == 0:
         raise DataError(f"{name}: empty image ({img.width}x{img.height} pixels)")
-    return _to_rgb(img, name)
+    return _to_rgb(img, name, rgb16)
 
 
-def _to_rgb(img: Image.Image, path) -> np.ndarray:
+def _to_rgb(img: Image.Image, path, rgb16: bool = False) -> np.ndarray:
     mode = img.mode
     if mode == "RGB":
-        if _is_16bit_rgb(img):
-            _warn("16-bit", f"{path}: 16-bit RGB image converted to 8 bits per channel")
+        if rgb16 or _is_16bit_rgb(img):
+            _warn("16-bit", f"{path}: 16-bit RGB image converted to 8 bits per channel", "16-bit RGB -> 8-bit RGB")
         return np.ascontiguousarray(np.asarray(img))
     if mode in ("L", "1", "LA", "La"):
-        _warn("grayscale", f"{path}: grayscale image (mode {mode}) converted to RGB")
+        _warn("grayscale", f"{path}: grayscale image (mode {mode}) converted to RGB", "grayscale -> RGB")
         gray = np.asarray(img.convert("L"))
         return cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
     if mode in _GRAY_16BIT_MODES:
-        _warn("16-bit", f"{path}: 16-bit grayscale image (mode {mode}) converted to 8-bit RGB (value * 255 / 65535)")
+        _warn(
+            "16-bit",
+            f"{path}: 16-bit grayscale image (mode {mode}) converted to 8-bit RGB (value * 255 / 65535)",
+            "16-bit grayscale -> 8-bit RGB",
+        )
         gray = _gray16_to_uint8(np.asarray(img), path)
         return cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
     if mode in ("RGBA", "RGBa", "RGBX"):
-        _warn("alpha", f"{path}: {mode} image converted to RGB (alpha channel dropped)")
+        _warn(
+            "alpha", f"{path}: {mode} image converted to RGB (alpha channel dropped)", f"{mode} -> RGB (alpha dropped)"
+        )
         return np.ascontiguousarray(np.asarray(img)[:, :, :3])
     if mode in ("P", "PA"):
-        _warn("palette", f"{path}: palette image (mode {mode}) converted to RGB")
+        _warn("palette", f"{path}: palette image (mode {mode}) converted to RGB", "palette -> RGB")
         return np.ascontiguousarray(np.asarray(img.convert("RGBA"))[:, :, :3])
     if mode in ("CMYK", "YCbCr", "LAB", "HSV", "I;16S"):
-        _warn("colour-space", f"{path}: {mode} image converted to RGB")
+        _warn("colour-space", f"{path}: {mode} image converted to RGB", f"{mode} -> RGB")
         return np.ascontiguousarray(np.asarray(img.convert("RGB")))
     if mode == "F":
         return cv2.cvtColor(_float_gray_to_uint8(np.asarray(img), path), cv2.COLOR_GRAY2RGB)

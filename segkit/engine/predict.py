@@ -146,6 +146,7 @@ def predict_paths(
     """
     from tqdm.auto import tqdm
 
+    from segkit.data.io import summarise_conversions
     from segkit.errors import UsageError
 
     if mode not in (None, "auto", "whole", "slide"):
@@ -199,9 +200,10 @@ def predict_paths(
             claim_output(out_dir / f"{stem}_overlay.mp4", overwrite=overwrite, what="", kind="file", **_API_POLICY)
         seg.check_memory(image_sizes(files), [str(f) for f in files])  # a huge image: refused before the first
         written: list[Path] = []
-        for path, stem in zip(tqdm(files, desc="predict", disable=not progress or not files), stems):
-            res = seg(path)
-            written += writer.add(stem, res.label, res.image, path)
+        with summarise_conversions(f"{inputs}"):  # grayscale, 16-bit …: one line for the folder, not one per file
+            for path, stem in zip(tqdm(files, desc="predict", disable=not progress or not files), stems):
+                res = seg(path)
+                written += writer.add(stem, res.label, res.image, path)
         written += writer.finish()
         problems: list[VideoFramesError] = []
         for video, stem in zip(videos, video_stems):

@@ -17,6 +17,7 @@ the same labels.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -463,9 +464,15 @@ class Segmenter:
         (``(K, H, W)`` float32 per image, ``4·K·H·W`` bytes: 1.8 MB for 150 classes at 64×48) and takes the labels
         as their arg-max, equal to the default labels except at float32 near-ties; without it, :meth:`SegResult.probs`
         runs the network again. ``progress`` overrides the segmenter's setting (a bar over the chunks of a list)."""
+        from segkit.data.io import summarise_conversions
+
         single = not isinstance(inputs, (list, tuple))
         items = [inputs] if single else list(inputs)
-        decoded = [self._decode(x, i) for i, x in enumerate(items)]
+        if single:  # one input: its conversion (grayscale, 16-bit …) is named in a warning of its own
+            decoded = [self._decode(inputs, 0)]
+        else:  # a list: one summary line for its conversions, not one warning per image
+            with summarise_conversions(f"{len(items)} input(s)"):
+                decoded = [self._decode(x, i) for i, x in enumerate(items)]
         names = default_names([path for _, path in decoded])
         show = self.progress if progress is None else progress
         if not show or single:
@@ -654,6 +661,7 @@ class SegStream:
         self.length, self.probs, self.progress, self.on_error = length, probs, progress, on_error
         self.desc, self.warn = desc, warn
         self.errors: list[FrameError] = []
+        self.conversions: Counter = Counter()  # images converted when read (grayscale -> RGB …): counted, said once
         self.count = 0
         self._unreported: list[FrameError] = []
         self._names: set[str] = set()
@@ -679,12 +687,19 @@ class SegStream:
 
             raise UsageError(f"a stream over {self.source} is read once; call Segmenter.stream again to restart")
         self._iterating = True
+        from segkit.data.io import count_conversions
+
         pending: list = []
         bar = tqdm(total=self.length, desc=self.desc, unit="frame", disable=not self.progress)
+        frames = iter(self.frames)
         try:
-            for frame in self.frames:
+            while True:
+                with count_conversions(self.conversions):  # one summary line at the end, not a warning per image
+                    frame = next(frames, None)
+                    if frame is None:
+                        break
+                    decoded = self._decoded(frame) if frame.image is not None else None
                 if frame.image is not None:
-                    decoded = self._decoded(frame)
                     if decoded is not None:
                         self._report()
                         pending.append((frame, decoded))
@@ -769,6 +784,12 @@ class SegStream:
                     text = f"{what}: frame(s) {_ranges([e.index for e in errs])}: {errs[0].reason}"
                 warnings.warn(f"{text} (skipped; the stream goes on)", UserWarning, stacklevel=3)
         self._unreported = []
+        if end and self.warn and self.conversions:
+            from segkit.data.io import conversion_summary
+
+            warnings.warn(
+                f"stream over {self.source}: {conversion_summary(self.conversions)}", UserWarning, stacklevel=3
+            )
         if end and self.warn and self.errors:
             files = sorted({e.path or self.source for e in self.errors})
             warnings.warn(

@@ -208,11 +208,12 @@ def build_train_data(cfg: Config, mean=None, std=None, train_ds=None):
     )
     if cfg.data.train is None:
         raise cfg.error("data.train", "the config names no training data set")
-    if train_ds is None:
-        train_ds = build_dataset(cfg.data.train, transform=train_tf)
-    else:
-        train_ds.transform = train_tf
-    val_ds = build_dataset(cfg.data.val, transform=build_test_transform(cfg, mean, std)) if cfg.data.val else None
+    with _binary_classes(cfg):
+        if train_ds is None:
+            train_ds = build_dataset(cfg.data.train, transform=train_tf)
+        else:
+            train_ds.transform = train_tf
+        val_ds = build_dataset(cfg.data.val, transform=build_test_transform(cfg, mean, std)) if cfg.data.val else None
     for ds in (train_ds, val_ds):  # images with one channel per mean value (3 = RGB; 4 = RGB + NIR …)
         if ds is not None:
             ds.in_channels = len(mean)
@@ -389,7 +390,8 @@ class Trainer:
         cfg, tc, rt = self.cfg, self.cfg.train, self.rt
         if cfg.data.train is None:
             raise cfg.error("data.train", "the config names no training data set")
-        train_ds = build_dataset(cfg.data.train)  # class names/palette for the model; transform set below
+        with _binary_classes(cfg):
+            train_ds = build_dataset(cfg.data.train)  # class names/palette for the model; transform set below
         if cfg.is_binary:  # 0/1 or 0/255 masks read as {background, foreground} (segkit.data.binary)
             _binary_labels(train_ds, rt.rank, rt.world)
         ck = self.ck
@@ -808,6 +810,16 @@ def train(cfg: Config, resume: str | Path | None = None, progress: bool = True, 
 
 
 # ----------------------------------------------------------------------------- resume and the run's files
+def _binary_classes(cfg):
+    """For ``task: binary``, :func:`segkit.data.datasets.classes_replaced` (a discovered class list is replaced by
+    ``background, foreground``, so its "using N classes" note is not printed); otherwise a no-op context."""
+    import contextlib
+
+    from segkit.data.datasets import classes_replaced
+
+    return classes_replaced() if cfg.is_binary else contextlib.nullcontext()
+
+
 def _binary_labels(dataset, rank: int, world: int) -> None:
     """The binary task's label convention on ``dataset`` (:mod:`segkit.data.binary`): the stored mask values are
     read on rank 0 and broadcast; ``dataset.mask_values`` is set to ``[background, foreground]`` as stored."""

@@ -198,7 +198,7 @@ def predict_paths_onnx(
     (:func:`segkit.utils.claim_output`). Returns the written paths in input order. Raises ``FileNotFoundError`` /
     ``ValueError`` naming the model or image at fault.
     """
-    from segkit.data.io import read_image
+    from segkit.data.io import read_image, summarise_conversions
     from segkit.engine.result_formats import ResultWriter
 
     model = OnnxSegmenter(model_path, threads=threads)
@@ -220,7 +220,8 @@ def predict_paths_onnx(
     )
     writer.claim(output_stems(files), files)  # every output name checked before the first image is segmented
     written = []
-    for f, stem in zip(files, output_stems(files)):
-        image = read_image(f)
-        written += writer.add(stem, model.predict(image, scale), image, f)
+    with summarise_conversions(f"{inputs}"):  # grayscale, 16-bit …: one line for the folder, not one per file
+        for f, stem in zip(files, output_stems(files)):
+            image = read_image(f)
+            written += writer.add(stem, model.predict(image, scale), image, f)
     return written + writer.finish()
