@@ -482,6 +482,15 @@ def _names(paths, limit: int = 5) -> str:
     return ", ".join(names[:limit]) + (f", … ({len(names)} in all)" if len(names) > limit else "")
 
 
+def _special_kind(path: Path) -> str:
+    """What a path that is neither a regular file nor a folder is, for messages."""
+    import stat
+
+    mode = os.stat(path).st_mode
+    kinds = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "a socket" if stat.S_ISSOCK(mode) else "a special file")
+
+
 def list_inputs(inputs: str | Path, videos: bool = True, warn: bool = True) -> tuple[list[Path], list[Path]]:
     """``(images, videos)`` named by ``inputs``: one file, or the files directly inside a folder (sorted).
 
@@ -500,7 +509,14 @@ def list_inputs(inputs: str | Path, videos: bool = True, warn: bool = True) -> t
     inputs = Path(inputs)
     if not inputs.exists():
         why = " (a broken symbolic link)" if inputs.is_symlink() else ""
+        try:
+            os.stat(inputs)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                why = " (a symbolic link that points back to itself, a loop)"
         raise NotFoundError(f"input {inputs} does not exist{why}")
+    if not inputs.is_dir() and not inputs.is_file():  # reading a FIFO would wait for a writer forever
+        raise DataError(f"{inputs}: not a regular file ({_special_kind(inputs)}); give an image or video file")
     if not inputs.is_dir():
         is_video = videos and inputs.suffix.lower() in VIDEO_SUFFIXES
         return ([], [inputs]) if is_video else ([inputs], [])
@@ -514,8 +530,11 @@ def list_inputs(inputs: str | Path, videos: bool = True, warn: bool = True) -> t
     others = [p for p in files if p not in images and p not in found_videos]
     folders = [p for p in entries if p.is_dir()]
     broken = [p for p in entries if p.is_symlink() and not p.exists()]
+    special = [p for p in entries if p.exists() and not p.is_file() and not p.is_dir()]
     taken = images + (found_videos if videos else [])
     left = [f"{len(broken)} broken link(s) ({_names(broken)})"] if broken else []
+    if special:
+        left.append(f"{len(special)} special file(s) ({_names(special)}; {_special_kind(special[0])}, not read)")
     if found_videos and not videos:
         left.append(f"{len(found_videos)} video(s) ({_names(found_videos)}; only images are read here)")
     if others:

@@ -1095,3 +1095,21 @@ def test_eval_set_without_config_is_refused(finished_run, synthetic_split_module
     work, _ = finished_run
     rc, err = run(capsys, "eval", work / "final", "--data", synthetic_split_module, "--set", "data.test.split=x")
     assert rc == 2 and "--set overrides keys of --config; give --config CONFIG too" in err  # was ignored, rc 0
+
+
+def test_fifos_devices_and_link_loops_given_to_predict_are_named(tmp_path):
+    """A FIFO named x.png used to block predict forever (reading waits for a writer); a link loop was
+    called a broken link."""
+    from segkit.utils import list_inputs
+
+    os.mkfifo(tmp_path / "x.png")
+    with pytest.raises(segkit.DataError, match=r"x.png: not a regular file \(a FIFO\)"):
+        list_inputs(tmp_path / "x.png")
+    with pytest.raises(segkit.DataError, match=r"/dev/null: not a regular file \(a character device\)"):
+        list_inputs("/dev/null")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "a.png")
+    with pytest.warns(UserWarning, match=r"skipped 1 special file\(s\) \(x.png; a FIFO, not read\)"):
+        assert list_inputs(tmp_path) == ([tmp_path / "a.png"], [])
+    (tmp_path / "loop.png").symlink_to("loop.png")
+    with pytest.raises(FileNotFoundError, match="points back to itself, a loop"):
+        list_inputs(tmp_path / "loop.png")
