@@ -164,7 +164,7 @@ def check_output_file(path: str | Path, what: str = "--out") -> Path:
 
     path = Path(path)
     if path.is_dir():
-        raise OutputError(f"{what} {path}: is a folder; give a file name (e.g. {path / 'model.onnx'})")
+        raise OutputError(f"{what} {path}: is a folder; give a file name (a new name, or one inside {path}/)")
     check_output_dir(path.parent, what=f"{what} {path}: its folder")
     return path
 
@@ -345,7 +345,7 @@ def _claim(path: Path, overwrite: bool, what: str, kind: str, flag: str, elsewhe
     elsewhere = elsewhere or f"choose another {what or 'path'}"
     if kind == "file":
         if path.is_dir():
-            raise OutputError(f"{label}: is a folder; give a file name (e.g. {path / 'model.onnx'})")
+            raise OutputError(f"{label}: is a folder; give a file name (a new name, or one inside {path}/)")
         if os.path.lexists(path):
             if not overwrite:
                 raise OutputExistsError(

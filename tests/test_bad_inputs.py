@@ -1113,3 +1113,14 @@ def test_fifos_devices_and_link_loops_given_to_predict_are_named(tmp_path):
     (tmp_path / "loop.png").symlink_to("loop.png")
     with pytest.raises(FileNotFoundError, match="points back to itself, a loop"):
         list_inputs(tmp_path / "loop.png")
+
+
+def test_a_folder_given_as_an_output_file_is_named_without_a_foreign_example(tmp_path):
+    from segkit.utils import claim_output
+
+    (tmp_path / "vo").mkdir()
+    with pytest.raises(OSError) as e:
+        claim_output(
+            tmp_path / "vo", kind="file", what="out"
+        )  # Segmenter.video("v.mp4", "vo") said "e.g. vo/model.onnx"
+    assert "is a folder; give a file name (a new name, or one inside" in str(e.value) and "onnx" not in str(e.value)
