@@ -1095,6 +1095,8 @@ def test_eval_set_without_config_is_refused(finished_run, synthetic_split_module
     work, _ = finished_run
     rc, err = run(capsys, "eval", work / "final", "--data", synthetic_split_module, "--set", "data.test.split=x")
     assert rc == 2 and "--set overrides keys of --config; give --config CONFIG too" in err  # was ignored, rc 0
+    rc, err = run(capsys, "eval", "--onnx", "m.onnx", "--data", synthetic_split_module, "--threshold", "0.5")
+    assert rc == 2 and "--threshold 0.5: for binary models, which --onnx does not take" in err  # was ignored
 
 
 def test_fifos_devices_and_link_loops_given_to_predict_are_named(tmp_path):

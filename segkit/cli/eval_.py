@@ -146,6 +146,8 @@ def run_onnx(args) -> int:
             raise UsageError(f"--onnx: --{flag} is not supported (whole-image inference with the exported protocol)")
     if args.flip or args.mode == "slide" or args.device not in ("cpu", "auto"):
         raise UsageError("--onnx: whole-image inference on the CPU (--flip / --mode slide / --device need PyTorch)")
+    if args.threshold is not None:  # binary models do not take the ONNX path (argmax over classes)
+        raise UsageError(f"--threshold {args.threshold}: for binary models, which --onnx does not take")
     if not args.data:
         raise UsageError("--onnx: give --data ROOT (and --split)")
     if args.out:
