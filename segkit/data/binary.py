@@ -84,11 +84,12 @@ def binary_convention(dataset: SegDataset, values: list[int]) -> tuple[dict | No
 def apply_binary_convention(dataset: SegDataset, label_map: dict | None) -> None:
     """Give ``dataset`` the binary task's label convention in place: ``label_map`` (from
     :func:`binary_convention`; ``None`` keeps the dataset's own) and two classes — the dataset's names when it
-    has two, else ``background, foreground`` — with its palette when it has two colours."""
+    has two it was given, else ``background, foreground`` (also for a list discovered from 0/1 masks, whose
+    ``class_0, class_1`` name nothing) — with its palette when it has two colours."""
     if label_map is not None:
         dataset.label_map = {**(dataset.label_map or {}), **label_map}
         dataset.label_lut = make_label_lut(dataset.reduce_zero_label, dataset.label_map)
-    if len(dataset.classes) != 2:
+    if len(dataset.classes) != 2 or getattr(dataset, "classes_discovered", False):  # class_0, class_1: not names
         from segkit.data.meta import default_palette
 
         dataset.classes, dataset.palette = list(BINARY_CLASSES), default_palette(2)
