@@ -1083,12 +1083,23 @@ def test_a_time_budget_needs_a_schedule_long_enough_to_be_sized(synthetic_split,
 
 
 def test_binary_models_are_kept_off_the_onnx_path_that_would_label_all_background(tmp_path):
+    # predict --onnx once wrote all-0 labels for a binary model, rc 0. The export now records the task (and
+    # tests/test_onnx_binary_multiband.py checks the thresholded masks); a one-logit file without it is refused.
+    import onnx
+
     from segkit.tools.export import export_onnx
+    from segkit.tools.onnx_predict import OnnxModelError, OnnxSegmenter
 
     model = segkit.build_model("segformer-b0", num_classes=1, decoder_dim=32, task="binary")
-    with pytest.raises(segkit.UsageError, match="binary model .* cannot be exported to ONNX yet"):
-        export_onnx(model, tmp_path / "m.onnx", shape=(64, 64))  # predict --onnx wrote all-0 labels, rc 0
-    assert not (tmp_path / "m.onnx").exists()
+    export_onnx(model, tmp_path / "m.onnx", shape=(64, 64))
+    assert OnnxSegmenter(tmp_path / "m.onnx").is_binary
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    kept = [p for p in proto.metadata_props if p.key not in ("task", "threshold", "mask_values")]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    onnx.save(proto, str(tmp_path / "old.onnx"))  # as an older segkit wrote it
+    with pytest.raises(OnnxModelError, match="one output logit but no 'task: binary' metadata"):
+        OnnxSegmenter(tmp_path / "old.onnx")
 
 
 def test_eval_set_without_config_is_refused(finished_run, synthetic_split_module, capsys):

@@ -153,7 +153,14 @@ def run_onnx(args) -> int:
     if args.out:
         claim_out(args, args.out)
     model = OnnxSegmenter(args.onnx or args.checkpoint)
+    if model.is_binary:
+        raise UsageError(
+            f"{model.path}: a binary model (task: binary): segkit eval --onnx computes multi-class metrics only; "
+            "evaluate the PyTorch model (segkit eval MODEL_DIR --config CONFIG) for fgIoU / Dice / precision / recall, "
+            "or segkit predict --onnx for its masks"
+        )
     dataset = build_dataset({"type": args.data_type, "root": args.data, "split": args.split})
+    dataset.in_channels = model.in_channels  # a multi-band model's images are read as its bands (read_bands)
     conversions = conversion_note(dataset)  # one line per data set, as train and check-data say it
     if conversions:
         print(f"segkit eval: note: {conversions}", file=sys.stderr)

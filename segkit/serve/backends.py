@@ -105,6 +105,13 @@ class OnnxBackend:
         from segkit.tools.onnx_predict import OnnxSegmenter
 
         self.session = OnnxSegmenter(path, threads=threads)
+        if self.session.in_channels != 3:
+            from segkit.errors import UsageError
+
+            raise UsageError(
+                f"{path}: the model reads {self.session.in_channels}-band images; segkit serve takes RGB uploads "
+                "(JPEG, PNG, WebP, TIFF)"
+            )
         self.model_name = str(self.session.meta.get("model") or Path(path).stem)
         self.classes = list(self.session.class_names)
         self.palette = [list(c) for c in self.session.palette]
@@ -118,14 +125,11 @@ class OnnxBackend:
         return tuple(x.shape), (x, image.shape[:2])
 
     def run(self, items: list) -> list[np.ndarray]:
-        from segkit.data.interp import resize_argmax
-
         x = np.stack([a for a, _ in items])
         logits = self.session.logits(x)
         out = []
         for i, (_, size) in enumerate(items):
-            sizes = [x.shape[-2:], size] if self.session.logits_at == "decoder" else [size]
-            label = resize_argmax(logits[i], sizes, align_corners=self._align)
+            label = self.session.label_map(logits[i], x.shape[-2:], size)  # arg-max, or a binary model's threshold
             out.append(label.astype(np.uint8 if len(self.classes) <= 256 else np.int64))
         return out
 

@@ -12,8 +12,11 @@ dynamic; with ``dynamic=True`` height and width are too. What inference needs is
 ``metadata_props`` (strings; JSON for lists): ``segkit_format``, ``model``, ``num_classes``,
 ``class_names``, ``palette``, ``mean``, ``std``, ``ignore_index``, ``align_corners``,
 ``dynamic_hw``, ``export_shape``, ``logits_at`` (``"decoder"`` / ``"input"``; files without it
-hold input-size logits), ``test_protocol``, ``opset``, ``torch_version``, ``segkit_version`` —
-read by :mod:`segkit.tools.onnx_predict`, which runs without PyTorch.
+hold input-size logits), ``test_protocol``, ``opset``, ``torch_version``, ``segkit_version``,
+``in_channels`` (the input's bands, 3 for RGB; a 4-band model takes ``(B, 4, H, W)``) and, for a binary model
+(``task: binary``, one logit ``K = 1``), ``task`` = ``"binary"``, ``threshold`` and ``mask_values`` (the values its
+training masks stored, ``[0, 255]`` or ``[0, 1]``) — read by :mod:`segkit.tools.onnx_predict`, which runs without
+PyTorch.
 
 Exporter choice (torch 2.13, onnx 1.23, onnxruntime 1.31, checked on this machine):
 
@@ -118,6 +121,7 @@ def metadata(model, *, dynamic: bool, shape: Sequence[int], opset: int, logits_a
     import segkit
     from segkit.data.protocol import TestProtocol
 
+    channels = int(getattr(model, "in_channels", 3))
     return {
         "segkit_format": "segkit-onnx-1",
         "model": str(getattr(model, "name", type(model).__name__)),
@@ -132,7 +136,21 @@ def metadata(model, *, dynamic: bool, shape: Sequence[int], opset: int, logits_a
         "export_shape": json.dumps([int(shape[0]), int(shape[1])]),
         "test_protocol": json.dumps(TestProtocol.of(model).to_dict()),
         "opset": str(int(opset)),
-        "input": "image: float32 (B, 3, H, W), RGB, (pixel - mean) / std on the 0-255 scale",
+        "in_channels": json.dumps(channels),
+        **(
+            {
+                "task": "binary",
+                "threshold": json.dumps(float(model.threshold)),
+                "mask_values": json.dumps(list(getattr(model, "mask_values", None) or [0, 1])),
+            }
+            if getattr(model, "is_binary", False)
+            else {}
+        ),
+        "input": (
+            "image: float32 (B, 3, H, W), RGB, (pixel - mean) / std on the 0-255 scale"
+            if channels == 3
+            else f"image: float32 (B, {channels}, H, W), bands as read by segkit (8-bit scale), (value - mean) / std"
+        ),
         "logits_at": logits_at,
         "output": (
             "logits: float32 (B, K, h, w) at the decoder's output stride"
@@ -195,10 +213,11 @@ def export_onnx(
     require("onnxruntime", "tools", "segkit export (verification)")
     if logits_at not in LOGITS_AT:
         raise UsageError(f"logits_at must be one of {sorted(LOGITS_AT)}, got {logits_at!r}")
-    if getattr(model, "num_classes", 0) == 1:  # its ONNX readers take the argmax of the logits: one logit gives 0
+    channels = int(getattr(model, "in_channels", 3))
+    if check_image is not None and channels != 3:
         raise UsageError(
-            "a binary model (task: binary, one logit) cannot be exported to ONNX yet: segkit's ONNX predict / eval "
-            "take the argmax over classes; use the PyTorch model (segkit predict / eval MODEL_DIR)"
+            f"--check {check_image}: an RGB check image, but the model takes {channels}-band input; export without "
+            "--check (the export is verified on random input)"
         )
     out = Path(out)
     h, w = _check_args(shape, opset, check_image)
@@ -209,7 +228,7 @@ def export_onnx(
     wrapper = LOGITS_AT[logits_at](model).eval()
     try:
         name = getattr(model, "name", type(model).__name__)
-        trace_warnings = _trace(wrapper, name, out, h, w, dynamic=dynamic, opset=opset)
+        trace_warnings = _trace(wrapper, name, out, h, w, dynamic=dynamic, opset=opset, channels=channels)
         _add_metadata(onnx, out, metadata(model, dynamic=dynamic, shape=(h, w), opset=opset, logits_at=logits_at))
         report = {
             "path": str(out),
@@ -251,11 +270,13 @@ def _check_args(shape: Sequence[int], opset: int, check_image) -> tuple[int, int
     return h, w
 
 
-def _trace(wrapper: nn.Module, name: str, out: Path, h: int, w: int, *, dynamic: bool, opset: int) -> list[str]:
-    """Write ``wrapper`` traced on a ``(1, 3, H, W)`` example to ``out`` (the TorchScript exporter; batch,
+def _trace(
+    wrapper: nn.Module, name: str, out: Path, h: int, w: int, *, dynamic: bool, opset: int, channels: int = 3
+) -> list[str]:
+    """Write ``wrapper`` traced on a ``(1, channels, H, W)`` example to ``out`` (the TorchScript exporter; batch,
     and H, W if ``dynamic``, as dynamic axes); returns the tracer warnings as sorted ``file:line: message``."""
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
-    example = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+    example = torch.randn(1, channels, h, w, generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always")
         try:
@@ -299,11 +320,12 @@ def _check_inputs(model, h: int, w: int, *, dynamic: bool, verify: bool, check_i
     dynamic export ``(1, 3, *second_size(H, W))``) from ``torch.Generator().manual_seed(1)``; then the
     normalised ``check_image`` (resized to ``(H, W)`` unless ``dynamic``)."""
     inputs = []
+    c = int(getattr(model, "in_channels", 3))  # 4 for RGB + NIR …
     if verify:
         gen = torch.Generator().manual_seed(1)
-        inputs.append(torch.randn(2, 3, h, w, generator=gen))
+        inputs.append(torch.randn(2, c, h, w, generator=gen))
         if dynamic:
-            inputs.append(torch.randn(1, 3, *second_size(h, w), generator=gen))
+            inputs.append(torch.randn(1, c, *second_size(h, w), generator=gen))
     if check_image is not None:
         from segkit.data.io import read_image
 

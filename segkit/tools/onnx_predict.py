@@ -111,7 +111,12 @@ class OnnxSegmenter:
 
     Attributes: ``meta`` (decoded metadata), ``class_names``, ``palette``, ``mean``, ``std``,
     ``dynamic`` (H/W may vary), ``export_shape`` ``(H, W)``, ``protocol`` (the exported
-    :class:`~segkit.data.protocol.TestProtocol`; files exported before it was recorded get no resize).
+    :class:`~segkit.data.protocol.TestProtocol`; files exported before it was recorded get no resize),
+    ``in_channels`` (3, or the bands of a multi-band model: its images are read with
+    :func:`segkit.data.io.read_bands`, TIFFs with ``tifffile``), and for a binary model (``task: binary``, one
+    logit) ``is_binary``, ``threshold`` and ``mask_values`` (``[background, foreground]`` as its training masks
+    stored them; ``None`` for multi-class models). Raises :class:`OnnxModelError` for a one-logit file without the
+    binary metadata (an export by an older segkit).
     """
 
     def __init__(self, path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None):
@@ -123,11 +128,15 @@ class OnnxSegmenter:
         self.class_names = list(self.meta["class_names"])
         self.palette = [list(c) for c in self.meta["palette"]]
         self.num_classes = int(self.meta["num_classes"])
-        if self.num_classes == 1:  # a binary model exported before export refused them: argmax would give 0
-            raise UsageError(
-                f"{path}: a binary model (one logit): segkit's ONNX path takes the argmax over classes and would label "
-                f"every pixel background; use the PyTorch model (segkit predict / eval MODEL_DIR)"
+        self.in_channels = int(json.loads(self.meta.get("in_channels", "3")))
+        self.is_binary = self.meta.get("task") == "binary"
+        if self.num_classes == 1 and not self.is_binary:  # one logit without the binary metadata: argmax gives 0
+            raise OnnxModelError(
+                f"{path}: one output logit but no 'task: binary' metadata (exported by an older segkit); the arg-max "
+                f"would label every pixel background: export the model again with this segkit"
             )
+        self.threshold = float(json.loads(self.meta["threshold"])) if self.is_binary else None
+        self.mask_values = list(json.loads(self.meta.get("mask_values", "[0, 1]"))) if self.is_binary else None
         self.mean = tuple(float(v) for v in self.meta["mean"])
         self.std = tuple(float(v) for v in self.meta["std"])
         self.protocol = (
@@ -153,11 +162,21 @@ class OnnxSegmenter:
         """Network input ``(H', W')`` for an ``height × width`` image (see the module doc, step 2)."""
         return self.transform(scale).output_size(height, width)
 
+    def read(self, path: str | Path) -> np.ndarray:
+        """An image file as this model takes it: ``uint8 (H, W, 3)`` RGB (:func:`~segkit.data.io.read_image`) or, for
+        ``in_channels`` != 3, ``uint8 (H, W, C)`` bands (:func:`~segkit.data.io.read_bands`) — the readers of
+        ``segkit predict`` and the data sets."""
+        from segkit.data.io import read_bands, read_image
+
+        return read_image(path) if self.in_channels == 3 else read_bands(path, self.in_channels)
+
     def preprocess(self, image: np.ndarray, scale: Sequence[int] | None = None) -> np.ndarray:
-        """``uint8 (H, W, 3)`` → normalised float32 ``(1, 3, H', W')``."""
+        """``uint8 (H, W, C)`` (``C`` = :attr:`in_channels`, 3 = RGB) → normalised float32 ``(1, C, H', W')``."""
         image = np.asarray(image)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise UsageError(f"image must be uint8 (H, W, 3) RGB, got {image.dtype} {image.shape}")
+        c = self.in_channels
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != c:
+            what = "RGB" if c == 3 else f"with {c} bands"
+            raise UsageError(f"image must be uint8 (H, W, {c}) {what}, got {image.dtype} {image.shape}")
         return np.ascontiguousarray(self.transform(scale).to_array(image)[None])
 
     def logits(self, x: np.ndarray) -> np.ndarray:
@@ -166,11 +185,30 @@ class OnnxSegmenter:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
     def predict(self, image: np.ndarray, scale: Sequence[int] | None = None) -> np.ndarray:
-        """Label map ``int64 (H, W)`` at the image's original size."""
+        """Label map ``int64 (H, W)`` at the image's original size.
+
+        A binary model: 1 where ``sigmoid(logit) >= threshold``, decided on the resized logit against
+        ``log(t / (1 − t))`` as :meth:`Segmentor.predict <segkit.models.segmentor.Segmentor.predict>` does, through
+        the same fused resize as the multi-class arg-max (classes ``[0, logit − log(t / (1 − t))]``; a pixel exactly
+        at the threshold is background here, foreground in PyTorch)."""
         x = self.preprocess(image, scale)
-        out = self.logits(x)[0]
-        sizes = [x.shape[-2:], image.shape[:2]] if self.logits_at == "decoder" else [image.shape[:2]]
+        return self.label_map(self.logits(x)[0], x.shape[-2:], image.shape[:2])
+
+    def label_map(self, logits: np.ndarray, net_size: Sequence[int], size: Sequence[int]) -> np.ndarray:
+        """Labels ``int64 (H, W)`` at ``size`` of one image's ``logits (K, h, w)`` (from :meth:`logits` of a network
+        input of ``net_size``): the fused resize + arg-max, or for a binary model the threshold (:meth:`predict`)."""
+        out = logits
+        if self.is_binary:
+            t = self.threshold
+            out = np.concatenate([np.zeros_like(out[:1]), out[:1] - np.float32(np.log(t / (1.0 - t)))])
+        sizes = [net_size, size] if self.logits_at == "decoder" else [size]
         return resize_argmax(out, sizes, align_corners=bool(self.meta.get("align_corners") == "true"))
+
+
+def _display_rgb(img: np.ndarray) -> np.ndarray:
+    """The overlay's picture of a multi-band image: its first three bands (RGB of RGB + NIR), or its first band as
+    gray for fewer than three (as ``segkit predict`` shows them)."""
+    return np.ascontiguousarray(img[:, :, :3] if img.shape[2] >= 3 else np.repeat(img[:, :, :1], 3, axis=2))
 
 
 def predict_paths_onnx(
@@ -198,7 +236,7 @@ def predict_paths_onnx(
     (:func:`segkit.utils.claim_output`). Returns the written paths in input order. Raises ``FileNotFoundError`` /
     ``ValueError`` naming the model or image at fault.
     """
-    from segkit.data.io import read_image, summarise_conversions
+    from segkit.data.io import summarise_conversions
     from segkit.engine.result_formats import ResultWriter
 
     model = OnnxSegmenter(model_path, threads=threads)
@@ -218,10 +256,12 @@ def predict_paths_onnx(
         overwrite=overwrite,
         policy=policy,
     )
+    writer.mask_values = model.mask_values  # a binary model: 0/255 or 0/1 masks as its training data
     writer.claim(output_stems(files), files)  # every output name checked before the first image is segmented
     written = []
     with summarise_conversions(f"{inputs}"):  # grayscale, 16-bit …: one line for the folder, not one per file
         for f, stem in zip(files, output_stems(files)):
-            image = read_image(f)
-            written += writer.add(stem, model.predict(image, scale), image, f)
+            image = model.read(f)
+            shown = image if model.in_channels == 3 else _display_rgb(image)
+            written += writer.add(stem, model.predict(image, scale), shown, f)
     return written + writer.finish()
