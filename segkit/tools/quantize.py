@@ -166,7 +166,15 @@ def quantize_onnx(
     reader = ImageCalibrationReader(segmenter, files)
     with tempfile.TemporaryDirectory(prefix="segkit-int8-") as tmp:
         pre = Path(tmp) / "pre.onnx"
-        q.quant_pre_process(str(fp32_path), str(pre))
+        try:
+            q.quant_pre_process(str(fp32_path), str(pre))
+        except Exception as e:
+            from segkit.tools.export import ExportError
+
+            raise ExportError(
+                f"onnxruntime's pre-processing (shape inference, graph optimisation) of {fp32_path} failed: "
+                f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            ) from e
         model = onnx.load(str(pre))
         excluded = [n.name for n in model.graph.node if NMF_SCOPE in n.name]
         if ops == "matmul":  # activation x activation products (attention): float (ORT's QDQ MatMul takes any)
