@@ -1137,3 +1137,13 @@ def test_a_folder_given_as_an_output_file_is_named_without_a_foreign_example(tmp
             tmp_path / "vo", kind="file", what="out"
         )  # Segmenter.video("v.mp4", "vo") said "e.g. vo/model.onnx"
     assert "is a folder; give a file name (a new name, or one inside" in str(e.value) and "onnx" not in str(e.value)
+
+
+def test_analyze_refuses_a_multiband_model_by_name(tmp_path, capsys):
+    """Its probes and maps are RGB: it used to fail with PyTorch's conv channel-mismatch message."""
+    model = segkit.build_model(
+        "segformer-b0", num_classes=2, decoder_dim=32, in_channels=4, mean=[120.0] * 4, std=[60.0] * 4
+    )
+    model.save_pretrained(tmp_path / "mb")
+    rc, err = run(capsys, "analyze", "layers", tmp_path / "mb")
+    assert rc == 2 and "takes 4-band images (model_args.in_channels: 4)" in err and "weight of size" not in err

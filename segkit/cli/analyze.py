@@ -188,6 +188,12 @@ def run(args) -> int:
         claim_out(args, args.out)
     dev = device(args.device)
     model = _analysis_model(args, dev)
+    channels = int(getattr(model, "in_channels", 3))
+    if channels != 3:  # its probes and maps are RGB images (was PyTorch's conv channel-mismatch message)
+        raise UsageError(
+            f"{args.model}: the model takes {channels}-band images (model_args.in_channels: {channels}); segkit "
+            f"analyze probes it with and draws over RGB images only"
+        )
     if tool == "layers":
         from segkit.tools.analysis import layer_shapes
 
