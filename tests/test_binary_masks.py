@@ -139,7 +139,7 @@ def test_video_labels_of_a_binary_model_are_masks_as_stored(run01, tmp_path, sto
         assert np.array_equal(np.array(img), np.asarray(stored, np.uint8)[label]), path
 
 
-def test_binary_runs_print_no_discovered_class_note(run01, tmp_path):
+def test_binary_runs_print_no_discovered_class_note(run01, tmp_path, capsys):
     # the 0/1 run discovered [0, 1] ("using 2 classes") and replaced the list by background, foreground: no note
     assert "masks stored as 0 / 1 (background / foreground)" in run01["said"], run01["said"]  # what it printed
     assert "found label values" not in run01["said"], run01["said"]
@@ -157,6 +157,16 @@ def test_binary_runs_print_no_discovered_class_note(run01, tmp_path):
         train_ds, val_ds = build_train_data(cfg)
     assert not [w for w in record if "found label values" in str(w.message)], [str(w.message) for w in record]
     assert val_ds.classes == ["background", "foreground"]
+    # check-data of the binary config reads the masks as the run does: two classes, no trap, no note
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(_config(root, tmp_path / "w")))
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        assert cli(["check-data", "--config", str(tmp_path / "c.yaml")]) == 0
+    cap = capsys.readouterr()
+    said = cap.out + cap.err + "\n".join(str(w.message) for w in record)
+    assert "masks stored as 0 / 255 (background / foreground)" in cap.out and "2 classes" in cap.out, said
+    assert "found label values" not in said and "labels contain only 0 and 255" not in said, said
     # outside a binary run the same folder still says what it discovered
     with pytest.warns(UserWarning, match=r"found label values \[0\], using 1 classes"):
         FolderDataset(root / "train" / "images", root / "train" / "masks")

@@ -44,16 +44,28 @@ def run(args) -> int:
     from segkit.config import load_config
     from segkit.data import build_dataset, check_dataset
 
-    channels = 3
+    channels, binary = 3, False
     if args.config:
         cfg = load_config(args.config, args.set)
         spec = getattr(cfg.data, args.split, None) or cfg.data.train
         channels = int(cfg.model_args.get("in_channels", 3))
+        binary = cfg.is_binary
     elif args.root:
         spec = {"type": args.data_type, "root": args.root, "split": args.split}
     else:
         raise UsageError("give a dataset ROOT or --config CONFIG")
-    dataset = build_dataset(spec)
+    if binary:  # read as the run reads it: {0 background, 1 foreground} from 0/1 or 0/255 masks
+        from segkit.data.binary import apply_binary_convention, binary_convention, raw_label_values
+        from segkit.data.datasets import classes_replaced
+
+        with classes_replaced():
+            dataset = build_dataset(spec)
+        label_map, mask_values = binary_convention(dataset, raw_label_values(dataset))
+        apply_binary_convention(dataset, label_map)
+        bg, fg = mask_values
+        print(f"task: binary: {dataset.name}: masks stored as {bg} / {fg} (background / foreground)")
+    else:
+        dataset = build_dataset(spec)
     dataset.in_channels = args.in_channels or channels
     report = check_dataset(dataset, num_classes=args.num_classes, raise_on_error=False)
     print(report.table())
