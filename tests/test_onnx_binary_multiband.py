@@ -108,6 +108,26 @@ def test_four_band_model_exports_and_predict_onnx_reads_its_tiffs(tmp_path):
         got = np.array(Image.open(out / f"{i}_label.png"))
         want = seg(str(path)).label
         assert got.shape == (H, W) and (got == want).mean() >= 0.995, (got == want).mean()
+    # segkit eval --onnx reads the split's 4-band TIFFs: its pixel accuracy is the one computed here
+    root = tmp_path / "split"
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "labels" / "val").mkdir(parents=True)
+    (root / "splits").mkdir()
+    correct = total = 0
+    for i in range(2):
+        (root / "images" / "val" / f"{i}.tif").write_bytes((tmp_path / "tif" / f"{i}.tif").read_bytes())
+        label = (rng.integers(0, 3, (H, W))).astype(np.uint8)
+        Image.fromarray(label).save(root / "labels" / "val" / f"{i}.png")
+        pred = onnx.predict(onnx.read(root / "images" / "val" / f"{i}.tif"))
+        correct, total = correct + int((pred == label).sum()), total + label.size
+    (root / "splits" / "val.txt").write_text("0\n1\n")
+    meta = {"classes": ["a", "b", "c"], "layout": {"image": "images/{split}/{stem}.tif"}}
+    (root / "meta.json").write_text(json.dumps(meta))
+    res = tmp_path / "res"
+    assert (
+        cli(["eval", "--onnx", str(tmp_path / "m.onnx"), "--data", str(root), "--split", "val", "--out", str(res)]) == 0
+    )
+    assert json.loads((res / "metrics.json").read_text())["aAcc"] == pytest.approx(100.0 * correct / total, abs=1e-6)
     # what the ONNX path cannot do for it is refused by name
     with pytest.raises(Exception, match="4-band"):
         from segkit.serve.backends import OnnxBackend
