@@ -35,7 +35,7 @@ def test_bad_durations_name_the_key(value):
 
 def test_config_validates_the_budget(synthetic_split, tmp_path):
     cfg = tiny_cfg(synthetic_split, tmp_path / "w")
-    cfg["schedule"]["time_budget"] = "8m"
+    cfg["schedule"].update(time_budget="8m", max_iters=10)  # >= 8: the length is estimated after 8 steps
     assert config_from_dict(cfg).schedule.time_budget == "8m"
     cfg["schedule"]["time_budget"] = "eight minutes"
     with pytest.raises(ConfigError, match="schedule.time_budget: expected seconds"):
