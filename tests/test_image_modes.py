@@ -185,3 +185,22 @@ def test_predict_and_eval_print_one_line_per_folder_or_data_set(env, tmp_path, c
     assert len(notes) == 1 and notes[0].startswith("segkit eval: note: ") and "(6)" not in notes[0], err
     assert "6 image(s) are not 8-bit RGB and will be converted when read" in notes[0]
     assert not [line for line in err.splitlines() if "warning" in line and "converted" in line], err
+
+
+def test_the_header_only_conversion_agrees_with_the_probe_and_the_reader(env):
+    from segkit.data.io import count_conversions, image_conversion, probe_image
+
+    want = {
+        "gray": "grayscale -> RGB",
+        "gray16": "16-bit grayscale -> 8-bit RGB",
+        "palette": "palette -> RGB",
+        "rgba": "RGBA -> RGB (alpha dropped)",
+        "cmyk": "CMYK -> RGB",
+        "rgb16": "16-bit RGB -> 8-bit RGB",
+    }
+    for stem, label in want.items():
+        path = _path(env, stem)
+        with count_conversions() as counts:
+            read_image(path)
+        assert image_conversion(path) == probe_image(path).conversion == label, stem
+        assert dict(counts) == {label: 1}, (stem, counts)  # what the reader did, counted under the same name

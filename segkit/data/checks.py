@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from segkit.data.datasets import SegDataset, size_mismatch_message
-from segkit.data.io import DataError, ImageInfo, probe_image, read_bands, read_image
+from segkit.data.io import DataError, ImageInfo, image_conversion, probe_image, read_bands, read_image
 from segkit.errors import UsageError
 
 __all__ = ["check_dataset", "DatasetReport", "image_statistics", "conversion_note"]
@@ -306,14 +306,14 @@ def conversion_note(dataset: SegDataset, workers: int | None = None) -> str | No
     set's name, for the commands that read a data set without scanning its labels (``segkit eval``); ``None`` when
     every image is 8-bit RGB, or the data set reads multi-band images (``in_channels != 3``: no conversion).
 
-    Reads only the image headers (:func:`~segkit.data.io.probe_image`) on a thread pool. A file that cannot be
-    probed is left to the reader, which names it (this note never raises a :class:`DataError`)."""
+    Reads only the image headers (:func:`~segkit.data.io.image_conversion`) on a thread pool. A file that cannot be
+    read is left to the reader, which names it (this note never raises a :class:`DataError`)."""
     if getattr(dataset, "in_channels", 3) != 3:
         return None
 
     def conversion(i: int) -> str | None:
         try:
-            return probe_image(dataset.samples[i][0], data=dataset.image_bytes(i)).conversion
+            return image_conversion(dataset.samples[i][0], data=dataset.image_bytes(i))
         except DataError:
             return None
 

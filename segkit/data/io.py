@@ -55,6 +55,7 @@ __all__ = [
     "pil_to_rgb",
     "read_label",
     "probe_image",
+    "image_conversion",
     "ImageInfo",
     "colour_to_index",
     "index_to_colour",
@@ -576,6 +577,28 @@ def probe_image(path: str | os.PathLike, decode: bool = False, data: bytes | Non
     w, h = img.size
     if orientation in (5, 6, 7, 8):
         w, h = h, w
+    return ImageInfo(height=h, width=w, mode=img.mode, orientation=orientation, conversion=_conversion_of(img))
+
+
+def image_conversion(path: str | os.PathLike, data: bytes | None = None) -> str | None:
+    """The conversion :func:`read_image` applies to the image file ``path`` (``"grayscale -> RGB"``, ``"16-bit RGB
+    -> 8-bit RGB"`` …, the labels of :class:`ImageInfo`), ``None`` for 8-bit RGB, from the file's header only (no
+    decoding, no integrity check: for a summary line over a whole data set). Raises :class:`DataError` naming
+    the file when it is missing or not an image."""
+    if data is not None:
+        return _conversion_of(_open(path, data))
+    try:
+        with Image.open(path) as img:
+            return _conversion_of(img)
+    except FileNotFoundError:
+        from segkit.errors import NotFoundError
+
+        raise NotFoundError(f"{path}: file not found") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: not a readable image ({e})") from None
+
+
+def _conversion_of(img: Image.Image) -> str | None:
     mode = img.mode
     conversion = None
     if mode in ("L", "1", "LA", "La"):
@@ -590,4 +613,4 @@ def probe_image(path: str | os.PathLike, decode: bool = False, data: bytes | Non
         conversion = "palette -> RGB"
     elif mode != "RGB":
         conversion = f"{mode} -> RGB"
-    return ImageInfo(height=h, width=w, mode=mode, orientation=orientation, conversion=conversion)
+    return conversion
