@@ -591,6 +591,10 @@ def resolve_config_path(name: str | Path) -> Path:
     path = Path(name)
     if path.is_file():
         return path
+    if path.exists() and not path.is_dir():  # e.g. a shell's <(...) pipe: the config is read more than once
+        from segkit.errors import DataError
+
+        raise DataError(f"{name}: not a regular file (a pipe or device); write the config to a file")
     for cand in (PACKAGED / str(name), PACKAGED / f"{name}.yaml"):
         if cand.is_file():
             return cand

@@ -1147,3 +1147,10 @@ def test_analyze_refuses_a_multiband_model_by_name(tmp_path, capsys):
     model.save_pretrained(tmp_path / "mb")
     rc, err = run(capsys, "analyze", "layers", tmp_path / "mb")
     assert rc == 2 and "takes 4-band images (model_args.in_channels: 4)" in err and "weight of size" not in err
+
+
+def test_a_config_given_as_a_pipe_is_named(tmp_path, capsys):
+    """``segkit train <(cat cfg.yaml)`` said *no such config file, nor a shipped config* of a path that exists."""
+    os.mkfifo(tmp_path / "cfg.yaml")
+    rc, err = run(capsys, "train", tmp_path / "cfg.yaml")
+    assert rc == 1 and "cfg.yaml: not a regular file (a pipe or device); write the config to a file" in err
