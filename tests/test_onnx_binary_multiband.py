@@ -1,7 +1,8 @@
 """Binary and multi-band models through ONNX (issue 22 items 2, 3): ``segkit export`` writes the binary task's
 threshold and mask values and the input's band count into the file; ``segkit predict --onnx`` thresholds the one
-logit and writes masks as the training data stored them, and reads a 4-band model's TIFFs with tifffile; both give
-the labels of the PyTorch model. What the ONNX path does not do is refused by name."""
+logit and writes masks as the training data stored them (``segkit eval --onnx`` scores them with the foreground
+metrics), and reads a 4-band model's TIFFs with tifffile; both give the labels of the PyTorch model. What the ONNX
+path does not do is refused by name."""
 
 import json
 
@@ -69,11 +70,35 @@ def test_binary_export_carries_the_task_and_predict_onnx_writes_the_masks_as_sto
         assert (a == b).mean() >= 0.995, (i, (a == b).mean())  # float32 near-threshold pixels may differ
 
 
-def test_binary_onnx_eval_is_refused_by_name(binary, capsys):
-    tmp = binary["tmp"]
-    rc = cli(["eval", "--onnx", str(tmp / "model.onnx"), "--data", str(tmp), "--split", "val"])
-    err = capsys.readouterr().err
-    assert rc == 2 and "a binary model" in err and "segkit eval MODEL_DIR" in err and "Traceback" not in err, err
+def test_binary_onnx_eval_scores_the_thresholded_masks(binary, tmp_path, capsys):
+    from segkit.tools.onnx_predict import OnnxSegmenter
+
+    onnx = OnnxSegmenter(binary["tmp"] / "model.onnx")
+    root = tmp_path / "split"  # a split-layout data set with 0/255 masks, as the model's training data
+    for d in ("images/val", "labels/val", "splits"):
+        (root / d).mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    tp = fp = fn = 0
+    for i in range(3):
+        (root / "images" / "val" / f"{i}.png").write_bytes((binary["images"] / f"{i}.png").read_bytes())
+        fg = rng.random((H, W)) < 0.5
+        Image.fromarray((fg * 255).astype(np.uint8)).save(root / "labels" / "val" / f"{i}.png")
+        p = onnx.predict(onnx.read(root / "images" / "val" / f"{i}.png")) == 1
+        tp, fp, fn = tp + int((p & fg).sum()), fp + int((p & ~fg).sum()), fn + int((~p & fg).sum())
+    (root / "splits" / "val.txt").write_text("0\n1\n2\n")
+    layout = {"image": "images/{split}/{stem}.png"}
+    (root / "meta.json").write_text(json.dumps({"classes": ["background", "foreground"], "layout": layout}))
+    res = tmp_path / "res"
+    rc = cli(["eval", "--onnx", str(binary["tmp"] / "model.onnx"), "--data", str(root), "--split", "val",
+              "--out", str(res)])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    assert "fgIoU" in capsys.readouterr().out
+    got = json.loads((res / "metrics.json").read_text())
+    assert tp and fp and fn  # a threshold at work on both classes
+    assert got["fgIoU"] == pytest.approx(100 * tp / (tp + fp + fn), abs=1e-6)
+    assert got["fgPrecision"] == pytest.approx(100 * tp / (tp + fp), abs=1e-6)
+    assert got["fgRecall"] == pytest.approx(100 * tp / (tp + fn), abs=1e-6)
+    assert got["threshold"] == pytest.approx(binary["model"].threshold)
 
 
 def test_four_band_model_exports_and_predict_onnx_reads_its_tiffs(tmp_path):

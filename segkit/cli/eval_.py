@@ -133,9 +133,11 @@ def run(args) -> int:
 def run_onnx(args) -> int:
     """``segkit eval --onnx MODEL.onnx --data ROOT``: :func:`segkit.tools.onnx_eval.evaluate_onnx`."""
     from segkit.data import build_dataset
+    from segkit.data.binary import match_model
     from segkit.data.checks import conversion_note
+    from segkit.data.datasets import classes_replaced
     from segkit.engine.evaluator import write_results
-    from segkit.engine.metrics import format_table
+    from segkit.engine.metrics import BINARY_KEYS, format_table
     from segkit.tools.onnx_eval import evaluate_onnx
     from segkit.tools.onnx_predict import OnnxSegmenter
 
@@ -153,14 +155,9 @@ def run_onnx(args) -> int:
     if args.out:
         claim_out(args, args.out)
     model = OnnxSegmenter(args.onnx or args.checkpoint)
-    if model.is_binary:
-        raise UsageError(
-            f"{model.path}: a binary model (task: binary): segkit eval --onnx computes multi-class metrics only; "
-            "evaluate the PyTorch model (segkit eval MODEL_DIR --config CONFIG) for fgIoU / Dice / precision / recall, "
-            "or segkit predict --onnx for its masks"
-        )
-    dataset = build_dataset({"type": args.data_type, "root": args.data, "split": args.split})
-    dataset.in_channels = model.in_channels  # a multi-band model's images are read as its bands (read_bands)
+    with classes_replaced() if model.is_binary else contextlib.nullcontext():
+        dataset = build_dataset({"type": args.data_type, "root": args.data, "split": args.split})
+    match_model(dataset, model)  # its bands (read_bands) and, for a binary model, its masks' 0/1 or 0/255 values
     conversions = conversion_note(dataset)  # one line per data set, as train and check-data say it
     if conversions:
         print(f"segkit eval: note: {conversions}", file=sys.stderr)
@@ -170,7 +167,9 @@ def run_onnx(args) -> int:
     print(format_table(res, model.class_names))
     print(
         f"aAcc {res['aAcc']:.2f}  mIoU {res['mIoU']:.2f}  mAcc {res['mAcc']:.2f}  mDice {res['mDice']:.2f}  "
-        f"mFscore {res['mFscore']:.2f}",
+        f"mFscore {res['mFscore']:.2f}"
+        + "".join(f"  {k} {res[k]:.2f}" for k in BINARY_KEYS if k in res)
+        + (f"  (threshold {res['threshold']:g})" if "threshold" in res else ""),
         flush=True,
     )
     if args.out:

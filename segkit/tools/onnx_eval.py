@@ -54,14 +54,16 @@ def evaluate_onnx(
         scale: overrides the exported test resize (``0`` = none), as ``segkit predict --onnx --scale``.
 
     Returns the dict of :func:`segkit.engine.evaluator.evaluate` (metrics in %, ``per_class``,
-    ``confusion_matrix``, ``num_images``, ``time_s``, ``sec_per_image``, ``settings``, ``class_names``).
+    ``confusion_matrix``, ``num_images``, ``time_s``, ``sec_per_image``, ``settings``, ``class_names``; for a
+    binary model also ``fgIoU``, ``fgDice``, ``fgPrecision``, ``fgRecall`` and ``threshold``, the data set read
+    with the binary label convention, :func:`segkit.data.binary.match_model`).
     Raises :class:`~segkit.errors.DataError` for a data set whose class count differs from the model's, an
     empty one, or bad label values (naming the file), :class:`~segkit.errors.UsageError` for bad arguments.
     """
     import torch
     from tqdm.auto import tqdm
 
-    from segkit.engine.metrics import ABSENT_RULES, format_table, metrics_from_matrix
+    from segkit.engine.metrics import ABSENT_RULES, binary_metrics, format_table, metrics_from_matrix
     from segkit.tools.onnx_predict import OnnxSegmenter
 
     if absent not in ABSENT_RULES:
@@ -69,7 +71,7 @@ def evaluate_onnx(
     if max_images is not None and (isinstance(max_images, bool) or int(max_images) < 1):
         raise UsageError(f"max_images must be >= 1 (or None for all images), got {max_images!r}")
     seg = model if isinstance(model, OnnxSegmenter) else OnnxSegmenter(model)
-    k = seg.num_classes
+    k = 2 if seg.is_binary else seg.num_classes  # a binary model's one logit: labels 0 / 1 at its threshold
     data_k = getattr(dataset, "num_classes", None)
     if data_k is not None and int(data_k) != k:
         raise DataError(f"{seg.path}: the model has {k} classes, the data set {getattr(dataset, 'name', '')} {data_k}")
@@ -88,6 +90,8 @@ def evaluate_onnx(
         cm += confusion(seg.predict(image, scale), item["label"], k, ignore, where)
     elapsed = time.perf_counter() - start
     result = metrics_from_matrix(torch.from_numpy(cm), absent=absent)
+    if seg.is_binary:  # the binary task's foreground metrics at the exported threshold, as segkit eval
+        result.update(binary_metrics(torch.from_numpy(cm)), threshold=float(seg.threshold))
     result["per_class"] = format_table(result, seg.class_names)
     result["confusion_matrix"] = cm.tolist()
     result["num_images"] = n

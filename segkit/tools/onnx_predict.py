@@ -130,6 +130,7 @@ class OnnxSegmenter:
         self.num_classes = int(self.meta["num_classes"])
         self.in_channels = int(json.loads(self.meta.get("in_channels", "3")))
         self.is_binary = self.meta.get("task") == "binary"
+        self.task = "binary" if self.is_binary else "multiclass"
         if self.num_classes == 1 and not self.is_binary:  # one logit without the binary metadata: argmax gives 0
             raise OnnxModelError(
                 f"{path}: one output logit but no 'task: binary' metadata (exported by an older segkit); the arg-max "
