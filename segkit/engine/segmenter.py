@@ -463,7 +463,12 @@ class Segmenter:
         (:func:`to_rgb`). ``probs=True`` keeps the class probabilities of the forward pass in each result
         (``(K, H, W)`` float32 per image, ``4·K·H·W`` bytes: 1.8 MB for 150 classes at 64×48) and takes the labels
         as their arg-max, equal to the default labels except at float32 near-ties; without it, :meth:`SegResult.probs`
-        runs the network again. ``progress`` overrides the segmenter's setting (a bar over the chunks of a list)."""
+        runs the network again. ``progress`` overrides the segmenter's setting (a bar over the chunks of a list).
+
+        Image conversions (grayscale, palette, RGBA, CMYK, 16-bit: :func:`segkit.data.io.read_image`) are said in one
+        ``UserWarning`` per list ("N input(s): M image(s) are not 8-bit RGB and were converted when read: grayscale
+        -> RGB (M)"), not one per image; a single input's warning names its file. :meth:`stream` says it once at
+        the end of the stream."""
         from segkit.data.io import summarise_conversions
 
         single = not isinstance(inputs, (list, tuple))
