@@ -1106,8 +1106,14 @@ def test_eval_set_without_config_is_refused(finished_run, synthetic_split_module
     work, _ = finished_run
     rc, err = run(capsys, "eval", work / "final", "--data", synthetic_split_module, "--set", "data.test.split=x")
     assert rc == 2 and "--set overrides keys of --config; give --config CONFIG too" in err  # was ignored, rc 0
-    rc, err = run(capsys, "eval", "--onnx", "m.onnx", "--data", synthetic_split_module, "--threshold", "0.5")
-    assert rc == 2 and "--threshold 0.5: for binary models, which --onnx does not take" in err  # was ignored
+
+
+def test_eval_onnx_threshold_on_a_multiclass_export_is_refused(synthetic_split_module, tmp_path, capsys):
+    from segkit.tools.export import export_onnx
+
+    export_onnx(segkit.build_model("segformer-b0", num_classes=5, decoder_dim=32), tmp_path / "m.onnx", shape=(64, 64))
+    rc, err = run(capsys, "eval", "--onnx", tmp_path / "m.onnx", "--data", synthetic_split_module, "--threshold", "0.5")
+    assert rc == 2 and "m.onnx is a multi-class model (5 classes" in err  # was ignored, rc 0
 
 
 def test_fifos_devices_and_link_loops_given_to_predict_are_named(tmp_path):

@@ -148,13 +148,20 @@ def run_onnx(args) -> int:
             raise UsageError(f"--onnx: --{flag} is not supported (whole-image inference with the exported protocol)")
     if args.flip or args.mode == "slide" or args.device not in ("cpu", "auto"):
         raise UsageError("--onnx: whole-image inference on the CPU (--flip / --mode slide / --device need PyTorch)")
-    if args.threshold is not None:  # binary models do not take the ONNX path (argmax over classes)
-        raise UsageError(f"--threshold {args.threshold}: for binary models, which --onnx does not take")
     if not args.data:
         raise UsageError("--onnx: give --data ROOT (and --split)")
     if args.out:
         claim_out(args, args.out)
     model = OnnxSegmenter(args.onnx or args.checkpoint)
+    if args.threshold is not None:
+        if not model.is_binary:
+            raise UsageError(
+                f"--threshold {args.threshold}: {model.path} is a multi-class model ({model.num_classes} classes, "
+                f"each pixel takes the most likely one); --threshold is for binary models (task: binary)"
+            )
+        if not 0 < args.threshold < 1:
+            raise UsageError(f"--threshold {args.threshold}: the foreground probability threshold must be in (0, 1)")
+        model.threshold = float(args.threshold)
     with classes_replaced() if model.is_binary else contextlib.nullcontext():
         dataset = build_dataset({"type": args.data_type, "root": args.data, "split": args.split})
     match_model(dataset, model)  # its bands (read_bands) and, for a binary model, its masks' 0/1 or 0/255 values
