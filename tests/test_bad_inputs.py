@@ -1160,3 +1160,20 @@ def test_a_config_given_as_a_pipe_is_named(tmp_path, capsys):
     os.mkfifo(tmp_path / "cfg.yaml")
     rc, err = run(capsys, "train", tmp_path / "cfg.yaml")
     assert rc == 1 and "cfg.yaml: not a regular file (a pipe or device); write the config to a file" in err
+
+
+def test_animated_images_fifos_and_nul_stems_in_the_api_are_named(tmp_path):
+    from segkit.data.io import read_image
+
+    frames = [Image.fromarray(np.full((8, 8, 3), v, np.uint8)) for v in (0, 120, 240)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    with pytest.warns(UserWarning, match=r"a.gif: GIF with 3 frames \(animated or multi-page\): only the first"):
+        read_image(tmp_path / "a.gif")  # was read as its first frame without a word
+    os.mkfifo(tmp_path / "x.png")
+    with pytest.raises(segkit.DataError, match="x.png: not a regular file"):
+        read_image(tmp_path / "x.png")  # waited for a writer forever
+    result = segkit.Segmenter(segkit.build_model("segformer-b0", num_classes=2, decoder_dim=32), device="cpu")(
+        np.zeros((40, 40, 3), np.uint8)
+    )
+    with pytest.raises(segkit.UsageError, match="a file name, not a path"):
+        result.save(tmp_path / "sv", stem="a\x00b")  # was Python's own 'embedded null byte'

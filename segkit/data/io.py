@@ -146,7 +146,9 @@ def _warn(kind: str, message: str, label: str | None = None) -> None:
 
 def _read_bytes(path: str | os.PathLike) -> bytes:
     try:
-        with open(path, "rb") as f:
+        if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+            raise DataError(f"{path}: not a regular file (a FIFO, device or socket), expected an image file")
+        with open(path, "rb") as f:  # (opening a FIFO would wait for a writer forever)
             return f.read()
     except FileNotFoundError:
         from segkit.errors import NotFoundError
@@ -254,6 +256,14 @@ def read_image(path: str | os.PathLike, data: bytes | None = None) -> np.ndarray
     """
     data = _read_bytes(path) if data is None else data
     img = _open(path, data)
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:  # an animated GIF / WebP / PNG, a multi-page TIFF: said even where conversions are summarised
+        warnings.warn(
+            f"{path}: {img.format} with {frames} frames (animated or multi-page): only the first is read "
+            f"(to segment every frame, convert it to a video, e.g. ffmpeg -i <file> frames.mp4)",
+            UserWarning,
+            stacklevel=2,
+        )
     orientation = _orientation(img)
     if img.mode == "RGB" and orientation == 1 and _looks_complete(data, img.format) and not _is_16bit_rgb(img):
         arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)

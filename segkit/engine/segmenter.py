@@ -151,7 +151,7 @@ class SegResult:
 
         directory = Path(directory)
         stem = stem or self.name or (Path(self.path).stem if self.path else "image")
-        if "/" in stem or os.sep in stem or stem in (".", ".."):
+        if "/" in stem or os.sep in stem or stem in (".", "..") or "\x00" in stem:
             raise UsageError(f"stem {stem!r}: a file name, not a path (the files go into directory={str(directory)!r})")
         label_path, overlay_path = directory / f"{stem}_label.png", directory / f"{stem}_overlay.png"
         for path in (label_path, overlay_path):  # both checked before either is written
