@@ -322,9 +322,7 @@ class Config:
             )
         if sc.time_budget is not None:
             parse_duration(sc.time_budget)  # ConfigError naming schedule.time_budget
-            from segkit.engine.budget import TimeBudget
-
-            first = TimeBudget.WARMUP_STEPS + TimeBudget.FIRST_ESTIMATE
+            first = BUDGET_UNTIMED_STEPS + BUDGET_FIRST_ESTIMATE
             need(
                 sc.max_iters >= first,
                 "schedule.max_iters",
@@ -485,6 +483,12 @@ def _build(cls, data: Any, path: str):
 
 
 _DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+# A time budget's first length estimate (segkit.engine.budget.TimeBudget): after this many untimed
+# warm-up steps and then this many timed ones; kept here so that validation needs no engine import.
+BUDGET_UNTIMED_STEPS = 3
+BUDGET_FIRST_ESTIMATE = 5
 
 
 def parse_duration(value, key: str = "schedule.time_budget") -> float:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 import time
 
-from segkit.config import parse_duration
+from segkit.config import BUDGET_FIRST_ESTIMATE, BUDGET_UNTIMED_STEPS, parse_duration
 from segkit.errors import ConfigError
 
 
@@ -54,8 +54,8 @@ class TimeBudget:
     ``started``: the :func:`now` at which this process's share of the budget began.
     """
 
-    WARMUP_STEPS = 3  # steps of each process not timed (first-call allocations, oneDNN primitive creation)
-    FIRST_ESTIMATE = 5  # timed steps before the first estimate
+    WARMUP_STEPS = BUDGET_UNTIMED_STEPS  # steps of each process not timed (first-call allocations, oneDNN)
+    FIRST_ESTIMATE = BUDGET_FIRST_ESTIMATE  # timed steps before the first estimate
 
     def __init__(self, seconds: float, schedule, eval_interval: int, checkpoint_interval: int, started: float):
         self.seconds = float(seconds)
