@@ -734,6 +734,29 @@ def test_a_full_disk_names_the_file_and_what_was_kept(synthetic_split, tmp_path,
     assert e.value.errno == errno.ENOSPC
 
 
+def test_a_real_full_disk_names_the_file(synthetic_split, tmp_path, capsys):
+    """The same on a real full file system: a 1 MiB tmpfs holds the run's config and log but not a checkpoint.
+    Needs permission to mount (root on Linux, as on the CI machines); skips with the reason elsewhere."""
+    import subprocess
+
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a 1 MiB tmpfs here: {mounted.stderr.decode().strip() or mounted.returncode}")
+    try:
+        work = small / "w"
+        cfg = write_cfg(tmp_path / "c.yaml", tiny_cfg(synthetic_split, work, eval_interval=100))
+        rc, err = run(capsys, "train", cfg, "--no-progress")
+        target = work / "iter_2.pth"
+        assert rc == 1 and f"no space left on device writing {target}" in err, err
+        assert "Traceback" not in err and "inline_container" not in err and "unexpected pos" not in err
+        assert not target.exists() and not list(work.glob(".*.tmp"))  # the partial checkpoint is removed
+        assert (work / "config.yaml").is_file() and (work / "train_log.jsonl").is_file()
+    finally:
+        subprocess.run(["umount", str(small)], capture_output=True)
+
+
 def test_resume_auto_over_damaged_checkpoints_says_what_each_is(tmp_path, synthetic_split, capsys):
     """Text, a truncated file and a pickle with code where iter_*.pth are: each skipped with "not a checkpoint",
     "truncated" or "refused", never PyTorch's advice to set weights_only=False."""
