@@ -30,6 +30,21 @@ from segkit.runtime import check_amp
 NAME = "eval"
 
 
+def _set_threshold(args, model, name) -> None:
+    """``--threshold``: the foreground probability threshold of a binary model (PyTorch or ONNX) named ``name``;
+    a UsageError for a multi-class model or a value outside (0, 1)."""
+    if args.threshold is None:
+        return
+    if not getattr(model, "is_binary", False):
+        raise UsageError(
+            f"--threshold {args.threshold}: {name} is a multi-class model ({model.num_classes} classes, "
+            f"each pixel takes the most likely one); --threshold is for binary models (task: binary)"
+        )
+    if not 0 < args.threshold < 1:
+        raise UsageError(f"--threshold {args.threshold}: the foreground probability threshold must be in (0, 1)")
+    model.threshold = float(args.threshold)
+
+
 def add_parser(sub):
     s = sub.add_parser(
         NAME,
@@ -86,15 +101,7 @@ def run(args) -> int:
     dev = device(args.device)
     check_amp(args.amp, dev)
     model = load_model(args.checkpoint, map_location=dev, revision=args.revision)
-    if args.threshold is not None:
-        if not getattr(model, "is_binary", False):
-            raise UsageError(
-                f"--threshold {args.threshold}: {args.checkpoint} is a multi-class model ({model.num_classes} "
-                f"classes, each pixel takes the most likely one); --threshold is for binary models (task: binary)"
-            )
-        if not 0 < args.threshold < 1:
-            raise UsageError(f"--threshold {args.threshold}: the foreground probability threshold must be in (0, 1)")
-        model.threshold = float(args.threshold)
+    _set_threshold(args, model, args.checkpoint)
     protocol, spec = protocol_and_spec(args, model)
     with classes_replaced() if getattr(model, "is_binary", False) else contextlib.nullcontext():
         dataset = match_model(build_dataset(spec, transform=protocol.transform(model.mean, model.std)), model)
@@ -153,15 +160,7 @@ def run_onnx(args) -> int:
     if args.out:
         claim_out(args, args.out)
     model = OnnxSegmenter(args.onnx or args.checkpoint)
-    if args.threshold is not None:
-        if not model.is_binary:
-            raise UsageError(
-                f"--threshold {args.threshold}: {model.path} is a multi-class model ({model.num_classes} classes, "
-                f"each pixel takes the most likely one); --threshold is for binary models (task: binary)"
-            )
-        if not 0 < args.threshold < 1:
-            raise UsageError(f"--threshold {args.threshold}: the foreground probability threshold must be in (0, 1)")
-        model.threshold = float(args.threshold)
+    _set_threshold(args, model, model.path)
     with classes_replaced() if model.is_binary else contextlib.nullcontext():
         dataset = build_dataset({"type": args.data_type, "root": args.data, "split": args.split})
     match_model(dataset, model)  # its bands (read_bands) and, for a binary model, its masks' 0/1 or 0/255 values
