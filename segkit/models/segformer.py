@@ -204,9 +204,12 @@ PRETRAINED: tuple[Pretrained, ...] = (
 # ---------------------------------------------------------------------------- 4. configs
 def configs() -> dict[str, dict]:
     """The shipped configs of the family: ``{"dataset/model.yaml": config dict}``."""
-    from segkit.recipes import PAPER_DATASETS, camvid_10min_config, paper_config, small_config
+    from segkit.recipes import PAPER_DATASETS, camvid_2h30_config, camvid_10min_config, paper_config, small_config
 
-    out = {"camvid/segformer-b0_10min.yaml": camvid_10min_config()}
+    out = {
+        "camvid/segformer-b0_10min.yaml": camvid_10min_config(),
+        "camvid/segformer-b0_2h30.yaml": camvid_2h30_config(),
+    }
     for dataset in PAPER_DATASETS:
         for model in MODELS:
             kw = {}
