@@ -182,6 +182,18 @@ def main(argv: list[str] | None = None) -> int:
             f"internal error, please report it (run with SEGKIT_DEBUG=1 for the traceback): {type(e).__name__}: {e}",
         )
         return 1
+    finally:
+        _drop_process_group()
+
+
+def _drop_process_group() -> None:
+    """A ``torchrun`` rank that stops on an error (or a signal) destroys its process group before the interpreter
+    exits: left to interpreter finalisation, gloo's worker threads can abort the process (SIGABRT, "terminate
+    called without an active exception"; pytorch/pytorch#190489) and hide the exit status. A finished run has
+    already destroyed it (:func:`segkit.engine.runs.end_distributed`)."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 __all__ = ["COMMANDS", "build_parser", "main"]

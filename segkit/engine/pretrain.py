@@ -54,6 +54,7 @@ from segkit.engine.runs import (
     WeightEMA,
     barrier,
     claim_work_dir,
+    end_distributed,
     load_state_file,
     save_checkpoint,
     setup_runtime,
@@ -587,6 +588,7 @@ class Pretrainer:
             if self.ema is not None:
                 paths += export_encoder(self.ema.module, self.work_dir / "encoder", suffix="_ema")
             summary["encoder_files"] = [str(p) for p in paths]
+        end_distributed(self.rt.world)
         return summary
 
 

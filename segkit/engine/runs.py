@@ -50,6 +50,20 @@ def barrier(world: int) -> None:
         dist.barrier()
 
 
+def end_distributed(world: int) -> None:
+    """The last call of a finished ``torchrun`` run on every rank: wait for all ranks, then destroy
+    the process group. Nothing in a single process.
+
+    Without it a rank that finishes first (rank 1, while rank 0 still writes ``final/``) tears the
+    gloo process group down at interpreter exit with its communication threads still running:
+    ``terminate called without an active exception``, SIGABRT, and torchrun stops rank 0 too
+    (pytorch/pytorch#190489: Gloo's worker threads outlive the interpreter's finalisation).
+    """
+    if world > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 @dataclass
 class Runtime:
     """Where a run computes: ``device``, ``amp`` (``"bf16"``/``"fp16"``/``None``), ``rank`` of ``world`` processes."""
@@ -219,6 +233,7 @@ __all__ = [
     "WeightEMA",
     "WorkDirError",
     "barrier",
+    "end_distributed",
     "claim_work_dir",
     "init_distributed",
     "load_state_file",

@@ -42,6 +42,7 @@ from segkit.engine.runs import (
     WeightEMA,
     WorkDirError,
     claim_work_dir,
+    end_distributed,
     load_state_file,
     resolve_device,
     save_checkpoint,
@@ -783,6 +784,8 @@ class Trainer:
             self.log_f.close()
             if self.writer:
                 self.writer.close()
+        if self.stop_signal is None:
+            end_distributed(rt.world)
         return summary
 
 
