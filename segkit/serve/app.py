@@ -32,7 +32,8 @@ shutting down, 504 when a request gets no result within ``timeout_s`` (queue wai
 No server-side requests (the server never fetches a URL) and no upload is written to disk.
 
 This module has no ``from __future__ import annotations``: FastAPI reads the endpoints' annotations
-(``Request``, imported inside :func:`create_app` so that importing this module needs no FastAPI) as objects.
+(``Request``, imported inside the functions that add the routes, so that importing this module needs no
+FastAPI) as objects.
 """
 
 import base64
@@ -185,35 +186,15 @@ def create_app(
     raises (``segkit.errors``), :class:`~segkit.errors.UsageError` for a limit out of range, and
     :class:`~segkit.errors.MissingDependencyError` naming ``segkit[serve]`` without FastAPI.
     """
-    from segkit.errors import UsageError
-
     fastapi = require("fastapi", "serve", "segkit serve")
     require("python_multipart", "serve", "segkit serve uploads")
-    from fastapi import Depends, Query, Request
-    from fastapi.concurrency import run_in_threadpool
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from starlette.exceptions import HTTPException
-
-    from segkit.errors import InsufficientMemoryError, SegkitError
-
-    for name, value in {"max_upload_mb": max_upload_mb, "max_pixels": max_pixels, "timeout_s": timeout_s}.items():
-        if not value > 0:
-            raise UsageError(f"{name} must be > 0, got {value}")
-    if api_key is not None and not str(api_key).strip():
-        raise UsageError("api_key is empty: give a key, or None for no key")
-    if min(int(max_batch), int(max_queue), int(workers)) < 1 or max_wait_ms < 0:
-        raise UsageError(
-            f"max_batch, max_queue and workers must be >= 1 and max_wait_ms >= 0, got {max_batch}, {max_queue}, "
-            f"{workers} and {max_wait_ms}"
-        )
+    _check_limits(max_batch, max_wait_ms, max_queue, max_upload_mb, max_pixels, timeout_s, workers, api_key)
     if hasattr(model, "prepare") and hasattr(model, "run"):
         engine = model
     else:
         from segkit.serve.backends import load_backend
 
         engine = load_backend(model, backend=backend, device=device, amp=amp)
-    max_bytes = int(max_upload_mb * 2**20)
     batcher = Batcher(
         engine.run, max_batch=max_batch, max_wait_s=max_wait_ms / 1000, max_queue=max_queue, workers=workers
     )
@@ -238,21 +219,48 @@ def create_app(
         redoc_url=None,
     )
     app.state.backend, app.state.batcher, app.state.metrics = engine, batcher, metrics
+    _add_error_handlers(app, metrics)
+    check_key = _key_check(api_key)
+    _add_info_routes(app, engine, batcher, metrics, state, check_key)
+    _add_predict_route(app, engine, batcher, check_key, int(max_upload_mb * 2**20), max_pixels, timeout_s)
+    return app
 
-    def error(status: int, message: str, headers: dict | None = None):
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
 
-    async def check_key(request: Request):
-        if api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
-            raise HTTPException(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
+def _check_limits(max_batch, max_wait_ms, max_queue, max_upload_mb, max_pixels, timeout_s, workers, api_key) -> None:
+    """:func:`create_app`'s limits: :class:`~segkit.errors.UsageError` naming the first one out of range."""
+    from segkit.errors import UsageError
+
+    for name, value in {"max_upload_mb": max_upload_mb, "max_pixels": max_pixels, "timeout_s": timeout_s}.items():
+        if not value > 0:
+            raise UsageError(f"{name} must be > 0, got {value}")
+    if api_key is not None and not str(api_key).strip():
+        raise UsageError("api_key is empty: give a key, or None for no key")
+    if min(int(max_batch), int(max_queue), int(workers)) < 1 or max_wait_ms < 0:
+        raise UsageError(
+            f"max_batch, max_queue and workers must be >= 1 and max_wait_ms >= 0, got {max_batch}, {max_queue}, "
+            f"{workers} and {max_wait_ms}"
+        )
+
+
+def _error(status: int, message: str, headers: dict | None = None):
+    """The JSON error response of every endpoint: ``{"error": message}`` with ``status``."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _add_error_handlers(app, metrics: Metrics) -> None:
+    """Every error as ``{"error": …}`` (HTTP errors, invalid query values as 400, upload errors with their
+    status, anything else as 500 with the traceback in the server log only), and the request counter and
+    latency histogram of every request."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc):
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        return error(exc.status_code, str(exc.detail), headers)
+        return _error(exc.status_code, str(exc.detail), headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request, exc):
@@ -260,16 +268,16 @@ def create_app(
         for e in exc.errors():
             where = ".".join(str(v) for v in e.get("loc", ()))
             parts.append(f"{where}: {e.get('msg')}")
-        return error(400, "; ".join(parts) or "invalid request")
+        return _error(400, "; ".join(parts) or "invalid request")
 
     @app.exception_handler(UploadError)
     async def upload_error(request, exc):
-        return error(exc.status, str(exc))
+        return _error(exc.status, str(exc))
 
     @app.exception_handler(Exception)
     async def internal_error(request, exc):
         log.exception("internal error on %s", request.url.path)
-        return error(500, f"internal error ({type(exc).__name__}); the server log has the details")
+        return _error(500, f"internal error ({type(exc).__name__}); the server log has the details")
 
     @app.middleware("http")
     async def count(request: Request, call_next):
@@ -284,6 +292,29 @@ def create_app(
             endpoint = getattr(route, "path", None) or "other"
             metrics.requests.labels(endpoint, str(status)).inc()
             metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+
+
+def _key_check(api_key: str | None):
+    """The FastAPI dependency that answers 401 unless ``Authorization: Bearer <api_key>`` (no check without a key;
+    the comparison takes the same time whatever the sent key)."""
+    from fastapi import Request
+    from starlette.exceptions import HTTPException
+
+    async def check_key(request: Request):
+        if api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
+            raise HTTPException(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
+
+    check_key.needs_key = api_key is not None
+    return check_key
+
+
+def _add_info_routes(app, engine, batcher: Batcher, metrics: Metrics, state: dict, check_key) -> None:
+    """``GET /`` (the page), ``GET /health`` and ``GET /metrics`` (behind the key, when one is set)."""
+    from fastapi import Depends
+    from fastapi.responses import HTMLResponse, Response
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
@@ -305,7 +336,7 @@ def create_app(
             "max_batch": batcher.max_batch,
             "queue": batcher.queued,
             "in_flight": batcher.in_flight,
-            "auth": api_key is not None,
+            "auth": check_key.needs_key,
         }
 
     @app.get("/metrics", dependencies=[Depends(check_key)], include_in_schema=False)
@@ -313,22 +344,34 @@ def create_app(
         body, media = metrics.text()
         return Response(body, media_type=media)
 
-    upload_schema = {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "required": ["image"],
-                        "properties": {"image": {"type": "string", "format": "binary"}},
-                    }
-                }
-            },
-        }
-    }
 
-    @app.post("/predict", dependencies=[Depends(check_key)], openapi_extra=upload_schema)
+# the multipart body of POST /predict in the OpenAPI schema (the endpoint reads the request itself, for the limits)
+_UPLOAD_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+
+
+def _add_predict_route(app, engine, batcher: Batcher, check_key, max_bytes: int, max_pixels: int, timeout_s: float):
+    """``POST /predict``: the upload (size and pixel limits), one place in the batcher's queue, the response in the
+    asked ``format``; 503 / 504 / 413 / 400 as in the module docstring."""
+    from fastapi import Depends, Query, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import JSONResponse, Response
+
+    from segkit.errors import InsufficientMemoryError, SegkitError
+
+    @app.post("/predict", dependencies=[Depends(check_key)], openapi_extra=_UPLOAD_SCHEMA)
     async def predict(
         request: Request,
         format: Literal["json", "png", "overlay", "rle"] = Query("json", description="response format"),
@@ -337,29 +380,27 @@ def create_app(
         """Segment the uploaded image (multipart field ``image``)."""
         if batcher.queued >= batcher.max_queue:  # refused before the upload is read and decoded
             msg = f"the queue is full ({batcher.max_queue} requests waiting); retry later"
-            return error(503, msg, {"Retry-After": str(batcher.retry_after())})
+            return _error(503, msg, {"Retry-After": str(batcher.retry_after())})
         upload = await read_image_part(request, max_bytes)
         image = await run_in_threadpool(open_image, upload, max_pixels)
         try:
             key, item = await run_in_threadpool(engine.prepare, image)
             label = await batcher.submit(key, item, timeout=timeout_s)
         except QueueFull as e:
-            return error(503, str(e), {"Retry-After": str(e.retry_after)})
+            return _error(503, str(e), {"Retry-After": str(e.retry_after)})
         except Closed as e:
-            return error(503, str(e), {"Retry-After": "5"})
+            return _error(503, str(e), {"Retry-After": "5"})
         except QueueTimeout as e:
-            return error(504, str(e))
+            return _error(504, str(e))
         except InsufficientMemoryError as e:
-            return error(413, str(e))
+            return _error(413, str(e))
         except SegkitError as e:  # bad data / usage raised by the model's preprocessing
-            return error(400, str(e))
+            return _error(400, str(e))
         out = await run_in_threadpool(render, engine, image, label, format, overlay)
         if isinstance(out, dict):
             return JSONResponse(out)
         body, media = out
         return Response(body, media_type=media)
-
-    return app
 
 
 __all__ = ["create_app", "page_html", "render", "areas", "rle", "Metrics", "FORMATS", "PAGE_CSP"]
