@@ -144,9 +144,6 @@ def predict_paths(
     :class:`~segkit.errors.InsufficientMemoryError` for an image too large for whole-image inference
     (before the first image).
     """
-    from tqdm.auto import tqdm
-
-    from segkit.data.io import summarise_conversions
     from segkit.errors import UsageError
 
     if mode not in (None, "auto", "whole", "slide"):
@@ -169,19 +166,12 @@ def predict_paths(
     video_kw = dict(alpha=alpha, save_labels=save_labels, progress=progress, overwrite=overwrite)
     try:
         if is_camera(inputs):
-            if list(formats) != ["png"]:
-                raise UsageError(
-                    f"camera {inputs}: --format {' '.join(formats)} is for image files "
-                    "(a camera gives an overlay video)"
-                )
+            _video_formats_only(formats, f"camera {inputs}", "a camera gives an overlay video")
             return predict_video(seg, inputs, out_dir, **video_kw)
         files, videos = list_inputs(inputs, videos=True)
         stems, video_stems = output_stems(files), output_stems(videos)
-        if videos and list(formats) != ["png"]:
-            raise UsageError(
-                f"{videos[0]}: --format {' '.join(formats)} is for images; a video gives an overlay video "
-                "(--format png, and --save-labels for the label PNGs)"
-            )
+        if videos:
+            _video_formats_only(formats, str(videos[0]), "a video gives an overlay video")
         writer = ResultWriter(
             out_dir,
             formats,
@@ -199,30 +189,59 @@ def predict_paths(
         for stem in video_stems:
             claim_output(out_dir / f"{stem}_overlay.mp4", overwrite=overwrite, what="", kind="file", **_API_POLICY)
         seg.check_memory(image_sizes(files), [str(f) for f in files])  # a huge image: refused before the first
-        written: list[Path] = []
-        with summarise_conversions(f"{inputs}"):  # grayscale, 16-bit …: one line for the folder, not one per file
-            for path, stem in zip(tqdm(files, desc="predict", disable=not progress or not files), stems):
-                res = seg(path)
-                written += writer.add(stem, res.label, res.image, path)
-        written += writer.finish()
-        problems: list[VideoFramesError] = []
-        for video, stem in zip(videos, video_stems):
-            try:
-                written += predict_video(seg, video, out_dir, stem=stem, **video_kw)
-            except VideoFramesError as e:  # the readable frames are written; the others are reported at the end
-                written += e.written
-                problems.append(e)
-        if len(problems) == 1 and len(videos) + len(files) == 1:
-            raise problems[0]
-        if problems:
-            raise VideoFramesError(
-                "; ".join(map(str, problems)) + f"; {len(written)} file(s) written in all",
-                written,
-                [f for e in problems for f in e.frames],
-            )
+        written = _predict_images(seg, files, stems, writer, str(inputs), progress)
+        _predict_videos(seg, videos, video_stems, out_dir, video_kw, written, alone=len(videos) + len(files) == 1)
         return written
     finally:
         model.train(was_training)
+
+
+def _video_formats_only(formats: Sequence[str], what: str, why: str) -> None:
+    """Videos and cameras write an overlay video (``--format png``): :class:`~segkit.errors.UsageError` otherwise."""
+    from segkit.errors import UsageError
+
+    if list(formats) != ["png"]:
+        raise UsageError(
+            f"{what}: --format {' '.join(formats)} is for images ({why}; --format png, and --save-labels "
+            "for the label PNGs of a video)"
+        )
+
+
+def _predict_images(seg: Segmenter, files: list[Path], stems: list[str], writer, inputs: str, progress: bool):
+    """Segment ``files`` one by one and hand each result to ``writer``; returns the written paths (images first,
+    then what ``writer.finish`` writes for the whole input, e.g. ``coco_results.json``)."""
+    from tqdm.auto import tqdm
+
+    from segkit.data.io import summarise_conversions
+
+    written: list[Path] = []
+    with summarise_conversions(inputs):  # grayscale, 16-bit …: one line for the folder, not one per file
+        for path, stem in zip(tqdm(files, desc="predict", disable=not progress or not files), stems):
+            res = seg(path)
+            written += writer.add(stem, res.label, res.image, path)
+    return written + writer.finish()
+
+
+def _predict_videos(seg, videos, stems, out_dir: Path, video_kw: dict, written: list[Path], alone: bool) -> None:
+    """Each video of a folder (:func:`predict_video`), its files appended to ``written``. Frames that do not decode
+    stop nothing: the readable frames and the other videos are written, then one
+    :class:`~segkit.errors.VideoFramesError` names every bad frame (the video's own error when it is the only
+    input)."""
+    problems: list[VideoFramesError] = []
+    for video, stem in zip(videos, stems):
+        try:
+            written += predict_video(seg, video, out_dir, stem=stem, **video_kw)
+        except VideoFramesError as e:  # the readable frames are written; the others are reported at the end
+            written += e.written
+            problems.append(e)
+    if len(problems) == 1 and alone:
+        raise problems[0]
+    if problems:
+        raise VideoFramesError(
+            "; ".join(map(str, problems)) + f"; {len(written)} file(s) written in all",
+            written,
+            [f for e in problems for f in e.frames],
+        )
 
 
 def predict_video(
