@@ -165,57 +165,10 @@ def quantize_onnx(
     files = calibration_files(calibration, num_calib)
     reader = ImageCalibrationReader(segmenter, files)
     with tempfile.TemporaryDirectory(prefix="segkit-int8-") as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        try:
-            q.quant_pre_process(str(fp32_path), str(pre))
-        except Exception as e:
-            from segkit.tools.export import ExportError
-
-            raise ExportError(
-                f"onnxruntime's pre-processing (shape inference, graph optimisation) of {fp32_path} failed: "
-                f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-            ) from e
-        model = onnx.load(str(pre))
-        excluded = [n.name for n in model.graph.node if NMF_SCOPE in n.name]
-        if ops == "matmul":  # activation x activation products (attention): float (ORT's QDQ MatMul takes any)
-            weights = {t.name for t in model.graph.initializer}
-            excluded += [
-                n.name
-                for n in model.graph.node
-                if n.op_type == "MatMul" and NMF_SCOPE not in n.name and not weights & set(n.input)
-            ]
-        kwargs = {}
-        if OPS[ops] is not None:
-            kwargs["op_types_to_quantize"] = OPS[ops]
-        calib_method = {
-            "minmax": q.CalibrationMethod.MinMax,
-            "entropy": q.CalibrationMethod.Entropy,
-            "percentile": q.CalibrationMethod.Percentile,
-        }[method]
-        extra = {"CalibTensorRangeSymmetric": False}
-        if method == "percentile":
-            extra["CalibPercentile"] = 99.999
+        pre = _pre_process(q, fp32_path, Path(tmp) / "pre.onnx")
+        excluded = _excluded_nodes(onnx.load(str(pre)), ops)
         out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            q.quantize_static(
-                str(pre),
-                str(out),
-                reader,
-                quant_format=q.QuantFormat.QDQ,
-                per_channel=per_channel,
-                activation_type=q.QuantType.QUInt8,
-                weight_type=q.QuantType.QInt8,
-                calibrate_method=calib_method,
-                nodes_to_exclude=excluded,
-                extra_options=extra,
-                **kwargs,
-            )
-        except Exception as e:
-            from segkit.tools.export import ExportError
-
-            if out.exists():
-                out.unlink()
-            raise ExportError(f"onnxruntime quantization of {fp32_path} failed: {type(e).__name__}: {e}") from e
+        _quantize_static(q, pre, out, reader, method, ops, per_channel, excluded, source=fp32_path)
     quantized, floating = op_census(out)
     report = {
         "path": str(out),
@@ -234,6 +187,73 @@ def quantize_onnx(
     _store_report(out, report)
     report["size_mb"] = out.stat().st_size / 2**20
     return report
+
+
+def _pre_process(q, fp32_path: Path, pre: Path) -> Path:
+    """onnxruntime's ``quant_pre_process`` (shape inference, graph optimisation) of ``fp32_path`` into ``pre``;
+    :class:`~segkit.tools.export.ExportError` naming the file when it fails."""
+    try:
+        q.quant_pre_process(str(fp32_path), str(pre))
+    except Exception as e:
+        from segkit.tools.export import ExportError
+
+        raise ExportError(
+            f"onnxruntime's pre-processing (shape inference, graph optimisation) of {fp32_path} failed: "
+            f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        ) from e
+    return pre
+
+
+def _excluded_nodes(model, ops: str) -> list[str]:
+    """Names of the nodes that stay in float: the NMF of the Ham head always; with ``ops="matmul"`` also every
+    MatMul of two activations (attention's ``q @ k`` and ``attn @ v``: no weight to quantize per channel, and
+    ORT's QDQ MatMul would take any)."""
+    excluded = [n.name for n in model.graph.node if NMF_SCOPE in n.name]
+    if ops == "matmul":
+        weights = {t.name for t in model.graph.initializer}
+        excluded += [
+            n.name
+            for n in model.graph.node
+            if n.op_type == "MatMul" and NMF_SCOPE not in n.name and not weights & set(n.input)
+        ]
+    return excluded
+
+
+def _quantize_static(q, pre: Path, out: Path, reader, method, ops, per_channel, excluded, source: Path) -> None:
+    """onnxruntime's ``quantize_static`` of ``pre`` into ``out``: QDQ, uint8 asymmetric activations, int8 symmetric
+    weights, ``method``'s calibration; on failure ``out`` is removed and :class:`~segkit.tools.export.ExportError`
+    names ``source``."""
+    kwargs = {}
+    if OPS[ops] is not None:
+        kwargs["op_types_to_quantize"] = OPS[ops]
+    calib_method = {
+        "minmax": q.CalibrationMethod.MinMax,
+        "entropy": q.CalibrationMethod.Entropy,
+        "percentile": q.CalibrationMethod.Percentile,
+    }[method]
+    extra = {"CalibTensorRangeSymmetric": False}
+    if method == "percentile":
+        extra["CalibPercentile"] = 99.999
+    try:
+        q.quantize_static(
+            str(pre),
+            str(out),
+            reader,
+            quant_format=q.QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=q.QuantType.QUInt8,
+            weight_type=q.QuantType.QInt8,
+            calibrate_method=calib_method,
+            nodes_to_exclude=excluded,
+            extra_options=extra,
+            **kwargs,
+        )
+    except Exception as e:
+        from segkit.tools.export import ExportError
+
+        if out.exists():
+            out.unlink()
+        raise ExportError(f"onnxruntime quantization of {source} failed: {type(e).__name__}: {e}") from e
 
 
 def op_census(path: str | Path) -> tuple[dict[str, int], dict[str, int]]:
