@@ -595,36 +595,7 @@ class Segmentor(nn.Module):
         all passes are averaged first, as the reference (``inference``).
         """
         _check_inference_args(mode, crop_size, stride, scales)
-        if self.is_binary:
-            return self._binary_predict(images, mode, crop_size, stride, scales, flip, out_size, window_batch,
-                                        accumulate_on_cpu)  # fmt: skip
-        if tuple(scales) != (1.0,) or flip:
-            return self.inference(
-                images,
-                mode=mode,
-                crop_size=crop_size,
-                stride=stride,
-                scales=scales,
-                flip=flip,
-                out_size=out_size,
-                window_batch=window_batch,
-                accumulate_on_cpu=accumulate_on_cpu,
-            ).argmax(dim=1)
-        if mode == "slide":
-            return self.slide_predict(images, crop_size, stride or crop_size, window_batch, accumulate_on_cpu, out_size)
-        if images.ndim != 4 or images.shape[1] != self.in_channels:
-            raise UsageError(f"expected images of shape (B, {self.in_channels}, H, W), got {tuple(images.shape)}")
-        size = tuple(images.shape[-2:])
-        out_size = tuple(out_size) if out_size is not None else size
-        return resize_argmax(self.encode_decode(images), [size, out_size], align_corners=self.align_corners)
-
-    def _binary_predict(
-        self, images, mode, crop_size, stride, scales, flip, out_size, window_batch, accumulate_on_cpu
-    ) -> torch.Tensor:
-        """:meth:`predict` of the binary task: with test-time augmentation the averaged foreground probability
-        of :meth:`inference` against the threshold; else the logits (whole, or slide-averaged) resized as the
-        multi-class path resizes them (to the input size, then to ``out_size``) and thresholded."""
-        if tuple(scales) != (1.0,) or flip:
+        if tuple(scales) != (1.0,) or flip:  # test-time augmentation: the passes' probabilities averaged first
             probs = self.inference(
                 images,
                 mode=mode,
@@ -636,7 +607,21 @@ class Segmentor(nn.Module):
                 window_batch=window_batch,
                 accumulate_on_cpu=accumulate_on_cpu,
             )
-            return (probs[:, 1] >= self.threshold).long()
+            return (probs[:, 1] >= self.threshold).long() if self.is_binary else probs.argmax(dim=1)
+        if self.is_binary:
+            return self._binary_predict(images, mode, crop_size, stride, out_size, window_batch, accumulate_on_cpu)
+        if mode == "slide":
+            return self.slide_predict(images, crop_size, stride or crop_size, window_batch, accumulate_on_cpu, out_size)
+        if images.ndim != 4 or images.shape[1] != self.in_channels:
+            raise UsageError(f"expected images of shape (B, {self.in_channels}, H, W), got {tuple(images.shape)}")
+        size = tuple(images.shape[-2:])
+        out_size = tuple(out_size) if out_size is not None else size
+        return resize_argmax(self.encode_decode(images), [size, out_size], align_corners=self.align_corners)
+
+    def _binary_predict(self, images, mode, crop_size, stride, out_size, window_batch, accumulate_on_cpu):
+        """:meth:`predict` of the binary task without test-time augmentation (with it, :meth:`predict` thresholds
+        the averaged foreground probability of :meth:`inference`): the logits (whole, or slide-averaged) resized
+        as the multi-class path resizes them (to the input size, then to ``out_size``) and thresholded."""
         if images.dtype == torch.uint8:
             images = self.normalize(images)
         size = tuple(images.shape[-2:])
