@@ -41,8 +41,8 @@ from segkit.utils import (  # noqa: F401 (IMAGE_SUFFIXES, VIDEO_SUFFIXES, list_i
     output_stems,
 )
 
-from .result_formats import ResultWriter
-from .segmenter import _API_POLICY, AUTO_SLIDE_PIXELS, Segmenter  # noqa: F401 (AUTO_SLIDE_PIXELS re-exported)
+from .result_formats import API_OUTPUT_POLICY, ResultWriter
+from .segmenter import AUTO_SLIDE_PIXELS, Segmenter  # noqa: F401 (AUTO_SLIDE_PIXELS re-exported)
 from .stream import VideoFramesError, is_camera, is_video, video_problem  # noqa: F401 (re-exported)
 
 
@@ -182,12 +182,11 @@ def predict_paths(
             tolerance=tolerance,
             alpha=alpha,
             overwrite=overwrite,
-            policy=dict(what="", kind="file", **_API_POLICY),
+            mask_values=seg.mask_values,  # a binary model: 0/255 or 0/1 masks as its training data
         )
-        writer.mask_values = seg.mask_values  # a binary model: 0/255 or 0/1 masks as its training data
         writer.claim(stems, files)  # every output name checked before the first image is segmented
         for stem in video_stems:
-            claim_output(out_dir / f"{stem}_overlay.mp4", overwrite=overwrite, what="", kind="file", **_API_POLICY)
+            claim_output(out_dir / f"{stem}_overlay.mp4", overwrite=overwrite, **API_OUTPUT_POLICY)
         seg.check_memory(image_sizes(files), [str(f) for f in files])  # a huge image: refused before the first
         written = _predict_images(seg, files, stems, writer, str(inputs), progress)
         _predict_videos(seg, videos, video_stems, out_dir, video_kw, written, alone=len(videos) + len(files) == 1)

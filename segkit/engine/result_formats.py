@@ -277,6 +277,16 @@ def read_coco_gt(path: str | Path, classes: Sequence[str]) -> tuple[dict[str, ob
     return images, cats
 
 
+# how an existing output file is reported by the Python API (segkit.utils.claim_output): the keyword that moves it
+# aside, and the other way out
+API_OUTPUT_POLICY = {
+    "what": "",
+    "kind": "file",
+    "flag": "overwrite=True",
+    "elsewhere": "save under another stem or directory",
+}
+
+
 class ResultWriter:
     """Writes the results of ``segkit predict`` over image files in one or more :data:`FORMATS`.
 
@@ -305,6 +315,7 @@ class ResultWriter:
         alpha: float = 0.5,
         overwrite: bool = False,
         policy: Mapping | None = None,
+        mask_values: Sequence[int] | None = None,
     ):
         formats = list(dict.fromkeys(formats))
         bad = [f for f in formats if f not in FORMATS]
@@ -317,7 +328,8 @@ class ResultWriter:
         self.out_dir, self.formats = Path(out_dir), formats
         self.classes, self.palette = list(classes), [list(c) for c in palette]
         self.polygons, self.tolerance, self.alpha, self.overwrite = polygons, tolerance, alpha, overwrite
-        self.policy = dict(policy or {"what": "", "kind": "file", "flag": "overwrite=True"})
+        self.policy = dict(policy or API_OUTPUT_POLICY)
+        self.mask_values = mask_values  # a binary model: its label PNGs hold 0/255 or 0/1 as its training data
         self.gt_images, self.category_ids = (None, None)
         if coco_gt is not None:
             self.coco_gt = str(coco_gt)
@@ -370,8 +382,7 @@ class ResultWriter:
         written = []
         if "png" in self.formats:
             label_path, overlay_path = self.out_dir / f"{stem}_label.png", self.out_dir / f"{stem}_overlay.png"
-            mask = getattr(self, "mask_values", None)  # a binary model: 0/255 or 0/1 masks
-            atomic_write_bytes(label_path, png_bytes(label_png(label, self.palette, mask)))
+            atomic_write_bytes(label_path, png_bytes(label_png(label, self.palette, self.mask_values)))
             vis = overlay_with_legend(
                 image, label.astype(np.int64), self.palette, self.classes, alpha=self.alpha, ignore_index=-1
             )

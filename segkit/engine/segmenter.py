@@ -28,10 +28,10 @@ import torch
 from segkit.data.protocol import TestProtocol
 from segkit.runtime import autocast, check_amp
 
+from .result_formats import API_OUTPUT_POLICY
+
 # images above this many pixels (after the test resize) use slide inference when mode="auto"
 AUTO_SLIDE_PIXELS = 1024 * 1024
-# how the Python API words the output policy (segkit.utils.claim_output)
-_API_POLICY = {"flag": "overwrite=True", "elsewhere": "save under another stem or directory"}
 
 
 @dataclass
@@ -155,7 +155,7 @@ class SegResult:
             raise UsageError(f"stem {stem!r}: a file name, not a path (the files go into directory={str(directory)!r})")
         label_path, overlay_path = directory / f"{stem}_label.png", directory / f"{stem}_overlay.png"
         for path in (label_path, overlay_path):  # both checked before either is written
-            claim_output(path, overwrite=overwrite, what="", kind="file", **_API_POLICY)
+            claim_output(path, overwrite=overwrite, **API_OUTPUT_POLICY)
         atomic_write_bytes(label_path, png_bytes(label_png(self.label, self.palette, self.mask_values)))
         atomic_write_bytes(overlay_path, png_bytes(self.overlay(alpha, legend=True)))
         return [label_path, overlay_path]
@@ -585,7 +585,7 @@ class Segmenter:
         reader = VideoReader(source)
         out = Path(out)
         stem = stem or reader.name
-        claim_output(out, overwrite=overwrite, what="", kind="file", **_API_POLICY)
+        claim_output(out, overwrite=overwrite, **API_OUTPUT_POLICY)
         show = self.progress if progress is None else progress
         stream = SegStream(
             self,
@@ -604,7 +604,7 @@ class Segmenter:
                 writer.write(overlay(res.image, lab, self.palette, alpha=alpha, ignore_index=-1))
                 if save_labels:
                     path = out.parent / f"{stem}_{res.frame_index:06d}_label.png"
-                    claim_output(path, overwrite=overwrite, what="", kind="file", **_API_POLICY)
+                    claim_output(path, overwrite=overwrite, **API_OUTPUT_POLICY)
                     atomic_write_bytes(path, png_bytes(label_png(res.label, self.palette, self.mask_values)))
                     labels.append(path)
         except KeyboardInterrupt:

@@ -244,7 +244,6 @@ def predict_paths_onnx(
     if model.num_classes > 256:
         raise UsageError(f"{model.num_classes} classes do not fit an 8-bit label PNG (max 256)")
     files = list_images(inputs)
-    policy = {"what": "", "kind": "file", "flag": "overwrite=True", "elsewhere": "write to another directory"}
     writer = ResultWriter(
         out_dir,
         formats,
@@ -255,9 +254,8 @@ def predict_paths_onnx(
         tolerance=tolerance,
         alpha=alpha,
         overwrite=overwrite,
-        policy=policy,
+        mask_values=model.mask_values,  # a binary model: 0/255 or 0/1 masks as its training data
     )
-    writer.mask_values = model.mask_values  # a binary model: 0/255 or 0/1 masks as its training data
     writer.claim(output_stems(files), files)  # every output name checked before the first image is segmented
     written = []
     with summarise_conversions(f"{inputs}"):  # grayscale, 16-bit …: one line for the folder, not one per file
