@@ -71,6 +71,25 @@ def test_time_budget_sizes_warmup_evaluations_and_length(monkeypatch):
     assert b.elapsed() == pytest.approx(30.0) and b.seconds_per_iter() == pytest.approx(1.0)
 
 
+def test_an_evaluation_point_fires_once_when_the_estimate_grows_after_it(monkeypatch):
+    """Seen in a 2.5-hour run: validation at iterations 701 *and* 702. The evaluation at 701 re-estimated N a few
+    iterations higher (the steps had got faster), which moved the 10 % point just passed to step 702."""
+    clock = FakeClock()
+    monkeypatch.setattr(budget_mod, "now", clock)
+    sched = ScheduleConfig(max_iters=100, warmup_iters=0)
+    b = TimeBudget(1000.0, sched, eval_interval=10, checkpoint_interval=10, started=clock())
+    for it in range(1, 9):
+        clock.t += 1.0
+        b.step_done(it, 1.0)
+    b._set_total(205)  # the 10 % point is 20.5: crossed at step 21
+    assert not b.due(19, 10) and not b.due(20, 10)
+    assert b.due(21, 10) and b.due(21, 10, "checkpoint")  # each purpose fires once at the crossing
+    b._set_total(215)  # re-estimated after that evaluation: the 10 % point moves to 21.5
+    assert not b.due(22, 10) and not b.due(22, 10, "checkpoint")  # already fired: not again one step later
+    fired = [it for it in range(23, 216) if b.due(it, 10)]
+    assert fired == [43, 65, 86, 108, 129, 151, 172, 194, 215]  # the later points at the new N, once each
+
+
 def test_pending_evaluations_are_reserved(monkeypatch):
     clock = FakeClock()
     monkeypatch.setattr(budget_mod, "now", clock)

@@ -76,6 +76,7 @@ class TimeBudget:
         self.last_eval_seconds = 0.0
         self.estimated = False
         self.next_check = 0
+        self._fired: dict[str, int] = {}  # what -> crossings of its interval already fired (due)
 
     # ------------------------------------------------------------------ state
     @property
@@ -136,13 +137,24 @@ class TimeBudget:
         """The budget is spent at step ``it``: the run ends here (N = ``it``)."""
         self._set_total(it)
 
-    def due(self, it: int, interval: int) -> bool:
-        """Whether step ``it`` crosses a multiple of ``interval`` reference iterations (at the current N);
-        never before the first estimate (the first few steps)."""
+    def due(self, it: int, interval: int, what: str = "eval") -> bool:
+        """Whether step ``it`` crosses a multiple of ``interval`` reference iterations (at the current N) that
+        ``what`` (``"eval"``, ``"checkpoint"``) has not yet fired at; never before the first estimate (the first
+        few steps).
+
+        Each crossing fires once: N is re-estimated after every evaluation, and an estimate that grows by a few
+        iterations moves the crossing just passed to the next step — without the count of crossings already
+        fired, the same point would evaluate twice, one step apart.
+        """
         if not self.estimated:
             return False
         scale = self.ref_iters / max(self.total, 1) / interval
-        return math.floor(it * scale + 1e-9) > math.floor((it - 1) * scale + 1e-9)
+        crossed = math.floor(it * scale + 1e-9)
+        fired = self._fired.get(what)
+        if fired is None:  # first call of this process (a start, or a resume at step it - 1)
+            fired = math.floor((it - 1) * scale + 1e-9)
+        self._fired[what] = max(fired, crossed)
+        return crossed > fired
 
     def resize(self, it: int) -> None:
         """Re-estimate N from the measured speed and what is left of the budget."""

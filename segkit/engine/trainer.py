@@ -653,12 +653,12 @@ class Trainer:
         """Evaluation and checkpoint at their intervals (not at the last step: :meth:`finish` does
         those); on a caught signal, a checkpoint. Returns True when the loop must stop."""
         tc, it, max_iters = self.cfg.train, self.it, self.max_iters
-        if self._due(tc.eval_interval) and it < max_iters:
+        if self._due(tc.eval_interval, "eval") and it < max_iters:
             started = _budget.now()
             self.evaluate()
             if self.budget is not None:
                 self.budget.eval_done(it, _budget.now() - started)
-        if self._due(tc.checkpoint_interval or tc.eval_interval) and it < max_iters:
+        if self._due(tc.checkpoint_interval or tc.eval_interval, "checkpoint") and it < max_iters:
             self.checkpoint()
         if self.stop_signal is None:
             return False
@@ -669,10 +669,11 @@ class Trainer:
             tqdm.write(f"received signal {self.stop_signal}: saved {path}, exiting")
         return True
 
-    def _due(self, interval: int) -> bool:
-        """Step ``it`` is a multiple of ``interval``; with a time budget, crosses that fraction of the run."""
+    def _due(self, interval: int, what: str) -> bool:
+        """Step ``it`` is a multiple of ``interval``; with a time budget, crosses that fraction of the run (once
+        per ``what``: :meth:`segkit.engine.budget.TimeBudget.due`)."""
         if self.budget is not None:
-            return self.budget.due(self.it, interval)
+            return self.budget.due(self.it, interval, what)
         return self.it % interval == 0
 
     def evaluate(self) -> float | None:
