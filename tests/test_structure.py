@@ -106,7 +106,12 @@ def _outside_names() -> list[str]:
     the machine it was cloned on), and, where the team's notes folder sits beside the data
     (``<parent>/shared/<notes>``), that folder and the file names in it. Derived at run time, so this
     test names no path itself and checks whatever machine it runs on."""
-    names = [str(REPO.parent) + "/"]
+    import tempfile
+
+    # a clone straight in the temporary folder (or /) has no machine-specific parent: /tmp/ in a documented
+    # command is not a path of the machine the docs were written on
+    generic = {Path(tempfile.gettempdir()).resolve(), Path("/tmp").resolve(), Path("/")}
+    names = [] if REPO.parent.resolve() in generic else [str(REPO.parent) + "/"]
     ours = {p.name for p in REPO.rglob("*.md") if ".venv" not in p.parts}  # e.g. docs/datasets.md, README.md
     shared = REPO.parent / "shared"
     for notes in sorted(p for p in shared.iterdir() if p.is_dir() and p.name != "data") if shared.is_dir() else ():
@@ -116,7 +121,8 @@ def _outside_names() -> list[str]:
 
 
 def test_no_reference_to_files_outside_the_repository():
-    pattern = re.compile("|".join(re.escape(n) for n in _outside_names()))
+    names = _outside_names()
+    pattern = re.compile("|".join(re.escape(n) for n in names)) if names else re.compile(r"(?!)")  # (?!) never matches
     offenders = []
     for root in ("segkit", "tests", "scripts", "benchmarks", "docs"):
         for path in (REPO / root).rglob("*"):
