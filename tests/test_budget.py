@@ -71,16 +71,23 @@ def test_time_budget_sizes_warmup_evaluations_and_length(monkeypatch):
     assert b.elapsed() == pytest.approx(30.0) and b.seconds_per_iter() == pytest.approx(1.0)
 
 
-def test_an_evaluation_point_fires_once_when_the_estimate_grows_after_it(monkeypatch):
-    """Seen in a 2.5-hour run: validation at iterations 701 *and* 702. The evaluation at 701 re-estimated N a few
-    iterations higher (the steps had got faster), which moved the 10 % point just passed to step 702."""
+def _estimated_budget(monkeypatch, seconds: float, eval_interval: int, checkpoint_interval: int):
+    """A budget over a 100-iteration shape (no warm-up) after 8 steps of one second each, so past its first
+    estimate; returns it and the fake clock that drives it."""
     clock = FakeClock()
     monkeypatch.setattr(budget_mod, "now", clock)
     sched = ScheduleConfig(max_iters=100, warmup_iters=0)
-    b = TimeBudget(1000.0, sched, eval_interval=10, checkpoint_interval=10, started=clock())
+    b = TimeBudget(seconds, sched, eval_interval, checkpoint_interval, started=clock())
     for it in range(1, 9):
         clock.t += 1.0
         b.step_done(it, 1.0)
+    return b, clock
+
+
+def test_an_evaluation_point_fires_once_when_the_estimate_grows_after_it(monkeypatch):
+    """Seen in a 2.5-hour run: validation at iterations 701 *and* 702. The evaluation at 701 re-estimated N a few
+    iterations higher (the steps had got faster), which moved the 10 % point just passed to step 702."""
+    b, _ = _estimated_budget(monkeypatch, 1000.0, eval_interval=10, checkpoint_interval=10)
     b._set_total(205)  # the 10 % point is 20.5: crossed at step 21
     assert not b.due(19, 10) and not b.due(20, 10)
     assert b.due(21, 10) and b.due(21, 10, "checkpoint")  # each purpose fires once at the crossing
@@ -91,13 +98,7 @@ def test_an_evaluation_point_fires_once_when_the_estimate_grows_after_it(monkeyp
 
 
 def test_pending_evaluations_are_reserved(monkeypatch):
-    clock = FakeClock()
-    monkeypatch.setattr(budget_mod, "now", clock)
-    sched = ScheduleConfig(max_iters=100, warmup_iters=0)
-    b = TimeBudget(100.0, sched, eval_interval=25, checkpoint_interval=100, started=clock())
-    for it in range(1, 9):
-        clock.t += 1.0
-        b.step_done(it, 1.0)
+    b, clock = _estimated_budget(monkeypatch, 100.0, eval_interval=25, checkpoint_interval=100)
     assert b.total == 100  # 8 + 92 s left at 1 s/it
     clock.t += 10.0  # an evaluation of 10 s: the three still to come before the end are reserved
     b.eval_done(8, 10.0)
