@@ -242,122 +242,143 @@ class Config:
         return err
 
     def validate(self) -> "Config":
-        """Cross-field checks; raises :class:`ConfigError` naming the field."""
-        from segkit.models.zoo import MODELS
+        """Cross-field checks, one section at a time in the order of the config file; raises
+        :class:`ConfigError` naming the first wrong field (``err.key``) and warns, naming the key, about values
+        that are legal but probably not meant (a run that ends inside its warm-up, crops that are mostly
+        padding). Returns ``self``."""
+        self._check_model_and_task()
+        self._check_model_args()
+        self._check_data_specs()
+        self._check_transforms()
+        self._check_optim()
+        self._check_schedule()
+        self._check_train()
+        self._check_eval()
+        self._warn_crop_padding()
+        return self
 
-        def need(cond, key, msg):
-            if not cond:
-                err = ConfigError(f"{key}: {msg}")
-                err.key = key
-                raise err
+    def _check_model_and_task(self) -> None:
+        """``model`` is a known name; ``task``, ``model_args.num_classes``, ``eval.threshold`` and OHEM agree."""
+        from segkit.models.zoo import MODELS, suggest
 
-        from segkit.models.zoo import suggest
-
-        need(
+        _need(
             self.model.lower() in MODELS,
             "model",
             f"unknown model {self.model!r}{suggest(self.model, MODELS)}; `segkit models` lists them",
         )
-        need(
+        _need(
             self.task in (None, "multiclass", "binary"),
             "task",
             f"must be 'multiclass' or 'binary', got {self.task!r}",
         )
         k = self.model_args.get("num_classes")
-        need(
+        _need(
             k is None or (self.task == "binary") == (k == 1) or self.task is None,
             "model_args.num_classes",
             f"{k} with task: {self.task}; the binary task has one logit (num_classes: 1 means task: binary)",
         )
-        need(0 < self.eval.threshold < 1, "eval.threshold", f"must be in (0, 1), got {self.eval.threshold}")
-        need(
+        _need(0 < self.eval.threshold < 1, "eval.threshold", f"must be in (0, 1), got {self.eval.threshold}")
+        _need(
             not (self.is_binary and self.train.ohem_thresh is not None),
             "train.ohem_thresh",
             "OHEM is for the multi-class cross-entropy; remove it with task: binary",
         )
-        self._check_model_args()
-        self._check_data_specs()
-        tt, sc, tc = self.train_transform, self.schedule, self.train
-        need(
+
+    def _check_transforms(self) -> None:
+        """``train_transform`` / ``test_transform``: sizes are positive integer pairs, ratios in range."""
+        tt = self.train_transform
+        _need(
             len(tt.crop_size) == 2 and all(_pos_int(v) for v in tt.crop_size),
             "train_transform.crop_size",
             f"must be [h, w] with positive integers, got {tt.crop_size}",
         )
-        need(
+        _need(
             len(tt.scale) == 2 and all(_pos_int(v) for v in tt.scale),
             "train_transform.scale",
             f"must be [long, short] with positive integers, got {tt.scale}",
         )
-        need(
+        _need(
             len(tt.ratio_range) == 2 and 0 < tt.ratio_range[0] <= tt.ratio_range[1],
             "train_transform.ratio_range",
             f"must be [low, high] with 0 < low <= high, got {tt.ratio_range}",
         )
-        need(0 < tt.cat_max_ratio <= 1, "train_transform.cat_max_ratio", f"must be in (0, 1], got {tt.cat_max_ratio}")
-        need(0 <= tt.flip_prob <= 1, "train_transform.flip_prob", f"must be in [0, 1], got {tt.flip_prob}")
+        _need(0 < tt.cat_max_ratio <= 1, "train_transform.cat_max_ratio", f"must be in (0, 1], got {tt.cat_max_ratio}")
+        _need(0 <= tt.flip_prob <= 1, "train_transform.flip_prob", f"must be in [0, 1], got {tt.flip_prob}")
         ts = self.test_transform.scale
-        need(
+        _need(
             ts is None or (len(ts) == 2 and all(_pos_int(v) for v in ts)),
             "test_transform.scale",
             f"must be null or [long, short] with positive integers, got {ts}",
         )
-        need(0 < self.optim.lr < float("inf"), "optim.lr", f"must be a finite number > 0, got {self.optim.lr}")
-        need(self.optim.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.optim.weight_decay}")
-        need(self.optim.head_lr_mult > 0, "optim.head_lr_mult", f"must be > 0, got {self.optim.head_lr_mult}")
-        need(self.optim.grad_clip is None or self.optim.grad_clip > 0, "optim.grad_clip", "must be null or > 0")
-        need(self.optim.name == "adamw", "optim.name", f"only 'adamw' is supported, got {self.optim.name!r}")
-        need(
+
+    def _check_optim(self) -> None:
+        """``optim``: a finite positive learning rate, non-negative decay, AdamW (the papers' optimiser)."""
+        _need(0 < self.optim.lr < float("inf"), "optim.lr", f"must be a finite number > 0, got {self.optim.lr}")
+        _need(self.optim.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {self.optim.weight_decay}")
+        _need(self.optim.head_lr_mult > 0, "optim.head_lr_mult", f"must be > 0, got {self.optim.head_lr_mult}")
+        _need(self.optim.grad_clip is None or self.optim.grad_clip > 0, "optim.grad_clip", "must be null or > 0")
+        _need(self.optim.name == "adamw", "optim.name", f"only 'adamw' is supported, got {self.optim.name!r}")
+        _need(
             self.optim.norm_decay_rule in ("type", "reference"),
             "optim.norm_decay_rule",
             "must be 'type' or 'reference'",
         )
-        need(sc.max_iters > 0, "schedule.max_iters", f"must be > 0, got {sc.max_iters}")
-        need(0 <= sc.warmup_iters, "schedule.warmup_iters", f"must be >= 0, got {sc.warmup_iters}")
+
+    def _check_schedule(self) -> None:
+        """``schedule``: a positive length, a warm-up (a warning when it outlasts the run), a parseable
+        ``time_budget`` whose shape leaves room for the first length estimate, a poly power and floor."""
+        sc = self.schedule
+        _need(sc.max_iters > 0, "schedule.max_iters", f"must be > 0, got {sc.max_iters}")
+        _need(0 <= sc.warmup_iters, "schedule.warmup_iters", f"must be >= 0, got {sc.warmup_iters}")
         if sc.warmup_iters > sc.max_iters:  # legal (short trial runs of a full recipe), but worth saying
             warnings.warn(
                 f"schedule.warmup_iters={sc.warmup_iters} is more than schedule.max_iters={sc.max_iters}: the run "
                 f"ends inside the linear warm-up, at {sc.max_iters / max(sc.warmup_iters, 1):.0%} of the learning rate",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
         if sc.time_budget is not None:
             parse_duration(sc.time_budget)  # ConfigError naming schedule.time_budget
             first = BUDGET_UNTIMED_STEPS + BUDGET_FIRST_ESTIMATE
-            need(
+            _need(
                 sc.max_iters >= first,
                 "schedule.max_iters",
                 f"{sc.max_iters} with schedule.time_budget: the run's length is first estimated after {first} "
                 f"steps, so a budgeted schedule needs max_iters >= {first} (the shape; the budget sets the length)",
             )
-        need(0 < sc.warmup_ratio <= 1, "schedule.warmup_ratio", f"must be in (0, 1], got {sc.warmup_ratio}")
-        need(sc.power > 0, "schedule.power", f"must be > 0, got {sc.power}")
-        need(0 <= sc.min_lr < self.optim.lr, "schedule.min_lr", f"must be >= 0 and below optim.lr, got {sc.min_lr}")
-        need(tc.batch_size > 0, "train.batch_size", f"must be > 0, got {tc.batch_size}")
-        need(
+        _need(0 < sc.warmup_ratio <= 1, "schedule.warmup_ratio", f"must be in (0, 1], got {sc.warmup_ratio}")
+        _need(sc.power > 0, "schedule.power", f"must be > 0, got {sc.power}")
+        _need(0 <= sc.min_lr < self.optim.lr, "schedule.min_lr", f"must be >= 0 and below optim.lr, got {sc.min_lr}")
+
+    def _check_train(self) -> None:
+        """``train``: batch, intervals, EMA, threads, AMP, loss options (class weights, OHEM, Dice), device."""
+        tc = self.train
+        _need(tc.batch_size > 0, "train.batch_size", f"must be > 0, got {tc.batch_size}")
+        _need(
             tc.eval_interval > 0,
             "train.eval_interval",
             f"must be > 0, got {tc.eval_interval} (set it to schedule.max_iters to evaluate only at the end)",
         )
-        need(
+        _need(
             tc.checkpoint_interval is None or tc.checkpoint_interval > 0,
             "train.checkpoint_interval",
             f"must be null or > 0, got {tc.checkpoint_interval}",
         )
-        need(tc.log_interval > 0, "train.log_interval", f"must be > 0, got {tc.log_interval}")
-        need(tc.keep_last >= 1, "train.keep_last", f"must be >= 1 (checkpoints to keep), got {tc.keep_last}")
-        need(tc.num_workers >= 0, "train.num_workers", f"must be >= 0, got {tc.num_workers}")
-        need(
+        _need(tc.log_interval > 0, "train.log_interval", f"must be > 0, got {tc.log_interval}")
+        _need(tc.keep_last >= 1, "train.keep_last", f"must be >= 1 (checkpoints to keep), got {tc.keep_last}")
+        _need(tc.num_workers >= 0, "train.num_workers", f"must be >= 0, got {tc.num_workers}")
+        _need(
             tc.ema is None or (isinstance(tc.ema, (int, float)) and 0.0 < float(tc.ema) < 1.0),
             "train.ema",
             f"must be null or a decay in (0, 1), e.g. 0.999, got {tc.ema!r}",
         )
-        need(tc.threads is None or tc.threads >= 1, "train.threads", f"must be null or >= 1, got {tc.threads}")
-        need(tc.eval_max_images is None or tc.eval_max_images >= 1, "train.eval_max_images", "must be null or >= 1")
-        need(bool(str(tc.work_dir).strip()), "train.work_dir", "must not be empty")
-        need(self.train.amp in (None, "bf16", "fp16", "auto"), "train.amp", "must be null, 'bf16', 'fp16' or 'auto'")
-        need(self.train.loss_avg in ("valid", "all"), "train.loss_avg", "must be 'valid' or 'all'")
-        cw = self.train.class_weight
-        need(
+        _need(tc.threads is None or tc.threads >= 1, "train.threads", f"must be null or >= 1, got {tc.threads}")
+        _need(tc.eval_max_images is None or tc.eval_max_images >= 1, "train.eval_max_images", "must be null or >= 1")
+        _need(bool(str(tc.work_dir).strip()), "train.work_dir", "must not be empty")
+        _need(tc.amp in (None, "bf16", "fp16", "auto"), "train.amp", "must be null, 'bf16', 'fp16' or 'auto'")
+        _need(tc.loss_avg in ("valid", "all"), "train.loss_avg", "must be 'valid' or 'all'")
+        cw = tc.class_weight
+        _need(
             cw is None
             or cw == "median_freq"
             or (
@@ -368,22 +389,23 @@ class Config:
             "train.class_weight",
             f"must be null, 'median_freq' or a list of non-negative numbers, got {cw!r}",
         )
-        need(self.train.class_weight_power >= 0, "train.class_weight_power", "must be >= 0")
-        oh = self.train.ohem_thresh
-        need(oh is None or 0 < oh <= 1, "train.ohem_thresh", f"must be null or in (0, 1], e.g. 0.7, got {oh!r}")
-        need(self.train.ohem_min_kept >= 0, "train.ohem_min_kept", "must be >= 0")
-        need(self.train.dice_weight >= 0, "train.dice_weight", "must be >= 0")
-        need(self.train.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", "must be 'stop' or 'skip'")
-        need(
-            self.train.device in ("auto", "cpu", "cuda") or self.train.device.startswith("cuda:"),
+        _need(tc.class_weight_power >= 0, "train.class_weight_power", "must be >= 0")
+        oh = tc.ohem_thresh
+        _need(oh is None or 0 < oh <= 1, "train.ohem_thresh", f"must be null or in (0, 1], e.g. 0.7, got {oh!r}")
+        _need(tc.ohem_min_kept >= 0, "train.ohem_min_kept", "must be >= 0")
+        _need(tc.dice_weight >= 0, "train.dice_weight", "must be >= 0")
+        _need(tc.on_nonfinite in ("stop", "skip"), "train.on_nonfinite", "must be 'stop' or 'skip'")
+        _need(
+            tc.device in ("auto", "cpu", "cuda") or tc.device.startswith("cuda:"),
             "train.device",
             "must be auto, cpu or cuda[:N]",
         )
-        need(self.eval.mode in ("whole", "slide"), "eval.mode", "must be 'whole' or 'slide'")
-        need(self.eval.mode != "slide" or self.eval.crop_size, "eval.crop_size", "slide mode needs crop_size")
-        need(all(float(v) > 0 for v in self.eval.scales), "eval.scales", f"must be positive, got {self.eval.scales}")
-        self._warn_crop_padding()
-        return self
+
+    def _check_eval(self) -> None:
+        """``eval``: whole or slide (slide needs a crop), positive test scales."""
+        _need(self.eval.mode in ("whole", "slide"), "eval.mode", "must be 'whole' or 'slide'")
+        _need(self.eval.mode != "slide" or self.eval.crop_size, "eval.crop_size", "slide mode needs crop_size")
+        _need(all(float(v) > 0 for v in self.eval.scales), "eval.scales", f"must be positive, got {self.eval.scales}")
 
     # model_args keys the run sets itself: from the data set (with data.train) or from another config key
     RUN_SETS = {
@@ -450,6 +472,14 @@ class Config:
                 UserWarning,
                 stacklevel=3,
             )
+
+
+def _need(cond, key: str, msg: str) -> None:
+    """Raise :class:`ConfigError` ``"<key>: <msg>"`` (with ``err.key``) unless ``cond``."""
+    if not cond:
+        err = ConfigError(f"{key}: {msg}")
+        err.key = key
+        raise err
 
 
 def _build(cls, data: Any, path: str):
