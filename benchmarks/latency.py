@@ -148,6 +148,14 @@ def build_models():
         path = Path(tmp) / "hf_segformer_b0.pth"
         torch.save(hf.state_dict(), path)
         report = load_checkpoint(seg, path)
+    segnext, ref = build_segnext_pair()
+    return hf, seg, segnext, ref, report
+
+
+def build_segnext_pair():
+    """segkit's SegNeXt-T (eval, 150 classes) and the mmseg-style reference with the same weights."""
+    from segkit import build_model, load_checkpoint
+
     segnext = build_model("segnext-t", num_classes=150).eval()
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from reference_segnext import SegNeXtT
@@ -157,7 +165,7 @@ def build_models():
         path = Path(tmp) / "ref_segnext_t.pth"
         torch.save(ref.state_dict(), path)
         load_checkpoint(segnext, path, verbose=False)
-    return hf, seg, segnext, ref, report
+    return segnext, ref
 
 
 @torch.inference_mode()

@@ -23,7 +23,6 @@ import json
 import re
 import statistics
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -36,7 +35,7 @@ isa.reexec_if_requested()
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from latency import machine  # noqa: E402
+from latency import build_segnext_pair, machine, time_round_robin  # noqa: E402
 
 # a module's qualified name → the part it is timed under (first match wins; None = not hooked)
 PARTS = [
@@ -57,17 +56,8 @@ def part_of(name: str) -> str | None:
 
 
 def build():
-    from reference_segnext import SegNeXtT
-
-    from segkit import build_model, load_checkpoint
-
     torch.manual_seed(0)
-    segnext = build_model("segnext-t", num_classes=150).eval()
-    ref = SegNeXtT(150).eval()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "ref_segnext_t.pth"
-        torch.save(ref.state_dict(), path)
-        load_checkpoint(segnext, path, verbose=False)
+    segnext, ref = build_segnext_pair()
     fused = segnext.fused()
     return {
         "segkit SegNeXt-T, fused": (fused, fused),
@@ -126,15 +116,10 @@ def profile(models: dict, x: torch.Tensor, runs: int, warmup: int) -> dict:
             totals[name].append(total)
     for timer in timers.values():
         timer.remove()
-    whole = {name: [] for name in models}  # un-hooked, alternating
-    for _ in range(runs):
-        for name, (_, call) in models.items():
-            t = time.perf_counter()
-            call(x)
-            whole[name].append((time.perf_counter() - t) * 1e3)
+    whole = time_round_robin({name: call for name, (_, call) in models.items()}, x, 0, runs)  # un-hooked
     return {
         name: dict(
-            whole_ms=round(statistics.median(whole[name]), 2),
+            whole_ms=whole[name]["median_ms"],
             hooked_ms=round(statistics.median(totals[name]), 2),
             parts_ms={p: round(statistics.median(v), 2) for p, v in parts[name].items()},
         )
